@@ -1,0 +1,57 @@
+"""The Starlette application: routes, middleware order and error handlers.
+
+Outer to inner: request context (id, ledger row, catch-all 500) -> bearer auth -> router.
+Engines, ledger and keys arrive through ``Services``; nothing here is module-global, so tests
+build as many apps as they like.
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from appliance.api.auth import BearerAuthMiddleware
+from appliance.api.chat import create_chat_completion
+from appliance.api.errors import handle_appliance_error, handle_http_exception
+from appliance.api.models import list_models, retrieve_model
+from appliance.api.request_context import RequestContextMiddleware
+from appliance.api.services import Services
+from appliance.errors import ApplianceError
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    services: Services = request.app.state.services
+    models = [info.id for info in services.catalog.models()]
+    return JSONResponse({"status": "ready", "models": models})
+
+
+def create_app(services: Services) -> Starlette:
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+        Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
+    ]
+    middleware = [
+        Middleware(RequestContextMiddleware, ledger=services.ledger, pricing=services.pricing),
+        Middleware(BearerAuthMiddleware, keys=services.keys),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={
+            ApplianceError: handle_appliance_error,
+            HTTPException: handle_http_exception,
+        },
+    )
+    app.state.services = services
+    return app

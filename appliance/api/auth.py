@@ -1,0 +1,84 @@
+"""Bearer-key authentication for every /v1 route.
+
+Missing or unknown keys get OpenAI's 401 (the SDKs raise AuthenticationError). Lookups hit
+SQLite off the event loop; a short-lived cache keeps the hot path free of disk reads while
+a key revoked from the CLI stops working within seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import anyio.to_thread
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from appliance.api.errors import error_response
+from appliance.api.services import KeyLookup
+from appliance.errors import AuthenticationFailed
+from appliance.ledger import KeyRecord
+
+_CACHE_SECONDS = 2.0
+_CACHE_MAX = 4096
+
+
+class KeyCache:
+    """Remembers recent lookups (by the secret's hash, never the secret) for a few seconds."""
+
+    def __init__(self, keys: KeyLookup, ttl: float = _CACHE_SECONDS):
+        self._keys = keys
+        self._ttl = ttl
+        self._entries: dict[str, tuple[float, KeyRecord | None]] = {}
+
+    async def lookup(self, secret: str) -> KeyRecord | None:
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        now = time.monotonic()
+        hit = self._entries.get(digest)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        record = await anyio.to_thread.run_sync(self._keys.lookup, secret)
+        if len(self._entries) >= _CACHE_MAX:
+            self._entries.clear()
+        self._entries[digest] = (now, record)
+        return record
+
+
+class BearerAuthMiddleware:
+    def __init__(self, app: ASGIApp, keys: KeyLookup, protected_prefix: str = "/v1"):
+        self.app = app
+        self.cache = KeyCache(keys)
+        self.prefix = protected_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        header = Headers(scope=scope).get("authorization", "")
+        scheme, _, secret = header.partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
+            error = AuthenticationFailed(
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                code=None,
+            )
+            await error_response(error)(scope, receive, send)
+            return
+        record = await self.cache.lookup(secret)
+        if record is None:
+            error = AuthenticationFailed(f"Incorrect API key provided: {_redact(secret)}.")
+            await error_response(error)(scope, receive, send)
+            return
+        note = scope.get("state", {}).get("note")
+        if note is not None:
+            note.key_id = record.id
+        scope.setdefault("state", {})["key"] = record
+        await self.app(scope, receive, send)
+
+
+def _redact(secret: str) -> str:
+    """Like OpenAI: show only the ends, so a pasted key never lands whole in a log or reply."""
+    if len(secret) <= 8:
+        return "*" * len(secret)
+    return f"{secret[:3]}{'*' * 4}{secret[-4:]}"

@@ -1,0 +1,183 @@
+"""POST /v1/chat/completions: OpenAI's chat.completion and chat.completion.chunk shapes.
+
+The stream sends the role first, then content deltas, then exactly one chunk carrying
+``finish_reason``, then (only with ``stream_options.include_usage``) a usage chunk with
+``choices: []``, then ``data: [DONE]``. An error after the stream started travels as an
+error frame, and the stream still ends with [DONE].
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from appliance.api.chat_wire import ChatCompletionRequest, to_chat_params
+from appliance.api.errors import error_frame
+from appliance.api.note import RequestNote
+from appliance.api.services import Services
+from appliance.api.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
+from appliance.api.validation import parse_json
+from appliance.engines.base import CancelToken, ChatEvent, Finish, Started, TextDelta, Usage
+from appliance.errors import ApplianceError, EngineFailure
+
+log = logging.getLogger("appliance.api")
+SYSTEM_FINGERPRINT = "fp_appliance"
+
+
+def usage_json(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+class _Identity:
+    """What every chunk of one completion repeats: id, created, model."""
+
+    def __init__(self, model: str):
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+
+    def chunk(self, choices: list[dict[str, Any]], usage: Any = None,
+              with_usage: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "service_tier": "default",
+            "choices": choices,
+        }
+        if with_usage:
+            body["usage"] = usage
+        return body
+
+
+def _note(request: Request) -> RequestNote:
+    note: RequestNote = request.scope["state"]["note"]
+    return note
+
+
+def _record_usage(note: RequestNote, usage: Usage) -> None:
+    note.prompt_tokens = usage.prompt_tokens
+    note.completion_tokens = usage.completion_tokens
+    note.cached_tokens = usage.cached_tokens
+
+
+async def create_chat_completion(request: Request) -> Response:
+    services: Services = request.app.state.services
+    note = _note(request)
+    body = await parse_json(request, ChatCompletionRequest, services.limits.max_body_bytes)
+    note.stream = bool(body.stream)
+    engine = services.catalog.chat(body.model)
+    note.model = engine.info.id
+    params = to_chat_params(body)
+    cancel = CancelToken()
+    events = engine.chat(params, cancel)
+    try:
+        started = await anext(events)  # errors before generation become plain 4xx/5xx
+    except BaseException:
+        cancel.cancel()
+        await events.aclose()
+        raise
+    if not isinstance(started, Started):
+        raise EngineFailure("The engine did not admit the request.")
+    note.prompt_tokens = started.prompt_tokens
+    identity = _Identity(engine.info.id)
+    if body.stream:
+        return StreamingResponse(
+            _stream(events, cancel, identity, note, body.wants_usage_chunk),
+            media_type=SSE_MEDIA_TYPE,
+            headers=SSE_HEADERS,
+        )
+    return await _complete(events, cancel, identity, note)
+
+
+async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
+                    identity: _Identity, note: RequestNote) -> Response:
+    parts: list[str] = []
+    finish: Finish | None = None
+    try:
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    note.mark_first_token()
+                    parts.append(event.text)
+                elif isinstance(event, Finish):
+                    finish = event
+    finally:
+        cancel.cancel()
+    if finish is None:
+        raise EngineFailure("The engine stopped without finishing the completion.")
+    _record_usage(note, finish.usage)
+    return JSONResponse({
+        "id": identity.id,
+        "object": "chat.completion",
+        "created": identity.created,
+        "model": identity.model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "service_tier": "default",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": "".join(parts), "refusal": None,
+                        "annotations": []},
+            "logprobs": None,
+            "finish_reason": finish.reason,
+        }],
+        "usage": usage_json(finish.usage),
+    })
+
+
+async def _stream(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken, identity: _Identity,
+                  note: RequestNote, include_usage: bool) -> AsyncIterator[bytes]:
+    def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+    try:
+        yield frame(identity.chunk([choice({"role": "assistant", "content": "",
+                                            "refusal": None})], with_usage=include_usage))
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    if not event.text:
+                        continue
+                    note.mark_first_token()
+                    note.completion_tokens += 1  # provisional count, until Finish says exactly
+                    yield frame(identity.chunk([choice({"content": event.text})],
+                                               with_usage=include_usage))
+                elif isinstance(event, Finish):
+                    _record_usage(note, event.usage)
+                    yield frame(identity.chunk([choice({}, event.reason)],
+                                               with_usage=include_usage))
+                    if include_usage:
+                        yield frame(identity.chunk([], usage_json(event.usage), True))
+    except ApplianceError as error:
+        note.failed_mid_stream = True
+        note.error_code = error.code
+        yield error_frame(error)
+    except Exception:
+        log.exception("chat stream failed")
+        note.failed_mid_stream = True
+        failure = EngineFailure("The server had an error while generating the completion.")
+        note.error_code = failure.code
+        yield error_frame(failure)
+    finally:
+        cancel.cancel()
+    yield DONE

@@ -1,0 +1,60 @@
+"""One place that turns any failure into OpenAI's error envelope and status.
+
+Clients of the official SDKs pick their exception class from the status and read
+``error.message/type/param/code``; a FastAPI-style ``detail`` or a 422 would break them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from appliance.errors import (
+    ApplianceError,
+    EngineFailure,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+)
+
+log = logging.getLogger("appliance.api")
+
+
+def error_response(error: ApplianceError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error.envelope(), status_code=error.status, headers=headers)
+
+
+def error_frame(error: ApplianceError) -> bytes:
+    """The SSE frame that carries an error once a stream has started (then comes [DONE])."""
+    return b"data: " + json.dumps(error.envelope()).encode() + b"\n\n"
+
+
+def from_http_exception(exc: HTTPException, request: Request) -> ApplianceError:
+    if exc.status_code == 404:
+        return NotFound(f"Unknown request URL: {request.method} {request.url.path}.")
+    if exc.status_code == 405:
+        return MethodNotAllowed(
+            f"Method {request.method} is not allowed for {request.url.path}."
+        )
+    if 400 <= exc.status_code < 500:
+        return InvalidRequest(str(exc.detail))
+    return EngineFailure(str(exc.detail))
+
+
+async def handle_appliance_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApplianceError)
+    if exc.status >= 500:
+        log.error("request failed: %s", exc.message)
+    note = request.scope.get("state", {}).get("note")
+    if note is not None:
+        note.error_code = exc.code or exc.error_type
+    return error_response(exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return await handle_appliance_error(request, from_http_exception(exc, request))

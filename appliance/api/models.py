@@ -1,0 +1,34 @@
+"""GET /v1/models and GET /v1/models/{id}: OpenAI's list and model objects.
+
+Aliases are listed as models of their own (owned by the same owner) so that clients which
+check ``models.list()`` before using a familiar name find it; retrieving an alias returns it
+under the name asked for, as OpenAI does for its alias names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from appliance.api.services import Services
+from appliance.engines.base import ModelInfo
+
+
+def _model_json(name: str, info: ModelInfo) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": info.created, "owned_by": info.owned_by}
+
+
+async def list_models(request: Request) -> Response:
+    services: Services = request.app.state.services
+    catalog = services.catalog
+    data = [_model_json(name, catalog.resolve(name)) for name in catalog.names()]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def retrieve_model(request: Request) -> Response:
+    services: Services = request.app.state.services
+    name = request.path_params["model"]
+    info = services.catalog.resolve(name)
+    return JSONResponse(_model_json(name, info))

@@ -1,0 +1,40 @@
+"""The per-request note: what handlers learn about a request, for its ledger row and logs.
+
+The request-context middleware creates one per HTTP request and writes it to the ledger when
+the response ends (or the client leaves); handlers fill in the model and token counts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RequestNote:
+    request_id: str
+    method: str
+    path: str
+    started_at: float = field(default_factory=time.time)
+    started_perf: float = field(default_factory=time.perf_counter)
+    key_id: str | None = None
+    model: str | None = None
+    stream: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    first_token_perf: float | None = None
+    error_code: str | None = None
+    failed_mid_stream: bool = False
+
+    def mark_first_token(self) -> None:
+        if self.first_token_perf is None:
+            self.first_token_perf = time.perf_counter()
+
+    def ttft_ms(self) -> float | None:
+        if self.first_token_perf is None:
+            return None
+        return (self.first_token_perf - self.started_perf) * 1000.0
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started_perf) * 1000.0

@@ -1,0 +1,265 @@
+"""models.toml -> frozen, typed configuration.
+
+Owns reading the file once, validating every key (an unknown key, a wrong type, a missing model
+file, a duplicate id or alias is a ConfigError naming the file, the model and the key) and
+resolving relative paths against the file's folder. A few server knobs may be overridden by
+environment variables (APPLIANCE_HOST, APPLIANCE_PORT, APPLIANCE_DATA_DIR) or CLI flags.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from appliance.errors import ConfigError
+
+ModelKind = Literal["chat"]
+MODEL_KINDS: tuple[str, ...] = ("chat",)
+GPU_LAYERS_ALL = -1
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("data")
+    ledger_path: Path = Path("data/ledger.sqlite")
+    keys_path: Path = Path("data/keys.sqlite")
+    currency: str = "USD"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    id: str
+    kind: ModelKind
+    path: Path
+    aliases: tuple[str, ...] = ()
+    price_per_request: float = 0.0
+    context_length: int = 4096
+    parallel: int = 1
+    gpu_layers: int = GPU_LAYERS_ALL
+    threads: int | None = None
+    chat_template: str | None = None
+    stop: tuple[str, ...] = ()
+    owned_by: str = "appliance"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.id, *self.aliases)
+
+
+@dataclass(frozen=True)
+class ApplianceConfig:
+    source: Path
+    server: ServerConfig
+    models: tuple[ModelConfig, ...] = field(default_factory=tuple)
+
+
+class _Where:
+    """Says where a value sits, so every error names the file, the model and the key."""
+
+    def __init__(self, source: Path, table: str):
+        self.source = source
+        self.table = table
+
+    def fail(self, key: str | None, problem: str) -> ConfigError:
+        at = f"{self.table}.{key}" if key else self.table
+        return ConfigError(f"{self.source}: {at}: {problem}")
+
+
+def _take(
+    where: _Where, table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any
+) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    # bool is an int in Python; a port of `true` is still a mistake.
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise where.fail(key, f"expected {_kind_name(kind)}, got {value!r}")
+    if not isinstance(value, kind):
+        raise where.fail(key, f"expected {_kind_name(kind)}, got {value!r}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _reject_unknown(where: _Where, table: Mapping[str, Any], known: set[str]) -> None:
+    for key in table:
+        if key not in known:
+            raise where.fail(key, f"unknown key (known keys: {', '.join(sorted(known))})")
+
+
+_SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currency", "log_level"}
+_MODEL_KEYS = {
+    "id", "kind", "path", "aliases", "price_per_request", "context_length", "parallel",
+    "gpu_layers", "threads", "chat_template", "stop", "owned_by",
+}
+
+
+def _server(source: Path, raw: Mapping[str, Any], env: Mapping[str, str]) -> ServerConfig:
+    where = _Where(source, "server")
+    _reject_unknown(where, raw, _SERVER_KEYS)
+    base = source.parent
+    host = env.get("APPLIANCE_HOST") or _take(where, raw, "host", str, "127.0.0.1")
+    port_text = env.get("APPLIANCE_PORT")
+    port = int(port_text) if port_text else _take(where, raw, "port", int, 8000)
+    if not 0 < port < 65536:
+        raise where.fail("port", f"{port} is not a TCP port")
+    data_dir_text = env.get("APPLIANCE_DATA_DIR") or _take(where, raw, "data_dir", str, "data")
+    data_dir = (base / data_dir_text).resolve()
+    ledger = _take(where, raw, "ledger_path", str, None)
+    keys = _take(where, raw, "keys_path", str, None)
+    return ServerConfig(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        ledger_path=(data_dir / ledger) if ledger else data_dir / "ledger.sqlite",
+        keys_path=(data_dir / keys) if keys else data_dir / "keys.sqlite",
+        currency=_take(where, raw, "currency", str, "USD"),
+        log_level=_take(where, raw, "log_level", str, "info"),
+    )
+
+
+def _model(source: Path, index: int, raw: Any) -> ModelConfig:
+    where = _Where(source, f"models[{index}]")
+    if not isinstance(raw, dict):
+        raise where.fail(None, "each [[models]] entry must be a table")
+    model_id = raw.get("id")
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise where.fail("id", "every model needs a non-empty string id")
+    where = _Where(source, f"models[{index}] (id {model_id!r})")
+    _reject_unknown(where, raw, _MODEL_KEYS)
+    kind = _take(where, raw, "kind", str, "chat")
+    if kind not in MODEL_KINDS:
+        raise where.fail("kind", f"{kind!r} is not one of {', '.join(MODEL_KINDS)}")
+    path_text = _take(where, raw, "path", str, None)
+    if path_text is None:
+        raise where.fail("path", "missing: the model's GGUF file")
+    path = (source.parent / path_text).resolve()
+    if not path.is_file():
+        raise where.fail(
+            "path", f"file {path} does not exist (run scripts/fetch-models for the defaults)"
+        )
+    aliases = _string_list(where, raw, "aliases")
+    price = _take(where, raw, "price_per_request", (int, float), 0.0)
+    if price < 0:
+        raise where.fail("price_per_request", "must not be negative")
+    context_length = _positive(where, raw, "context_length", 4096)
+    parallel = _positive(where, raw, "parallel", 1)
+    gpu_layers = _gpu_layers(where, raw)
+    threads = _take(where, raw, "threads", int, None)
+    if threads is not None and threads < 1:
+        raise where.fail("threads", "must be at least 1")
+    return ModelConfig(
+        id=model_id,
+        kind="chat",
+        path=path,
+        aliases=aliases,
+        price_per_request=float(price),
+        context_length=context_length,
+        parallel=parallel,
+        gpu_layers=gpu_layers,
+        threads=threads,
+        chat_template=_take(where, raw, "chat_template", str, None),
+        stop=_string_list(where, raw, "stop"),
+        owned_by=_take(where, raw, "owned_by", str, "appliance"),
+    )
+
+
+def _string_list(where: _Where, raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    values = _take(where, raw, key, list, [])
+    if not all(isinstance(v, str) and v for v in values):
+        raise where.fail(key, "expected a list of non-empty strings")
+    return tuple(values)
+
+
+def _positive(where: _Where, raw: Mapping[str, Any], key: str, default: int) -> int:
+    value: int = _take(where, raw, key, int, default)
+    if value < 1:
+        raise where.fail(key, "must be at least 1")
+    return value
+
+
+def _gpu_layers(where: _Where, raw: Mapping[str, Any]) -> int:
+    value = _take(where, raw, "gpu_layers", (int, str), "all")
+    if value == "all":
+        return GPU_LAYERS_ALL
+    if isinstance(value, int) and value >= 0:
+        return value
+    raise where.fail("gpu_layers", f"expected \"all\" or a layer count >= 0, got {value!r}")
+
+
+def _check_names_unique(source: Path, models: tuple[ModelConfig, ...]) -> None:
+    owner: dict[str, str] = {}
+    for index, model in enumerate(models):
+        for key, name in [("id", model.id)] + [("aliases", a) for a in model.aliases]:
+            if name in owner:
+                raise _Where(source, f"models[{index}] (id {model.id!r})").fail(
+                    key, f"name {name!r} is already used by model {owner[name]!r}"
+                )
+            owner[name] = model.id
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> ApplianceConfig:
+    """Reads and validates models.toml; raises ConfigError naming file, model and key."""
+    env = os.environ if env is None else env
+    source = path.resolve()
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{source}: no such configuration file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    for key in raw:
+        if key not in ("server", "models"):
+            raise ConfigError(f"{source}: {key}: unknown top-level key (expected server, models)")
+    server_raw = raw.get("server", {})
+    if not isinstance(server_raw, dict):
+        raise ConfigError(f"{source}: server: must be a table")
+    models_raw = raw.get("models", [])
+    if not isinstance(models_raw, list):
+        raise ConfigError(f"{source}: models: must be an array of tables ([[models]])")
+    models = tuple(_model(source, i, m) for i, m in enumerate(models_raw))
+    if not models:
+        raise ConfigError(f"{source}: models: no [[models]] configured")
+    _check_names_unique(source, models)
+    return ApplianceConfig(source=source, server=_server(source, server_raw, env), models=models)
+
+
+def with_overrides(
+    config: ApplianceConfig,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    data_dir: Path | None = None,
+) -> ApplianceConfig:
+    """Applies CLI flags; a new data dir moves the ledger and keys with it unless set apart."""
+    server = config.server
+    if data_dir is not None:
+        data_dir = data_dir.resolve()
+        server = replace(
+            server,
+            data_dir=data_dir,
+            ledger_path=_rebase(server.ledger_path, server.data_dir, data_dir),
+            keys_path=_rebase(server.keys_path, server.data_dir, data_dir),
+        )
+    if host is not None:
+        server = replace(server, host=host)
+    if port is not None:
+        server = replace(server, port=port)
+    return replace(config, server=server)
+
+
+def _rebase(path: Path, old_dir: Path, new_dir: Path) -> Path:
+    try:
+        return new_dir / path.relative_to(old_dir)
+    except ValueError:
+        return path

@@ -1,0 +1,114 @@
+"""What an engine is, seen from the api: capability Protocols and the plain data they exchange.
+
+Engines take and return these dataclasses only; the api alone knows the OpenAI wire format.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Per-request sampling; temperature 0 means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass(frozen=True)
+class ChatParams:
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Started:
+    """The request is admitted: the prompt fits and is queued for generation."""
+
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    reason: FinishReason
+    usage: Usage
+
+
+ChatEvent = Started | TextDelta | Finish
+
+
+class CancelToken:
+    """Set by the api when the client goes away; engines check it between steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    kind: str
+    context_length: int
+    owned_by: str
+    created: int
+
+
+class ChatEngine(Protocol):
+    """A loaded chat model.
+
+    ``chat`` yields exactly one ``Started`` first (or raises before it: ContextLengthExceeded,
+    InvalidRequest), then ``TextDelta``s, then exactly one ``Finish``. Closing the iterator
+    early or setting the cancel token frees the engine at its next step.
+    """
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def chat(
+        self, params: ChatParams, cancel: CancelToken
+    ) -> AsyncGenerator[ChatEvent, None]: ...
+
+    def warm_up(self) -> None: ...
+
+    def close(self) -> None: ...

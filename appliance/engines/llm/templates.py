@@ -1,0 +1,67 @@
+"""Chat templates: turning messages into the prompt text a model was trained on.
+
+The template is the GGUF's own Jinja ``tokenizer.chat_template`` unless models.toml overrides
+it (a base model such as Gemma 3 270M ships none). Rendering runs in Jinja's sandbox, with the
+helpers Hugging Face templates expect (``raise_exception``, ``strftime_now``, a ``tojson`` that
+does not HTML-escape).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from appliance.engines.base import ChatMessage
+from appliance.errors import ConfigError, InvalidRequest
+
+
+class TemplateRaised(Exception):
+    """The template itself refused the conversation (e.g. roles out of order)."""
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateRaised(message)
+
+
+def _tojson(value: Any, indent: int | None = None, **_: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+class ChatTemplate:
+    def __init__(self, source: str, bos_token: str, eos_token: str, model_id: str):
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
+        env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        env.filters["tojson"] = _tojson
+        try:
+            self._template = env.from_string(source)
+        except TemplateError as exc:
+            raise ConfigError(f"model {model_id!r}: chat_template does not compile: {exc}") from exc
+        self._bos = bos_token
+        self._eos = eos_token
+        self._model_id = model_id
+
+    def render(self, messages: Sequence[ChatMessage]) -> str:
+        try:
+            return self._template.render(
+                messages=[{"role": m.role, "content": m.content} for m in messages],
+                add_generation_prompt=True,
+                bos_token=self._bos,
+                eos_token=self._eos,
+            )
+        except TemplateRaised as exc:
+            raise InvalidRequest(
+                f"The model's chat template rejected these messages: {exc}", param="messages"
+            ) from None
+        except TemplateError as exc:
+            raise InvalidRequest(
+                f"The model's chat template could not render these messages: {exc}",
+                param="messages",
+            ) from None

@@ -1,0 +1,59 @@
+"""Builds every configured engine at boot, warms it, and logs how long each step took.
+
+The only module that knows the concrete engine classes. A model that fails to load or warm
+stops the boot with an error naming it, after closing what was already loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from appliance.config import ApplianceConfig, ModelConfig
+from appliance.engines.base import ChatEngine
+from appliance.engines.catalog import Catalog
+from appliance.engines.llm.engine import LlamaChatEngine
+from appliance.errors import ApplianceError, ConfigError
+
+log = logging.getLogger("appliance.engines")
+
+
+@dataclass(frozen=True)
+class BootTiming:
+    model: str
+    load_seconds: float
+    warm_seconds: float
+
+
+def _load_chat(model: ModelConfig) -> ChatEngine:
+    return LlamaChatEngine.load(model)
+
+
+def load_catalog(config: ApplianceConfig) -> tuple[Catalog, list[BootTiming]]:
+    loaded: list[tuple[ChatEngine, tuple[str, ...]]] = []
+    timings: list[BootTiming] = []
+    try:
+        for model in config.models:
+            t0 = time.perf_counter()
+            try:
+                engine = _load_chat(model)
+            except ApplianceError:
+                raise
+            except Exception as exc:
+                raise ConfigError(f"model {model.id!r} failed to load from {model.path}: {exc}") \
+                    from exc
+            loaded.append((engine, model.aliases))
+            t1 = time.perf_counter()
+            try:
+                engine.warm_up()
+            except Exception as exc:
+                raise ConfigError(f"model {model.id!r} failed its warm-up: {exc}") from exc
+            t2 = time.perf_counter()
+            timings.append(BootTiming(model.id, t1 - t0, t2 - t1))
+            log.info("model %s loaded in %.2fs, warmed in %.2fs", model.id, t1 - t0, t2 - t1)
+    except BaseException:
+        for engine, _ in loaded:
+            engine.close()
+        raise
+    return Catalog(loaded), timings

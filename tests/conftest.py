@@ -1,0 +1,55 @@
+"""Shared fixtures: an app over fakes, driven by the official SDK in-process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx2
+import openai
+import pytest
+
+from appliance.api.app import create_app
+from appliance.api.services import Limits, Pricing, Services
+from appliance.engines.catalog import Catalog
+from tests.fakes import FakeChatEngine, FakeKeys, ListLedger
+
+API_KEY = "sk-app-test-key-0123456789"
+
+
+@dataclass
+class FastStack:
+    engine: FakeChatEngine
+    ledger: ListLedger
+    keys: FakeKeys
+    client: openai.AsyncOpenAI
+    http: httpx2.AsyncClient
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[FastStack]:
+    engine = FakeChatEngine()
+    ledger = ListLedger()
+    keys = FakeKeys()
+    keys.add(API_KEY)
+    services = Services(
+        catalog=Catalog([(engine, ("gpt-4o-mini",))]),
+        ledger=ledger,
+        keys=keys,
+        pricing=Pricing(per_request={"fake-chat": 0.25}, currency="USD"),
+        limits=Limits(max_body_bytes=64 * 1024),
+    )
+    transport = httpx2.ASGITransport(app=create_app(services))
+    http = httpx2.AsyncClient(transport=transport, base_url="http://appliance.test")
+    client = openai.AsyncOpenAI(base_url="http://appliance.test/v1", api_key=API_KEY,
+                                http_client=http, max_retries=0)
+    try:
+        yield FastStack(engine, ledger, keys, client, http)
+    finally:
+        await client.close()
+        await http.aclose()

@@ -1,0 +1,109 @@
+"""Fakes: real implementations of the engine and ledger Protocols with canned behaviour.
+
+They let the fast tier drive the whole HTTP stack through the official SDK without models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+
+from appliance.engines.base import (
+    CancelToken,
+    ChatEvent,
+    ChatParams,
+    Finish,
+    FinishReason,
+    ModelInfo,
+    Started,
+    TextDelta,
+    Usage,
+)
+from appliance.errors import ContextLengthExceeded, EngineFailure
+from appliance.ledger import KeyRecord, RequestRecord
+
+
+@dataclass
+class FakeChatEngine:
+    """Answers with ``reply`` split into words; one word is one token.
+
+    The prompt costs one token per word of all messages; a prompt longer than
+    ``context_length`` words is refused as real engines refuse it.
+    """
+
+    model_id: str = "fake-chat"
+    reply: str = "Hello there, this is a canned reply."
+    context_length: int = 64
+    fail_after: int | None = None
+    calls: list[ChatParams] = field(default_factory=list)
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(id=self.model_id, kind="chat", context_length=self.context_length,
+                         owned_by="appliance", created=1_700_000_000)
+
+    def warm_up(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def chat(
+        self, params: ChatParams, cancel: CancelToken
+    ) -> AsyncGenerator[ChatEvent, None]:
+        self.calls.append(params)
+        prompt = sum(len(m.content.split()) for m in params.messages) + len(params.messages)
+        if prompt > self.context_length:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_length} tokens.",
+                param="messages")
+        yield Started(prompt)
+        words = [w + " " for w in self.reply.split()]
+        words[-1] = words[-1].rstrip()
+        reason: FinishReason = "stop"
+        produced = 0
+        text = ""
+        for word in words:
+            if cancel.cancelled:
+                return
+            if params.max_tokens is not None and produced >= params.max_tokens:
+                reason = "length"
+                break
+            if self.fail_after is not None and produced >= self.fail_after:
+                raise EngineFailure("the fake engine failed on purpose")
+            candidate = text + word
+            cut = min((candidate.find(s) for s in params.stop if s in candidate), default=-1)
+            if cut >= 0:
+                if cut > len(text):
+                    yield TextDelta(candidate[len(text):cut])
+                produced += 1
+                break
+            produced += 1
+            text = candidate
+            await asyncio.sleep(0)
+            yield TextDelta(word)
+        yield Finish(reason, Usage(prompt, produced))
+
+
+@dataclass
+class FakeKeys:
+    secrets: dict[str, KeyRecord] = field(default_factory=dict)
+
+    def add(self, secret: str, name: str = "tester") -> KeyRecord:
+        record = KeyRecord(id=f"key_{len(self.secrets):012d}", name=name, prefix=secret[:11],
+                           created_at=time.time(), revoked_at=None)
+        self.secrets[secret] = record
+        return record
+
+    def lookup(self, secret: str) -> KeyRecord | None:
+        return self.secrets.get(secret)
+
+
+@dataclass
+class ListLedger:
+    rows: list[RequestRecord] = field(default_factory=list)
+
+    def record(self, row: RequestRecord) -> None:
+        self.rows.append(row)

@@ -1,0 +1,188 @@
+"""The real server with real models, through the official Python SDK (sync and async)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from typing import Any
+
+import openai
+import pytest
+
+from tests.real.conftest import RealServer
+
+pytestmark = pytest.mark.real
+SMOL = "smollm2-135m-instruct"
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+def client(server: RealServer, **options: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, **options)
+
+
+def ledger_row(server: RealServer, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Polls the ledger file, as a person would: the writer commits in the background."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(f"file:{server.server.ledger_path}?mode=ro", uri=True) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("select * from requests where request_id = ?",
+                             (request_id,)).fetchone()
+        db.close()
+        if row is not None:
+            return dict(row)
+        time.sleep(0.1)
+    raise AssertionError(f"no ledger row for {request_id}")
+
+
+def test_sync_completion_answers_and_is_ledgered(real_server: RealServer) -> None:
+    raw = client(real_server).chat.completions.with_raw_response.create(
+        model=SMOL, messages=QUESTION, temperature=0, max_tokens=20)
+    completion = raw.parse()
+    text = completion.choices[0].message.content or ""
+    assert "Paris" in text
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.model == SMOL
+    usage = completion.usage
+    assert usage is not None and usage.prompt_tokens > 5 and usage.completion_tokens > 0
+    row = ledger_row(real_server, raw.headers["x-request-id"])
+    assert row["status"] == "ok"
+    assert row["model"] == SMOL
+    assert row["prompt_tokens"] == usage.prompt_tokens
+    assert row["completion_tokens"] == usage.completion_tokens
+    assert row["price"] == 0.5
+    assert row["ttft_ms"] is not None and row["ttft_ms"] > 0
+
+
+def test_greedy_is_deterministic_and_alias_works(real_server: RealServer) -> None:
+    sdk = client(real_server)
+    first = sdk.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0,
+                                        max_tokens=16)
+    second = sdk.chat.completions.create(model="gpt-4o-mini", messages=QUESTION,
+                                         temperature=0, max_tokens=16)
+    assert first.choices[0].message.content == second.choices[0].message.content
+    assert second.model == SMOL
+
+
+def test_same_seed_same_sample(real_server: RealServer) -> None:
+    sdk = client(real_server)
+    story = [{"role": "user", "content": "Write a sentence about a cat."}]
+    outputs = {
+        sdk.chat.completions.create(model=SMOL, messages=story, temperature=1.0, seed=1234,
+                                    max_tokens=24).choices[0].message.content
+        for _ in range(2)
+    }
+    assert len(outputs) == 1
+
+
+def test_stream_matches_non_stream_and_reports_usage(real_server: RealServer) -> None:
+    sdk = client(real_server)
+    whole = sdk.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0,
+                                        max_tokens=24)
+    chunks = list(sdk.chat.completions.create(
+        model=SMOL, messages=QUESTION, temperature=0, max_tokens=24, stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and
+                c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert whole.usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_max_tokens_gives_length(real_server: RealServer) -> None:
+    completion = client(real_server).chat.completions.create(
+        model=SMOL, messages=[{"role": "user", "content": "Count from one to fifty."}],
+        max_completion_tokens=3, temperature=0)
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None and completion.usage.completion_tokens == 3
+
+
+def test_stop_sequence_is_cut_from_output(real_server: RealServer) -> None:
+    sdk = client(real_server)
+    plain = sdk.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0,
+                                        max_tokens=20).choices[0].message.content or ""
+    assert "Paris" in plain
+    stopped = sdk.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0,
+                                          max_tokens=20, stop=["aris"])
+    assert stopped.choices[0].message.content == plain[: plain.index("aris")]
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_prompt_over_context_is_400(real_server: RealServer) -> None:
+    huge = [{"role": "user", "content": "hello " * 2000}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(real_server).chat.completions.create(model=SMOL, messages=huge)
+    assert caught.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(real_server).chat.completions.create(model=SMOL, messages=QUESTION,
+                                                    max_tokens=5000)
+    assert caught.value.code == "context_length_exceeded"
+
+
+def test_sdk_error_classes(real_server: RealServer) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=real_server.base_url, api_key="sk-app-nope",
+                      max_retries=0).models.list()
+    with pytest.raises(openai.NotFoundError):
+        client(real_server).chat.completions.create(model="gpt-5-ultra", messages=QUESTION)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(real_server).chat.completions.create(
+            model=SMOL, messages=QUESTION, tools=[{"type": "function",
+                                                   "function": {"name": "f"}}])
+    assert caught.value.param == "tools"
+
+
+def test_models_list_shows_both_models(real_server: RealServer) -> None:
+    ids = {m.id for m in client(real_server).models.list()}
+    assert {SMOL, "gpt-4o-mini", "gemma-3-270m"} <= ids
+
+
+def test_gemma_uses_the_configured_template(real_server: RealServer) -> None:
+    completion = client(real_server).chat.completions.create(
+        model="gemma-3-270m", messages=QUESTION, temperature=0, max_tokens=12)
+    assert completion.model == "gemma-3-270m"
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    # The template puts each turn between Gemma's markers; the prompt is longer than the text.
+    assert completion.usage.prompt_tokens > 12
+    assert "<start_of_turn>" not in (completion.choices[0].message.content or "")
+
+
+def test_eight_concurrent_async_requests_all_succeed(real_server: RealServer) -> None:
+    async def run() -> list[str]:
+        sdk = openai.AsyncOpenAI(base_url=real_server.base_url, api_key=real_server.key,
+                                 max_retries=0)
+        async with sdk:
+            async def one(i: int) -> str:
+                stream = await sdk.chat.completions.create(
+                    model=SMOL, stream=True, max_tokens=12, temperature=0,
+                    messages=[{"role": "user", "content": f"Say the number {i}."}])
+                return "".join([c.choices[0].delta.content or "" async for c in stream
+                                if c.choices])
+            return await asyncio.gather(*(one(i) for i in range(8)))
+
+    answers = asyncio.run(run())
+    assert len(answers) == 8 and all(answers)
+
+
+def test_client_that_leaves_mid_stream_is_ledgered_as_cancelled(real_server: RealServer) -> None:
+    sdk = client(real_server)
+    stream = sdk.chat.completions.with_raw_response.create(
+        model=SMOL, stream=True, max_tokens=400, temperature=1.0, seed=3,
+        messages=[{"role": "user", "content": "Tell me a very long story about a dragon."}])
+    request_id = stream.headers["x-request-id"]
+    chunks = stream.parse()
+    for _, _chunk in zip(range(3), chunks, strict=False):
+        pass
+    chunks.close()
+    row = ledger_row(real_server, request_id, timeout=15)
+    assert row["status"] == "cancelled"
+    assert row["completion_tokens"] > 0
+    # The server still answers the next request: the cancelled one did not hold the model.
+    after = sdk.chat.completions.create(model=SMOL, messages=QUESTION, max_tokens=5)
+    assert after.choices[0].message.content
