@@ -1,0 +1,111 @@
+"""models.toml validation: every mistake is named by file, model and key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.config import GPU_LAYERS_ALL, load_config, with_overrides
+from appliance.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "n.gguf").write_bytes(b"GGUF")
+    path = tmp_path / "models.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+GOOD = """
+[server]
+port = 9001
+data_dir = "state"
+
+[[models]]
+id = "a"
+path = "m.gguf"
+aliases = ["gpt-4o-mini"]
+price_per_request = 0.01
+context_length = 2048
+parallel = 2
+gpu_layers = 10
+chat_template = "{{ messages }}"
+stop = ["<end>"]
+
+[[models]]
+id = "b"
+path = "n.gguf"
+"""
+
+
+def test_good_config_is_typed_and_resolved(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), env={})
+    assert config.server.port == 9001
+    assert config.server.data_dir == (tmp_path / "state").resolve()
+    assert config.server.ledger_path == config.server.data_dir / "ledger.sqlite"
+    first, second = config.models
+    assert first.aliases == ("gpt-4o-mini",)
+    assert first.path == (tmp_path / "m.gguf").resolve()
+    assert (first.parallel, first.gpu_layers, first.context_length) == (2, 10, 2048)
+    assert first.stop == ("<end>",)
+    assert second.gpu_layers == GPU_LAYERS_ALL  # full offload unless told otherwise
+    assert second.kind == "chat"
+
+
+def test_environment_and_flags_override_server_knobs(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), env={"APPLIANCE_PORT": "9100"})
+    assert config.server.port == 9100
+    moved = with_overrides(config, host="0.0.0.0", data_dir=tmp_path / "elsewhere")
+    assert moved.server.host == "0.0.0.0"
+    assert moved.server.ledger_path == (tmp_path / "elsewhere" / "ledger.sqlite").resolve()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (GOOD.replace("parallel = 2", "paralel = 2"), "models[0] (id 'a').paralel: unknown key"),
+        (GOOD.replace('port = 9001', 'prot = 9001'), "server.prot: unknown key"),
+        (GOOD.replace('path = "n.gguf"', 'path = "missing.gguf"'), "models[1] (id 'b').path"),
+        (GOOD.replace('id = "b"', 'id = "a"'), "models[1] (id 'a').id: name 'a' is already"),
+        (GOOD.replace('path = "n.gguf"', 'path = "n.gguf"\naliases = ["gpt-4o-mini"]'),
+         "models[1] (id 'b').aliases: name 'gpt-4o-mini' is already used by model 'a'"),
+        (GOOD.replace("parallel = 2", 'parallel = "two"'), ".parallel: expected int"),
+        (GOOD.replace("parallel = 2", "parallel = 0"), ".parallel: must be at least 1"),
+        (GOOD.replace("gpu_layers = 10", 'gpu_layers = "most"'), ".gpu_layers"),
+        (GOOD.replace('port = 9001', 'port = true'), "server.port: expected int"),
+        (GOOD.replace('kind', 'x') + '\n[[models]]\nid = "c"\nkind = "video"\npath = "m.gguf"',
+         "models[2] (id 'c').kind"),
+        ("[[models]]\npath = 'm.gguf'", "models[0].id"),
+        ("[server]\n", "no [[models]] configured"),
+        ("[[models]\n", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_file_model_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert str(path.resolve()) in caught.value.message
+    assert expected in caught.value.message
+
+
+def test_check_config_exits_non_zero_with_a_clear_line(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("parallel = 2", "paralel = 2"))
+    done = subprocess.run([sys.executable, "-m", "appliance.cli", "check-config", "--config",
+                           str(path)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "paralel: unknown key" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_shipped_models_toml_is_valid() -> None:
+    config = load_config(ROOT / "models.toml", env={})
+    ids = [m.id for m in config.models]
+    assert ids == ["smollm2-135m-instruct", "gemma-3-270m"]
+    gemma = config.models[1]
+    assert gemma.chat_template and "<start_of_turn>" in gemma.chat_template
