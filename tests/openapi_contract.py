@@ -15,7 +15,7 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "openai-openapi" / "openapi.yaml"
+SPEC_IN_SHARED = Path("shared") / "openai-openapi" / "openapi.yaml"
 SPEC_URI = "urn:openai-openapi"
 
 
@@ -36,10 +36,19 @@ def _nullable_to_union(node: Any) -> Any:
     return node
 
 
+def _spec_path() -> Path:
+    """shared/ sits beside the checkout (../shared), here and in CI."""
+    for folder in Path(__file__).resolve().parents:
+        if (folder / SPEC_IN_SHARED).is_file():
+            return folder / SPEC_IN_SHARED
+    raise FileNotFoundError(f"no {SPEC_IN_SHARED} beside or above this checkout")
+
+
 @functools.cache
 def _registry() -> Registry:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    document = _nullable_to_union(yaml.load(SPEC.read_text(encoding="utf-8"), Loader=loader))
+    text = _spec_path().read_text(encoding="utf-8")
+    document = _nullable_to_union(yaml.load(text, Loader=loader))
     resource = Resource(contents=document, specification=DRAFT202012)
     return Registry().with_resource(SPEC_URI, resource)
 
