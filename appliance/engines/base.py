@@ -26,9 +26,13 @@ class Sampling:
 
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0 = off (OpenAI has no top-k; an extension)
+    min_p: float = 0.0  # 0 = off (an extension)
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0  # 1 = off (an extension, llama.cpp's multiplicative penalty)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,14 @@ path = "{SMOLLM2}"
 aliases = ["gpt-4o-mini"]
 price_per_request = 0.5
 context_length = 1024
+parallel = 4
 
 [[models]]
 id = "gemma-3-270m"
 path = "{GEMMA}"
 price_per_request = 1.0
 context_length = 1024
+parallel = 4
 stop = ["<end_of_turn>", "<start_of_turn>"]
 chat_template = \"\"\"{{{{ bos_token }}}}{{% for m in messages %}}<start_of_turn>\\
 {{{{ 'model' if m.role == 'assistant' else 'user' }}}}

@@ -1,27 +1,18 @@
-"""A GGUF chat model on llama-cpp-python, served from one decode thread.
+"""A GGUF chat model served by the continuous-batching scheduler.
 
-Owns the model, its context, its chat template and the thread that generates. Requests queue
-in front of the thread and run one after another (issue 3 replaces this with a batching
-scheduler behind the same ChatEngine Protocol). Tokens travel back to the event loop through
-a thread-safe hand-off; a cancelled request frees the thread at its next token. The context
-keeps the last prompt's KV, so a request sharing its prefix decodes only the rest.
+Owns the request side: rendering the chat template, tokenizing, checking the context, and
+carrying events from the decode thread back to the event loop. The scheduler owns decoding.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-import os
-import queue
-import random
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 
 import anyio.to_thread
-import llama_cpp
 
 from appliance.config import ModelConfig
 from appliance.engines.base import (
@@ -30,77 +21,50 @@ from appliance.engines.base import (
     ChatMessage,
     ChatParams,
     Finish,
-    FinishReason,
     ModelInfo,
     Sampling,
     Started,
-    TextDelta,
-    Usage,
 )
+from appliance.engines.llm.model import LoadedModel, default_threads
+from appliance.engines.llm.scheduler import Emit, GenerationRequest, Scheduler
 from appliance.engines.llm.templates import ChatTemplate
-from appliance.engines.llm.textstream import TextAssembler
-from appliance.errors import ConfigError, ContextLengthExceeded, EngineFailure
+from appliance.errors import ConfigError, ContextLengthExceeded
 
 log = logging.getLogger("appliance.engines.llm")
-
-
-@dataclass
-class _Job:
-    tokens: list[int]
-    max_tokens: int
-    stop: tuple[str, ...]
-    sampling: Sampling
-    cancel: CancelToken
-    emit: Callable[[ChatEvent | BaseException], None]
+BATCH_SIZE = 512
 
 
 class LlamaChatEngine:
-    def __init__(self, config: ModelConfig, llama: llama_cpp.Llama, template: ChatTemplate):
+    def __init__(self, config: ModelConfig, model: LoadedModel, template: ChatTemplate):
         self._config = config
-        self._llama = llama
+        self._model = model
         self._template = template
-        self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
-        self._add_bos = bool(llama._model.add_bos_token())
-        self._bos_text = _token_text(llama, llama.token_bos())
-        # A configured stop string that is one special token (Gemma's <start_of_turn>) never
-        # shows up as text, so it is matched as a token.
-        self._stop_tokens = frozenset(
-            ids[0] for stop in config.stop
-            if len(ids := llama.tokenize(stop.encode(), add_bos=False, special=True)) == 1
+        self._scheduler = Scheduler(
+            model,
+            model_id=config.id,
+            slots=config.parallel,
+            context_length=config.context_length,
+            threads=default_threads(config.threads),
+            batch_size=BATCH_SIZE,
+            stop_tokens=model.single_tokens(config.stop),
         )
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._info = ModelInfo(
-            id=config.id, kind=config.kind, context_length=llama.n_ctx(),
-            owned_by=config.owned_by, created=int(time.time()),
-        )
-        self._thread = threading.Thread(target=self._serve, name=f"llm-{config.id}", daemon=True)
-        self._thread.start()
+        self._info = ModelInfo(id=config.id, kind=config.kind,
+                               context_length=config.context_length,
+                               owned_by=config.owned_by, created=int(time.time()))
 
     @classmethod
     def load(cls, config: ModelConfig) -> LlamaChatEngine:
-        threads = config.threads or os.cpu_count() or 1
-        llama = llama_cpp.Llama(
-            model_path=str(config.path),
-            n_ctx=config.context_length,
-            n_gpu_layers=config.gpu_layers,
-            n_threads=threads,
-            n_threads_batch=threads,
-            verbose=False,
-        )
-        template_source = config.chat_template or llama.metadata.get("tokenizer.chat_template")
-        if not template_source:
-            llama.close()
-            raise ConfigError(
-                f"model {config.id!r}: {config.path.name} carries no chat template; "
-                "set chat_template in models.toml"
-            )
-        template = ChatTemplate(
-            template_source,
-            bos_token=_token_text(llama, llama.token_bos()),
-            eos_token=_token_text(llama, llama.token_eos()),
-            model_id=config.id,
-        )
-        return cls(config, llama, template)
+        model = LoadedModel(config.path, config.gpu_layers)
+        try:
+            source = config.chat_template or model.chat_template
+            if not source:
+                raise ConfigError(f"model {config.id!r}: {config.path.name} carries no chat "
+                                  "template; set chat_template in models.toml")
+            template = ChatTemplate(source, model.bos_text, model.eos_text, config.id)
+            return cls(config, model, template)
+        except BaseException:
+            model.close()
+            raise
 
     @property
     def info(self) -> ModelInfo:
@@ -119,30 +83,31 @@ class LlamaChatEngine:
             if isinstance(event, (Finish, BaseException)):
                 done.set()
 
-        tokens, max_tokens = self._prepare(params)
-        self._jobs.put(_Job(tokens, max_tokens, params.stop, params.sampling, CancelToken(), emit))
-        done.wait()
+        self._scheduler.submit(self._request(params, CancelToken(), emit))
+        if not done.wait(timeout=300):
+            raise TimeoutError(f"model {self._config.id} did not finish its warm-up")
         if failure:
             raise failure[0]
 
     def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=30)
-        self._llama.close()
+        self._scheduler.close()
+        self._model.close()
 
     async def chat(
         self, params: ChatParams, cancel: CancelToken
     ) -> AsyncGenerator[ChatEvent, None]:
-        tokens, max_tokens = await anyio.to_thread.run_sync(self._prepare, params)
-        yield Started(prompt_tokens=len(tokens))
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[ChatEvent | BaseException] = asyncio.Queue()
 
         def emit(event: ChatEvent | BaseException) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the loop is gone (shutdown): nobody is listening
+                cancel.cancel()
 
-        stop = tuple(dict.fromkeys(params.stop + self._config.stop))
-        self._jobs.put(_Job(tokens, max_tokens, stop, params.sampling, cancel, emit))
+        request = await anyio.to_thread.run_sync(self._request, params, cancel, emit)
+        yield Started(prompt_tokens=len(request.tokens))
+        self._scheduler.submit(request)
         try:
             while True:
                 event = await events.get()
@@ -154,13 +119,9 @@ class LlamaChatEngine:
         finally:
             cancel.cancel()
 
-    # --- request preparation (any thread) ---
-
-    def _prepare(self, params: ChatParams) -> tuple[list[int], int]:
+    def _request(self, params: ChatParams, cancel: CancelToken, emit: Emit) -> GenerationRequest:
         text = self._template.render(params.messages)
-        if self._add_bos and self._bos_text and text.startswith(self._bos_text):
-            text = text[len(self._bos_text):]  # the tokenizer adds BOS; never send it twice
-        tokens = self._llama.tokenize(text.encode(), add_bos=self._add_bos, special=True)
+        tokens = self._model.tokenize_prompt(text)
         n_ctx = self._info.context_length
         if params.max_tokens is not None and len(tokens) + params.max_tokens > n_ctx:
             raise ContextLengthExceeded(
@@ -177,79 +138,12 @@ class LlamaChatEngine:
                 "messages.",
                 param="messages",
             )
-        return tokens, params.max_tokens or n_ctx - len(tokens)
-
-    # --- the decode thread ---
-
-    def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            if job.cancel.cancelled:
-                continue
-            try:
-                job.emit(self._generate(job))
-            except Exception as exc:  # keep serving the other requests
-                log.exception("generation failed on model %s", self._config.id)
-                job.emit(EngineFailure(f"Generation failed on model {self._config.id}: {exc}"))
-
-    def _generate(self, job: _Job) -> Finish:
-        llama = self._llama
-        cached = _common_prefix(llama._input_ids.tolist(), job.tokens)
-        sampling = job.sampling
-        llama.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
-        assembler = TextAssembler(job.stop)
-        produced = 0
-        reason: FinishReason = "length"
-        for token in llama.generate(
-            job.tokens,
-            temp=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=0,  # OpenAI has no top-k: sample from the whole (top_p-cut) distribution
-            min_p=0.0,
-            repeat_penalty=1.0,
-            presence_penalty=sampling.presence_penalty,
-            frequency_penalty=sampling.frequency_penalty,
-            reset=True,
-        ):
-            if job.cancel.cancelled:
-                break
-            if token in self._stop_tokens or llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                reason = "stop"
-                break
-            produced += 1
-            piece = assembler.push(self._piece(token))
-            if piece.text:
-                job.emit(TextDelta(piece.text))
-            if piece.stopped:
-                reason = "stop"
-                break
-            if produced >= job.max_tokens:
-                break
-        tail = assembler.finish()
-        if tail:
-            job.emit(TextDelta(tail))
-        prompt = len(job.tokens)
-        return Finish(reason, Usage(prompt, produced, min(cached, max(prompt - 1, 0))))
-
-    def _piece(self, token: int) -> bytes:
-        size = 64
-        while True:
-            buffer = ctypes.create_string_buffer(size)
-            written = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, size, 0, False)
-            if written >= 0:
-                return buffer.raw[:written]
-            size = -written
-
-
-def _common_prefix(cached: Sequence[int], tokens: list[int]) -> int:
-    count = 0
-    for a, b in zip(cached, tokens, strict=False):
-        if a != b:
-            break
-        count += 1
-    return count
-
-
-def _token_text(llama: llama_cpp.Llama, token: int) -> str:
-    if token < 0:
-        return ""
-    return str(llama._model.token_get_text(token))
+        stop = tuple(dict.fromkeys(params.stop + self._config.stop))
+        return GenerationRequest(
+            tokens=tokens,
+            max_tokens=params.max_tokens or n_ctx - len(tokens),
+            stop=stop,
+            sampling=params.sampling,
+            cancel=cancel,
+            emit=emit,
+        )

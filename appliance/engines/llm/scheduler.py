@@ -1,0 +1,271 @@
+"""Continuous batching for one model: sequence slots, one decode thread, one batch per step.
+
+Every step builds a single llama_batch holding one token for each slot that is generating plus
+a chunk of prompt tokens for slots still reading their prompt (chunked prefill: a long prompt
+delays the other streams by at most one chunk per step). Each request samples with its own
+chain. A new request takes the free slot whose cached tokens share the longest prefix with its
+prompt and decodes only the rest. Cancelled requests free their slot at the next step; requests
+beyond the slots wait in order and are never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import llama_cpp
+
+from appliance.engines.base import (
+    CancelToken,
+    ChatEvent,
+    Finish,
+    FinishReason,
+    Sampling,
+    TextDelta,
+    Usage,
+)
+from appliance.engines.llm.batch import TokenBatch
+from appliance.engines.llm.model import LoadedModel
+from appliance.engines.llm.sampling import SamplerChain
+from appliance.engines.llm.textstream import TextAssembler
+from appliance.errors import EngineFailure
+
+log = logging.getLogger("appliance.engines.llm")
+Emit = Callable[[ChatEvent | BaseException], None]
+
+
+@dataclass
+class GenerationRequest:
+    tokens: list[int]
+    max_tokens: int
+    stop: tuple[str, ...]
+    sampling: Sampling
+    cancel: CancelToken
+    emit: Emit
+
+
+@dataclass
+class _Slot:
+    sequence: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
+    last_used: float = 0.0
+    request: GenerationRequest | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    next_token: int | None = None  # sampled, to be fed at the next step
+    sampler: SamplerChain | None = None
+    assembler: TextAssembler | None = None
+    produced: int = 0
+    reused: int = 0
+    admitted: float = 0.0
+    in_batch: list[int] = field(default_factory=list)
+    logits_at: int | None = None
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+class Scheduler:
+    def __init__(self, model: LoadedModel, *, model_id: str, slots: int, context_length: int,
+                 threads: int, batch_size: int, stop_tokens: frozenset[int]):
+        self._model = model
+        self._model_id = model_id
+        self._context_length = context_length
+        self._stop_tokens = stop_tokens
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = context_length * slots  # each slot may use a whole context_length
+        params.n_batch = batch_size
+        params.n_ubatch = batch_size
+        params.n_seq_max = slots
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        # One KV stream per sequence: attention over a shared cache changes float sums with
+        # the neighbours, so a batched answer could differ from the same request alone.
+        params.kv_unified = False
+        # Sliding-window models drop old KV; keeping it full lets prefixes be reused.
+        params.swa_full = True
+        params.no_perf = True
+        self._context = llama_cpp.llama_init_from_model(model.handle, params)
+        if self._context is None:
+            raise EngineFailure(f"model {model_id}: llama.cpp could not create a context")
+        self._memory = llama_cpp.llama_get_memory(self._context)
+        self._batch = TokenBatch(batch_size)
+        self._slots = [_Slot(sequence=i) for i in range(slots)]
+        self._waiting: deque[GenerationRequest] = deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"llm-{model_id}", daemon=True)
+        self._thread.start()
+
+    @property
+    def slot_count(self) -> int:
+        return len(self._slots)
+
+    def submit(self, request: GenerationRequest) -> None:
+        with self._wake:
+            self._waiting.append(request)
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+        for slot in self._slots:
+            self._release(slot)
+        self._batch.close()
+        if self._context is not None:
+            llama_cpp.llama_free(self._context)
+            self._context = None
+
+    # --- the decode thread ---
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self._waiting and not self._busy():
+                    self._wake.wait()
+                if self._stopping:
+                    return
+            try:
+                self._drop_cancelled()
+                self._admit()
+                self._step()
+            except Exception as exc:  # a bug must fail its requests, not the process
+                log.exception("scheduler step failed on model %s", self._model_id)
+                for slot in self._slots:
+                    if slot.request is not None:
+                        self._fail(slot, EngineFailure(
+                            f"Generation failed on model {self._model_id}: {exc}"))
+
+    def _busy(self) -> bool:
+        return any(slot.request is not None for slot in self._slots)
+
+    def _drop_cancelled(self) -> None:
+        for slot in self._slots:
+            if slot.request is not None and slot.request.cancel.cancelled:
+                self._release(slot)
+
+    def _admit(self) -> None:
+        while True:
+            with self._wake:
+                while self._waiting and self._waiting[0].cancel.cancelled:
+                    self._waiting.popleft()
+                free = [slot for slot in self._slots if slot.request is None]
+                if not self._waiting or not free:
+                    return
+                request = self._waiting.popleft()
+            self._assign(request, free)
+
+    def _assign(self, request: GenerationRequest, free: list[_Slot]) -> None:
+        tokens = request.tokens
+        slot = max(free, key=lambda s: (common_prefix(s.cached, tokens), -s.last_used))
+        reuse = min(common_prefix(slot.cached, tokens), len(tokens) - 1)
+        if reuse < len(slot.cached):
+            seq = slot.sequence
+            if not llama_cpp.llama_memory_seq_rm(self._memory, seq, reuse, -1):
+                llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+                reuse = 0
+            slot.cached = slot.cached[:reuse]
+        slot.request = request
+        slot.pending = tokens[reuse:]
+        slot.reused = reuse
+        slot.produced = 0
+        slot.next_token = None
+        slot.admitted = time.monotonic()
+        slot.sampler = SamplerChain(request.sampling, self._model.n_vocab, self._context_length)
+        slot.assembler = TextAssembler(request.stop)
+
+    def _step(self) -> None:
+        batch = self._batch
+        batch.clear()
+        in_batch: list[_Slot] = []
+        for slot in self._slots:
+            if slot.request is not None and slot.next_token is not None:
+                slot.in_batch = [slot.next_token]
+                slot.logits_at = batch.add(slot.next_token, len(slot.cached), slot.sequence, True)
+                in_batch.append(slot)
+        prefilling = sorted((s for s in self._slots if s.request is not None and s.pending),
+                            key=lambda s: s.admitted)
+        for slot in prefilling:
+            take = min(batch.free, len(slot.pending))
+            if take == 0:
+                break
+            chunk = slot.pending[:take]
+            finishes_prompt = take == len(slot.pending)
+            base = len(slot.cached)
+            for offset, token in enumerate(chunk):
+                last = finishes_prompt and offset == take - 1
+                index = batch.add(token, base + offset, slot.sequence, last)
+            slot.logits_at = index if finishes_prompt else None
+            slot.in_batch = chunk
+            in_batch.append(slot)
+        if batch.size == 0:
+            return
+        status = llama_cpp.llama_decode(self._context, batch.handle)
+        if status != 0:
+            for slot in in_batch:
+                llama_cpp.llama_memory_seq_rm(self._memory, slot.sequence, -1, -1)
+                slot.cached = []
+                self._fail(slot, EngineFailure(
+                    f"llama_decode failed with status {status} on model {self._model_id}"))
+            return
+        for slot in in_batch:
+            slot.cached.extend(slot.in_batch)
+            if slot.pending:  # a prefill chunk (a generating slot has no pending prompt)
+                del slot.pending[: len(slot.in_batch)]
+            if slot.logits_at is not None:
+                assert slot.sampler is not None
+                self._accept(slot, slot.sampler.sample(self._context, slot.logits_at))
+
+    def _accept(self, slot: _Slot, token: int) -> None:
+        request = slot.request
+        assert request is not None and slot.assembler is not None
+        slot.next_token = None
+        if token in self._stop_tokens or self._model.is_end_of_generation(token):
+            self._finish(slot, "stop")
+            return
+        slot.produced += 1
+        piece = slot.assembler.push(self._model.piece(token))
+        if piece.text:
+            request.emit(TextDelta(piece.text))
+        if piece.stopped:
+            self._finish(slot, "stop")
+        elif slot.produced >= request.max_tokens or len(slot.cached) + 1 >= self._context_length:
+            self._finish(slot, "length")
+        else:
+            slot.next_token = token
+
+    def _finish(self, slot: _Slot, reason: FinishReason) -> None:
+        request = slot.request
+        assert request is not None and slot.assembler is not None
+        tail = slot.assembler.finish()
+        if tail:
+            request.emit(TextDelta(tail))
+        request.emit(Finish(reason, Usage(len(request.tokens), slot.produced, slot.reused)))
+        self._release(slot)
+
+    def _fail(self, slot: _Slot, error: EngineFailure) -> None:
+        if slot.request is not None:
+            slot.request.emit(error)
+        self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            slot.sampler.close()
+        slot.request = None
+        slot.sampler = None
+        slot.assembler = None
+        slot.pending = []
+        slot.next_token = None
+        slot.logits_at = None
+        slot.last_used = time.monotonic()

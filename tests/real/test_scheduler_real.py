@@ -1,0 +1,77 @@
+"""The batching scheduler on the real SmolLM2: concurrency never changes an answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import openai
+import pytest
+
+from tests.real.conftest import RealServer
+
+pytestmark = pytest.mark.real
+SMOL = "smollm2-135m-instruct"
+TOPICS = ["cats", "the sea", "bread", "trains", "winter", "music", "a garden", "the moon",
+          "rivers", "clocks", "bees", "mountains", "paper", "rain", "bicycles", "owls"]
+
+
+def prompt(topic: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Write two sentences about {topic}."}]
+
+
+async def _answer(sdk: openai.AsyncOpenAI, topic: str, stream: bool) -> str:
+    if stream:
+        chunks = await sdk.chat.completions.create(model=SMOL, messages=prompt(topic),
+                                                   temperature=0, max_tokens=40, stream=True)
+        return "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+    completion = await sdk.chat.completions.create(model=SMOL, messages=prompt(topic),
+                                                   temperature=0, max_tokens=40)
+    return completion.choices[0].message.content or ""
+
+
+def test_sixteen_concurrent_greedy_requests_equal_their_solo_answers(
+    real_server: RealServer,
+) -> None:
+    async def run() -> tuple[list[str], list[str]]:
+        async with openai.AsyncOpenAI(base_url=real_server.base_url, api_key=real_server.key,
+                                      max_retries=0) as sdk:
+            alone = [await _answer(sdk, topic, stream=False) for topic in TOPICS]
+            together = await asyncio.gather(
+                *(_answer(sdk, topic, stream=i % 2 == 0) for i, topic in enumerate(TOPICS)))
+            return alone, list(together)
+
+    alone, together = asyncio.run(run())
+    assert len(set(alone)) == len(TOPICS)  # distinct answers, so a mix-up would show
+    for topic, solo, batched in zip(TOPICS, alone, together, strict=True):
+        assert batched == solo, f"answer about {topic} changed under concurrency"
+
+
+def test_shared_prefix_is_reused_and_reported(real_server: RealServer) -> None:
+    sdk = openai.OpenAI(base_url=real_server.base_url, api_key=real_server.key, max_retries=0)
+    system = {"role": "system", "content": "You are a careful assistant. " * 60}
+    first = sdk.chat.completions.create(
+        model=SMOL, max_tokens=4, temperature=0,
+        messages=[system, {"role": "user", "content": "Name a colour."}])
+    second = sdk.chat.completions.create(
+        model=SMOL, max_tokens=4, temperature=0,
+        messages=[system, {"role": "user", "content": "Name a fruit."}])
+    assert first.usage is not None and second.usage is not None
+    details = second.usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens is not None
+    assert details.cached_tokens >= 300
+    assert details.cached_tokens < second.usage.prompt_tokens
+
+
+def test_queued_requests_beyond_the_slots_all_complete_in_order(real_server: RealServer) -> None:
+    async def run() -> list[tuple[str, float]]:
+        async with openai.AsyncOpenAI(base_url=real_server.base_url, api_key=real_server.key,
+                                      max_retries=0) as sdk:
+            async def one(i: int) -> tuple[str, float]:
+                completion = await sdk.chat.completions.create(
+                    model=SMOL, messages=prompt(TOPICS[i]), temperature=0, max_tokens=8)
+                return completion.choices[0].finish_reason, time.monotonic()
+            return await asyncio.gather(*(one(i) for i in range(12)))
+
+    results = asyncio.run(run())
+    assert all(reason in ("stop", "length") for reason, _ in results)
