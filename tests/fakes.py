@@ -60,6 +60,12 @@ class FakeChatEngine:
                 f"This model's maximum context length is {self.context_length} tokens.",
                 param="messages")
         yield Started(prompt)
+        for index in range(params.n):
+            async for event in self._choice(params, prompt, index, cancel):
+                yield event
+
+    async def _choice(self, params: ChatParams, prompt: int, index: int,
+                      cancel: CancelToken) -> AsyncGenerator[ChatEvent, None]:
         words = [w + " " for w in self.reply.split()]
         words[-1] = words[-1].rstrip()
         reason: FinishReason = "stop"
@@ -77,14 +83,14 @@ class FakeChatEngine:
             cut = min((candidate.find(s) for s in params.stop if s in candidate), default=-1)
             if cut >= 0:
                 if cut > len(text):
-                    yield TextDelta(candidate[len(text):cut])
+                    yield TextDelta(candidate[len(text):cut], index)
                 produced += 1
                 break
             produced += 1
             text = candidate
             await asyncio.sleep(0)
-            yield TextDelta(word)
-        yield Finish(reason, Usage(prompt, produced))
+            yield TextDelta(word, index)
+        yield Finish(reason, Usage(prompt, produced), index)
 
 
 @dataclass

@@ -103,30 +103,38 @@ async def create_chat_completion(request: Request) -> Response:
     identity = _Identity(engine.info.id)
     if body.stream:
         return StreamingResponse(
-            _stream(events, cancel, identity, note, body.wants_usage_chunk),
+            _stream(events, cancel, identity, note, body.wants_usage_chunk, params.n),
             media_type=SSE_MEDIA_TYPE,
             headers=SSE_HEADERS,
         )
     return await _complete(events, cancel, identity, note)
 
 
+def total_usage(finishes: list[Finish]) -> Usage:
+    """Every choice read the same prompt once; completion tokens add up across choices."""
+    first = min(finishes, key=lambda finish: finish.index).usage
+    return Usage(first.prompt_tokens, sum(f.usage.completion_tokens for f in finishes),
+                 first.cached_tokens)
+
+
 async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
                     identity: _Identity, note: RequestNote) -> Response:
-    parts: list[str] = []
-    finish: Finish | None = None
+    parts: dict[int, list[str]] = {}
+    finishes: dict[int, Finish] = {}
     try:
         async with aclosing(events):
             async for event in events:
                 if isinstance(event, TextDelta):
                     note.mark_first_token()
-                    parts.append(event.text)
+                    parts.setdefault(event.index, []).append(event.text)
                 elif isinstance(event, Finish):
-                    finish = event
+                    finishes[event.index] = event
     finally:
         cancel.cancel()
-    if finish is None:
+    if not finishes:
         raise EngineFailure("The engine stopped without finishing the completion.")
-    _record_usage(note, finish.usage)
+    usage = total_usage(list(finishes.values()))
+    _record_usage(note, usage)
     return JSONResponse({
         "id": identity.id,
         "object": "chat.completion",
@@ -135,24 +143,30 @@ async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken
         "system_fingerprint": SYSTEM_FINGERPRINT,
         "service_tier": "default",
         "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": "".join(parts), "refusal": None,
-                        "annotations": []},
+            "index": index,
+            "message": {"role": "assistant", "content": "".join(parts.get(index, [])),
+                        "refusal": None, "annotations": []},
             "logprobs": None,
-            "finish_reason": finish.reason,
-        }],
-        "usage": usage_json(finish.usage),
+            "finish_reason": finishes[index].reason,
+        } for index in sorted(finishes)],
+        "usage": usage_json(usage),
     })
 
 
-async def _stream(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken, identity: _Identity,
-                  note: RequestNote, include_usage: bool) -> AsyncIterator[bytes]:
-    def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+async def _stream(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
+                  identity: _Identity, note: RequestNote, include_usage: bool,
+                  choices: int) -> AsyncIterator[bytes]:
+    def choice(index: int, delta: dict[str, Any],
+               finish_reason: str | None = None) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": None,
+                "finish_reason": finish_reason}
 
+    finishes: list[Finish] = []
     try:
-        yield frame(identity.chunk([choice({"role": "assistant", "content": "",
-                                            "refusal": None})], with_usage=include_usage))
+        for index in range(choices):
+            yield frame(identity.chunk([choice(index, {"role": "assistant", "content": "",
+                                                       "refusal": None})],
+                                       with_usage=include_usage))
         async with aclosing(events):
             async for event in events:
                 if isinstance(event, TextDelta):
@@ -160,14 +174,15 @@ async def _stream(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken, 
                         continue
                     note.mark_first_token()
                     note.completion_tokens += 1  # provisional count, until Finish says exactly
-                    yield frame(identity.chunk([choice({"content": event.text})],
+                    yield frame(identity.chunk([choice(event.index, {"content": event.text})],
                                                with_usage=include_usage))
                 elif isinstance(event, Finish):
-                    _record_usage(note, event.usage)
-                    yield frame(identity.chunk([choice({}, event.reason)],
+                    finishes.append(event)
+                    _record_usage(note, total_usage(finishes))
+                    yield frame(identity.chunk([choice(event.index, {}, event.reason)],
                                                with_usage=include_usage))
-                    if include_usage:
-                        yield frame(identity.chunk([], usage_json(event.usage), True))
+        if include_usage and finishes:
+            yield frame(identity.chunk([], usage_json(total_usage(finishes)), True))
     except ApplianceError as error:
         note.failed_mid_stream = True
         note.error_code = error.code

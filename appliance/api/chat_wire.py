@@ -15,6 +15,7 @@ from appliance.engines.base import ChatMessage, ChatParams, Role, Sampling
 from appliance.errors import InvalidRequest
 
 MAX_STOP_SEQUENCES = 4
+MAX_CHOICES = 16
 
 
 class StreamOptions(BaseModel):
@@ -49,9 +50,14 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
-    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    # Extensions (llama.cpp samplers OpenAI does not have); documented in the README.
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    repeat_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
     # Accepted because they change nothing we serve (hints and bookkeeping).
     metadata: dict[str, str] | None = None
     safety_identifier: str | None = None
@@ -68,7 +74,6 @@ class ChatCompletionRequest(BaseModel):
     function_call: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     top_logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
     audio: dict[str, Any] | None = None
     prediction: dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
@@ -87,8 +92,6 @@ def _unsupported(param: str, why: str = "is not supported by this server yet") -
 
 def _reject_unhonoured(body: ChatCompletionRequest) -> None:
     """Every OpenAI parameter is honoured or refused by name: never silently dropped."""
-    if body.n not in (None, 1):
-        raise _unsupported("n", "greater than 1 is not supported by this server yet")
     if body.tools:
         raise _unsupported("tools")
     if body.tool_choice not in (None, "none"):
@@ -99,8 +102,6 @@ def _reject_unhonoured(body: ChatCompletionRequest) -> None:
             raise _unsupported(param)
     if body.logprobs:
         raise _unsupported("logprobs")
-    if body.logit_bias:
-        raise _unsupported("logit_bias")
     if body.response_format is not None and body.response_format.get("type") != "text":
         raise _unsupported("response_format", "other than {'type': 'text'} is not supported "
                            "by this server yet")
@@ -175,6 +176,17 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(stops)
 
 
+def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """OpenAI keys logit_bias by token id as a string; the engine checks ids against the vocab."""
+    pairs: list[tuple[int, float]] = []
+    for key, value in (bias or {}).items():
+        if not key.strip().isdigit():
+            raise InvalidRequest(f"Invalid key in 'logit_bias': {key!r} is not a token id.",
+                                 param="logit_bias", code="invalid_value")
+        pairs.append((int(key), value))
+    return tuple(sorted(pairs))
+
+
 def to_chat_params(body: ChatCompletionRequest) -> ChatParams:
     _reject_unhonoured(body)
     if body.max_tokens is not None and body.max_completion_tokens is not None \
@@ -188,8 +200,13 @@ def to_chat_params(body: ChatCompletionRequest) -> ChatParams:
         sampling=Sampling(
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
+            top_k=body.top_k or 0,
+            min_p=body.min_p or 0.0,
             seed=body.seed,
             presence_penalty=body.presence_penalty or 0.0,
             frequency_penalty=body.frequency_penalty or 0.0,
+            repeat_penalty=body.repeat_penalty or 1.0,
+            logit_bias=_logit_bias(body.logit_bias),
         ),
+        n=body.n or 1,
     )

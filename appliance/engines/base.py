@@ -33,6 +33,7 @@ class Sampling:
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0  # 1 = off (an extension, llama.cpp's multiplicative penalty)
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
+    grammar: str | None = None  # GBNF the output must match (structured outputs)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class ChatParams:
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     sampling: Sampling = field(default_factory=Sampling)
+    n: int = 1  # independent choices sampled from one prompt
 
 
 @dataclass(frozen=True)
@@ -64,12 +66,17 @@ class Started:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    index: int = 0  # which choice, when n > 1
 
 
 @dataclass(frozen=True)
 class Finish:
+    """One choice ended. ``usage`` counts that choice's completion tokens; the prompt (and
+    what of it came from cache) is the same for every choice of a request."""
+
     reason: FinishReason
     usage: Usage
+    index: int = 0
 
 
 ChatEvent = Started | TextDelta | Finish
@@ -102,8 +109,9 @@ class ChatEngine(Protocol):
     """A loaded chat model.
 
     ``chat`` yields exactly one ``Started`` first (or raises before it: ContextLengthExceeded,
-    InvalidRequest), then ``TextDelta``s, then exactly one ``Finish``. Closing the iterator
-    early or setting the cancel token frees the engine at its next step.
+    InvalidRequest), then ``TextDelta``s, then exactly one ``Finish`` per choice (``n`` of
+    them), the last event being a ``Finish``. Closing the iterator early or setting the cancel
+    token frees the engine at its next step.
     """
 
     @property

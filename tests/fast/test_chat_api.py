@@ -127,3 +127,41 @@ async def test_engine_failure_before_stream_is_500_envelope(stack: FastStack) ->
     with pytest.raises(openai.InternalServerError) as caught:
         await stack.client.chat.completions.create(model="fake-chat", messages=USER)
     assert caught.value.status_code == 500
+
+
+async def test_n_choices_each_complete_and_usage_adds_up(stack: FastStack) -> None:
+    raw = await stack.client.chat.completions.with_raw_response.create(
+        model="fake-chat", messages=USER, n=3)
+    validate(raw.http_response.json(), "CreateChatCompletionResponse")
+    completion = raw.parse()
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    assert all(c.message.content == stack.engine.reply for c in completion.choices)
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 3 * len(stack.engine.reply.split())
+
+
+async def test_n_choices_stream_with_indexes(stack: FastStack) -> None:
+    stream = await stack.client.chat.completions.create(
+        model="fake-chat", messages=USER, n=2, stream=True,
+        stream_options={"include_usage": True})
+    texts = {0: "", 1: ""}
+    finishes: list[int] = []
+    usage = None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes.append(choice.index)
+        usage = chunk.usage or usage
+    assert texts == {0: stack.engine.reply, 1: stack.engine.reply}
+    assert sorted(finishes) == [0, 1]
+    assert usage is not None and usage.completion_tokens == 2 * len(stack.engine.reply.split())
+
+
+async def test_sampling_extensions_and_logit_bias_reach_the_engine(stack: FastStack) -> None:
+    await stack.client.chat.completions.create(
+        model="fake-chat", messages=USER, logit_bias={"42": -100, "7": 2.5},
+        extra_body={"top_k": 20, "min_p": 0.05, "repeat_penalty": 1.1})
+    sampling = stack.engine.calls[-1].sampling
+    assert sampling.logit_bias == ((7, 2.5), (42, -100.0))
+    assert (sampling.top_k, sampling.min_p, sampling.repeat_penalty) == (20, 0.05, 1.1)

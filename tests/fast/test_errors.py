@@ -59,13 +59,15 @@ async def test_unknown_model_is_404_naming_model(stack: FastStack) -> None:
         ({"model": "fake-chat", "messages": [{"role": "wizard", "content": "x"}]},
          "messages[0].role"),
         ({"model": "fake-chat", "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"model": "fake-chat", "messages": USER, "n": 2}, "n"),
+        ({"model": "fake-chat", "messages": USER, "n": 17}, "n"),
+        ({"model": "fake-chat", "messages": USER, "logit_bias": {"hello": 5}}, "logit_bias"),
+        ({"model": "fake-chat", "messages": USER, "logit_bias": {"5": 500}}, "logit_bias.5"),
+        ({"model": "fake-chat", "messages": USER, "top_k": -1}, "top_k"),
         ({"model": "fake-chat", "messages": USER,
           "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"model": "fake-chat", "messages": USER, "response_format": {"type": "json_object"}},
          "response_format"),
         ({"model": "fake-chat", "messages": USER, "logprobs": True}, "logprobs"),
-        ({"model": "fake-chat", "messages": USER, "logit_bias": {"42": 5}}, "logit_bias"),
         ({"model": "fake-chat", "messages": USER, "stream_options": {"include_usage": True}},
          "stream_options"),
         ({"model": "fake-chat", "messages": [{"role": "user", "content": [
@@ -88,8 +90,9 @@ async def test_invalid_requests_are_400_naming_the_param(
 
 async def test_sdk_raises_bad_request_for_unsupported_parameter(stack: FastStack) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        await stack.client.chat.completions.create(model="fake-chat", messages=USER, n=3)
-    assert caught.value.param == "n"
+        await stack.client.chat.completions.create(model="fake-chat", messages=USER,
+                                                   logprobs=True)
+    assert caught.value.param == "logprobs"
 
 
 async def test_malformed_json_is_400(stack: FastStack) -> None:

@@ -57,7 +57,8 @@ async def test_streamed_chat_is_ledgered(stack: FastStack) -> None:
 
 async def test_refused_request_costs_nothing(stack: FastStack) -> None:
     with pytest.raises(openai.BadRequestError):
-        await stack.client.chat.completions.create(model="fake-chat", messages=USER, n=2)
+        await stack.client.chat.completions.create(model="fake-chat", messages=USER,
+                                                   top_logprobs=2)
     row = stack.ledger.rows[-1]
     assert row.status == "error"
     assert row.http_status == 400

@@ -75,3 +75,50 @@ def test_queued_requests_beyond_the_slots_all_complete_in_order(real_server: Rea
 
     results = asyncio.run(run())
     assert all(reason in ("stop", "length") for reason, _ in results)
+
+
+def test_n_choices_share_the_prompt_and_sample_independently(real_server: RealServer) -> None:
+    sdk = openai.OpenAI(base_url=real_server.base_url, api_key=real_server.key, max_retries=0)
+    story = [{"role": "user", "content": "Invent a name for a pet dragon."}]
+    sampled = sdk.chat.completions.create(model=SMOL, messages=story, n=3, temperature=1.0,
+                                          seed=11, max_tokens=16)
+    assert [c.index for c in sampled.choices] == [0, 1, 2]
+    assert len({c.message.content for c in sampled.choices}) > 1
+    assert sampled.usage is not None
+    again = sdk.chat.completions.create(model=SMOL, messages=story, n=3, temperature=1.0,
+                                        seed=11, max_tokens=16)
+    assert [c.message.content for c in again.choices] == [
+        c.message.content for c in sampled.choices]
+    assert again.usage is not None
+    assert again.usage.completion_tokens == sampled.usage.completion_tokens
+    single = sdk.chat.completions.create(model=SMOL, messages=story, max_tokens=1)
+    assert single.usage is not None
+    assert sampled.usage.prompt_tokens == single.usage.prompt_tokens  # the prompt counts once
+    greedy = sdk.chat.completions.create(model=SMOL, messages=story, n=2, temperature=0,
+                                         max_tokens=12)
+    assert greedy.choices[0].message.content == greedy.choices[1].message.content
+
+
+def test_logit_bias_bans_a_token(real_server: RealServer) -> None:
+    import llama_cpp
+
+    from tests.real.harness import SMOLLM2
+
+    vocab = llama_cpp.Llama(str(SMOLLM2), vocab_only=True, verbose=False)
+    # Ban the first token of "Paris" and " Paris": the model cannot begin the word.
+    paris = {vocab.tokenize(text, add_bos=False, special=False)[0]
+             for text in (b"Paris", b" Paris")}
+    vocab.close()
+    sdk = openai.OpenAI(base_url=real_server.base_url, api_key=real_server.key, max_retries=0)
+    question = [{"role": "user", "content": "What is the capital of France? One word."}]
+    plain = sdk.chat.completions.create(model=SMOL, messages=question, temperature=0,
+                                        max_tokens=12)
+    assert "Paris" in (plain.choices[0].message.content or "")
+    banned = sdk.chat.completions.create(model=SMOL, messages=question, temperature=0,
+                                         max_tokens=12,
+                                         logit_bias={str(t): -100 for t in paris})
+    assert "Paris" not in (banned.choices[0].message.content or "")
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.chat.completions.create(model=SMOL, messages=question,
+                                    logit_bias={"99999999": 1})
+    assert caught.value.param == "logit_bias"

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 
 import anyio.to_thread
 
@@ -28,7 +29,7 @@ from appliance.engines.base import (
 from appliance.engines.llm.model import LoadedModel, default_threads
 from appliance.engines.llm.scheduler import Emit, GenerationRequest, Scheduler
 from appliance.engines.llm.templates import ChatTemplate
-from appliance.errors import ConfigError, ContextLengthExceeded
+from appliance.errors import ConfigError, ContextLengthExceeded, InvalidRequest
 
 log = logging.getLogger("appliance.engines.llm")
 BATCH_SIZE = 512
@@ -105,19 +106,28 @@ class LlamaChatEngine:
             except RuntimeError:  # the loop is gone (shutdown): nobody is listening
                 cancel.cancel()
 
-        request = await anyio.to_thread.run_sync(self._request, params, cancel, emit)
-        yield Started(prompt_tokens=len(request.tokens))
-        self._scheduler.submit(request)
+        first = await anyio.to_thread.run_sync(self._request, params, cancel, emit)
+        yield Started(prompt_tokens=len(first.tokens))
+        self._scheduler.submit(first, *(self._sibling(first, i) for i in range(1, params.n)))
+        unfinished = params.n
         try:
-            while True:
+            while unfinished:
                 event = await events.get()
                 if isinstance(event, BaseException):
                     raise event
-                yield event
                 if isinstance(event, Finish):
-                    return
+                    unfinished -= 1
+                yield event
         finally:
             cancel.cancel()
+
+    @staticmethod
+    def _sibling(first: GenerationRequest, index: int) -> GenerationRequest:
+        """Choice ``index`` of the same prompt: its own draw, a seed of its own if seeded."""
+        sampling = first.sampling
+        if sampling.seed is not None:
+            sampling = replace(sampling, seed=sampling.seed + index)
+        return replace(first, sampling=sampling, index=index, leader=first)
 
     def _request(self, params: ChatParams, cancel: CancelToken, emit: Emit) -> GenerationRequest:
         text = self._template.render(params.messages)
@@ -138,6 +148,12 @@ class LlamaChatEngine:
                 "messages.",
                 param="messages",
             )
+        for token, _ in params.sampling.logit_bias:
+            if token >= self._model.n_vocab:
+                raise InvalidRequest(
+                    f"Invalid key in 'logit_bias': token {token} is outside this model's "
+                    f"vocabulary of {self._model.n_vocab} tokens.", param="logit_bias",
+                    code="invalid_value")
         stop = tuple(dict.fromkeys(params.stop + self._config.stop))
         return GenerationRequest(
             tokens=tokens,

@@ -12,12 +12,23 @@ import random
 import llama_cpp
 
 from appliance.engines.base import Sampling
+from appliance.engines.llm.model import LoadedModel
+from appliance.errors import InvalidRequest
 
 
 class SamplerChain:
-    def __init__(self, sampling: Sampling, n_vocab: int, penalty_window: int):
+    def __init__(self, sampling: Sampling, model: LoadedModel, penalty_window: int):
         self.handle = llama_cpp.llama_sampler_chain_init(
             llama_cpp.llama_sampler_chain_default_params())
+        n_vocab = model.n_vocab
+        if sampling.grammar is not None:
+            grammar = llama_cpp.llama_sampler_init_grammar(
+                model.vocab, sampling.grammar.encode(), b"root")
+            if grammar is None:
+                self.close()
+                raise InvalidRequest("The output constraint could not be compiled.",
+                                     param="response_format")
+            self._add(grammar)
         if sampling.logit_bias:
             biases = (llama_cpp.llama_logit_bias * len(sampling.logit_bias))()
             for i, (token, bias) in enumerate(sampling.logit_bias):

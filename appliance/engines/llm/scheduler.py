@@ -5,7 +5,9 @@ a chunk of prompt tokens for slots still reading their prompt (chunked prefill: 
 delays the other streams by at most one chunk per step). Each request samples with its own
 chain. A new request takes the free slot whose cached tokens share the longest prefix with its
 prompt and decodes only the rest. Cancelled requests free their slot at the next step; requests
-beyond the slots wait in order and are never dropped.
+beyond the slots wait in order and are never dropped. The choices of an ``n > 1`` request
+share the prompt: once the first choice has read it, the others copy its KV sequence and only
+decode the prompt's last token themselves.
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ from appliance.engines.llm.batch import TokenBatch
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.sampling import SamplerChain
 from appliance.engines.llm.textstream import TextAssembler
-from appliance.errors import EngineFailure
+from appliance.errors import EngineFailure, InvalidRequest
 
 log = logging.getLogger("appliance.engines.llm")
 Emit = Callable[[ChatEvent | BaseException], None]
 
 
-@dataclass
+@dataclass(eq=False)
 class GenerationRequest:
     tokens: list[int]
     max_tokens: int
@@ -46,6 +48,12 @@ class GenerationRequest:
     sampling: Sampling
     cancel: CancelToken
     emit: Emit
+    index: int = 0  # choice index, stamped on every event
+    leader: GenerationRequest | None = None  # the sibling whose prompt KV this one copies
+    # Set by the decode thread: the slot holding this request's fully read prompt, and
+    # whether it has ended (then its slot's cache serves siblings by prefix reuse).
+    prompt_ready_in: _Slot | None = None
+    ended: bool = False
 
 
 @dataclass
@@ -100,7 +108,8 @@ class Scheduler:
         self._memory = llama_cpp.llama_get_memory(self._context)
         self._batch = TokenBatch(batch_size)
         self._slots = [_Slot(sequence=i) for i in range(slots)]
-        self._waiting: deque[GenerationRequest] = deque()
+        self._inbox: deque[GenerationRequest] = deque()  # filled by submit, any thread
+        self._queue: list[GenerationRequest] = []  # owned by the decode thread
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"llm-{model_id}", daemon=True)
@@ -110,9 +119,9 @@ class Scheduler:
     def slot_count(self) -> int:
         return len(self._slots)
 
-    def submit(self, request: GenerationRequest) -> None:
+    def submit(self, *requests: GenerationRequest) -> None:
         with self._wake:
-            self._waiting.append(request)
+            self._inbox.extend(requests)
             self._wake.notify()
 
     def close(self) -> None:
@@ -132,10 +141,12 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._stopping and not self._waiting and not self._busy():
+                while not (self._stopping or self._inbox or self._queue or self._busy()):
                     self._wake.wait()
                 if self._stopping:
                     return
+                self._queue.extend(self._inbox)
+                self._inbox.clear()
             try:
                 self._drop_cancelled()
                 self._admit()
@@ -156,15 +167,23 @@ class Scheduler:
                 self._release(slot)
 
     def _admit(self) -> None:
-        while True:
-            with self._wake:
-                while self._waiting and self._waiting[0].cancel.cancelled:
-                    self._waiting.popleft()
-                free = [slot for slot in self._slots if slot.request is None]
-                if not self._waiting or not free:
-                    return
-                request = self._waiting.popleft()
-            self._assign(request, free)
+        """Fills free slots in arrival order; a sibling choice waits until it can copy."""
+        self._queue = [r for r in self._queue if not r.cancel.cancelled]
+        admitted: list[GenerationRequest] = []
+        for request in self._queue:
+            free = [slot for slot in self._slots if slot.request is None]
+            if not free:
+                break
+            leader = request.leader
+            if leader is not None and leader.prompt_ready_in is not None:
+                self._assign_copy(request, leader.prompt_ready_in, free)
+            elif leader is None or leader.ended:
+                self._assign(request, free)
+            else:
+                continue  # the first choice is still reading the prompt
+            admitted.append(request)
+        if admitted:
+            self._queue = [r for r in self._queue if r not in admitted]
 
     def _assign(self, request: GenerationRequest, free: list[_Slot]) -> None:
         tokens = request.tokens
@@ -176,13 +195,36 @@ class Scheduler:
                 llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
                 reuse = 0
             slot.cached = slot.cached[:reuse]
+        self._start(slot, request, reuse)
+
+    def _assign_copy(self, request: GenerationRequest, source: _Slot,
+                     free: list[_Slot]) -> None:
+        """Copies the sibling's prompt KV (all but the last token, whose logits we need)."""
+        slot = free[0]
+        shared = len(request.tokens) - 1
+        # Sequences live in separate KV streams, and llama.cpp copies across streams only
+        # whole: copy everything, then drop what lies past the shared prompt.
+        llama_cpp.llama_memory_seq_rm(self._memory, slot.sequence, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self._memory, source.sequence, slot.sequence, -1, -1)
+        llama_cpp.llama_memory_seq_rm(self._memory, slot.sequence, shared, -1)
+        slot.cached = request.tokens[:shared]
+        self._start(slot, request, shared)
+
+    def _start(self, slot: _Slot, request: GenerationRequest, reuse: int) -> None:
+        try:
+            sampler = SamplerChain(request.sampling, self._model, self._context_length)
+        except (EngineFailure, InvalidRequest) as error:
+            request.ended = True
+            request.emit(error)
+            return
+        tokens = request.tokens
         slot.request = request
+        slot.sampler = sampler
         slot.pending = tokens[reuse:]
         slot.reused = reuse
         slot.produced = 0
         slot.next_token = None
         slot.admitted = time.monotonic()
-        slot.sampler = SamplerChain(request.sampling, self._model.n_vocab, self._context_length)
         slot.assembler = TextAssembler(request.stop)
 
     def _step(self) -> None:
@@ -198,6 +240,11 @@ class Scheduler:
                             key=lambda s: s.admitted)
         for slot in prefilling:
             take = min(batch.free, len(slot.pending))
+            if take == len(slot.pending) > 1:
+                # The prompt's last token is decoded on its own, as it is when the rest of
+                # the prompt comes from cache: its logits (so a seeded draw) then never depend
+                # on whether the prefix was cached.
+                take -= 1
             if take == 0:
                 break
             chunk = slot.pending[:take]
@@ -223,6 +270,8 @@ class Scheduler:
             slot.cached.extend(slot.in_batch)
             if slot.pending:  # a prefill chunk (a generating slot has no pending prompt)
                 del slot.pending[: len(slot.in_batch)]
+                if not slot.pending and slot.request is not None:
+                    slot.request.prompt_ready_in = slot
             if slot.logits_at is not None:
                 assert slot.sampler is not None
                 self._accept(slot, slot.sampler.sample(self._context, slot.logits_at))
@@ -237,7 +286,7 @@ class Scheduler:
         slot.produced += 1
         piece = slot.assembler.push(self._model.piece(token))
         if piece.text:
-            request.emit(TextDelta(piece.text))
+            request.emit(TextDelta(piece.text, request.index))
         if piece.stopped:
             self._finish(slot, "stop")
         elif slot.produced >= request.max_tokens or len(slot.cached) + 1 >= self._context_length:
@@ -250,8 +299,9 @@ class Scheduler:
         assert request is not None and slot.assembler is not None
         tail = slot.assembler.finish()
         if tail:
-            request.emit(TextDelta(tail))
-        request.emit(Finish(reason, Usage(len(request.tokens), slot.produced, slot.reused)))
+            request.emit(TextDelta(tail, request.index))
+        usage = Usage(len(request.tokens), slot.produced, slot.reused)
+        request.emit(Finish(reason, usage, request.index))
         self._release(slot)
 
     def _fail(self, slot: _Slot, error: EngineFailure) -> None:
@@ -262,6 +312,9 @@ class Scheduler:
     def _release(self, slot: _Slot) -> None:
         if slot.sampler is not None:
             slot.sampler.close()
+        if slot.request is not None:
+            slot.request.prompt_ready_in = None
+            slot.request.ended = True
         slot.request = None
         slot.sampler = None
         slot.assembler = None
