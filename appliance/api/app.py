@@ -7,6 +7,9 @@ build as many apps as they like.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -20,6 +23,7 @@ from appliance.api.errors import handle_appliance_error, handle_http_exception
 from appliance.api.models import list_models, retrieve_model
 from appliance.api.request_context import RequestContextMiddleware
 from appliance.api.services import Services
+from appliance.api.warmup import warm_request_path
 from appliance.errors import ApplianceError
 
 
@@ -45,8 +49,15 @@ def create_app(services: Services) -> Starlette:
         Middleware(RequestContextMiddleware, ledger=services.ledger, pricing=services.pricing),
         Middleware(BearerAuthMiddleware, keys=services.keys),
     ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await warm_request_path(services)
+        yield
+
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         middleware=middleware,
         exception_handlers={
             ApplianceError: handle_appliance_error,
