@@ -41,7 +41,7 @@ class ModelConfig:
     aliases: tuple[str, ...] = ()
     price_per_request: float = 0.0
     context_length: int = 4096
-    parallel: int = 1
+    parallel: int | None = None  # None: chosen by the engine for the device
     gpu_layers: int = GPU_LAYERS_ALL
     threads: int | None = None
     chat_template: str | None = None
@@ -153,7 +153,11 @@ def _model(source: Path, index: int, raw: Any) -> ModelConfig:
     if price < 0:
         raise where.fail("price_per_request", "must not be negative")
     context_length = _positive(where, raw, "context_length", 4096)
-    parallel = _positive(where, raw, "parallel", 1)
+    parallel = _take(where, raw, "parallel", (int, str), "auto")
+    if parallel == "auto":
+        parallel = None
+    elif not isinstance(parallel, int) or parallel < 1:
+        raise where.fail("parallel", f"expected \"auto\" or a slot count >= 1, got {parallel!r}")
     gpu_layers = _gpu_layers(where, raw)
     threads = _take(where, raw, "threads", int, None)
     if threads is not None and threads < 1:

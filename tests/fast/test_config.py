@@ -55,6 +55,7 @@ def test_good_config_is_typed_and_resolved(tmp_path: Path) -> None:
     assert (first.parallel, first.gpu_layers, first.context_length) == (2, 10, 2048)
     assert first.stop == ("<end>",)
     assert second.gpu_layers == GPU_LAYERS_ALL  # full offload unless told otherwise
+    assert second.parallel is None  # "auto": the engine picks slots for the device
     assert second.kind == "chat"
 
 
@@ -75,8 +76,9 @@ def test_environment_and_flags_override_server_knobs(tmp_path: Path) -> None:
         (GOOD.replace('id = "b"', 'id = "a"'), "models[1] (id 'a').id: name 'a' is already"),
         (GOOD.replace('path = "n.gguf"', 'path = "n.gguf"\naliases = ["gpt-4o-mini"]'),
          "models[1] (id 'b').aliases: name 'gpt-4o-mini' is already used by model 'a'"),
-        (GOOD.replace("parallel = 2", 'parallel = "two"'), ".parallel: expected int"),
-        (GOOD.replace("parallel = 2", "parallel = 0"), ".parallel: must be at least 1"),
+        (GOOD.replace("parallel = 2", 'parallel = "two"'), ".parallel: expected \"auto\""),
+        (GOOD.replace("parallel = 2", "parallel = 0"), ".parallel: expected \"auto\""),
+        (GOOD.replace("parallel = 2", "parallel = 1.5"), ".parallel: expected int or str"),
         (GOOD.replace("gpu_layers = 10", 'gpu_layers = "most"'), ".gpu_layers"),
         (GOOD.replace('port = 9001', 'port = true'), "server.port: expected int"),
         (GOOD.replace('kind', 'x') + '\n[[models]]\nid = "c"\nkind = "video"\npath = "m.gguf"',

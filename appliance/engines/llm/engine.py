@@ -10,7 +10,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 
 import anyio.to_thread
@@ -26,8 +26,8 @@ from appliance.engines.base import (
     Sampling,
     Started,
 )
-from appliance.engines.llm.model import LoadedModel, default_threads
-from appliance.engines.llm.scheduler import Emit, GenerationRequest, Scheduler
+from appliance.engines.llm.model import LoadedModel, default_slots, default_threads
+from appliance.engines.llm.scheduler import Emit, GenerationRequest, Scheduler, StepReport
 from appliance.engines.llm.templates import ChatTemplate
 from appliance.errors import ConfigError, ContextLengthExceeded, InvalidRequest
 
@@ -36,25 +36,28 @@ BATCH_SIZE = 512
 
 
 class LlamaChatEngine:
-    def __init__(self, config: ModelConfig, model: LoadedModel, template: ChatTemplate):
+    def __init__(self, config: ModelConfig, model: LoadedModel, template: ChatTemplate,
+                 on_step: Callable[[StepReport], None] | None = None):
         self._config = config
         self._model = model
         self._template = template
         self._scheduler = Scheduler(
             model,
             model_id=config.id,
-            slots=config.parallel,
+            slots=config.parallel or default_slots(config.gpu_layers),
             context_length=config.context_length,
             threads=default_threads(config.threads),
             batch_size=BATCH_SIZE,
             stop_tokens=model.single_tokens(config.stop),
+            on_step=on_step,
         )
         self._info = ModelInfo(id=config.id, kind=config.kind,
                                context_length=config.context_length,
                                owned_by=config.owned_by, created=int(time.time()))
 
     @classmethod
-    def load(cls, config: ModelConfig) -> LlamaChatEngine:
+    def load(cls, config: ModelConfig,
+             on_step: Callable[[StepReport], None] | None = None) -> LlamaChatEngine:
         model = LoadedModel(config.path, config.gpu_layers)
         try:
             source = config.chat_template or model.chat_template
@@ -62,7 +65,7 @@ class LlamaChatEngine:
                 raise ConfigError(f"model {config.id!r}: {config.path.name} carries no chat "
                                   "template; set chat_template in models.toml")
             template = ChatTemplate(source, model.bos_text, model.eos_text, config.id)
-            return cls(config, model, template)
+            return cls(config, model, template, on_step)
         except BaseException:
             model.close()
             raise

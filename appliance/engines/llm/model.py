@@ -83,3 +83,13 @@ class LoadedModel:
 
 def default_threads(configured: int | None) -> int:
     return configured or os.cpu_count() or 1
+
+
+def default_slots(gpu_layers: int) -> int:
+    """Concurrent sequences when models.toml says "auto".
+
+    On a GPU a decode step costs nearly the same for 1 or 16 sequences, so more slots is more
+    throughput; on a CPU the step cost grows with the batch and 4 keeps streams responsive.
+    """
+    on_gpu = bool(llama_cpp.llama_supports_gpu_offload()) and gpu_layers != 0
+    return 16 if on_gpu else 4

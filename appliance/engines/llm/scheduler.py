@@ -56,6 +56,17 @@ class GenerationRequest:
     ended: bool = False
 
 
+@dataclass(frozen=True)
+class StepReport:
+    """What one decode step did: for metrics, and for tests of the batching policy."""
+
+    generating: int  # slots that decoded one token each
+    prefill_tokens: int  # prompt tokens decoded in this step
+    prefilling: int  # slots still reading their prompt after this step
+    waiting: int  # requests queued for a slot
+    seconds: float
+
+
 @dataclass
 class _Slot:
     sequence: int
@@ -84,8 +95,10 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 class Scheduler:
     def __init__(self, model: LoadedModel, *, model_id: str, slots: int, context_length: int,
-                 threads: int, batch_size: int, stop_tokens: frozenset[int]):
+                 threads: int, batch_size: int, stop_tokens: frozenset[int],
+                 on_step: Callable[[StepReport], None] | None = None):
         self._model = model
+        self._on_step = on_step
         self._model_id = model_id
         self._context_length = context_length
         self._stop_tokens = stop_tokens
@@ -258,6 +271,8 @@ class Scheduler:
             in_batch.append(slot)
         if batch.size == 0:
             return
+        started = time.perf_counter()
+        generating = sum(1 for slot in in_batch if not slot.pending)
         status = llama_cpp.llama_decode(self._context, batch.handle)
         if status != 0:
             for slot in in_batch:
@@ -275,6 +290,14 @@ class Scheduler:
             if slot.logits_at is not None:
                 assert slot.sampler is not None
                 self._accept(slot, slot.sampler.sample(self._context, slot.logits_at))
+        if self._on_step is not None:
+            self._on_step(StepReport(
+                generating=generating,
+                prefill_tokens=batch.size - generating,
+                prefilling=sum(1 for slot in self._slots if slot.request and slot.pending),
+                waiting=len(self._queue),
+                seconds=time.perf_counter() - started,
+            ))
 
     def _accept(self, slot: _Slot, token: int) -> None:
         request = slot.request
