@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from appliance.api.chat_wire import ChatCompletionRequest, to_chat_params
+from appliance.api.disconnect import ClientGone, unless_disconnected
 from appliance.api.errors import error_frame
 from appliance.api.note import RequestNote
 from appliance.api.services import Services
@@ -107,7 +108,13 @@ async def create_chat_completion(request: Request) -> Response:
             media_type=SSE_MEDIA_TYPE,
             headers=SSE_HEADERS,
         )
-    return await _complete(events, cancel, identity, note)
+    try:
+        return await unless_disconnected(request.receive,
+                                         _complete(events, cancel, identity, note))
+    except ClientGone:
+        note.client_gone = True
+        cancel.cancel()
+        return Response(status_code=499)  # nobody reads it; the ledger says "cancelled"
 
 
 def total_usage(finishes: list[Finish]) -> Usage:

@@ -26,6 +26,7 @@ class RequestNote:
     first_token_perf: float | None = None
     error_code: str | None = None
     failed_mid_stream: bool = False
+    client_gone: bool = False
 
     def mark_first_token(self) -> None:
         if self.first_token_perf is None:

@@ -95,7 +95,7 @@ class RequestContextMiddleware:
 
 
 def _outcome(note: RequestNote, status: int, completed: bool) -> RequestStatus:
-    if not completed:
+    if not completed or note.client_gone:
         return "cancelled"
     if status >= 400 or note.failed_mid_stream:
         return "error"
@@ -103,10 +103,11 @@ def _outcome(note: RequestNote, status: int, completed: bool) -> RequestStatus:
 
 
 def _billable(outcome: RequestStatus, note: RequestNote) -> bool:
-    """Billing rule: a success is charged; a stream cancelled after its first token too."""
+    """Billing rule: a success is charged; a stream cancelled after its first token too (the
+    client received text). A cancelled non-streaming request delivered nothing: not charged."""
     if outcome == "ok":
         return True
-    return outcome == "cancelled" and note.completion_tokens > 0
+    return outcome == "cancelled" and note.stream and note.completion_tokens > 0
 
 
 async def _send_json(send: Send, status: int, body: object) -> None:

@@ -186,3 +186,28 @@ def test_client_that_leaves_mid_stream_is_ledgered_as_cancelled(real_server: Rea
     # The server still answers the next request: the cancelled one did not hold the model.
     after = sdk.chat.completions.create(model=SMOL, messages=QUESTION, max_tokens=5)
     assert after.choices[0].message.content
+
+
+def test_client_that_gives_up_on_a_non_streaming_request_is_cancelled(
+    real_server: RealServer,
+) -> None:
+    sdk = client(real_server, timeout=0.4)
+    with pytest.raises(openai.APITimeoutError):
+        sdk.chat.completions.with_raw_response.create(
+            model=SMOL, max_tokens=900, temperature=1.0, seed=5,
+            messages=[{"role": "user", "content": "Write a very long essay about rivers."}])
+    deadline = time.monotonic() + 15
+    row: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        with sqlite3.connect(f"file:{real_server.server.ledger_path}?mode=ro", uri=True) as db:
+            db.row_factory = sqlite3.Row
+            found = db.execute(
+                "select * from requests where endpoint = '/v1/chat/completions' "
+                "and stream = 0 order by started_at desc limit 1").fetchone()
+        db.close()
+        if found is not None and found["status"] == "cancelled":
+            row = dict(found)
+            break
+        time.sleep(0.1)
+    assert row is not None, "the abandoned request was not ledgered as cancelled"
+    assert row["price"] == 0.0  # nothing was delivered
