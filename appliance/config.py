@@ -46,6 +46,7 @@ class ModelConfig:
     threads: int | None = None
     chat_template: str | None = None
     stop: tuple[str, ...] = ()
+    prompt_cache_mb: int = 256
     owned_by: str = "appliance"
 
     @property
@@ -100,7 +101,7 @@ def _reject_unknown(where: _Where, table: Mapping[str, Any], known: set[str]) ->
 _SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currency", "log_level"}
 _MODEL_KEYS = {
     "id", "kind", "path", "aliases", "price_per_request", "context_length", "parallel",
-    "gpu_layers", "threads", "chat_template", "stop", "owned_by",
+    "gpu_layers", "threads", "chat_template", "stop", "owned_by", "prompt_cache_mb",
 }
 
 
@@ -174,6 +175,7 @@ def _model(source: Path, index: int, raw: Any) -> ModelConfig:
         threads=threads,
         chat_template=_take(where, raw, "chat_template", str, None),
         stop=_string_list(where, raw, "stop"),
+        prompt_cache_mb=_non_negative(where, raw, "prompt_cache_mb", 256),
         owned_by=_take(where, raw, "owned_by", str, "appliance"),
     )
 
@@ -189,6 +191,13 @@ def _positive(where: _Where, raw: Mapping[str, Any], key: str, default: int) -> 
     value: int = _take(where, raw, key, int, default)
     if value < 1:
         raise where.fail(key, "must be at least 1")
+    return value
+
+
+def _non_negative(where: _Where, raw: Mapping[str, Any], key: str, default: int) -> int:
+    value: int = _take(where, raw, key, int, default)
+    if value < 0:
+        raise where.fail(key, "must not be negative")
     return value
 
 

@@ -122,3 +122,26 @@ def test_logit_bias_bans_a_token(real_server: RealServer) -> None:
         sdk.chat.completions.create(model=SMOL, messages=question,
                                     logit_bias={"99999999": 1})
     assert caught.value.param == "logit_bias"
+
+
+def test_prompts_beyond_the_slots_come_back_from_host_memory(real_server: RealServer) -> None:
+    """Eight conversations through four slots: the first is evicted from every slot, yet
+    its long prompt is restored from the host-memory cache, not decoded again."""
+    sdk = openai.OpenAI(base_url=real_server.base_url, api_key=real_server.key, max_retries=0)
+
+    def ask(i: int) -> openai.types.chat.ChatCompletion:
+        system = {"role": "system",
+                  "content": f"Conversation {i}. " + f"Remember the number {i}. " * 40}
+        return sdk.chat.completions.create(
+            model=SMOL, max_tokens=2, temperature=0,
+            messages=[system, {"role": "user", "content": "Which number?"}])
+
+    first = ask(0)
+    for i in range(1, 8):
+        ask(i)
+    again = ask(0)
+    assert first.usage is not None and again.usage is not None
+    details = again.usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens is not None
+    assert details.cached_tokens >= first.usage.prompt_tokens - 2
+    assert again.choices[0].message.content == first.choices[0].message.content

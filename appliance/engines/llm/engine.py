@@ -49,6 +49,7 @@ class LlamaChatEngine:
             threads=default_threads(config.threads),
             batch_size=BATCH_SIZE,
             stop_tokens=model.single_tokens(config.stop),
+            prompt_cache_bytes=config.prompt_cache_mb * 1024 * 1024,
             on_step=on_step,
         )
         self._info = ModelInfo(id=config.id, kind=config.kind,

@@ -12,6 +12,7 @@ decode the prompt's last token themselves.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ from appliance.engines.base import (
 )
 from appliance.engines.llm.batch import TokenBatch
 from appliance.engines.llm.model import LoadedModel
+from appliance.engines.llm.prompt_cache import PromptCache, SavedPrompt, common_prefix
 from appliance.engines.llm.sampling import SamplerChain
 from appliance.engines.llm.textstream import TextAssembler
 from appliance.errors import EngineFailure, InvalidRequest
@@ -41,6 +43,9 @@ Emit = Callable[[ChatEvent | BaseException], None]
 # Copying a KV stream costs about as much as decoding a few prompt tokens on a CPU, so a
 # cold slot copies another slot's cache only when that skips at least this many tokens.
 COPY_MIN_GAIN = 16
+# Saving a slot to host memory copies its whole sequence; worth it when it would lose at
+# least this many tokens, or half of what it holds.
+SAVE_MIN_LOSS = 64
 
 
 @dataclass(eq=False)
@@ -87,20 +92,14 @@ class _Slot:
     logits_at: int | None = None
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    count = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        count += 1
-    return count
-
-
 class Scheduler:
     def __init__(self, model: LoadedModel, *, model_id: str, slots: int, context_length: int,
                  threads: int, batch_size: int, stop_tokens: frozenset[int],
+                 prompt_cache_bytes: int = 0,
                  on_step: Callable[[StepReport], None] | None = None):
         self._model = model
+        self._saved = PromptCache(prompt_cache_bytes)
+        self._copy_sources: set[int] = set()  # streams a not yet applied copy reads from
         self._on_step = on_step
         self._model_id = model_id
         self._context_length = context_length
@@ -205,20 +204,32 @@ class Scheduler:
             self._queue = [r for r in self._queue if r not in admitted]
 
     def _assign(self, request: GenerationRequest, free: list[_Slot]) -> None:
-        """Best prefix wins: a free slot's own cache, or a copy of a longer one held by any
-        slot (busy ones included), which is what a cold slot needs to skip a shared prefix."""
+        """Longest cached prefix wins: a free slot's own cache, a copy of a longer one held by
+        any slot (busy ones included), or a prompt saved in host memory."""
         tokens = request.tokens
         usable = len(tokens) - 1  # the last prompt token is always decoded (its logits)
         slot = max(free, key=lambda s: (common_prefix(s.cached, tokens), -s.last_used))
         reuse = min(common_prefix(slot.cached, tokens), usable)
         donor = max(self._slots, key=lambda s: common_prefix(s.cached, tokens))
-        offered = min(common_prefix(donor.cached, tokens), usable)
-        if donor is not slot and offered - reuse >= COPY_MIN_GAIN:
+        offered = min(common_prefix(donor.cached, tokens), usable) if donor is not slot else 0
+        saved_length, saved = self._saved.best(tokens)
+        saved_length = min(saved_length, usable)
+        if max(offered, saved_length) - reuse >= COPY_MIN_GAIN:
             target = min(free, key=lambda s: (common_prefix(s.cached, tokens), s.last_used))
-            self._copy_prefix(donor, target, tokens[:offered])
-            self._start(target, request, offered)
-            return
+            restorable = saved is not None and target.sequence not in self._copy_sources
+            kept = common_prefix(target.cached, tokens)
+            if restorable and saved_length >= offered:
+                assert saved is not None
+                self._save(target, kept)
+                self._start(target, request, self._restore(saved, target, saved_length))
+                return
+            if offered - reuse >= COPY_MIN_GAIN:
+                self._save(target, kept)
+                self._copy_prefix(donor, target, tokens[:offered])
+                self._start(target, request, offered)
+                return
         if reuse < len(slot.cached):
+            self._save(slot, reuse)
             seq = slot.sequence
             if not llama_cpp.llama_memory_seq_rm(self._memory, seq, reuse, -1):
                 llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
@@ -226,11 +237,38 @@ class Scheduler:
             slot.cached = slot.cached[:reuse]
         self._start(slot, request, reuse)
 
+    def _save(self, slot: _Slot, keeping: int) -> None:
+        """Keeps a slot's cached tokens in host memory before the slot drops all but
+        ``keeping`` of them. The whole sequence is copied, so a short loss is not worth it."""
+        losing = len(slot.cached) - keeping
+        if not self._saved.enabled or losing < COPY_MIN_GAIN or \
+                (losing < SAVE_MIN_LOSS and 2 * losing < len(slot.cached)) or \
+                self._saved.covers(slot.cached):
+            return
+        size = llama_cpp.llama_state_seq_get_size(self._context, slot.sequence)
+        buffer = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self._context, buffer, size, slot.sequence) > 0:
+            self._saved.put(list(slot.cached), buffer)
+
+    def _restore(self, saved: SavedPrompt, target: _Slot, length: int) -> int:
+        """Loads a saved prompt into the target's sequence; returns the tokens reused."""
+        seq = target.sequence
+        llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+        state = saved.state
+        if llama_cpp.llama_state_seq_set_data(self._context, state, len(state), seq) == 0:
+            llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+            target.cached = []
+            return 0
+        llama_cpp.llama_memory_seq_rm(self._memory, seq, length, -1)
+        target.cached = list(saved.tokens[:length])
+        return length
+
     def _assign_copy(self, request: GenerationRequest, source: _Slot,
                      free: list[_Slot]) -> None:
         """A sibling choice: copies the first choice's prompt KV (all but the last token)."""
         shared = len(request.tokens) - 1
         target = min(free, key=lambda s: s.last_used)
+        self._save(target, common_prefix(target.cached, request.tokens))
         self._copy_prefix(source, target, request.tokens[:shared])
         self._start(target, request, shared)
 
@@ -242,6 +280,7 @@ class Scheduler:
         llama_cpp.llama_memory_seq_cp(self._memory, source.sequence, target.sequence, -1, -1)
         llama_cpp.llama_memory_seq_rm(self._memory, target.sequence, len(prefix), -1)
         target.cached = list(prefix)
+        self._copy_sources.add(source.sequence)
 
     def _start(self, slot: _Slot, request: GenerationRequest, reuse: int) -> None:
         try:
@@ -294,6 +333,7 @@ class Scheduler:
         started = time.perf_counter()
         generating = sum(1 for slot in in_batch if not slot.pending)
         status = llama_cpp.llama_decode(self._context, batch.handle)
+        self._copy_sources.clear()  # the decode applied every pending stream copy
         if status != 0:
             for slot in in_batch:
                 llama_cpp.llama_memory_seq_rm(self._memory, slot.sequence, -1, -1)
