@@ -43,6 +43,9 @@ Emit = Callable[[ChatEvent | BaseException], None]
 # Copying a KV stream costs about as much as decoding a few prompt tokens on a CPU, so a
 # cold slot copies another slot's cache only when that skips at least this many tokens.
 COPY_MIN_GAIN = 16
+# Restoring a saved prompt costs about its size in bytes, far less than decoding even a few
+# tokens, so it pays as soon as it skips a couple of them.
+RESTORE_MIN_GAIN = 2
 # Saving a slot to host memory copies its whole sequence; worth it when it would lose at
 # least this many tokens, or half of what it holds.
 SAVE_MIN_LOSS = 64
@@ -214,11 +217,12 @@ class Scheduler:
         offered = min(common_prefix(donor.cached, tokens), usable) if donor is not slot else 0
         saved_length, saved = self._saved.best(tokens)
         saved_length = min(saved_length, usable)
-        if max(offered, saved_length) - reuse >= COPY_MIN_GAIN:
+        if offered - reuse >= COPY_MIN_GAIN or saved_length - reuse >= RESTORE_MIN_GAIN:
             target = min(free, key=lambda s: (common_prefix(s.cached, tokens), s.last_used))
             restorable = saved is not None and target.sequence not in self._copy_sources
             kept = common_prefix(target.cached, tokens)
-            if restorable and saved_length >= offered:
+            if restorable and saved_length >= offered and \
+                    saved_length - reuse >= RESTORE_MIN_GAIN:
                 assert saved is not None
                 self._save(target, kept)
                 self._start(target, request, self._restore(saved, target, saved_length))
