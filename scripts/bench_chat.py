@@ -179,12 +179,15 @@ def free_port() -> int:
         return port
 
 
-def write_config(folder: Path, spec: ModelSpec, port: int) -> Path:
+def write_config(folder: Path, spec: ModelSpec, port: int, context: int = CONTEXT,
+                 slots: int | None = None) -> Path:
     lines = [
         "[server]", 'host = "127.0.0.1"', f"port = {port}", 'data_dir = "data"', "",
         "[[models]]", f"id = {_toml(spec.model_id)}", f"path = {_toml(str(spec.path))}",
-        f"context_length = {CONTEXT}",
+        f"context_length = {context}",
     ]
+    if slots is not None:
+        lines.append(f"parallel = {slots}")
     if spec.chat_template is not None:
         lines.append(f"chat_template = {_toml(spec.chat_template)}")
     if spec.stop:

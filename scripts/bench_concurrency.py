@@ -71,6 +71,7 @@ from bench_chat import (
     run_baseline,
     specs,
     stop_server,
+    write_config,
 )
 from openai.types.chat import ChatCompletionMessageParam
 
@@ -337,26 +338,6 @@ def log_lines(folder: Path, words: tuple[str, ...]) -> list[str]:
     return [line for line in text if any(word in line for word in words)][:20]
 
 
-def toml_string(text: str) -> str:
-    # A JSON string is a valid TOML basic string: TOML accepts every escape JSON writes.
-    return json.dumps(text, ensure_ascii=False)
-
-
-def appliance_config(folder: Path, spec: ModelSpec, port: int, slots: int) -> Path:
-    lines = [
-        "[server]", 'host = "127.0.0.1"', f"port = {port}", 'data_dir = "data"', "",
-        "[[models]]", f"id = {toml_string(spec.model_id)}", f"path = {toml_string(str(spec.path))}",
-        f"context_length = {CONTEXT}", f"parallel = {slots}",
-    ]
-    if spec.chat_template is not None:
-        lines.append(f"chat_template = {toml_string(spec.chat_template)}")
-    if spec.stop:
-        lines.append(f"stop = [{', '.join(toml_string(s) for s in spec.stop)}]")
-    config = folder / "models.toml"
-    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return config
-
-
 @dataclass(frozen=True)
 class Plan:
     levels: list[int]
@@ -387,7 +368,7 @@ def serve_and_measure(report: SideReport, spec: ModelSpec, plan: Plan, argv: lis
 def run_appliance(spec: ModelSpec, plan: Plan, folder: Path) -> SideReport:
     report = SideReport("appliance")
     port = free_port()
-    config = appliance_config(folder, spec, port, plan.slots)
+    config = write_config(folder, spec, port, CONTEXT, plan.slots)
     try:
         key = create_key(config)
     except subprocess.SubprocessError as exc:
