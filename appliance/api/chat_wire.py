@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from appliance.engines.base import ChatMessage, ChatParams, Role, Sampling
+from appliance.engines.base import ChatMessage, ChatParams, OutputFormat, Role, Sampling
 from appliance.errors import InvalidRequest
 
 MAX_STOP_SEQUENCES = 4
@@ -102,9 +102,6 @@ def _reject_unhonoured(body: ChatCompletionRequest) -> None:
             raise _unsupported(param)
     if body.logprobs:
         raise _unsupported("logprobs")
-    if body.response_format is not None and body.response_format.get("type") != "text":
-        raise _unsupported("response_format", "other than {'type': 'text'} is not supported "
-                           "by this server yet")
     if body.modalities is not None and set(body.modalities) - {"text"}:
         raise _unsupported("modalities", "other than ['text'] is not supported")
     if body.store:
@@ -187,6 +184,39 @@ def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
     return tuple(sorted(pairs))
 
 
+def _output_format(response_format: dict[str, Any] | None) -> OutputFormat | None:
+    """OpenAI's response_format: text (no constraint), json_object, or json_schema."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return OutputFormat("json_object")
+    if kind != "json_schema":
+        raise InvalidRequest(f"Invalid value for 'response_format.type': {kind!r}. Supported "
+                             "values are: 'text', 'json_object' and 'json_schema'.",
+                             param="response_format.type", code="invalid_value")
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict):
+        raise InvalidRequest("Missing required parameter: 'response_format.json_schema'.",
+                             param="response_format.json_schema",
+                             code="missing_required_parameter")
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("Missing required parameter: 'response_format.json_schema.name'.",
+                             param="response_format.json_schema.name",
+                             code="missing_required_parameter")
+    schema = spec.get("schema", {})
+    strict = spec.get("strict")
+    if not isinstance(schema, dict) or not isinstance(strict, bool | None):
+        field = "schema" if not isinstance(schema, dict) else "strict"
+        raise InvalidRequest(f"Invalid type for 'response_format.json_schema.{field}'.",
+                             param=f"response_format.json_schema.{field}",
+                             code="invalid_type")
+    return OutputFormat("json_schema", schema, bool(strict))
+
+
 def to_chat_params(body: ChatCompletionRequest) -> ChatParams:
     _reject_unhonoured(body)
     if body.max_tokens is not None and body.max_completion_tokens is not None \
@@ -209,4 +239,5 @@ def to_chat_params(body: ChatCompletionRequest) -> ChatParams:
             logit_bias=_logit_bias(body.logit_bias),
         ),
         n=body.n or 1,
+        output=_output_format(body.response_format),
     )

@@ -6,9 +6,9 @@ Engines take and return these dataclasses only; the api alone knows the OpenAI w
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length"]
 Role = Literal["system", "user", "assistant"]
@@ -37,12 +37,23 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class OutputFormat:
+    """A constraint on the generated text (OpenAI's response_format), enforced by the engine
+    while sampling. ``strict``: refuse a schema the engine cannot fully enforce."""
+
+    kind: Literal["json_object", "json_schema"]
+    schema: Mapping[str, Any] | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True)
 class ChatParams:
     messages: tuple[ChatMessage, ...]
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     sampling: Sampling = field(default_factory=Sampling)
     n: int = 1  # independent choices sampled from one prompt
+    output: OutputFormat | None = None
 
 
 @dataclass(frozen=True)

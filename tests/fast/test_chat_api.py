@@ -165,3 +165,22 @@ async def test_sampling_extensions_and_logit_bias_reach_the_engine(stack: FastSt
     sampling = stack.engine.calls[-1].sampling
     assert sampling.logit_bias == ((7, 2.5), (42, -100.0))
     assert (sampling.top_k, sampling.min_p, sampling.repeat_penalty) == (20, 0.05, 1.1)
+
+
+async def test_response_formats_reach_the_engine(stack: FastStack) -> None:
+    await stack.client.chat.completions.create(
+        model="fake-chat", messages=USER, response_format={"type": "json_object"})
+    assert stack.engine.calls[-1].output is not None
+    assert stack.engine.calls[-1].output.kind == "json_object"
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+              "additionalProperties": False}
+    await stack.client.chat.completions.create(
+        model="fake-chat", messages=USER,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "thing", "schema": schema, "strict": True}})
+    output = stack.engine.calls[-1].output
+    assert output is not None and output.kind == "json_schema"
+    assert output.strict is True and output.schema == schema
+    await stack.client.chat.completions.create(
+        model="fake-chat", messages=USER, response_format={"type": "text"})
+    assert stack.engine.calls[-1].output is None

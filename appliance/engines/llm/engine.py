@@ -26,6 +26,7 @@ from appliance.engines.base import (
     Sampling,
     Started,
 )
+from appliance.engines.llm.grammar import grammar_for
 from appliance.engines.llm.model import LoadedModel, default_slots, default_threads
 from appliance.engines.llm.scheduler import Emit, GenerationRequest, Scheduler, StepReport
 from appliance.engines.llm.templates import ChatTemplate
@@ -159,11 +160,15 @@ class LlamaChatEngine:
                     f"vocabulary of {self._model.n_vocab} tokens.", param="logit_bias",
                     code="invalid_value")
         stop = tuple(dict.fromkeys(params.stop + self._config.stop))
+        sampling = params.sampling
+        if params.output is not None:
+            sampling = replace(sampling, grammar=grammar_for(params.output))
+            self._model.check_grammar(sampling.grammar or "")
         return GenerationRequest(
             tokens=tokens,
             max_tokens=params.max_tokens or n_ctx - len(tokens),
             stop=stop,
-            sampling=params.sampling,
+            sampling=sampling,
             cancel=cancel,
             emit=emit,
         )

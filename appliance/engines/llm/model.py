@@ -16,6 +16,7 @@ from llama_cpp import _internals
 from llama_cpp import _logger as llama_cpp_logger
 
 from appliance.config import GPU_LAYERS_ALL
+from appliance.errors import InvalidRequest
 
 # llama.cpp takes a layer count; "all" means more layers than any model has.
 _ALL_LAYERS = 1 << 30
@@ -59,6 +60,14 @@ class LoadedModel:
             if len(ids) == 1:
                 found.add(ids[0])
         return frozenset(found)
+
+    def check_grammar(self, grammar: str) -> None:
+        """Compiles a GBNF grammar once, so a broken one is a 400 before any work starts."""
+        sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+        if sampler is None:
+            raise InvalidRequest("The output constraint could not be compiled.",
+                                 param="response_format")
+        llama_cpp.llama_sampler_free(sampler)
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))

@@ -1,0 +1,93 @@
+"""Structured outputs as GBNF grammars for llama.cpp's grammar sampler.
+
+``json_object`` is a hand-written grammar for one JSON object. ``json_schema`` goes through
+llama-cpp-python's schema converter; before that, every keyword of the schema is checked
+against what the converter really enforces, so a strict request never runs looser than it
+asked (an unsupported keyword is a 400 naming it and where it sits).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+from appliance.engines.base import OutputFormat
+from appliance.errors import InvalidRequest
+
+# Whitespace is bounded: an unbounded `ws` lets a small model pad forever.
+JSON_OBJECT_GBNF = r"""
+root   ::= object
+value  ::= object | array | string | number | ("true" | "false" | "null") ws
+object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
+array  ::= "[" ws ( value ("," ws value)* )? "]" ws
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\bfnrt/] | "u" [0-9a-fA-F]{4}) )* "\"" ws
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9]{1,3})? ws
+ws     ::= | " " | "\n" [ \t]{0,20}
+"""
+
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "$schema", "$id",
+               "deprecated", "readOnly", "writeOnly"}
+ENFORCED = {"type", "properties", "required", "additionalProperties", "items", "prefixItems",
+            "minItems", "maxItems", "enum", "const", "anyOf", "$ref", "$defs", "definitions",
+            "pattern", "format", "minLength", "maxLength"}
+FORMATS = {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
+TYPES = {"string", "number", "integer", "boolean", "null", "object", "array"}
+
+
+def grammar_for(output: OutputFormat) -> str:
+    if output.kind == "json_object":
+        return JSON_OBJECT_GBNF
+    schema = dict(output.schema or {})
+    if output.strict:
+        _check_enforceable(schema, "schema")
+    try:
+        grammar = str(json_schema_to_gbnf(json.dumps(schema)))
+    except Exception as exc:  # the converter asserts on shapes it does not know
+        raise InvalidRequest(
+            f"Invalid schema for response_format: it cannot be turned into an output "
+            f"constraint ({exc}).", param="response_format.json_schema.schema",
+            code="invalid_json_schema") from None
+    # The converter's string character allows raw control characters, which JSON forbids
+    # inside strings (a model then emits a newline in a string and the output cannot parse).
+    return grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
+
+
+def _check_enforceable(node: Any, where: str) -> None:
+    if isinstance(node, bool):
+        return
+    if not isinstance(node, Mapping):
+        raise _refuse(where, "a schema must be an object")
+    for key in node:
+        if key not in ENFORCED and key not in ANNOTATIONS:
+            raise _refuse(f"{where}.{key}", f"the keyword '{key}' cannot be enforced")
+    if "pattern" in node and ({"minLength", "maxLength", "format"} & node.keys()):
+        raise _refuse(f"{where}.pattern", "'pattern' cannot be combined with length or format")
+    if "format" in node and node["format"] not in FORMATS:
+        raise _refuse(f"{where}.format", f"the string format '{node['format']}' cannot be "
+                      f"enforced (supported: {', '.join(sorted(FORMATS))})")
+    kinds = node.get("type")
+    for kind in kinds if isinstance(kinds, list) else [kinds] if kinds else []:
+        if kind not in TYPES:
+            raise _refuse(f"{where}.type", f"unknown type '{kind}'")
+    for key in ("properties", "$defs", "definitions"):
+        for name, child in (node.get(key) or {}).items():
+            _check_enforceable(child, f"{where}.{key}.{name}")
+    for index, child in enumerate(node.get("anyOf") or []):
+        _check_enforceable(child, f"{where}.anyOf[{index}]")
+    for index, child in enumerate(node.get("prefixItems") or []):
+        _check_enforceable(child, f"{where}.prefixItems[{index}]")
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), Mapping):
+            _check_enforceable(node[key], f"{where}.{key}")
+
+
+def _refuse(where: str, why: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"response_format.json_schema.{where}: {why} by this server; with strict: true the "
+        "output would not be guaranteed to match. Remove it or set strict: false.",
+        param=f"response_format.json_schema.{where}", code="unsupported_schema")
