@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 from appliance.errors import ConfigError
 
-ModelKind = Literal["chat"]
-MODEL_KINDS: tuple[str, ...] = ("chat",)
+ModelKind = Literal["chat", "embedding"]
+MODEL_KINDS: tuple[str, ...] = ("chat", "embedding")
+POOLING_KINDS: tuple[str, ...] = ("mean", "cls", "last")
 GPU_LAYERS_ALL = -1
 
 
@@ -47,6 +48,7 @@ class ModelConfig:
     chat_template: str | None = None
     stop: tuple[str, ...] = ()
     prompt_cache_mb: int = 256
+    pooling: str = "mean"  # embedding models: how token vectors become one
     owned_by: str = "appliance"
 
     @property
@@ -101,7 +103,7 @@ def _reject_unknown(where: _Where, table: Mapping[str, Any], known: set[str]) ->
 _SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currency", "log_level"}
 _MODEL_KEYS = {
     "id", "kind", "path", "aliases", "price_per_request", "context_length", "parallel",
-    "gpu_layers", "threads", "chat_template", "stop", "owned_by", "prompt_cache_mb",
+    "gpu_layers", "threads", "chat_template", "stop", "owned_by", "prompt_cache_mb", "pooling",
 }
 
 
@@ -163,9 +165,13 @@ def _model(source: Path, index: int, raw: Any) -> ModelConfig:
     threads = _take(where, raw, "threads", int, None)
     if threads is not None and threads < 1:
         raise where.fail("threads", "must be at least 1")
+    pooling = _take(where, raw, "pooling", str, "mean")
+    if pooling not in POOLING_KINDS:
+        raise where.fail("pooling", f"{pooling!r} is not one of {', '.join(POOLING_KINDS)}")
     return ModelConfig(
         id=model_id,
-        kind="chat",
+        kind="embedding" if kind == "embedding" else "chat",
+        pooling=pooling,
         path=path,
         aliases=aliases,
         price_per_request=float(price),

@@ -12,7 +12,7 @@ import pytest
 from appliance.api.app import create_app
 from appliance.api.services import Limits, Pricing, Services
 from appliance.engines.catalog import Catalog
-from tests.fakes import FakeChatEngine, FakeKeys, ListLedger
+from tests.fakes import FakeChatEngine, FakeEmbeddingEngine, FakeKeys, ListLedger
 
 API_KEY = "sk-app-test-key-0123456789"
 
@@ -38,7 +38,8 @@ async def stack() -> AsyncIterator[FastStack]:
     keys = FakeKeys()
     keys.add(API_KEY)
     services = Services(
-        catalog=Catalog([(engine, ("gpt-4o-mini",))]),
+        catalog=Catalog([(engine, ("gpt-4o-mini",))],
+                        [(FakeEmbeddingEngine(), ("text-embedding-3-small",))]),
         ledger=ledger,
         keys=keys,
         pricing=Pricing(per_request={"fake-chat": 0.25}, currency="USD"),

@@ -6,6 +6,7 @@ They let the fast tier drive the whole HTTP stack through the official SDK witho
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from appliance.engines.base import (
     CancelToken,
     ChatEvent,
     ChatParams,
+    Embeddings,
     Finish,
     FinishReason,
     ModelInfo,
@@ -21,7 +23,7 @@ from appliance.engines.base import (
     TextDelta,
     Usage,
 )
-from appliance.errors import ContextLengthExceeded, EngineFailure
+from appliance.errors import ContextLengthExceeded, EngineFailure, InvalidRequest
 from appliance.ledger import KeyRecord, RequestRecord
 
 
@@ -91,6 +93,43 @@ class FakeChatEngine:
             await asyncio.sleep(0)
             yield TextDelta(word, index)
         yield Finish(reason, Usage(prompt, produced), index)
+
+
+@dataclass
+class FakeEmbeddingEngine:
+    """Vectors made from the inputs' characters: deterministic, unit length, 8 dimensions."""
+
+    model_id: str = "fake-embed"
+    context_length: int = 16
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(id=self.model_id, kind="embedding", context_length=self.context_length,
+                         owned_by="appliance", created=1_700_000_000)
+
+    @property
+    def dimensions(self) -> int:
+        return 8
+
+    def warm_up(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
+        vectors = []
+        tokens = 0
+        for item in inputs:
+            codes = [ord(c) for c in item] if isinstance(item, str) else list(item)
+            if len(codes) > self.context_length:
+                raise InvalidRequest("input too long", param="input",
+                                     code="context_length_exceeded")
+            tokens += len(codes)
+            raw = [float(sum(codes[i::8]) + 1) for i in range(8)]
+            norm = math.sqrt(sum(v * v for v in raw))
+            vectors.append(tuple(v / norm for v in raw))
+        return Embeddings(tuple(vectors), tokens)
 
 
 @dataclass

@@ -23,7 +23,7 @@ log = logging.getLogger("appliance.api")
 async def warm_request_path(services: Services) -> None:
     started = time.perf_counter()
     await anyio.to_thread.run_sync(services.keys.lookup, "sk-app-warm-up-not-a-key")
-    for engine in services.catalog.engines():
+    for engine in services.catalog.chat_engines():
         body = ChatCompletionRequest.model_validate({
             "model": engine.info.id,
             "messages": [{"role": "user", "content": "Hello"}],

@@ -116,6 +116,29 @@ class ModelInfo:
     created: int
 
 
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: tuple[tuple[float, ...], ...]  # one unit-length vector per input, in order
+    prompt_tokens: int
+
+
+class EmbeddingEngine(Protocol):
+    """A loaded embedding model. ``embed`` takes texts or token-id lists and raises
+    InvalidRequest (param ``input``) for an input longer than the model's context."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def dimensions(self) -> int: ...
+
+    async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings: ...
+
+    def warm_up(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class ChatEngine(Protocol):
     """A loaded chat model.
 

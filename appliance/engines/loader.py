@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass
 
 from appliance.config import ApplianceConfig, ModelConfig
-from appliance.engines.base import ChatEngine
-from appliance.engines.catalog import Catalog
+from appliance.engines.base import ChatEngine, EmbeddingEngine
+from appliance.engines.catalog import Catalog, Engine
+from appliance.engines.llm.embedder import LlamaEmbeddingEngine
 from appliance.engines.llm.engine import LlamaChatEngine
 from appliance.errors import ApplianceError, ConfigError
 
@@ -26,24 +27,32 @@ class BootTiming:
     warm_seconds: float
 
 
-def _load_chat(model: ModelConfig) -> ChatEngine:
+def _load(model: ModelConfig) -> Engine:
+    if model.kind == "embedding":
+        return LlamaEmbeddingEngine.load(model)
     return LlamaChatEngine.load(model)
 
 
 def load_catalog(config: ApplianceConfig) -> tuple[Catalog, list[BootTiming]]:
-    loaded: list[tuple[ChatEngine, tuple[str, ...]]] = []
+    chat: list[tuple[ChatEngine, tuple[str, ...]]] = []
+    embedding: list[tuple[EmbeddingEngine, tuple[str, ...]]] = []
+    loaded: list[Engine] = []
     timings: list[BootTiming] = []
     try:
         for model in config.models:
             t0 = time.perf_counter()
             try:
-                engine = _load_chat(model)
+                engine = _load(model)
             except ApplianceError:
                 raise
             except Exception as exc:
                 raise ConfigError(f"model {model.id!r} failed to load from {model.path}: {exc}") \
                     from exc
-            loaded.append((engine, model.aliases))
+            loaded.append(engine)
+            if isinstance(engine, LlamaEmbeddingEngine):
+                embedding.append((engine, model.aliases))
+            elif isinstance(engine, LlamaChatEngine):
+                chat.append((engine, model.aliases))
             t1 = time.perf_counter()
             try:
                 engine.warm_up()
@@ -53,7 +62,7 @@ def load_catalog(config: ApplianceConfig) -> tuple[Catalog, list[BootTiming]]:
             timings.append(BootTiming(model.id, t1 - t0, t2 - t1))
             log.info("model %s loaded in %.2fs, warmed in %.2fs", model.id, t1 - t0, t2 - t1)
     except BaseException:
-        for engine, _ in loaded:
+        for engine in loaded:
             engine.close()
         raise
-    return Catalog(loaded), timings
+    return Catalog(chat, embedding), timings

@@ -108,6 +108,7 @@ def test_check_config_exits_non_zero_with_a_clear_line(tmp_path: Path) -> None:
 def test_the_shipped_models_toml_is_valid() -> None:
     config = load_config(ROOT / "models.toml", env={})
     ids = [m.id for m in config.models]
-    assert ids == ["smollm2-135m-instruct", "gemma-3-270m"]
-    gemma = config.models[1]
+    assert ids == ["smollm2-135m-instruct", "smollm2-135m-embed", "gemma-3-270m"]
+    assert config.models[1].kind == "embedding"
+    gemma = config.models[2]
     assert gemma.chat_template and "<start_of_turn>" in gemma.chat_template

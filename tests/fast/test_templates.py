@@ -41,7 +41,7 @@ def test_broken_template_is_a_config_error() -> None:
 
 
 def test_shipped_gemma_template_folds_system_into_first_user_turn() -> None:
-    gemma = load_config(ROOT / "models.toml", env={}).models[1]
+    gemma = load_config(ROOT / "models.toml", env={}).models[2]
     assert gemma.chat_template is not None
     template = ChatTemplate(gemma.chat_template, "<bos>", "<eos>", gemma.id)
     text = template.render([ChatMessage("system", "Be brief."), ChatMessage("user", "Hi"),

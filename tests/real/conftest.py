@@ -28,6 +28,15 @@ context_length = 1024
 parallel = 4
 
 [[models]]
+id = "smollm2-135m-embed"
+kind = "embedding"
+path = "{SMOLLM2}"
+aliases = ["text-embedding-3-small"]
+pooling = "mean"
+context_length = 512
+price_per_request = 0.25
+
+[[models]]
 id = "gemma-3-270m"
 path = "{GEMMA}"
 price_per_request = 1.0

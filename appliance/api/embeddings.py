@@ -1,0 +1,93 @@
+"""POST /v1/embeddings: OpenAI's embedding list, float or base64 (little-endian float32).
+
+The Python SDK asks for base64 whenever numpy is installed and the JS SDK always does, so
+both encodings must be exact. ``dimensions`` truncates and re-normalises, or is a 400 when
+the model has fewer. Over-long inputs are a 400, never truncated.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from appliance.api.note import RequestNote
+from appliance.api.services import Services
+from appliance.api.validation import parse_json
+from appliance.errors import InvalidRequest
+
+MAX_INPUTS = 2048
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: Annotated[str, Field(min_length=1)]
+    input: str | list[Any]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    user: str | None = None
+
+
+def to_inputs(raw: str | list[Any]) -> list[str] | list[list[int]]:
+    """OpenAI's four input shapes: a string, strings, token ids, lists of token ids."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not raw:
+        raise InvalidRequest("'input' must not be empty.", param="input", code="invalid_value")
+    if len(raw) > MAX_INPUTS:
+        raise InvalidRequest(f"'input' takes at most {MAX_INPUTS} items.", param="input",
+                             code="invalid_value")
+    if all(isinstance(item, str) for item in raw):
+        if any(not item for item in raw):
+            raise InvalidRequest("'input' strings must not be empty.", param="input",
+                                 code="invalid_value")
+        return list(raw)
+    if all(isinstance(item, int) and not isinstance(item, bool) for item in raw):
+        return [list(raw)]
+    if all(isinstance(item, list) and item and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in item) for item in raw):
+        return [list(item) for item in raw]
+    raise InvalidRequest("'input' must be a string, a list of strings, a list of token ids or "
+                         "a list of lists of token ids.", param="input", code="invalid_type")
+
+
+def _shaped(vector: tuple[float, ...], dimensions: int | None) -> list[float]:
+    if dimensions is None:
+        return list(vector)
+    cut = vector[:dimensions]
+    norm = math.sqrt(sum(v * v for v in cut)) or 1.0
+    return [v / norm for v in cut]
+
+
+def _encoded(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
+async def create_embeddings(request: Request) -> Response:
+    services: Services = request.app.state.services
+    note: RequestNote = request.scope["state"]["note"]
+    body = await parse_json(request, EmbeddingRequest, services.limits.max_body_bytes)
+    engine = services.catalog.embedding(body.model)
+    note.model = engine.info.id
+    if body.dimensions is not None and body.dimensions > engine.dimensions:
+        raise InvalidRequest(f"This model has {engine.dimensions} dimensions; 'dimensions' "
+                             f"cannot be {body.dimensions}.", param="dimensions",
+                             code="invalid_value")
+    result = await engine.embed(to_inputs(body.input))
+    note.prompt_tokens = result.prompt_tokens
+    encoding = body.encoding_format or "float"
+    return JSONResponse({
+        "object": "list",
+        "data": [{"object": "embedding", "index": index,
+                  "embedding": _encoded(_shaped(vector, body.dimensions), encoding)}
+                 for index, vector in enumerate(result.vectors)],
+        "model": engine.info.id,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    })
