@@ -3,16 +3,15 @@
 Every step builds a single llama_batch holding one token for each slot that is generating plus
 a chunk of prompt tokens for slots still reading their prompt (chunked prefill: a long prompt
 delays the other streams by at most one chunk per step). Each request samples with its own
-chain. A new request takes the free slot whose cached tokens share the longest prefix with its
-prompt and decodes only the rest. Cancelled requests free their slot at the next step; requests
-beyond the slots wait in order and are never dropped. The choices of an ``n > 1`` request
-share the prompt: once the first choice has read it, the others copy its KV sequence and only
-decode the prompt's last token themselves.
+chain. A new request starts from the longest cached prefix of its prompt (kv_reuse.py decides
+where that comes from) and decodes only the rest. Cancelled requests free their slot at the
+next step; requests beyond the slots wait in order and are never dropped. The choices of an
+``n > 1`` request share the prompt: once the first choice has read it, the others copy its KV
+sequence and only decode the prompt's last token themselves.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
@@ -32,23 +31,14 @@ from appliance.engines.base import (
     Usage,
 )
 from appliance.engines.llm.batch import TokenBatch
+from appliance.engines.llm.kv_reuse import PrefixReuse
 from appliance.engines.llm.model import LoadedModel
-from appliance.engines.llm.prompt_cache import PromptCache, SavedPrompt, common_prefix
 from appliance.engines.llm.sampling import SamplerChain
 from appliance.engines.llm.textstream import TextAssembler
 from appliance.errors import EngineFailure, InvalidRequest
 
 log = logging.getLogger("appliance.engines.llm")
 Emit = Callable[[ChatEvent | BaseException], None]
-# Copying a KV stream costs about as much as decoding a few prompt tokens on a CPU, so a
-# cold slot copies another slot's cache only when that skips at least this many tokens.
-COPY_MIN_GAIN = 16
-# Restoring a saved prompt costs about its size in bytes, far less than decoding even a few
-# tokens, so it pays as soon as it skips a couple of them.
-RESTORE_MIN_GAIN = 2
-# Saving a slot to host memory copies its whole sequence; worth it when it would lose at
-# least this many tokens, or half of what it holds.
-SAVE_MIN_LOSS = 64
 
 
 @dataclass(eq=False)
@@ -101,8 +91,6 @@ class Scheduler:
                  prompt_cache_bytes: int = 0,
                  on_step: Callable[[StepReport], None] | None = None):
         self._model = model
-        self._saved = PromptCache(prompt_cache_bytes)
-        self._copy_sources: set[int] = set()  # streams a not yet applied copy reads from
         self._on_step = on_step
         self._model_id = model_id
         self._context_length = context_length
@@ -127,6 +115,7 @@ class Scheduler:
         # Writing zeros touches every page of every slot's KV now, at boot: otherwise the
         # first request to reach a slot pays the page faults (~0.2 s per 100 MB stream).
         llama_cpp.llama_memory_clear(self._memory, True)
+        self._reuse = PrefixReuse(self._context, self._memory, prompt_cache_bytes)
         self._batch = TokenBatch(batch_size)
         self._slots = [_Slot(sequence=i) for i in range(slots)]
         self._inbox: deque[GenerationRequest] = deque()  # filled by submit, any thread
@@ -197,94 +186,16 @@ class Scheduler:
                 break
             leader = request.leader
             if leader is not None and leader.prompt_ready_in is not None:
-                self._assign_copy(request, leader.prompt_ready_in, free)
+                slot, reuse = self._reuse.place_sibling(request.tokens, leader.prompt_ready_in,
+                                                        free)
             elif leader is None or leader.ended:
-                self._assign(request, free)
+                slot, reuse = self._reuse.place(request.tokens, free, self._slots)
             else:
                 continue  # the first choice is still reading the prompt
+            self._start(slot, request, reuse)
             admitted.append(request)
         if admitted:
             self._queue = [r for r in self._queue if r not in admitted]
-
-    def _assign(self, request: GenerationRequest, free: list[_Slot]) -> None:
-        """Longest cached prefix wins: a free slot's own cache, a copy of a longer one held by
-        any slot (busy ones included), or a prompt saved in host memory."""
-        tokens = request.tokens
-        usable = len(tokens) - 1  # the last prompt token is always decoded (its logits)
-        slot = max(free, key=lambda s: (common_prefix(s.cached, tokens), -s.last_used))
-        reuse = min(common_prefix(slot.cached, tokens), usable)
-        donor = max(self._slots, key=lambda s: common_prefix(s.cached, tokens))
-        offered = min(common_prefix(donor.cached, tokens), usable) if donor is not slot else 0
-        saved_length, saved = self._saved.best(tokens)
-        saved_length = min(saved_length, usable)
-        if offered - reuse >= COPY_MIN_GAIN or saved_length - reuse >= RESTORE_MIN_GAIN:
-            target = min(free, key=lambda s: (common_prefix(s.cached, tokens), s.last_used))
-            restorable = saved is not None and target.sequence not in self._copy_sources
-            kept = common_prefix(target.cached, tokens)
-            if restorable and saved_length >= offered and \
-                    saved_length - reuse >= RESTORE_MIN_GAIN:
-                assert saved is not None
-                self._save(target, kept)
-                self._start(target, request, self._restore(saved, target, saved_length))
-                return
-            if offered - reuse >= COPY_MIN_GAIN:
-                self._save(target, kept)
-                self._copy_prefix(donor, target, tokens[:offered])
-                self._start(target, request, offered)
-                return
-        if reuse < len(slot.cached):
-            self._save(slot, reuse)
-            seq = slot.sequence
-            if not llama_cpp.llama_memory_seq_rm(self._memory, seq, reuse, -1):
-                llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
-                reuse = 0
-            slot.cached = slot.cached[:reuse]
-        self._start(slot, request, reuse)
-
-    def _save(self, slot: _Slot, keeping: int) -> None:
-        """Keeps a slot's cached tokens in host memory before the slot drops all but
-        ``keeping`` of them. The whole sequence is copied, so a short loss is not worth it."""
-        losing = len(slot.cached) - keeping
-        if not self._saved.enabled or losing < COPY_MIN_GAIN or \
-                (losing < SAVE_MIN_LOSS and 2 * losing < len(slot.cached)) or \
-                self._saved.covers(slot.cached):
-            return
-        size = llama_cpp.llama_state_seq_get_size(self._context, slot.sequence)
-        buffer = (ctypes.c_uint8 * size)()
-        if llama_cpp.llama_state_seq_get_data(self._context, buffer, size, slot.sequence) > 0:
-            self._saved.put(list(slot.cached), buffer)
-
-    def _restore(self, saved: SavedPrompt, target: _Slot, length: int) -> int:
-        """Loads a saved prompt into the target's sequence; returns the tokens reused."""
-        seq = target.sequence
-        llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
-        state = saved.state
-        if llama_cpp.llama_state_seq_set_data(self._context, state, len(state), seq) == 0:
-            llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
-            target.cached = []
-            return 0
-        llama_cpp.llama_memory_seq_rm(self._memory, seq, length, -1)
-        target.cached = list(saved.tokens[:length])
-        return length
-
-    def _assign_copy(self, request: GenerationRequest, source: _Slot,
-                     free: list[_Slot]) -> None:
-        """A sibling choice: copies the first choice's prompt KV (all but the last token)."""
-        shared = len(request.tokens) - 1
-        target = min(free, key=lambda s: s.last_used)
-        self._save(target, common_prefix(target.cached, request.tokens))
-        self._copy_prefix(source, target, request.tokens[:shared])
-        self._start(target, request, shared)
-
-    def _copy_prefix(self, source: _Slot, target: _Slot, prefix: list[int]) -> None:
-        # Sequences live in separate KV streams, and llama.cpp copies across streams only
-        # whole (at the start of the next decode): copy everything, then drop what lies past
-        # the shared prefix in the target.
-        llama_cpp.llama_memory_seq_rm(self._memory, target.sequence, -1, -1)
-        llama_cpp.llama_memory_seq_cp(self._memory, source.sequence, target.sequence, -1, -1)
-        llama_cpp.llama_memory_seq_rm(self._memory, target.sequence, len(prefix), -1)
-        target.cached = list(prefix)
-        self._copy_sources.add(source.sequence)
 
     def _start(self, slot: _Slot, request: GenerationRequest, reuse: int) -> None:
         try:
@@ -337,11 +248,10 @@ class Scheduler:
         started = time.perf_counter()
         generating = sum(1 for slot in in_batch if not slot.pending)
         status = llama_cpp.llama_decode(self._context, batch.handle)
-        self._copy_sources.clear()  # the decode applied every pending stream copy
+        self._reuse.decoded()
         if status != 0:
             for slot in in_batch:
-                llama_cpp.llama_memory_seq_rm(self._memory, slot.sequence, -1, -1)
-                slot.cached = []
+                self._reuse.forget(slot)
                 self._fail(slot, EngineFailure(
                     f"llama_decode failed with status {status} on model {self._model_id}"))
             return
