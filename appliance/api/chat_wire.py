@@ -11,17 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from appliance.engines.base import ChatMessage, ChatParams, OutputFormat, Role, Sampling
+from appliance.api.generation_wire import GenerationFields, check_stream_options, stops, to_sampling
+from appliance.engines.base import ChatMessage, ChatParams, OutputFormat, Role
 from appliance.errors import InvalidRequest
-
-MAX_STOP_SEQUENCES = 4
-MAX_CHOICES = 16
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    include_usage: bool | None = None
-    include_obfuscation: bool | None = None
 
 
 class WireMessage(BaseModel):
@@ -36,28 +28,10 @@ class WireMessage(BaseModel):
     audio: dict[str, Any] | None = None
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    model: Annotated[str, Field(min_length=1)]
+class ChatCompletionRequest(GenerationFields):
     messages: Annotated[list[WireMessage], Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    user: str | None = None
-    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    # Extensions (llama.cpp samplers OpenAI does not have); documented in the README.
-    top_k: Annotated[int, Field(ge=0)] | None = None
-    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    repeat_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
     # Accepted because they change nothing we serve (hints and bookkeeping).
     metadata: dict[str, str] | None = None
     safety_identifier: str | None = None
@@ -79,10 +53,6 @@ class ChatCompletionRequest(BaseModel):
     web_search_options: dict[str, Any] | None = None
     reasoning_effort: str | None = None
     verbosity: str | None = None
-
-    @property
-    def wants_usage_chunk(self) -> bool:
-        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
 def _unsupported(param: str, why: str = "is not supported by this server yet") -> InvalidRequest:
@@ -108,9 +78,6 @@ def _reject_unhonoured(body: ChatCompletionRequest) -> None:
         raise _unsupported("store", "= true is not supported: this server stores no completions")
     if body.service_tier not in (None, "auto", "default"):
         raise _unsupported("service_tier", "must be 'auto' or 'default' on this server")
-    if body.stream_options is not None and not body.stream:
-        raise InvalidRequest("The 'stream_options' parameter is only allowed when 'stream' is "
-                             "enabled.", param="stream_options", code="invalid_value")
 
 
 def _message_text(message: WireMessage, index: int) -> str:
@@ -160,30 +127,6 @@ def _messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
     return tuple(out)
 
 
-def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
-    if stop is None:
-        return ()
-    stops = [stop] if isinstance(stop, str) else stop
-    if len(stops) > MAX_STOP_SEQUENCES:
-        raise InvalidRequest(f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences.",
-                             param="stop", code="invalid_value")
-    if any(not s for s in stops):
-        raise InvalidRequest("'stop' sequences must not be empty.", param="stop",
-                             code="invalid_value")
-    return tuple(stops)
-
-
-def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
-    """OpenAI keys logit_bias by token id as a string; the engine checks ids against the vocab."""
-    pairs: list[tuple[int, float]] = []
-    for key, value in (bias or {}).items():
-        if not key.strip().isdigit():
-            raise InvalidRequest(f"Invalid key in 'logit_bias': {key!r} is not a token id.",
-                                 param="logit_bias", code="invalid_value")
-        pairs.append((int(key), value))
-    return tuple(sorted(pairs))
-
-
 def _output_format(response_format: dict[str, Any] | None) -> OutputFormat | None:
     """OpenAI's response_format: text (no constraint), json_object, or json_schema."""
     if response_format is None:
@@ -219,6 +162,7 @@ def _output_format(response_format: dict[str, Any] | None) -> OutputFormat | Non
 
 def to_chat_params(body: ChatCompletionRequest) -> ChatParams:
     _reject_unhonoured(body)
+    check_stream_options(body)
     if body.max_tokens is not None and body.max_completion_tokens is not None \
             and body.max_tokens != body.max_completion_tokens:
         raise InvalidRequest("Set either 'max_tokens' or 'max_completion_tokens', not both.",
@@ -226,18 +170,8 @@ def to_chat_params(body: ChatCompletionRequest) -> ChatParams:
     return ChatParams(
         messages=_messages(body),
         max_tokens=body.max_completion_tokens or body.max_tokens,
-        stop=_stops(body.stop),
-        sampling=Sampling(
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            top_k=body.top_k or 0,
-            min_p=body.min_p or 0.0,
-            seed=body.seed,
-            presence_penalty=body.presence_penalty or 0.0,
-            frequency_penalty=body.frequency_penalty or 0.0,
-            repeat_penalty=body.repeat_penalty or 1.0,
-            logit_bias=_logit_bias(body.logit_bias),
-        ),
+        stop=stops(body.stop),
+        sampling=to_sampling(body),
         n=body.n or 1,
         output=_output_format(body.response_format),
     )
