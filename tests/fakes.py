@@ -56,7 +56,11 @@ class FakeChatEngine:
         self, params: ChatParams, cancel: CancelToken
     ) -> AsyncGenerator[ChatEvent, None]:
         self.calls.append(params)
-        prompt = sum(len(m.content.split()) for m in params.messages) + len(params.messages)
+        if params.prompt is not None:
+            prompt = len(params.prompt.split() if isinstance(params.prompt, str)
+                         else params.prompt)
+        else:
+            prompt = sum(len(m.content.split()) for m in params.messages) + len(params.messages)
         if prompt > self.context_length:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {self.context_length} tokens.",

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from appliance.api.auth import BearerAuthMiddleware
 from appliance.api.chat import create_chat_completion
+from appliance.api.completions import create_completion
 from appliance.api.embeddings import create_embeddings
 from appliance.api.errors import handle_appliance_error, handle_http_exception
 from appliance.api.models import list_models, retrieve_model
@@ -45,6 +46,7 @@ def create_app(services: Services) -> Starlette:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
+        Route("/v1/completions", create_completion, methods=["POST"]),
         Route("/v1/embeddings", create_embeddings, methods=["POST"]),
     ]
     middleware = [

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from appliance.api.inputs import texts_or_token_lists
 from appliance.api.note import RequestNote
 from appliance.api.services import Services
 from appliance.api.validation import parse_json
@@ -31,29 +32,6 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: Annotated[int, Field(ge=1)] | None = None
     user: str | None = None
-
-
-def to_inputs(raw: str | list[Any]) -> list[str] | list[list[int]]:
-    """OpenAI's four input shapes: a string, strings, token ids, lists of token ids."""
-    if isinstance(raw, str):
-        raw = [raw]
-    if not raw:
-        raise InvalidRequest("'input' must not be empty.", param="input", code="invalid_value")
-    if len(raw) > MAX_INPUTS:
-        raise InvalidRequest(f"'input' takes at most {MAX_INPUTS} items.", param="input",
-                             code="invalid_value")
-    if all(isinstance(item, str) for item in raw):
-        if any(not item for item in raw):
-            raise InvalidRequest("'input' strings must not be empty.", param="input",
-                                 code="invalid_value")
-        return list(raw)
-    if all(isinstance(item, int) and not isinstance(item, bool) for item in raw):
-        return [list(raw)]
-    if all(isinstance(item, list) and item and all(
-            isinstance(t, int) and not isinstance(t, bool) for t in item) for item in raw):
-        return [list(item) for item in raw]
-    raise InvalidRequest("'input' must be a string, a list of strings, a list of token ids or "
-                         "a list of lists of token ids.", param="input", code="invalid_type")
 
 
 def _shaped(vector: tuple[float, ...], dimensions: int | None) -> list[float]:
@@ -80,7 +58,7 @@ async def create_embeddings(request: Request) -> Response:
         raise InvalidRequest(f"This model has {engine.dimensions} dimensions; 'dimensions' "
                              f"cannot be {body.dimensions}.", param="dimensions",
                              code="invalid_value")
-    result = await engine.embed(to_inputs(body.input))
+    result = await engine.embed(texts_or_token_lists(body.input, "input", MAX_INPUTS))
     note.prompt_tokens = result.prompt_tokens
     encoding = body.encoding_format or "float"
     return JSONResponse({

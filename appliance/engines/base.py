@@ -54,6 +54,9 @@ class ChatParams:
     sampling: Sampling = field(default_factory=Sampling)
     n: int = 1  # independent choices sampled from one prompt
     output: OutputFormat | None = None
+    # A raw prompt (legacy completions): text or token ids, used as is, no chat template;
+    # ``messages`` is then empty.
+    prompt: str | tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.real.harness import (
@@ -55,6 +56,7 @@ chat_template = \"\"\"{{{{ bos_token }}}}{{% for m in messages %}}<start_of_turn
 class RealServer:
     server: RunningServer
     key: str
+    sdk: openai.OpenAI  # one client for the session, closed at its end (no stray sockets)
 
     @property
     def base_url(self) -> str:
@@ -70,7 +72,9 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer
     config = write_config(folder, port, MODELS)
     key = create_key(config, "real-tier")
     server = start_server(config, port)
+    sdk = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
     try:
-        yield RealServer(server, key)
+        yield RealServer(server, key, sdk)
     finally:
+        sdk.close()
         server.stop()

@@ -18,7 +18,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 
 
 def client(server: RealServer, **options: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, **options)
+    return server.sdk.with_options(**options) if options else server.sdk
 
 
 def ledger_row(server: RealServer, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -127,8 +127,7 @@ def test_prompt_over_context_is_400(real_server: RealServer) -> None:
 
 def test_sdk_error_classes(real_server: RealServer) -> None:
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=real_server.base_url, api_key="sk-app-nope",
-                      max_retries=0).models.list()
+        real_server.sdk.with_options(api_key="sk-app-nope").models.list()
     with pytest.raises(openai.NotFoundError):
         client(real_server).chat.completions.create(model="gpt-5-ultra", messages=QUESTION)
     with pytest.raises(openai.BadRequestError) as caught:

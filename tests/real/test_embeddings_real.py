@@ -20,7 +20,7 @@ def cosine(a: list[float], b: list[float]) -> float:
 def test_embeddings_are_unit_vectors_that_rank_similar_text_closer(
     real_server: RealServer,
 ) -> None:
-    sdk = openai.OpenAI(base_url=real_server.base_url, api_key=real_server.key, max_retries=0)
+    sdk = real_server.sdk
     texts = ["The cat sat on the mat.", "A kitten is sitting on a rug.",
              "Quarterly revenue grew by eight percent."]
     # With numpy installed the SDK asks for base64 and decodes it: this checks that path.
@@ -39,7 +39,7 @@ def test_embeddings_are_unit_vectors_that_rank_similar_text_closer(
 
 
 def test_over_long_input_is_400_not_truncated(real_server: RealServer) -> None:
-    sdk = openai.OpenAI(base_url=real_server.base_url, api_key=real_server.key, max_retries=0)
+    sdk = real_server.sdk
     with pytest.raises(openai.BadRequestError) as caught:
         sdk.embeddings.create(model=EMBED, input="word " * 2000)
     assert caught.value.param == "input"

@@ -48,7 +48,7 @@ def test_sixteen_concurrent_greedy_requests_equal_their_solo_answers(
 
 
 def test_shared_prefix_is_reused_and_reported(real_server: RealServer) -> None:
-    sdk = openai.OpenAI(base_url=real_server.base_url, api_key=real_server.key, max_retries=0)
+    sdk = real_server.sdk
     system = {"role": "system", "content": "You are a careful assistant. " * 60}
     first = sdk.chat.completions.create(
         model=SMOL, max_tokens=4, temperature=0,
@@ -78,7 +78,7 @@ def test_queued_requests_beyond_the_slots_all_complete_in_order(real_server: Rea
 
 
 def test_n_choices_share_the_prompt_and_sample_independently(real_server: RealServer) -> None:
-    sdk = openai.OpenAI(base_url=real_server.base_url, api_key=real_server.key, max_retries=0)
+    sdk = real_server.sdk
     story = [{"role": "user", "content": "Invent a name for a pet dragon."}]
     sampled = sdk.chat.completions.create(model=SMOL, messages=story, n=3, temperature=1.0,
                                           seed=11, max_tokens=16)
@@ -109,7 +109,7 @@ def test_logit_bias_bans_a_token(real_server: RealServer) -> None:
     paris = {vocab.tokenize(text, add_bos=False, special=False)[0]
              for text in (b"Paris", b" Paris")}
     vocab.close()
-    sdk = openai.OpenAI(base_url=real_server.base_url, api_key=real_server.key, max_retries=0)
+    sdk = real_server.sdk
     question = [{"role": "user", "content": "What is the capital of France? One word."}]
     plain = sdk.chat.completions.create(model=SMOL, messages=question, temperature=0,
                                         max_tokens=12)
@@ -127,7 +127,7 @@ def test_logit_bias_bans_a_token(real_server: RealServer) -> None:
 def test_prompts_beyond_the_slots_come_back_from_host_memory(real_server: RealServer) -> None:
     """Eight conversations through four slots: the first is evicted from every slot, yet
     its long prompt is restored from the host-memory cache, not decoded again."""
-    sdk = openai.OpenAI(base_url=real_server.base_url, api_key=real_server.key, max_retries=0)
+    sdk = real_server.sdk
 
     def ask(i: int) -> openai.types.chat.ChatCompletion:
         system = {"role": "system",

@@ -23,7 +23,7 @@ class Pet(BaseModel):
 
 
 def sdk(server: RealServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0)
+    return server.sdk
 
 
 def test_json_object_is_always_one_object(real_server: RealServer) -> None:

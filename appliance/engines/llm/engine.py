@@ -134,9 +134,23 @@ class LlamaChatEngine:
             sampling = replace(sampling, seed=sampling.seed + index)
         return replace(first, sampling=sampling, index=index, leader=first)
 
+    def _prompt_tokens(self, params: ChatParams) -> list[int]:
+        if params.prompt is None:
+            return self._model.tokenize_prompt(self._template.render(params.messages))
+        if isinstance(params.prompt, str):
+            tokens = self._model.tokenize(params.prompt, add_bos=self._model.add_bos)
+        else:
+            tokens = list(params.prompt)
+            if any(t < 0 or t >= self._model.n_vocab for t in tokens):
+                raise InvalidRequest("The prompt holds token ids outside this model's "
+                                     f"vocabulary of {self._model.n_vocab}.", param="prompt",
+                                     code="invalid_value")
+        if not tokens:
+            raise InvalidRequest("The prompt is empty.", param="prompt", code="invalid_value")
+        return tokens
+
     def _request(self, params: ChatParams, cancel: CancelToken, emit: Emit) -> GenerationRequest:
-        text = self._template.render(params.messages)
-        tokens = self._model.tokenize_prompt(text)
+        tokens = self._prompt_tokens(params)
         n_ctx = self._info.context_length
         if params.max_tokens is not None and len(tokens) + params.max_tokens > n_ctx:
             raise ContextLengthExceeded(

@@ -1,0 +1,223 @@
+"""POST /v1/completions: OpenAI's legacy text completions on the chat models, raw prompts.
+
+A prompt (text or token ids, one or several) goes to the model as is, without a chat
+template; each prompt gets ``n`` choices, numbered prompt by prompt. ``echo`` puts a text
+prompt in front of its completions. Not served yet, and refused by name: ``suffix``
+(no shipped model can fill in the middle), ``logprobs``, ``best_of`` above 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
+from typing import Annotated, Any
+
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from appliance.api.chat import total_usage, usage_json
+from appliance.api.disconnect import ClientGone, unless_disconnected
+from appliance.api.errors import error_frame
+from appliance.api.generation_wire import GenerationFields, check_stream_options, stops, to_sampling
+from appliance.api.inputs import texts_or_token_lists
+from appliance.api.note import RequestNote
+from appliance.api.services import Services
+from appliance.api.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
+from appliance.api.validation import parse_json
+from appliance.engines.base import (
+    CancelToken,
+    ChatEvent,
+    ChatParams,
+    Finish,
+    Started,
+    TextDelta,
+    Usage,
+)
+from appliance.errors import ApplianceError, EngineFailure, InvalidRequest
+
+MAX_PROMPTS = 16
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
+Tagged = tuple[int, ChatEvent]  # (prompt index, event)
+
+
+class CompletionRequest(GenerationFields):
+    prompt: str | list[Any]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+    logprobs: int | None = None
+    best_of: int | None = None
+
+
+def _refuse(param: str, why: str) -> InvalidRequest:
+    return InvalidRequest(f"'{param}' {why}.", param=param, code="unsupported_parameter")
+
+
+def _params(body: CompletionRequest) -> list[ChatParams]:
+    if body.suffix:
+        raise _refuse("suffix", "needs a model that can fill in the middle; none is served")
+    if body.logprobs is not None:
+        raise _refuse("logprobs", "is not supported by this server yet")
+    if body.best_of not in (None, 1):
+        raise _refuse("best_of", "above 1 is not supported by this server")
+    check_stream_options(body)
+    prompts = texts_or_token_lists(body.prompt, "prompt", MAX_PROMPTS, allow_empty_text=True)
+    if body.echo and not isinstance(prompts[0], str):
+        raise _refuse("echo", "works with text prompts only on this server")
+    base = ChatParams(messages=(), max_tokens=body.max_tokens or DEFAULT_MAX_TOKENS,
+                      stop=stops(body.stop), sampling=to_sampling(body), n=body.n or 1)
+    return [replace(base, prompt=p if isinstance(p, str) else tuple(p)) for p in prompts]
+
+
+async def _merged(generators: list[AsyncGenerator[ChatEvent, None]]) -> AsyncIterator[Tagged]:
+    """Events of several prompts as they come, tagged with their prompt's index."""
+    queue: asyncio.Queue[Tagged | BaseException | None] = asyncio.Queue()
+
+    async def pump(index: int, events: AsyncGenerator[ChatEvent, None]) -> None:
+        try:
+            async for event in events:
+                await queue.put((index, event))
+        except Exception as exc:
+            await queue.put(exc)
+        finally:
+            await events.aclose()
+            await queue.put(None)
+
+    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(generators)]
+    try:
+        running = len(tasks)
+        while running:
+            item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Completion:
+    def __init__(self, model: str, params: list[ChatParams], echo: bool):
+        self.id = f"cmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.n = params[0].n
+        self.echoes = [p.prompt if echo and isinstance(p.prompt, str) else "" for p in params]
+
+    def index(self, prompt: int, choice: int) -> int:
+        return prompt * self.n + choice
+
+    def body(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"id": self.id, "object": "text_completion", "created": self.created,
+                "model": self.model, "system_fingerprint": "fp_appliance",
+                "choices": choices, **extra}
+
+
+def _choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+
+def _usage(prompt_tokens: int, finishes: list[Finish]) -> Usage:
+    completion = total_usage(finishes).completion_tokens if finishes else 0
+    cached = sum(f.usage.cached_tokens for f in finishes if f.index == 0)
+    return Usage(prompt_tokens, completion, cached)
+
+
+async def create_completion(request: Request) -> Response:
+    services: Services = request.app.state.services
+    note: RequestNote = request.scope["state"]["note"]
+    body = await parse_json(request, CompletionRequest, services.limits.max_body_bytes)
+    note.stream = bool(body.stream)
+    engine = services.catalog.chat(body.model)
+    note.model = engine.info.id
+    params = _params(body)
+    cancel = CancelToken()
+    generators = [engine.chat(p, cancel) for p in params]
+    prompt_tokens = 0
+    try:
+        for events in generators:
+            started = await anext(events)
+            assert isinstance(started, Started)
+            prompt_tokens += started.prompt_tokens
+    except BaseException:
+        cancel.cancel()
+        for events in generators:
+            await events.aclose()
+        raise
+    note.prompt_tokens = prompt_tokens
+    completion = _Completion(engine.info.id, params, bool(body.echo))
+    if body.stream:
+        return StreamingResponse(
+            _stream(generators, cancel, completion, note, prompt_tokens, body.wants_usage_chunk),
+            media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+    try:
+        return await unless_disconnected(
+            request.receive, _complete(generators, cancel, completion, note, prompt_tokens))
+    except ClientGone:
+        note.client_gone = True
+        cancel.cancel()
+        return Response(status_code=499)
+
+
+async def _complete(generators: list[AsyncGenerator[ChatEvent, None]], cancel: CancelToken,
+                    completion: _Completion, note: RequestNote, prompt_tokens: int) -> Response:
+    texts: dict[int, list[str]] = {}
+    finishes: dict[int, Finish] = {}
+    try:
+        async for prompt, event in _merged(generators):
+            index = completion.index(prompt, event.index) \
+                if isinstance(event, TextDelta | Finish) else -1
+            if isinstance(event, TextDelta):
+                note.mark_first_token()
+                texts.setdefault(index, [completion.echoes[prompt]]).append(event.text)
+            elif isinstance(event, Finish):
+                finishes[index] = replace(event, index=index % completion.n)
+    finally:
+        cancel.cancel()
+    if len(finishes) != len(completion.echoes) * completion.n:
+        raise EngineFailure("The engine stopped without finishing the completion.")
+    usage = _usage(prompt_tokens, list(finishes.values()))
+    note.completion_tokens = usage.completion_tokens
+    choices = [_choice(i, "".join(texts.get(i, [completion.echoes[i // completion.n]])),
+                       finishes[i].reason) for i in sorted(finishes)]
+    return JSONResponse(completion.body(choices, usage=usage_json(usage)))
+
+
+async def _stream(generators: list[AsyncGenerator[ChatEvent, None]], cancel: CancelToken,
+                  completion: _Completion, note: RequestNote, prompt_tokens: int,
+                  include_usage: bool) -> AsyncIterator[bytes]:
+    extra: dict[str, Any] = {}  # usage comes only in the last chunk (the spec has no null)
+    finishes: list[Finish] = []
+    try:
+        for prompt, echo in enumerate(completion.echoes):
+            for choice in range(completion.n) if echo else ():
+                yield frame(completion.body(
+                    [_choice(completion.index(prompt, choice), echo, None)], **extra))
+        async for prompt, event in _merged(generators):
+            if isinstance(event, TextDelta) and event.text:
+                note.mark_first_token()
+                note.completion_tokens += 1
+                yield frame(completion.body(
+                    [_choice(completion.index(prompt, event.index), event.text, None)], **extra))
+            elif isinstance(event, Finish):
+                finishes.append(event)
+                note.completion_tokens = _usage(prompt_tokens, finishes).completion_tokens
+                yield frame(completion.body(
+                    [_choice(completion.index(prompt, event.index), "", event.reason)], **extra))
+        if include_usage:
+            yield frame(completion.body([], usage=usage_json(_usage(prompt_tokens, finishes))))
+    except ApplianceError as error:
+        note.failed_mid_stream = True
+        note.error_code = error.code
+        yield error_frame(error)
+    finally:
+        cancel.cancel()
+    yield DONE
