@@ -21,6 +21,8 @@ from appliance.engines.base import (
     ModelInfo,
     Started,
     TextDelta,
+    TokenChoice,
+    TokenLogprob,
     Usage,
 )
 from appliance.errors import ContextLengthExceeded, EngineFailure, InvalidRequest
@@ -70,6 +72,16 @@ class FakeChatEngine:
             async for event in self._choice(params, prompt, index, cancel):
                 yield event
 
+    @staticmethod
+    def _logprobs(word: str, params: ChatParams) -> tuple[TokenLogprob, ...]:
+        alternatives = params.sampling.logprobs
+        if alternatives is None:
+            return ()
+        chosen = TokenChoice(word, -0.5, tuple(word.encode()))
+        top = (chosen, *(TokenChoice(f"alt{i}", -2.0 - i, tuple(f"alt{i}".encode()))
+                         for i in range(alternatives - 1)))
+        return (TokenLogprob(chosen, top[:alternatives]),)
+
     async def _choice(self, params: ChatParams, prompt: int, index: int,
                       cancel: CancelToken) -> AsyncGenerator[ChatEvent, None]:
         words = [w + " " for w in self.reply.split()]
@@ -95,7 +107,7 @@ class FakeChatEngine:
             produced += 1
             text = candidate
             await asyncio.sleep(0)
-            yield TextDelta(word, index)
+            yield TextDelta(word, index, self._logprobs(word, params))
         yield Finish(reason, Usage(prompt, produced), index)
 
 

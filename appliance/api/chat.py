@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
 from typing import Any
 
@@ -25,7 +25,16 @@ from appliance.api.note import RequestNote
 from appliance.api.services import Services
 from appliance.api.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
 from appliance.api.validation import parse_json
-from appliance.engines.base import CancelToken, ChatEvent, Finish, Started, TextDelta, Usage
+from appliance.engines.base import (
+    CancelToken,
+    ChatEvent,
+    Finish,
+    Started,
+    TextDelta,
+    TokenChoice,
+    TokenLogprob,
+    Usage,
+)
 from appliance.errors import ApplianceError, EngineFailure
 
 log = logging.getLogger("appliance.api")
@@ -110,11 +119,21 @@ async def create_chat_completion(request: Request) -> Response:
         )
     try:
         return await unless_disconnected(request.receive,
-                                         _complete(events, cancel, identity, note))
+                                         _complete(events, cancel, identity, note,
+                                                   params.sampling.logprobs is not None))
     except ClientGone:
         note.client_gone = True
         cancel.cancel()
         return Response(status_code=499)  # nobody reads it; the ledger says "cancelled"
+
+
+def logprobs_json(entries: Iterable[TokenLogprob]) -> dict[str, Any]:
+    """OpenAI's choice.logprobs: one entry per token, with its bytes and top alternatives."""
+    def choice(c: TokenChoice) -> dict[str, Any]:
+        return {"token": c.token, "logprob": c.logprob, "bytes": list(c.bytes)}
+
+    return {"content": [{**choice(e.chosen), "top_logprobs": [choice(t) for t in e.top]}
+                        for e in entries], "refusal": None}
 
 
 def total_usage(finishes: list[Finish]) -> Usage:
@@ -125,8 +144,9 @@ def total_usage(finishes: list[Finish]) -> Usage:
 
 
 async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
-                    identity: _Identity, note: RequestNote) -> Response:
+                    identity: _Identity, note: RequestNote, wants_logprobs: bool) -> Response:
     parts: dict[int, list[str]] = {}
+    logprobs: dict[int, list[TokenLogprob]] = {}
     finishes: dict[int, Finish] = {}
     try:
         async with aclosing(events):
@@ -134,6 +154,7 @@ async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken
                 if isinstance(event, TextDelta):
                     note.mark_first_token()
                     parts.setdefault(event.index, []).append(event.text)
+                    logprobs.setdefault(event.index, []).extend(event.logprobs)
                 elif isinstance(event, Finish):
                     finishes[event.index] = event
     finally:
@@ -153,7 +174,7 @@ async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken
             "index": index,
             "message": {"role": "assistant", "content": "".join(parts.get(index, [])),
                         "refusal": None, "annotations": []},
-            "logprobs": None,
+            "logprobs": logprobs_json(logprobs.get(index, [])) if wants_logprobs else None,
             "finish_reason": finishes[index].reason,
         } for index in sorted(finishes)],
         "usage": usage_json(usage),
@@ -163,9 +184,10 @@ async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken
 async def _stream(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
                   identity: _Identity, note: RequestNote, include_usage: bool,
                   choices: int) -> AsyncIterator[bytes]:
-    def choice(index: int, delta: dict[str, Any],
-               finish_reason: str | None = None) -> dict[str, Any]:
-        return {"index": index, "delta": delta, "logprobs": None,
+    def choice(index: int, delta: dict[str, Any], finish_reason: str | None = None,
+               logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, Any]:
+        return {"index": index, "delta": delta,
+                "logprobs": logprobs_json(logprobs) if logprobs else None,
                 "finish_reason": finish_reason}
 
     finishes: list[Finish] = []
@@ -177,12 +199,13 @@ async def _stream(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
         async with aclosing(events):
             async for event in events:
                 if isinstance(event, TextDelta):
-                    if not event.text:
+                    if not event.text and not event.logprobs:
                         continue
                     note.mark_first_token()
                     note.completion_tokens += 1  # provisional count, until Finish says exactly
-                    yield frame(identity.chunk([choice(event.index, {"content": event.text})],
-                                               with_usage=include_usage))
+                    yield frame(identity.chunk(
+                        [choice(event.index, {"content": event.text}, None, event.logprobs)],
+                        with_usage=include_usage))
                 elif isinstance(event, Finish):
                     finishes.append(event)
                     _record_usage(note, total_usage(finishes))

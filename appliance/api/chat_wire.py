@@ -7,6 +7,7 @@ fields are accepted (and logged by the validator) because clients send fields ne
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,7 +48,7 @@ class ChatCompletionRequest(GenerationFields):
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
-    top_logprobs: int | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     audio: dict[str, Any] | None = None
     prediction: dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
@@ -67,11 +68,12 @@ def _reject_unhonoured(body: ChatCompletionRequest) -> None:
     if body.tool_choice not in (None, "none"):
         raise _unsupported("tool_choice")
     for param in ("functions", "function_call", "audio", "prediction", "web_search_options",
-                  "reasoning_effort", "verbosity", "top_logprobs"):
+                  "reasoning_effort", "verbosity"):
         if getattr(body, param) is not None:
             raise _unsupported(param)
-    if body.logprobs:
-        raise _unsupported("logprobs")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise InvalidRequest("'top_logprobs' needs 'logprobs' set to true.",
+                             param="top_logprobs", code="invalid_value")
     if body.modalities is not None and set(body.modalities) - {"text"}:
         raise _unsupported("modalities", "other than ['text'] is not supported")
     if body.store:
@@ -171,7 +173,8 @@ def to_chat_params(body: ChatCompletionRequest) -> ChatParams:
         messages=_messages(body),
         max_tokens=body.max_completion_tokens or body.max_tokens,
         stop=stops(body.stop),
-        sampling=to_sampling(body),
+        sampling=replace(to_sampling(body), logprobs=(body.top_logprobs or 0)
+                         if body.logprobs else None),
         n=body.n or 1,
         output=_output_format(body.response_format),
     )

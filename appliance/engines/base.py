@@ -34,6 +34,7 @@ class Sampling:
     repeat_penalty: float = 1.0  # 1 = off (an extension, llama.cpp's multiplicative penalty)
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
     grammar: str | None = None  # GBNF the output must match (structured outputs)
+    logprobs: int | None = None  # None: off; else report each token and this many alternatives
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,27 @@ class Started:
 
 
 @dataclass(frozen=True)
+class TokenChoice:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability under the model, and the likeliest alternatives."""
+
+    chosen: TokenChoice
+    top: tuple[TokenChoice, ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
     text: str
     index: int = 0  # which choice, when n > 1
+    # The tokens behind this text, when logprobs were asked for. Text held back (a possible
+    # stop string) travels later, so a delta may carry tokens and no text.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

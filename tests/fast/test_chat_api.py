@@ -184,3 +184,22 @@ async def test_response_formats_reach_the_engine(stack: FastStack) -> None:
     await stack.client.chat.completions.create(
         model="fake-chat", messages=USER, response_format={"type": "text"})
     assert stack.engine.calls[-1].output is None
+
+
+async def test_logprobs_in_openai_shape_stream_and_not(stack: FastStack) -> None:
+    raw = await stack.client.chat.completions.with_raw_response.create(
+        model="fake-chat", messages=USER, logprobs=True, top_logprobs=2)
+    validate(raw.http_response.json(), "CreateChatCompletionResponse")
+    choice = raw.parse().choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    tokens = choice.logprobs.content
+    assert "".join(t.token for t in tokens) == choice.message.content
+    assert all(len(t.top_logprobs) == 2 and bytes(t.bytes or []) == t.token.encode()
+               for t in tokens)
+    stream = await stack.client.chat.completions.create(
+        model="fake-chat", messages=USER, logprobs=True, stream=True)
+    streamed = [t async for chunk in stream for c in chunk.choices
+                if c.logprobs and c.logprobs.content for t in c.logprobs.content]
+    assert [t.token for t in streamed] == [t.token for t in tokens]
+    plain = await stack.client.chat.completions.create(model="fake-chat", messages=USER)
+    assert plain.choices[0].logprobs is None

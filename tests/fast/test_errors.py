@@ -70,7 +70,9 @@ async def test_unknown_model_is_404_naming_model(stack: FastStack) -> None:
         ({"model": "fake-chat", "messages": USER,
           "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
          "response_format.json_schema.name"),
-        ({"model": "fake-chat", "messages": USER, "logprobs": True}, "logprobs"),
+        ({"model": "fake-chat", "messages": USER, "top_logprobs": 2}, "top_logprobs"),
+        ({"model": "fake-chat", "messages": USER, "logprobs": True, "top_logprobs": 21},
+         "top_logprobs"),
         ({"model": "fake-chat", "messages": USER, "stream_options": {"include_usage": True}},
          "stream_options"),
         ({"model": "fake-chat", "messages": [{"role": "user", "content": [
@@ -94,8 +96,8 @@ async def test_invalid_requests_are_400_naming_the_param(
 async def test_sdk_raises_bad_request_for_unsupported_parameter(stack: FastStack) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         await stack.client.chat.completions.create(model="fake-chat", messages=USER,
-                                                   logprobs=True)
-    assert caught.value.param == "logprobs"
+                                                   reasoning_effort="high")
+    assert caught.value.param == "reasoning_effort"
 
 
 async def test_malformed_json_is_400(stack: FastStack) -> None:

@@ -145,3 +145,20 @@ def test_prompts_beyond_the_slots_come_back_from_host_memory(real_server: RealSe
     assert details is not None and details.cached_tokens is not None
     assert details.cached_tokens >= first.usage.prompt_tokens - 2
     assert again.choices[0].message.content == first.choices[0].message.content
+
+
+def test_logprobs_describe_the_generated_tokens(real_server: RealServer) -> None:
+    completion = real_server.sdk.chat.completions.create(
+        model=SMOL, messages=prompt("owls"), temperature=0, max_tokens=12, logprobs=True,
+        top_logprobs=3)
+    choice = completion.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    entries = choice.logprobs.content
+    assert len(entries) == completion.usage.completion_tokens  # type: ignore[union-attr]
+    assert b"".join(bytes(e.bytes or []) for e in entries).decode() == choice.message.content
+    for entry in entries:
+        assert entry.logprob <= 0.0
+        assert len(entry.top_logprobs) == 3
+        # Greedy picks the likeliest token: it heads its own alternatives.
+        assert entry.top_logprobs[0].token == entry.token
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob

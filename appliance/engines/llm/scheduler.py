@@ -28,10 +28,12 @@ from appliance.engines.base import (
     FinishReason,
     Sampling,
     TextDelta,
+    TokenLogprob,
     Usage,
 )
 from appliance.engines.llm.batch import TokenBatch
 from appliance.engines.llm.kv_reuse import PrefixReuse
+from appliance.engines.llm.logprobs import token_logprob
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.sampling import SamplerChain
 from appliance.engines.llm.textstream import TextAssembler
@@ -82,6 +84,7 @@ class _Slot:
     reused: int = 0
     admitted: float = 0.0
     in_batch: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # tokens whose text is held
     logits_at: int | None = None
 
 
@@ -262,8 +265,13 @@ class Scheduler:
                 if not slot.pending and slot.request is not None:
                     slot.request.prompt_ready_in = slot
             if slot.logits_at is not None:
-                assert slot.sampler is not None
-                self._accept(slot, slot.sampler.sample(self._context, slot.logits_at))
+                assert slot.sampler is not None and slot.request is not None
+                token = slot.sampler.sample(self._context, slot.logits_at)
+                alternatives = slot.request.sampling.logprobs
+                if alternatives is not None and not self._ends(token):
+                    slot.logprobs.append(token_logprob(
+                        self._context, slot.logits_at, self._model, token, alternatives))
+                self._accept(slot, token)
         if self._on_step is not None:
             self._on_step(StepReport(
                 generating=generating,
@@ -277,13 +285,13 @@ class Scheduler:
         request = slot.request
         assert request is not None and slot.assembler is not None
         slot.next_token = None
-        if token in self._stop_tokens or self._model.is_end_of_generation(token):
+        if self._ends(token):
             self._finish(slot, "stop")
             return
         slot.produced += 1
         piece = slot.assembler.push(self._model.piece(token))
         if piece.text:
-            request.emit(TextDelta(piece.text, request.index))
+            request.emit(TextDelta(piece.text, request.index, self._take_logprobs(slot)))
         if piece.stopped:
             self._finish(slot, "stop")
         elif slot.produced >= request.max_tokens or len(slot.cached) + 1 >= self._context_length:
@@ -291,12 +299,22 @@ class Scheduler:
         else:
             slot.next_token = token
 
+    def _ends(self, token: int) -> bool:
+        return token in self._stop_tokens or self._model.is_end_of_generation(token)
+
+    @staticmethod
+    def _take_logprobs(slot: _Slot) -> tuple[TokenLogprob, ...]:
+        taken = tuple(slot.logprobs)
+        slot.logprobs.clear()
+        return taken
+
     def _finish(self, slot: _Slot, reason: FinishReason) -> None:
         request = slot.request
         assert request is not None and slot.assembler is not None
         tail = slot.assembler.finish()
-        if tail:
-            request.emit(TextDelta(tail, request.index))
+        if tail or (slot.logprobs and reason != "stop"):
+            # Tokens that became a stop string are dropped with their text.
+            request.emit(TextDelta(tail, request.index, self._take_logprobs(slot)))
         usage = Usage(len(request.tokens), slot.produced, slot.reused)
         request.emit(Finish(reason, usage, request.index))
         self._release(slot)
@@ -313,6 +331,7 @@ class Scheduler:
             slot.request.prompt_ready_in = None
             slot.request.ended = True
         slot.request = None
+        slot.logprobs = []
         slot.sampler = None
         slot.assembler = None
         slot.pending = []
