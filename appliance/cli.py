@@ -106,6 +106,10 @@ def _cmd_usage(args: argparse.Namespace) -> int:
         store.close()
     since = _timestamp(args.since) if args.since else None
     until = _timestamp(args.until) if args.until else None
+    if not config.server.ledger_path.is_file():
+        print(f"no requests recorded yet (no ledger at {config.server.ledger_path})",
+              file=sys.stderr)
+        return 0
     rows = usage_totals(config.server.ledger_path, since=since, until=until, key_names=names)
     print("key\tmodel\trequests\tok\terrors\tcancelled\tprompt_tokens\tcompletion_tokens\tcost")
     for row in rows:

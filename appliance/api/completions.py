@@ -19,7 +19,7 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from appliance.api.chat import total_usage, usage_json
+from appliance.api.chat import SYSTEM_FINGERPRINT, total_usage, usage_json
 from appliance.api.disconnect import ClientGone, unless_disconnected
 from appliance.api.errors import error_frame
 from appliance.api.generation_wire import GenerationFields, check_stream_options, stops, to_sampling
@@ -117,7 +117,7 @@ class _Completion:
 
     def body(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {"id": self.id, "object": "text_completion", "created": self.created,
-                "model": self.model, "system_fingerprint": "fp_appliance",
+                "model": self.model, "system_fingerprint": SYSTEM_FINGERPRINT,
                 "choices": choices, **extra}
 
 

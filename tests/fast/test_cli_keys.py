@@ -33,3 +33,11 @@ def test_create_list_revoke(tmp_path: Path) -> None:
     with KeyStore(keys_file) as store:
         assert store.lookup(secret) is None
     assert "revoked" in run(config, "keys", "list").stdout
+
+
+def test_usage_without_a_ledger_says_so(tmp_path: Path) -> None:
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    config = tmp_path / "models.toml"
+    config.write_text('[server]\ndata_dir = "d"\n[[models]]\nid = "m"\npath = "m.gguf"\n')
+    done = run(config, "usage")
+    assert "no requests recorded yet" in done.stderr

@@ -210,3 +210,24 @@ def test_client_that_gives_up_on_a_non_streaming_request_is_cancelled(
         time.sleep(0.1)
     assert row is not None, "the abandoned request was not ledgered as cancelled"
     assert row["price"] == 0.0  # nothing was delivered
+
+
+def test_usage_cli_totals_the_ledger(real_server: RealServer) -> None:
+    import subprocess
+    import sys
+
+    real_server.sdk.chat.completions.create(model=SMOL, messages=QUESTION, max_tokens=2)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done = subprocess.run(
+            [sys.executable, "-m", "appliance.cli", "usage", "--config",
+             str(real_server.server.config)], capture_output=True, text=True, check=True)
+        line = next((row for row in done.stdout.splitlines()
+                     if row.startswith("real-tier\tsmollm2-135m-instruct\t")), None)
+        if line is not None:
+            requests, ok = int(line.split("\t")[2]), int(line.split("\t")[3])
+            assert requests >= ok >= 1
+            assert line.endswith("USD")
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no usage row for the key and model:\n{done.stdout}")
