@@ -51,10 +51,6 @@ class ModelConfig:
     pooling: str = "mean"  # embedding models: how token vectors become one
     owned_by: str = "appliance"
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (self.id, *self.aliases)
-
 
 @dataclass(frozen=True)
 class ApplianceConfig:

@@ -28,7 +28,7 @@ def serve(config: ApplianceConfig) -> None:
     ledger.start()
     keys = KeyStore(server_config.keys_path)
     try:
-        catalog, _ = load_catalog(config)
+        catalog = load_catalog(config)
         try:
             services = Services(
                 catalog=catalog,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 from appliance.config import ApplianceConfig, ModelConfig
 from appliance.engines.base import ChatEngine, EmbeddingEngine
@@ -20,24 +19,16 @@ from appliance.errors import ApplianceError, ConfigError
 log = logging.getLogger("appliance.engines")
 
 
-@dataclass(frozen=True)
-class BootTiming:
-    model: str
-    load_seconds: float
-    warm_seconds: float
-
-
 def _load(model: ModelConfig) -> Engine:
     if model.kind == "embedding":
         return LlamaEmbeddingEngine.load(model)
     return LlamaChatEngine.load(model)
 
 
-def load_catalog(config: ApplianceConfig) -> tuple[Catalog, list[BootTiming]]:
+def load_catalog(config: ApplianceConfig) -> Catalog:
     chat: list[tuple[ChatEngine, tuple[str, ...]]] = []
     embedding: list[tuple[EmbeddingEngine, tuple[str, ...]]] = []
     loaded: list[Engine] = []
-    timings: list[BootTiming] = []
     try:
         for model in config.models:
             t0 = time.perf_counter()
@@ -59,10 +50,9 @@ def load_catalog(config: ApplianceConfig) -> tuple[Catalog, list[BootTiming]]:
             except Exception as exc:
                 raise ConfigError(f"model {model.id!r} failed its warm-up: {exc}") from exc
             t2 = time.perf_counter()
-            timings.append(BootTiming(model.id, t1 - t0, t2 - t1))
             log.info("model %s loaded in %.2fs, warmed in %.2fs", model.id, t1 - t0, t2 - t1)
     except BaseException:
         for engine in loaded:
             engine.close()
         raise
-    return Catalog(chat, embedding), timings
+    return Catalog(chat, embedding)

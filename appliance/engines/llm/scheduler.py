@@ -128,10 +128,6 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name=f"llm-{model_id}", daemon=True)
         self._thread.start()
 
-    @property
-    def slot_count(self) -> int:
-        return len(self._slots)
-
     def submit(self, *requests: GenerationRequest) -> None:
         with self._wake:
             self._inbox.extend(requests)
