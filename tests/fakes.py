@@ -23,6 +23,7 @@ from appliance.engines.base import (
     TextDelta,
     TokenChoice,
     TokenLogprob,
+    ToolCallDelta,
     Usage,
 )
 from appliance.errors import ContextLengthExceeded, EngineFailure, InvalidRequest
@@ -41,6 +42,7 @@ class FakeChatEngine:
     reply: str = "Hello there, this is a canned reply."
     context_length: int = 64
     fail_after: int | None = None
+    tool_arguments: str = '{"city": "Paris"}'
     calls: list[ChatParams] = field(default_factory=list)
 
     @property
@@ -69,8 +71,23 @@ class FakeChatEngine:
                 param="messages")
         yield Started(prompt)
         for index in range(params.n):
+            if params.tools is not None and params.tools.forced:
+                for event in self._tool_call(params, prompt, index):
+                    yield event
+                continue
             async for event in self._choice(params, prompt, index, cancel):
                 yield event
+
+    def _tool_call(self, params: ChatParams, prompt: int, index: int) -> list[ChatEvent]:
+        """A forced choice calls the named function (or the first) with ``tool_arguments``,
+        streamed in two fragments, as the real engine's parser emits it."""
+        assert params.tools is not None
+        tool = params.tools.named() or params.tools.tools[0]
+        half = len(self.tool_arguments) // 2
+        return [ToolCallDelta(0, "", index, f"call_fake{index}", tool.name),
+                ToolCallDelta(0, self.tool_arguments[:half], index),
+                ToolCallDelta(0, self.tool_arguments[half:], index),
+                Finish("tool_calls", Usage(prompt, 5), index)]
 
     @staticmethod
     def _logprobs(word: str, params: ChatParams) -> tuple[TokenLogprob, ...]:

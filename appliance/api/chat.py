@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -33,6 +34,7 @@ from appliance.engines.base import (
     TextDelta,
     TokenChoice,
     TokenLogprob,
+    ToolCallDelta,
     Usage,
 )
 from appliance.errors import ApplianceError, EngineFailure
@@ -80,6 +82,38 @@ class _Identity:
         return body
 
 
+@dataclass(frozen=True)
+class _CallShape:
+    """How tool calls go on the wire: ``tool_calls``, or the deprecated ``function_call``
+    (one call, finish_reason "function_call") when the request used ``functions``."""
+
+    legacy: bool
+    offered: bool
+
+    def finish_reason(self, reason: str) -> str:
+        return "function_call" if self.legacy and reason == "tool_calls" else reason
+
+    def message_calls(self, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        if not calls:
+            return {}
+        if self.legacy:
+            function: dict[str, Any] = calls[0]["function"]
+            return {"function_call": function}
+        return {"tool_calls": calls}
+
+    def delta(self, event: ToolCallDelta) -> dict[str, Any] | None:
+        function: dict[str, Any] = {"arguments": event.arguments}
+        if event.name is not None:
+            function = {"name": event.name, "arguments": event.arguments}
+        if self.legacy:
+            return {"function_call": function} if event.call_index == 0 else None
+        call: dict[str, Any] = {"index": event.call_index}
+        if event.id is not None:
+            call.update(id=event.id, type="function")
+        call["function"] = function
+        return {"tool_calls": [call]}
+
+
 def _note(request: Request) -> RequestNote:
     note: RequestNote = request.scope["state"]["note"]
     return note
@@ -111,16 +145,19 @@ async def create_chat_completion(request: Request) -> Response:
         raise EngineFailure("The engine did not admit the request.")
     note.prompt_tokens = started.prompt_tokens
     identity = _Identity(engine.info.id)
+    calls = _CallShape(legacy=body.functions is not None or body.function_call is not None,
+                       offered=params.tools is not None and params.tools.choice != "none")
     if body.stream:
         return StreamingResponse(
-            _stream(events, cancel, identity, note, body.wants_usage_chunk, params.n),
+            _stream(events, cancel, identity, note, body.wants_usage_chunk, params.n, calls),
             media_type=SSE_MEDIA_TYPE,
             headers=SSE_HEADERS,
         )
     try:
         return await unless_disconnected(request.receive,
                                          _complete(events, cancel, identity, note,
-                                                   params.sampling.logprobs is not None))
+                                                   params.sampling.logprobs is not None,
+                                                   calls))
     except ClientGone:
         note.client_gone = True
         cancel.cancel()
@@ -143,10 +180,19 @@ def total_usage(finishes: list[Finish]) -> Usage:
                  first.cached_tokens)
 
 
+def _message(text: str, calls: list[dict[str, Any]], shape: _CallShape) -> dict[str, Any]:
+    # OpenAI's content is null when the assistant only called tools.
+    content = None if calls and not text.strip() else text
+    return {"role": "assistant", "content": content, "refusal": None, "annotations": [],
+            **shape.message_calls(calls)}
+
+
 async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
-                    identity: _Identity, note: RequestNote, wants_logprobs: bool) -> Response:
+                    identity: _Identity, note: RequestNote, wants_logprobs: bool,
+                    shape: _CallShape) -> Response:
     parts: dict[int, list[str]] = {}
     logprobs: dict[int, list[TokenLogprob]] = {}
+    calls: dict[int, list[dict[str, Any]]] = {}
     finishes: dict[int, Finish] = {}
     try:
         async with aclosing(events):
@@ -155,6 +201,13 @@ async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken
                     note.mark_first_token()
                     parts.setdefault(event.index, []).append(event.text)
                     logprobs.setdefault(event.index, []).extend(event.logprobs)
+                elif isinstance(event, ToolCallDelta):
+                    note.mark_first_token()
+                    made = calls.setdefault(event.index, [])
+                    if event.id is not None:
+                        made.append({"id": event.id, "type": "function",
+                                     "function": {"name": event.name, "arguments": ""}})
+                    made[event.call_index]["function"]["arguments"] += event.arguments
                 elif isinstance(event, Finish):
                     finishes[event.index] = event
     finally:
@@ -172,10 +225,9 @@ async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken
         "service_tier": "default",
         "choices": [{
             "index": index,
-            "message": {"role": "assistant", "content": "".join(parts.get(index, [])),
-                        "refusal": None, "annotations": []},
+            "message": _message("".join(parts.get(index, [])), calls.get(index, []), shape),
             "logprobs": logprobs_json(logprobs.get(index, [])) if wants_logprobs else None,
-            "finish_reason": finishes[index].reason,
+            "finish_reason": shape.finish_reason(finishes[index].reason),
         } for index in sorted(finishes)],
         "usage": usage_json(usage),
     })
@@ -183,7 +235,7 @@ async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken
 
 async def _stream(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
                   identity: _Identity, note: RequestNote, include_usage: bool,
-                  choices: int) -> AsyncIterator[bytes]:
+                  choices: int, shape: _CallShape) -> AsyncIterator[bytes]:
     def choice(index: int, delta: dict[str, Any], finish_reason: str | None = None,
                logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, Any]:
         return {"index": index, "delta": delta,
@@ -192,8 +244,10 @@ async def _stream(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
 
     finishes: list[Finish] = []
     try:
+        # With tools the reply may be calls only, whose content is null (as OpenAI sends it).
+        opening = None if shape.offered else ""
         for index in range(choices):
-            yield frame(identity.chunk([choice(index, {"role": "assistant", "content": "",
+            yield frame(identity.chunk([choice(index, {"role": "assistant", "content": opening,
                                                        "refusal": None})],
                                        with_usage=include_usage))
         async with aclosing(events):
@@ -206,11 +260,19 @@ async def _stream(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
                     yield frame(identity.chunk(
                         [choice(event.index, {"content": event.text}, None, event.logprobs)],
                         with_usage=include_usage))
+                elif isinstance(event, ToolCallDelta):
+                    delta = shape.delta(event)
+                    if delta is None:
+                        continue
+                    note.mark_first_token()
+                    yield frame(identity.chunk([choice(event.index, delta)],
+                                               with_usage=include_usage))
                 elif isinstance(event, Finish):
                     finishes.append(event)
                     _record_usage(note, total_usage(finishes))
-                    yield frame(identity.chunk([choice(event.index, {}, event.reason)],
-                                               with_usage=include_usage))
+                    yield frame(identity.chunk(
+                        [choice(event.index, {}, shape.finish_reason(event.reason))],
+                        with_usage=include_usage))
         if include_usage and finishes:
             yield frame(identity.chunk([], usage_json(total_usage(finishes)), True))
     except ApplianceError as error:

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.api.generation_wire import GenerationFields, check_stream_options, stops, to_sampling
-from appliance.engines.base import ChatMessage, ChatParams, OutputFormat, Role
+from appliance.api.tools_wire import history_calls, legacy_call, tool_use
+from appliance.engines.base import ChatMessage, ChatParams, OutputFormat, Role, ToolCall
 from appliance.errors import InvalidRequest
 
 
@@ -42,13 +43,13 @@ class ChatCompletionRequest(GenerationFields):
     parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
     modalities: list[str] | None = None
-    # Known but not honoured yet: rejected by name when set to anything but a no-op.
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    functions: list[dict[str, Any]] | None = None
+    functions: list[dict[str, Any]] | None = None  # deprecated by OpenAI; mapped to tools
     function_call: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    # Known but not honoured: rejected by name when set.
     audio: dict[str, Any] | None = None
     prediction: dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
@@ -63,11 +64,7 @@ def _unsupported(param: str, why: str = "is not supported by this server yet") -
 
 def _reject_unhonoured(body: ChatCompletionRequest) -> None:
     """Every OpenAI parameter is honoured or refused by name: never silently dropped."""
-    if body.tools:
-        raise _unsupported("tools")
-    if body.tool_choice not in (None, "none"):
-        raise _unsupported("tool_choice")
-    for param in ("functions", "function_call", "audio", "prediction", "web_search_options",
+    for param in ("audio", "prediction", "web_search_options",
                   "reasoning_effort", "verbosity"):
         if getattr(body, param) is not None:
             raise _unsupported(param)
@@ -110,23 +107,68 @@ def _message_text(message: WireMessage, index: int) -> str:
 
 
 def _messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
+    """The history, with tool turns paired to the calls they answer (as OpenAI checks)."""
     out: list[ChatMessage] = []
+    unanswered: dict[str, tuple[ToolCall, int]] = {}  # call id -> (call, its message index)
+    legacy_calls: dict[str, ToolCall] = {}  # deprecated function_call turns, by name
     for index, message in enumerate(body.messages):
-        if message.role in ("tool", "function"):
-            raise InvalidRequest(
-                f"Messages with role '{message.role}' need tool support, which this server "
-                "does not offer yet.", param=f"messages[{index}].role", code="invalid_value")
-        if message.tool_calls or message.function_call:
-            field = "tool_calls" if message.tool_calls else "function_call"
-            raise InvalidRequest("Tool calls in the history are not supported yet.",
-                                 param=f"messages[{index}].{field}", code="invalid_value")
+        where = f"messages[{index}]"
         if message.audio is not None:
             raise InvalidRequest("Audio in the history is not supported.",
-                                 param=f"messages[{index}].audio", code="invalid_value")
+                                 param=f"{where}.audio", code="invalid_value")
+        if message.role == "tool":
+            call_id = message.tool_call_id
+            if not call_id:
+                raise InvalidRequest(f"Missing required parameter: '{where}.tool_call_id'.",
+                                     param=f"{where}.tool_call_id",
+                                     code="missing_required_parameter")
+            answered = unanswered.pop(call_id, None)
+            if answered is None:
+                raise InvalidRequest(
+                    f"Invalid parameter: messages with role 'tool' must be a response to a "
+                    f"preceding message with 'tool_calls' (no open call has the id "
+                    f"{call_id!r}).", param=f"{where}.tool_call_id", code="invalid_value")
+            out.append(ChatMessage("tool", _message_text(message, index), tool_call_id=call_id,
+                                   name=answered[0].name))
+            continue
+        if message.role == "function":
+            if not message.name:
+                raise InvalidRequest(f"Missing required parameter: '{where}.name'.",
+                                     param=f"{where}.name", code="missing_required_parameter")
+            call = legacy_calls.pop(message.name, None)
+            out.append(ChatMessage("tool", _message_text(message, index),
+                                   tool_call_id=call.id if call else f"call_function_{index}",
+                                   name=message.name))
+            continue
+        _check_answered(unanswered)
+        calls: tuple[ToolCall, ...] = ()
+        if message.role == "assistant" and message.tool_calls:
+            calls = history_calls(message.tool_calls, f"{where}.tool_calls")
+            unanswered.update((call.id, (call, index)) for call in calls)
+        elif message.role == "assistant" and message.function_call is not None:
+            calls = (legacy_call(message.function_call, f"{where}.function_call",
+                                 f"call_function_{index}"),)
+            legacy_calls[calls[0].name] = calls[0]
+        elif message.tool_calls or message.function_call:
+            field = "tool_calls" if message.tool_calls else "function_call"
+            raise InvalidRequest(f"Only assistant messages carry '{field}'.",
+                                 param=f"{where}.{field}", code="invalid_value")
         # 'developer' is OpenAI's newer name for the system role.
-        role: Role = "system" if message.role == "developer" else message.role  # type: ignore[assignment]
-        out.append(ChatMessage(role=role, content=_message_text(message, index)))
+        role: Role = "system" if message.role == "developer" else message.role
+        out.append(ChatMessage(role=role, content=_message_text(message, index),
+                               tool_calls=calls))
+    _check_answered(unanswered)
     return tuple(out)
+
+
+def _check_answered(unanswered: dict[str, tuple[ToolCall, int]]) -> None:
+    if unanswered:
+        first = min(index for _, index in unanswered.values())
+        raise InvalidRequest(
+            "An assistant message with 'tool_calls' must be followed by tool messages "
+            "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+            f"response messages: {', '.join(unanswered)}", param=f"messages[{first}].role",
+            code="invalid_value")
 
 
 def _output_format(response_format: dict[str, Any] | None) -> OutputFormat | None:
@@ -177,4 +219,6 @@ def to_chat_params(body: ChatCompletionRequest) -> ChatParams:
                          if body.logprobs else None),
         n=body.n or 1,
         output=_output_format(body.response_format),
+        tools=tool_use(body.tools, body.tool_choice, body.parallel_tool_calls, body.functions,
+                       body.function_call),
     )

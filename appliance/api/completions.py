@@ -35,12 +35,14 @@ from appliance.engines.base import (
     Finish,
     Started,
     TextDelta,
+    TokenLogprob,
     Usage,
 )
 from appliance.errors import ApplianceError, EngineFailure, InvalidRequest
 
 MAX_PROMPTS = 16
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
+MAX_LOGPROBS = 5  # OpenAI's limit for this endpoint
 Tagged = tuple[int, ChatEvent]  # (prompt index, event)
 
 
@@ -60,8 +62,12 @@ def _refuse(param: str, why: str) -> InvalidRequest:
 def _params(body: CompletionRequest) -> list[ChatParams]:
     if body.suffix:
         raise _refuse("suffix", "needs a model that can fill in the middle; none is served")
-    if body.logprobs is not None:
-        raise _refuse("logprobs", "is not supported by this server yet")
+    if body.logprobs is not None and not 0 <= body.logprobs <= MAX_LOGPROBS:
+        raise InvalidRequest(f"Invalid value for 'logprobs': it must be between 0 and "
+                             f"{MAX_LOGPROBS}.", param="logprobs", code="invalid_value")
+    if body.logprobs is not None and body.echo:
+        raise _refuse("logprobs", "with 'echo' would need the prompt's logprobs, which this "
+                      "server does not compute")
     if body.best_of not in (None, 1):
         raise _refuse("best_of", "above 1 is not supported by this server")
     check_stream_options(body)
@@ -69,7 +75,8 @@ def _params(body: CompletionRequest) -> list[ChatParams]:
     if body.echo and not isinstance(prompts[0], str):
         raise _refuse("echo", "works with text prompts only on this server")
     base = ChatParams(messages=(), max_tokens=body.max_tokens or DEFAULT_MAX_TOKENS,
-                      stop=stops(body.stop), sampling=to_sampling(body), n=body.n or 1)
+                      stop=stops(body.stop), n=body.n or 1,
+                      sampling=replace(to_sampling(body), logprobs=body.logprobs))
     return [replace(base, prompt=p if isinstance(p, str) else tuple(p)) for p in prompts]
 
 
@@ -105,7 +112,8 @@ async def _merged(generators: list[AsyncGenerator[ChatEvent, None]]) -> AsyncIte
 
 
 class _Completion:
-    def __init__(self, model: str, params: list[ChatParams], echo: bool):
+    def __init__(self, model: str, params: list[ChatParams], echo: bool, logprobs: bool):
+        self.logprobs = logprobs
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
@@ -121,8 +129,28 @@ class _Completion:
                 "choices": choices, **extra}
 
 
-def _choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
-    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+def _choice(index: int, text: str, finish_reason: str | None,
+            logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+class _LegacyLogprobs:
+    """The completions endpoint's logprobs: parallel lists, and each token's character
+    offset in the choice's text (which starts after an echoed prompt)."""
+
+    def __init__(self, offset: int):
+        self.offset = offset
+
+    def take(self, entries: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> dict[str, Any]:
+        out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [],
+                               "text_offset": []}
+        for entry in entries:
+            out["tokens"].append(entry.chosen.token)
+            out["token_logprobs"].append(entry.chosen.logprob)
+            out["top_logprobs"].append({t.token: t.logprob for t in entry.top})
+            out["text_offset"].append(self.offset)
+            self.offset += len(entry.chosen.token)
+        return out
 
 
 def _usage(prompt_tokens: int, finishes: list[Finish]) -> Usage:
@@ -153,7 +181,7 @@ async def create_completion(request: Request) -> Response:
             await events.aclose()
         raise
     note.prompt_tokens = prompt_tokens
-    completion = _Completion(engine.info.id, params, bool(body.echo))
+    completion = _Completion(engine.info.id, params, bool(body.echo), body.logprobs is not None)
     if body.stream:
         return StreamingResponse(
             _stream(generators, cancel, completion, note, prompt_tokens, body.wants_usage_chunk),
@@ -170,6 +198,7 @@ async def create_completion(request: Request) -> Response:
 async def _complete(generators: list[AsyncGenerator[ChatEvent, None]], cancel: CancelToken,
                     completion: _Completion, note: RequestNote, prompt_tokens: int) -> Response:
     texts: dict[int, list[str]] = {}
+    logprobs: dict[int, list[TokenLogprob]] = {}
     finishes: dict[int, Finish] = {}
     try:
         async for prompt, event in _merged(generators):
@@ -178,6 +207,7 @@ async def _complete(generators: list[AsyncGenerator[ChatEvent, None]], cancel: C
             if isinstance(event, TextDelta):
                 note.mark_first_token()
                 texts.setdefault(index, [completion.echoes[prompt]]).append(event.text)
+                logprobs.setdefault(index, []).extend(event.logprobs)
             elif isinstance(event, Finish):
                 finishes[index] = replace(event, index=index % completion.n)
     finally:
@@ -187,7 +217,9 @@ async def _complete(generators: list[AsyncGenerator[ChatEvent, None]], cancel: C
     usage = _usage(prompt_tokens, list(finishes.values()))
     note.completion_tokens = usage.completion_tokens
     choices = [_choice(i, "".join(texts.get(i, [completion.echoes[i // completion.n]])),
-                       finishes[i].reason) for i in sorted(finishes)]
+                       finishes[i].reason,
+                       _LegacyLogprobs(0).take(logprobs.get(i, []))
+                       if completion.logprobs else None) for i in sorted(finishes)]
     return JSONResponse(completion.body(choices, usage=usage_json(usage)))
 
 
@@ -196,17 +228,22 @@ async def _stream(generators: list[AsyncGenerator[ChatEvent, None]], cancel: Can
                   include_usage: bool) -> AsyncIterator[bytes]:
     extra: dict[str, Any] = {}  # usage comes only in the last chunk (the spec has no null)
     finishes: list[Finish] = []
+    offsets: dict[int, _LegacyLogprobs] = {}
     try:
         for prompt, echo in enumerate(completion.echoes):
             for choice in range(completion.n) if echo else ():
                 yield frame(completion.body(
                     [_choice(completion.index(prompt, choice), echo, None)], **extra))
         async for prompt, event in _merged(generators):
-            if isinstance(event, TextDelta) and event.text:
+            if isinstance(event, TextDelta) and (event.text or event.logprobs):
                 note.mark_first_token()
                 note.completion_tokens += 1
+                index = completion.index(prompt, event.index)
+                counter = offsets.setdefault(index, _LegacyLogprobs(0))
                 yield frame(completion.body(
-                    [_choice(completion.index(prompt, event.index), event.text, None)], **extra))
+                    [_choice(index, event.text, None,
+                             counter.take(event.logprobs) if completion.logprobs else None)],
+                    **extra))
             elif isinstance(event, Finish):
                 finishes.append(event)
                 note.completion_tokens = _usage(prompt_tokens, finishes).completion_tokens

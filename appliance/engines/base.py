@@ -10,14 +10,63 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-FinishReason = Literal["stop", "length"]
-Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call the assistant made: ``arguments`` is JSON text, as OpenAI carries it."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
 class ChatMessage:
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns that called tools
+    tool_call_id: str | None = None  # tool turns: which call this is the result of
+    name: str | None = None  # tool turns: the function's name, where known
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call; ``parameters`` is its JSON Schema. ``strict``: refuse a
+    schema the engine cannot fully enforce."""
+
+    name: str
+    description: str | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    strict: bool = False
+
+
+# "none" | "auto" | "required", or the name of the one function that must be called.
+ToolChoice = str
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """The tools offered with a request and how the model must use them."""
+
+    tools: tuple[ToolSpec, ...]
+    choice: ToolChoice = "auto"
+    parallel: bool = True
+
+    @property
+    def single(self) -> bool:
+        """One call only: parallel calls are off, or the choice names the function."""
+        return not self.parallel or self.named() is not None
+
+    @property
+    def forced(self) -> bool:
+        return self.choice not in ("none", "auto")
+
+    def named(self) -> ToolSpec | None:
+        return next((t for t in self.tools if t.name == self.choice), None) \
+            if self.forced and self.choice != "required" else None
 
 
 @dataclass(frozen=True)
@@ -34,6 +83,9 @@ class Sampling:
     repeat_penalty: float = 1.0  # 1 = off (an extension, llama.cpp's multiplicative penalty)
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
     grammar: str | None = None  # GBNF the output must match (structured outputs)
+    # With a trigger the grammar is lazy: it holds from the point this text appears in the
+    # output (a tool call's start marker), and the text before it is free.
+    grammar_trigger: str | None = None
     logprobs: int | None = None  # None: off; else report each token and this many alternatives
 
 
@@ -55,6 +107,7 @@ class ChatParams:
     sampling: Sampling = field(default_factory=Sampling)
     n: int = 1  # independent choices sampled from one prompt
     output: OutputFormat | None = None
+    tools: ToolUse | None = None  # None: no tools offered
     # A raw prompt (legacy completions): text or token ids, used as is, no chat template;
     # ``messages`` is then empty.
     prompt: str | tuple[int, ...] | None = None
@@ -103,6 +156,18 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of tool call ``call_index`` of choice ``index``: its first piece carries the id
+    and name (and empty arguments), later pieces carry fragments of the arguments' JSON."""
+
+    call_index: int
+    arguments: str
+    index: int = 0
+    id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
 class Finish:
     """One choice ended. ``usage`` counts that choice's completion tokens; the prompt (and
     what of it came from cache) is the same for every choice of a request."""
@@ -112,7 +177,7 @@ class Finish:
     index: int = 0
 
 
-ChatEvent = Started | TextDelta | Finish
+ChatEvent = Started | TextDelta | ToolCallDelta | Finish
 
 
 class CancelToken:

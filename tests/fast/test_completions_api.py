@@ -69,7 +69,8 @@ async def test_stream_chunks_validate_and_carry_usage(stack: FastStack) -> None:
         ({"model": "fake-chat"}, "prompt"),
         ({"model": "fake-chat", "prompt": []}, "prompt"),
         ({"model": "fake-chat", "prompt": "x", "suffix": "end"}, "suffix"),
-        ({"model": "fake-chat", "prompt": "x", "logprobs": 2}, "logprobs"),
+        ({"model": "fake-chat", "prompt": "x", "logprobs": 2, "echo": True}, "logprobs"),
+        ({"model": "fake-chat", "prompt": "x", "logprobs": 6}, "logprobs"),
         ({"model": "fake-chat", "prompt": "x", "best_of": 3}, "best_of"),
         ({"model": "fake-chat", "prompt": [1, 2], "echo": True}, "echo"),
         ({"model": "fake-embed", "prompt": "x"}, "model"),
@@ -80,3 +81,24 @@ async def test_bad_completion_requests_are_400(stack: FastStack, body: dict[str,
     response = await stack.http.post("/v1/completions", headers=AUTH, json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+async def test_completion_logprobs_in_the_legacy_shape(stack: FastStack) -> None:
+    completion = await stack.client.completions.create(model="fake-chat", prompt="x", logprobs=2,
+                                                    max_tokens=3)
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None
+    assert logprobs.tokens == ["Hello ", "there, ", "this "]
+    assert logprobs.token_logprobs == [-0.5, -0.5, -0.5]
+    assert logprobs.top_logprobs is not None and len(logprobs.top_logprobs[0]) == 2
+    assert logprobs.text_offset == [0, 6, 13]
+    assert "".join(logprobs.tokens) == completion.choices[0].text
+
+
+async def test_streamed_completion_logprobs_carry_running_offsets(stack: FastStack) -> None:
+    offsets: list[int] = []
+    async for chunk in await stack.client.completions.create(
+            model="fake-chat", prompt="x", logprobs=1, max_tokens=3, stream=True):
+        if chunk.choices and chunk.choices[0].logprobs is not None:
+            offsets.extend(chunk.choices[0].logprobs.text_offset or [])
+    assert offsets == [0, 6, 13]

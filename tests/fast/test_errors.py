@@ -64,7 +64,7 @@ async def test_unknown_model_is_404_naming_model(stack: FastStack) -> None:
         ({"model": "fake-chat", "messages": USER, "logit_bias": {"5": 500}}, "logit_bias.5"),
         ({"model": "fake-chat", "messages": USER, "top_k": -1}, "top_k"),
         ({"model": "fake-chat", "messages": USER,
-          "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+          "tools": [{"type": "function", "function": {"name": "f"}}], "audio": {}}, "audio"),
         ({"model": "fake-chat", "messages": USER, "response_format": {"type": "yaml"}},
          "response_format.type"),
         ({"model": "fake-chat", "messages": USER,
@@ -79,7 +79,8 @@ async def test_unknown_model_is_404_naming_model(stack: FastStack) -> None:
             {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
          "messages[0].content[0].type"),
         ({"model": "fake-chat", "messages": [{"role": "tool", "content": "x",
-                                              "tool_call_id": "c1"}]}, "messages[0].role"),
+                                              "tool_call_id": "c1"}]},
+         "messages[0].tool_call_id"),
     ],
 )
 async def test_invalid_requests_are_400_naming_the_param(

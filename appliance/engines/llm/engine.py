@@ -25,11 +25,16 @@ from appliance.engines.base import (
     ModelInfo,
     Sampling,
     Started,
+    TextDelta,
 )
 from appliance.engines.llm.grammar import grammar_for
 from appliance.engines.llm.model import LoadedModel, default_slots, default_threads
 from appliance.engines.llm.scheduler import Emit, GenerationRequest, Scheduler, StepReport
 from appliance.engines.llm.templates import ChatTemplate
+from appliance.engines.llm.tool_dialects import ToolSupport, rewrite_for_prompt, tools_json
+from appliance.engines.llm.tool_dialects import detect as detect_tool_support
+from appliance.engines.llm.tool_grammar import tool_call_grammar
+from appliance.engines.llm.tool_parser import ToolCallParser
 from appliance.errors import ConfigError, ContextLengthExceeded, InvalidRequest
 
 log = logging.getLogger("appliance.engines.llm")
@@ -38,10 +43,14 @@ BATCH_SIZE = 512
 
 class LlamaChatEngine:
     def __init__(self, config: ModelConfig, model: LoadedModel, template: ChatTemplate,
+                 tool_support: ToolSupport,
                  on_step: Callable[[StepReport], None] | None = None):
         self._config = config
         self._model = model
         self._template = template
+        self._tool_support = tool_support
+        # Control tokens that open tool calls (Mistral's [TOOL_CALLS]) must reach the parser.
+        self._tool_markers = model.single_tokens((tool_support.dialect.start,))
         self._scheduler = Scheduler(
             model,
             model_id=config.id,
@@ -67,7 +76,7 @@ class LlamaChatEngine:
                 raise ConfigError(f"model {config.id!r}: {config.path.name} carries no chat "
                                   "template; set chat_template in models.toml")
             template = ChatTemplate(source, model.bos_text, model.eos_text, config.id)
-            return cls(config, model, template, on_step)
+            return cls(config, model, template, detect_tool_support(source), on_step)
         except BaseException:
             model.close()
             raise
@@ -113,7 +122,11 @@ class LlamaChatEngine:
 
         first = await anyio.to_thread.run_sync(self._request, params, cancel, emit)
         yield Started(prompt_tokens=len(first.tokens))
-        self._scheduler.submit(first, *(self._sibling(first, i) for i in range(1, params.n)))
+        choices = [first, *(self._sibling(first, i) for i in range(1, params.n))]
+        self._scheduler.submit(*choices)
+        calls_tools = params.tools is not None and params.tools.choice != "none"
+        parsers = {index: ToolCallParser(self._tool_support.dialect, index)
+                   for index in range(params.n)} if calls_tools else {}
         unfinished = params.n
         try:
             while unfinished:
@@ -122,7 +135,14 @@ class LlamaChatEngine:
                     raise event
                 if isinstance(event, Finish):
                     unfinished -= 1
-                yield event
+                if isinstance(event, Started) or event.index not in parsers:
+                    yield event
+                    continue
+                parser = parsers[event.index]
+                for parsed in _through_parser(parser, event):
+                    yield parsed
+                if parser.done:
+                    choices[event.index].enough.set()
         finally:
             cancel.cancel()
 
@@ -132,11 +152,23 @@ class LlamaChatEngine:
         sampling = first.sampling
         if sampling.seed is not None:
             sampling = replace(sampling, seed=sampling.seed + index)
-        return replace(first, sampling=sampling, index=index, leader=first)
+        return replace(first, sampling=sampling, index=index, leader=first,
+                       enough=threading.Event())
+
+    def _render(self, params: ChatParams) -> str:
+        support = self._tool_support
+        uses_tools = params.tools is not None and params.tools.choice != "none"
+        if support.native:
+            tools = tools_json(params.tools.tools) if uses_tools and params.tools else None
+            return self._template.render(params.messages, tools)
+        messages = params.messages
+        if uses_tools or any(m.role == "tool" or m.tool_calls for m in messages):
+            messages = rewrite_for_prompt(messages, params.tools, support.dialect)
+        return self._template.render(messages)
 
     def _prompt_tokens(self, params: ChatParams) -> list[int]:
         if params.prompt is None:
-            return self._model.tokenize_prompt(self._template.render(params.messages))
+            return self._model.tokenize_prompt(self._render(params))
         if isinstance(params.prompt, str):
             tokens = self._model.tokenize(params.prompt, add_bos=self._model.add_bos)
         else:
@@ -174,10 +206,7 @@ class LlamaChatEngine:
                     f"vocabulary of {self._model.n_vocab} tokens.", param="logit_bias",
                     code="invalid_value")
         stop = tuple(dict.fromkeys(params.stop + self._config.stop))
-        sampling = params.sampling
-        if params.output is not None:
-            sampling = replace(sampling, grammar=grammar_for(params.output))
-            self._model.check_grammar(sampling.grammar or "")
+        sampling = self._constrained(params)
         return GenerationRequest(
             tokens=tokens,
             max_tokens=params.max_tokens or n_ctx - len(tokens),
@@ -185,4 +214,41 @@ class LlamaChatEngine:
             sampling=sampling,
             cancel=cancel,
             emit=emit,
+            shown_specials=self._tool_markers if params.tools else frozenset(),
         )
+
+    def _constrained(self, params: ChatParams) -> Sampling:
+        """The request's sampling with the grammar its response_format and tools ask for."""
+        sampling = params.sampling
+        use = params.tools
+        if use is not None and use.choice != "none":
+            dialect = self._tool_support.dialect
+            grammar = tool_call_grammar(use, dialect, params.output)
+            # Under auto the model may answer in prose: the grammar waits for a call to
+            # start, unless a response_format already constrains the reply from the start.
+            lazy = not use.forced and params.output is None
+            sampling = replace(sampling, grammar=grammar,
+                               grammar_trigger=dialect.start if lazy else None)
+        elif params.output is not None:
+            sampling = replace(sampling, grammar=grammar_for(params.output))
+        if sampling.grammar is not None:
+            self._model.check_grammar(sampling.grammar)
+        return sampling
+
+
+def _through_parser(parser: ToolCallParser, event: ChatEvent) -> list[ChatEvent]:
+    """A choice's text read for tool calls; its Finish says tool_calls if it made any."""
+    if isinstance(event, TextDelta):
+        parsed: list[ChatEvent] = list(parser.feed(event.text))
+        if event.logprobs:
+            # Logprobs belong to the content; tokens inside a call report none, as OpenAI.
+            for at, text in enumerate(parsed):
+                if isinstance(text, TextDelta):
+                    parsed[at] = replace(text, logprobs=event.logprobs)
+                    break
+        return parsed
+    if isinstance(event, Finish):
+        reason = "tool_calls" if parser.calls and event.reason == "stop" else event.reason
+        tail: list[ChatEvent] = list(parser.finish())
+        return [*tail, replace(event, reason=reason)]
+    return [event]

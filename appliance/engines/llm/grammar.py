@@ -8,11 +8,11 @@ asked (an unsupported keyword is a 400 naming it and where it sits).
 
 from __future__ import annotations
 
-import json
+import copy
 from collections.abc import Mapping
 from typing import Any
 
-from llama_cpp.llama_grammar import json_schema_to_gbnf
+from llama_cpp.llama_grammar import SchemaConverter
 
 from appliance.engines.base import OutputFormat
 from appliance.errors import InvalidRequest
@@ -43,21 +43,40 @@ def grammar_for(output: OutputFormat) -> str:
     if output.kind == "json_object":
         return JSON_OBJECT_GBNF
     schema = dict(output.schema or {})
+    where = "response_format.json_schema.schema"
     if output.strict:
-        _check_enforceable(schema, "schema")
+        check_enforceable(schema, where)
+    converter = new_converter()
+    visit(converter, schema, "", where)
+    return finish(converter)
+
+
+def new_converter(prop_order: Mapping[str, int] | None = None) -> SchemaConverter:
+    return SchemaConverter(  # type: ignore[no-untyped-call]
+        prop_order=dict(prop_order or {}), allow_fetch=False, dotall=False, raw_pattern=False)
+
+
+def visit(converter: SchemaConverter, schema: Mapping[str, Any], rule: str, where: str) -> str:
+    """Adds the rules for ``schema`` to the converter; returns the name of its rule. Its $refs
+    resolve against the schema itself, under keys made unique by ``where``."""
     try:
-        grammar = str(json_schema_to_gbnf(json.dumps(schema)))
-    except Exception as exc:  # the converter asserts on shapes it does not know
-        raise InvalidRequest(
-            f"Invalid schema for response_format: it cannot be turned into an output "
-            f"constraint ({exc}).", param="response_format.json_schema.schema",
-            code="invalid_json_schema") from None
+        resolved = converter.resolve_refs(copy.deepcopy(dict(schema)), where)
+        return str(converter.visit(resolved, rule))  # type: ignore[no-untyped-call]
+    except Exception as exc:  # the converter asserts on shapes and refs it does not know
+        raise InvalidRequest(f"Invalid schema at '{where}': it cannot be turned into an "
+                             f"output constraint ({exc}).", param=where,
+                             code="invalid_json_schema") from None
+
+
+def finish(converter: SchemaConverter, *extra_rules: str) -> str:
     # The converter's string character allows raw control characters, which JSON forbids
     # inside strings (a model then emits a newline in a string and the output cannot parse).
-    return grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
+    grammar = converter.format_grammar()  # type: ignore[no-untyped-call]
+    grammar = grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
+    return "\n".join((*extra_rules, grammar))
 
 
-def _check_enforceable(node: Any, where: str) -> None:
+def check_enforceable(node: Any, where: str) -> None:
     if isinstance(node, bool):
         return
     if not isinstance(node, Mapping):
@@ -76,18 +95,18 @@ def _check_enforceable(node: Any, where: str) -> None:
             raise _refuse(f"{where}.type", f"unknown type '{kind}'")
     for key in ("properties", "$defs", "definitions"):
         for name, child in (node.get(key) or {}).items():
-            _check_enforceable(child, f"{where}.{key}.{name}")
+            check_enforceable(child, f"{where}.{key}.{name}")
     for index, child in enumerate(node.get("anyOf") or []):
-        _check_enforceable(child, f"{where}.anyOf[{index}]")
+        check_enforceable(child, f"{where}.anyOf[{index}]")
     for index, child in enumerate(node.get("prefixItems") or []):
-        _check_enforceable(child, f"{where}.prefixItems[{index}]")
+        check_enforceable(child, f"{where}.prefixItems[{index}]")
     for key in ("items", "additionalProperties"):
         if isinstance(node.get(key), Mapping):
-            _check_enforceable(node[key], f"{where}.{key}")
+            check_enforceable(node[key], f"{where}.{key}")
 
 
 def _refuse(where: str, why: str) -> InvalidRequest:
     return InvalidRequest(
-        f"response_format.json_schema.{where}: {why} by this server; with strict: true the "
-        "output would not be guaranteed to match. Remove it or set strict: false.",
-        param=f"response_format.json_schema.{where}", code="unsupported_schema")
+        f"{where}: {why} by this server; with strict: true the output would not be "
+        "guaranteed to match. Remove it or set strict: false.",
+        param=where, code="unsupported_schema")

@@ -72,11 +72,13 @@ class LoadedModel:
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
-    def piece(self, token: int) -> bytes:
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The token's bytes; control tokens are empty unless ``special``."""
         size = 64
         while True:
             buffer = ctypes.create_string_buffer(size)
-            written = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, size, 0, False)
+            written = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, size, 0,
+                                                     special)
             if written >= 0:
                 return buffer.raw[:written]
             size = -written

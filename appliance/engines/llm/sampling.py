@@ -1,12 +1,15 @@
 """A llama.cpp sampler chain per request, built from the request's Sampling.
 
-Order follows llama.cpp's common sampler: logit bias, penalties, then either greedy
+Order follows llama.cpp's common sampler: grammar, logit bias, penalties, then either greedy
 (temperature 0) or top-k / top-p / min-p / temperature / seeded draw. Penalties see only the
 generated tokens, which is what OpenAI's presence and frequency penalties mean.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import math
 import random
 
 import llama_cpp
@@ -15,52 +18,108 @@ from appliance.engines.base import Sampling
 from appliance.engines.llm.model import LoadedModel
 from appliance.errors import InvalidRequest
 
+log = logging.getLogger("appliance.engines.llm")
+
 
 class SamplerChain:
     def __init__(self, sampling: Sampling, model: LoadedModel, penalty_window: int):
-        self.handle = llama_cpp.llama_sampler_chain_init(
-            llama_cpp.llama_sampler_chain_default_params())
-        n_vocab = model.n_vocab
-        if sampling.grammar is not None:
+        self._sampling = sampling
+        self._model = model
+        self._penalty_window = penalty_window
+        lazy = sampling.grammar is not None and sampling.grammar_trigger is not None
+        # A lazy grammar waits for its trigger in the output (see _watch); until then the
+        # chain is unconstrained and the output seen so far is kept to find the trigger in.
+        self._trigger = (sampling.grammar_trigger or "").encode() if lazy else b""
+        self._seen = bytearray()
+        self.handle: object = None
+        self._grammar: object = None
+        self.handle, self._grammar = self._build(None if lazy else sampling.grammar)
+
+    def _build(self, grammar_text: str | None) -> tuple[object, object]:
+        sampling = self._sampling
+        handle = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+
+        def add(sampler: object) -> None:
+            llama_cpp.llama_sampler_chain_add(handle, sampler)
+
+        grammar = None
+        if grammar_text is not None:
             grammar = llama_cpp.llama_sampler_init_grammar(
-                model.vocab, sampling.grammar.encode(), b"root")
+                self._model.vocab, grammar_text.encode(), b"root")
             if grammar is None:
-                self.close()
+                llama_cpp.llama_sampler_free(handle)
                 raise InvalidRequest("The output constraint could not be compiled.",
                                      param="response_format")
-            self._add(grammar)
+            add(grammar)
         if sampling.logit_bias:
             biases = (llama_cpp.llama_logit_bias * len(sampling.logit_bias))()
             for i, (token, bias) in enumerate(sampling.logit_bias):
                 biases[i].token = token  # type: ignore[assignment]
                 biases[i].bias = bias
-            self._add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases))
+            add(llama_cpp.llama_sampler_init_logit_bias(self._model.n_vocab, len(biases),
+                                                        biases))
         if sampling.presence_penalty or sampling.frequency_penalty or \
                 sampling.repeat_penalty != 1.0:
-            self._add(llama_cpp.llama_sampler_init_penalties(
-                penalty_window, sampling.repeat_penalty, sampling.frequency_penalty,
+            add(llama_cpp.llama_sampler_init_penalties(
+                self._penalty_window, sampling.repeat_penalty, sampling.frequency_penalty,
                 sampling.presence_penalty))
         if sampling.temperature <= 0.0:
-            self._add(llama_cpp.llama_sampler_init_greedy())
-            return
+            add(llama_cpp.llama_sampler_init_greedy())
+            return handle, grammar
         if sampling.top_k > 0:
-            self._add(llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+            add(llama_cpp.llama_sampler_init_top_k(sampling.top_k))
         if sampling.top_p < 1.0:
-            self._add(llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+            add(llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
         if sampling.min_p > 0.0:
-            self._add(llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1))
-        self._add(llama_cpp.llama_sampler_init_temp(sampling.temperature))
+            add(llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1))
+        add(llama_cpp.llama_sampler_init_temp(sampling.temperature))
         seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
-        self._add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-
-    def _add(self, sampler: object) -> None:
-        llama_cpp.llama_sampler_chain_add(self.handle, sampler)
+        add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return handle, grammar
 
     def sample(self, context: object, batch_index: int) -> int:
         """Samples from the logits at ``batch_index`` and records the token in the chain."""
-        return int(llama_cpp.llama_sampler_sample(self.handle, context, batch_index))
+        token = int(llama_cpp.llama_sampler_sample(self.handle, context, batch_index))
+        if self._trigger:
+            self._watch(token)
+        return token
+
+    def _watch(self, token: int) -> None:
+        """Arms the lazy grammar once its trigger shows up in the output."""
+        self._seen += self._model.piece(token, special=True)
+        at = self._seen.find(self._trigger)
+        if at < 0:
+            del self._seen[: max(0, len(self._seen) - len(self._trigger))]
+            return
+        self._trigger = b""
+        constrained = bytes(self._seen[at:]).decode(errors="replace")
+        handle, grammar = self._build(self._sampling.grammar)
+        # The grammar reads the output from the trigger on; the token that completed the
+        # trigger may carry more text, which the grammar must accept too. If it cannot, the
+        # model left the format on its own and the rest stays free (the parser then gives
+        # the text back as content), rather than failing the request.
+        for piece_token in self._model.tokenize(constrained, add_bos=False, special=False):
+            if not _allows(grammar, piece_token):
+                log.debug("lazy grammar not armed: output left the tool-call format")
+                llama_cpp.llama_sampler_free(handle)
+                return
+            llama_cpp.llama_sampler_accept(grammar, piece_token)
+        llama_cpp.llama_sampler_free(self.handle)
+        # Penalties restart with the armed chain: they counted only the free text before.
+        self.handle, self._grammar = handle, grammar
 
     def close(self) -> None:
         if self.handle is not None:
             llama_cpp.llama_sampler_free(self.handle)
             self.handle = None
+
+
+def _allows(grammar: object, token: int) -> bool:
+    """Whether the grammar, in its current state, lets ``token`` come next."""
+    candidate = (llama_cpp.llama_token_data * 1)()
+    candidate[0].id = token  # type: ignore[assignment]
+    candidate[0].logit = 0.0
+    candidate[0].p = 0.0
+    array = llama_cpp.llama_token_data_array(candidate, 1, -1, False)
+    llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
+    return bool(math.isfinite(candidate[0].logit))

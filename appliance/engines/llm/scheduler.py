@@ -52,6 +52,10 @@ class GenerationRequest:
     cancel: CancelToken
     emit: Emit
     index: int = 0  # choice index, stamped on every event
+    shown_specials: frozenset[int] = frozenset()  # control tokens whose text is output
+    # Set by the consumer when it has read all it needs (the tool parser saw a repeat):
+    # the choice then finishes as if it had stopped. One per choice, never shared.
+    enough: threading.Event = field(default_factory=threading.Event)
     leader: GenerationRequest | None = None  # the sibling whose prompt KV this one copies
     # Set by the decode thread: the slot holding this request's fully read prompt, and
     # whether it has ended (then its slot's cache serves siblings by prefix reuse).
@@ -174,6 +178,8 @@ class Scheduler:
         for slot in self._slots:
             if slot.request is not None and slot.request.cancel.cancelled:
                 self._release(slot)
+            elif slot.request is not None and slot.request.enough.is_set():
+                self._finish(slot, "stop")
 
     def _admit(self) -> None:
         """Fills free slots in arrival order; a sibling choice waits until it can copy."""
@@ -285,7 +291,7 @@ class Scheduler:
             self._finish(slot, "stop")
             return
         slot.produced += 1
-        piece = slot.assembler.push(self._model.piece(token))
+        piece = slot.assembler.push(self._model.piece(token, token in request.shown_specials))
         if piece.text:
             request.emit(TextDelta(piece.text, request.index, self._take_logprobs(slot)))
         if piece.stopped:

@@ -48,13 +48,17 @@ class ChatTemplate:
         self._eos = eos_token
         self._model_id = model_id
 
-    def render(self, messages: Sequence[ChatMessage]) -> str:
+    def render(self, messages: Sequence[ChatMessage],
+               tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt; ``tools`` (OpenAI's request shape) only for templates that use them."""
+        extra: dict[str, Any] = {} if tools is None else {"tools": tools}
         try:
             return self._template.render(
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=[_message_json(m) for m in messages],
                 add_generation_prompt=True,
                 bos_token=self._bos,
                 eos_token=self._eos,
+                **extra,
             )
         except TemplateRaised as exc:
             raise InvalidRequest(
@@ -65,3 +69,26 @@ class ChatTemplate:
                 f"The model's chat template could not render these messages: {exc}",
                 param="messages",
             ) from None
+
+
+def _message_json(message: ChatMessage) -> dict[str, Any]:
+    """A message as Hugging Face templates read it; tool call arguments as parsed JSON,
+    which is what those templates dump back into the prompt."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [{"id": call.id, "type": "function",
+                              "function": {"name": call.name,
+                                           "arguments": arguments_value(call.arguments)}}
+                             for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        out["name"] = message.name
+    return out
+
+
+def arguments_value(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
