@@ -1,10 +1,13 @@
-"""Tally: do structured outputs validate, run after run, on the real models?
+"""Tally: do structured outputs and forced tool calls validate, run after run, on real models?
 
 Starts the appliance on one model, sends N sampled requests (temperature 1, a different seed
-each) for each response format below, validates every output against its schema, and prints
-a table: valid / cut by max_tokens (finish_reason "length") / invalid. "invalid" must be 0.
+each) for each response format and tool choice below, validates every output (for tools:
+each call's name and its arguments against that tool's parameters), and prints a table:
+valid / cut by max_tokens (finish_reason "length") / invalid. "invalid" must be 0. For
+tool_choice "auto" it counts how often the model called a tool at all.
 
     .venv/bin/python scripts/tally_structured.py [--model smollm2|gemma] [--runs 100]
+        [--tools-only]
 """
 
 from __future__ import annotations
@@ -48,6 +51,67 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
 ]
 
 
+WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
+           "properties": {"city": {"type": "string", "maxLength": 40},
+                          "unit": {"enum": ["celsius", "fahrenheit"]}}}
+EMAIL = {"type": "object", "additionalProperties": False, "required": ["to", "subject", "urgent"],
+         "properties": {"to": {"type": "string", "maxLength": 60},
+                        "subject": {"type": "string", "maxLength": 60},
+                        "urgent": {"type": "boolean"},
+                        "cc": {"type": "array", "maxItems": 2,
+                               "items": {"type": "string", "maxLength": 60}}}}
+TOOLS: list[Any] = [
+    {"type": "function", "function": {"name": "get_weather", "strict": True,
+                                      "description": "Current weather in a city",
+                                      "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "send_email", "strict": True,
+                                      "description": "Send an email", "parameters": EMAIL}},
+]
+SCHEMAS = {"get_weather": WEATHER, "send_email": EMAIL}
+TOOL_CASES: list[tuple[str, Any, str]] = [
+    ("tools required", "required", "Is it cold in Oslo? Then mail Ann about it."),
+    ("tools named send_email", {"type": "function", "function": {"name": "send_email"}},
+     "Tell bob@example.com the build is green."),
+    ("tools auto (fitting prompt)", "auto", "What is the weather in Lisbon?"),
+]
+
+
+async def tally_tools(client: openai.AsyncOpenAI, model: str, runs: int,
+                      max_tokens: int) -> None:
+    gate = asyncio.Semaphore(8)
+
+    async def one(choice: Any, prompt: str, seed: int) -> str:
+        async with gate:
+            completion = await client.chat.completions.create(
+                model=model, temperature=1.0, seed=seed, max_tokens=max_tokens, tools=TOOLS,
+                tool_choice=choice, messages=[{"role": "user", "content": prompt}])
+        result = completion.choices[0]
+        if result.finish_reason == "length":
+            return "length"
+        calls = result.message.tool_calls or []
+        if not calls:
+            return "text" if choice == "auto" else "invalid"
+        named = choice["function"]["name"] if isinstance(choice, dict) else None
+        for call in calls:
+            if call.type != "function" or call.function.name not in SCHEMAS or \
+                    (named and call.function.name != named):
+                return "invalid"
+            try:
+                jsonschema.validate(json.loads(call.function.arguments),
+                                    SCHEMAS[call.function.name])
+            except (json.JSONDecodeError, jsonschema.ValidationError):
+                return "invalid"
+        return "valid" if result.finish_reason == "tool_calls" else "invalid"
+
+    print(f"\n{'tool choice':28} {'runs':>5} {'valid':>6} {'length':>7} {'invalid':>8} "
+          f"{'no call':>8}")
+    for name, choice, prompt in TOOL_CASES:
+        outcomes = await asyncio.gather(*(one(choice, prompt, seed) for seed in range(runs)))
+        print(f"{name:28} {runs:5d} {outcomes.count('valid'):6d} "
+              f"{outcomes.count('length'):7d} {outcomes.count('invalid'):8d} "
+              f"{outcomes.count('text'):8d}")
+
+
 async def tally(client: openai.AsyncOpenAI, model: str, runs: int, max_tokens: int) -> None:
     gate = asyncio.Semaphore(8)
 
@@ -80,6 +144,7 @@ def main() -> int:
     parser.add_argument("--model", choices=["smollm2", "gemma"], default="smollm2")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--max-tokens", type=int, default=400)
+    parser.add_argument("--tools-only", action="store_true", help="skip response formats")
     args = parser.parse_args()
     spec = specs(args.model)[0]
     print("command:", " ".join(sys.argv))
@@ -91,7 +156,9 @@ def main() -> int:
         try:
             client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key,
                                         max_retries=0, timeout=600)
-            asyncio.run(tally(client, spec.model_id, args.runs, args.max_tokens))
+            if not args.tools_only:
+                asyncio.run(tally(client, spec.model_id, args.runs, args.max_tokens))
+            asyncio.run(tally_tools(client, spec.model_id, args.runs, args.max_tokens))
         finally:
             stop_server(process)
     return 0

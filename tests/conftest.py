@@ -13,6 +13,7 @@ from appliance.api.app import create_app
 from appliance.api.services import Limits, Pricing, Services
 from appliance.engines.catalog import Catalog
 from tests.fakes import FakeChatEngine, FakeEmbeddingEngine, FakeKeys, ListLedger
+from tests.real.session_server import real_server  # noqa: F401  (the shared session fixture)
 
 API_KEY = "sk-app-test-key-0123456789"
 

@@ -90,8 +90,8 @@ def test_an_exact_repeat_ends_the_reply() -> None:
             '<tool_call>{"name":"a","arguments":{ "x": 1 }}</tool_call>'
             '<tool_call>{"name":"b","arguments":{}}</tool_call>')
     for step in (1, 5, 1000):
-        ids = (f"call_{i}" for i in itertools.count())
-        parser = ToolCallParser(HERMES, make_id=lambda: next(ids))
+        counter = itertools.count()
+        parser = ToolCallParser(HERMES, make_id=lambda c=counter: f"call_{next(c)}")
         events = [e for at in range(0, len(text), step) for e in parser.feed(text[at:at + step])]
         assert parser.done
         names = [e.name for e in events if isinstance(e, ToolCallDelta) and e.name]

@@ -1,0 +1,84 @@
+"""One real server per test session: SmolLM2-135M-Instruct and Gemma 3 270M, real weights.
+
+The fixture is registered in tests/conftest.py, so the real tier and the compat suite share
+one server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.real.harness import (
+    GEMMA,
+    SMOLLM2,
+    RunningServer,
+    create_key,
+    free_port,
+    start_server,
+    write_config,
+)
+
+MODELS = f"""
+[[models]]
+id = "smollm2-135m-instruct"
+path = "{SMOLLM2}"
+aliases = ["gpt-4o-mini"]
+price_per_request = 0.5
+context_length = 1024
+parallel = 4
+
+[[models]]
+id = "smollm2-135m-embed"
+kind = "embedding"
+path = "{SMOLLM2}"
+aliases = ["text-embedding-3-small"]
+pooling = "mean"
+context_length = 512
+price_per_request = 0.25
+
+[[models]]
+id = "gemma-3-270m"
+path = "{GEMMA}"
+price_per_request = 1.0
+context_length = 1024
+parallel = 4
+stop = ["<end_of_turn>", "<start_of_turn>"]
+chat_template = \"\"\"{{{{ bos_token }}}}{{% for m in messages %}}<start_of_turn>\\
+{{{{ 'model' if m.role == 'assistant' else 'user' }}}}
+{{{{ m.content }}}}<end_of_turn>
+{{% endfor %}}<start_of_turn>model
+\"\"\"
+"""
+
+
+@dataclass
+class RealServer:
+    server: RunningServer
+    key: str
+    sdk: openai.OpenAI  # one client for the session, closed at its end (no stray sockets)
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url + "/v1"
+
+
+@pytest.fixture(scope="session")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer]:
+    if not SMOLLM2.is_file() or not GEMMA.is_file():
+        pytest.fail("default models are missing: run scripts/fetch-models (scripts/test does)")
+    folder: Path = tmp_path_factory.mktemp("real-server")
+    port = free_port()
+    config = write_config(folder, port, MODELS)
+    key = create_key(config, "real-tier")
+    server = start_server(config, port)
+    sdk = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+    try:
+        yield RealServer(server, key, sdk)
+    finally:
+        sdk.close()
+        server.stop()
