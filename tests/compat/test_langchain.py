@@ -17,13 +17,19 @@ class Weather(BaseModel):
     city: str = Field(description="the city", max_length=30)
 
 
-def chat(server: RealServer, **kwargs: object) -> ChatOpenAI:
-    return ChatOpenAI(model="gpt-4o-mini", base_url=server.base_url, api_key=server.key,
+@pytest.fixture(params=["gpt-4o-mini", "gemma-3-270m"])
+def model_name(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def chat(server: RealServer, model: str, **kwargs: object) -> ChatOpenAI:
+    return ChatOpenAI(model=model, base_url=server.base_url, api_key=server.key,
                       max_retries=0, **kwargs)  # type: ignore[arg-type]
 
 
-def test_invoke_and_stream(real_server: RealServer) -> None:
-    model = chat(real_server, temperature=0, max_tokens=8)
+def test_invoke_and_stream(real_server: RealServer, model_name: str) -> None:
+    model = chat(real_server, model_name, temperature=0, max_tokens=8)
     answer = model.invoke("What is the capital of France?")
     assert isinstance(answer.content, str) and answer.content
     assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] > 0
@@ -32,12 +38,13 @@ def test_invoke_and_stream(real_server: RealServer) -> None:
     assert streamed == answer.content
 
 
-def test_bind_tools_with_forced_choice(real_server: RealServer) -> None:
-    model = chat(real_server, max_tokens=100).bind_tools([Weather], tool_choice="Weather")
+def test_bind_tools_with_forced_choice(real_server: RealServer, model_name: str) -> None:
+    llm = chat(real_server, model_name, max_tokens=100)
+    model = llm.bind_tools([Weather], tool_choice="Weather")
     message = model.invoke("Weather in Rome?")
     assert message.tool_calls and message.tool_calls[0]["name"] == "Weather"
     assert isinstance(message.tool_calls[0]["args"]["city"], str)
-    required = chat(real_server, max_tokens=100).bind_tools([Weather], tool_choice="any")
+    required = llm.bind_tools([Weather], tool_choice="any")
     chunks = list(required.stream("Weather in Rome?"))
     merged = chunks[0]
     for chunk in chunks[1:]:
@@ -45,8 +52,9 @@ def test_bind_tools_with_forced_choice(real_server: RealServer) -> None:
     assert merged.tool_calls and merged.tool_calls[0]["name"] == "Weather"  # type: ignore[attr-defined]
 
 
-def test_with_structured_output(real_server: RealServer) -> None:
+def test_with_structured_output(real_server: RealServer, model_name: str) -> None:
     for method in ("json_schema", "function_calling"):
-        model = chat(real_server, max_tokens=100).with_structured_output(Weather, method=method)
+        llm = chat(real_server, model_name, max_tokens=100)
+        model = llm.with_structured_output(Weather, method=method)
         result = model.invoke("Weather in Rome?")
         assert isinstance(result, Weather), method

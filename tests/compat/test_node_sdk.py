@@ -16,10 +16,11 @@ from tests.real.conftest import RealServer
 pytestmark = [pytest.mark.real, pytest.mark.compat]
 
 
-@pytest.fixture(scope="module")
-def observed(real_server: RealServer, node_client: Path) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=["smollm2-135m-instruct", "gemma-3-270m"])
+def observed(request: pytest.FixtureRequest, real_server: RealServer,
+             node_client: Path) -> dict[str, Any]:
     env = {**os.environ, "APPLIANCE_BASE_URL": real_server.base_url,
-           "APPLIANCE_KEY": real_server.key}
+           "APPLIANCE_KEY": real_server.key, "APPLIANCE_MODEL": request.param}
     run = subprocess.run(["node", str(node_client)], env=env, capture_output=True, text=True,
                          timeout=600, check=False)
     assert run.returncode == 0, run.stderr
@@ -28,7 +29,7 @@ def observed(real_server: RealServer, node_client: Path) -> dict[str, Any]:
 
 
 def test_models_and_plain_chat(observed: dict[str, Any]) -> None:
-    assert "smollm2-135m-instruct" in observed["models"]
+    assert {"smollm2-135m-instruct", "gemma-3-270m"} <= set(observed["models"])
     assert observed["plain"]["content"]
     assert observed["plain"]["finish"] in ("stop", "length")
     usage = observed["plain"]["usage"]

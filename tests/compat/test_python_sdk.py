@@ -12,7 +12,8 @@ from pydantic import BaseModel
 from tests.real.conftest import RealServer
 
 pytestmark = [pytest.mark.real, pytest.mark.compat]
-MODEL = "gpt-4o-mini"  # an alias from models.toml, as existing code would send it
+# SmolLM2 by an alias from models.toml, as existing code would send it; Gemma by its id.
+MODELS = ["gpt-4o-mini", "gemma-3-270m"]
 ASK: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
 WEATHER: Any = {"type": "function", "function": {
     "name": "get_weather", "strict": True,
@@ -25,20 +26,21 @@ class Forecast(BaseModel):
     sunny: bool
 
 
-def test_sync_client_end_to_end(real_server: RealServer) -> None:
+@pytest.mark.parametrize("model", MODELS)
+def test_sync_client_end_to_end(real_server: RealServer, model: str) -> None:
     client = openai.OpenAI(base_url=real_server.base_url, api_key=real_server.key)
     with client:
-        assert MODEL in [m.id for m in client.models.list()]  # aliases are listed too
-        plain = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8,
+        assert model in [m.id for m in client.models.list()]  # aliases are listed too
+        plain = client.chat.completions.create(model=model, messages=ASK, max_tokens=8,
                                                temperature=0)
-        chunks = list(client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8,
+        chunks = list(client.chat.completions.create(model=model, messages=ASK, max_tokens=8,
                                                      temperature=0, stream=True))
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert streamed == plain.choices[0].message.content
-        parsed = client.chat.completions.parse(model=MODEL, messages=ASK, max_tokens=100,
+        parsed = client.chat.completions.parse(model=model, messages=ASK, max_tokens=100,
                                                response_format=Forecast, temperature=0)
         assert isinstance(parsed.choices[0].message.parsed, Forecast)
-        called = client.chat.completions.parse(model=MODEL, messages=ASK, max_tokens=100,
+        called = client.chat.completions.parse(model=model, messages=ASK, max_tokens=100,
                                                tools=[openai.pydantic_function_tool(Forecast)],
                                                tool_choice="required")
         call = (called.choices[0].message.tool_calls or [])[0]
@@ -48,16 +50,17 @@ def test_sync_client_end_to_end(real_server: RealServer) -> None:
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="no-such-model", messages=ASK)
         with pytest.raises(openai.BadRequestError) as caught:
-            client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER],
+            client.chat.completions.create(model=model, messages=ASK, tools=[WEATHER],
                                            tool_choice={"type": "function",
                                                         "function": {"name": "other"}})
         assert caught.value.param == "tool_choice"
 
 
-async def test_async_client_streams_tool_calls(real_server: RealServer) -> None:
+@pytest.mark.parametrize("model", MODELS)
+async def test_async_client_streams_tool_calls(real_server: RealServer, model: str) -> None:
     async with openai.AsyncOpenAI(base_url=real_server.base_url,
                                   api_key=real_server.key) as client:
-        async with client.chat.completions.stream(model=MODEL, messages=ASK, tools=[WEATHER],
+        async with client.chat.completions.stream(model=model, messages=ASK, tools=[WEATHER],
                                                   tool_choice="required",
                                                   max_tokens=100) as stream:
             done = [event async for event in stream

@@ -1,11 +1,12 @@
 // Drives the appliance with the official openai npm client and prints what it observed as
 // one JSON object on stdout; tests/compat/test_node_sdk.py asserts on it.
-// Usage: APPLIANCE_BASE_URL=http://127.0.0.1:PORT/v1 APPLIANCE_KEY=sk-... node compat.mjs
+// Usage: APPLIANCE_BASE_URL=http://127.0.0.1:PORT/v1 APPLIANCE_KEY=sk-... \
+//        APPLIANCE_MODEL=smollm2-135m-instruct node compat.mjs
 import OpenAI from "openai";
 
 const client = new OpenAI({ baseURL: process.env.APPLIANCE_BASE_URL,
                             apiKey: process.env.APPLIANCE_KEY, maxRetries: 0 });
-const model = "smollm2-135m-instruct";
+const model = process.env.APPLIANCE_MODEL;
 const ask = [{ role: "user", content: "What is the weather in Paris?" }];
 const weather = { type: "function", function: { name: "get_weather", strict: true,
   parameters: { type: "object", additionalProperties: false, required: ["city"],
