@@ -17,8 +17,11 @@ from typing import Any, Literal
 
 from appliance.errors import ConfigError
 
-ModelKind = Literal["chat", "embedding"]
-MODEL_KINDS: tuple[str, ...] = ("chat", "embedding")
+ModelKind = Literal["chat", "embedding", "transcription", "image"]
+MODEL_KINDS: tuple[str, ...] = ("chat", "embedding", "transcription", "image")
+# Kinds whose `path` is a folder (a CTranslate2 whisper model, a diffusers pipeline), not a file.
+FOLDER_KINDS: tuple[str, ...] = ("transcription", "image")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 POOLING_KINDS: tuple[str, ...] = ("mean", "cls", "last")
 GPU_LAYERS_ALL = -1
 
@@ -50,6 +53,15 @@ class ModelConfig:
     prompt_cache_mb: int = 256
     pooling: str = "mean"  # embedding models: how token vectors become one
     owned_by: str = "appliance"
+    # transcription and image models
+    device: str = "auto"  # auto: CUDA when torch/CTranslate2 sees a GPU, else CPU
+    compute_type: str = "auto"  # whisper: float16 on CUDA, int8 on CPU; images: the dtype
+    workers: int = 2  # requests of this model worked on at once
+    max_upload_mb: int = 25  # transcription: largest accepted audio file
+    # image models: defaults a request may override, and the sizes it may ask for
+    steps: int | None = None
+    guidance: float | None = None
+    sizes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,16 @@ _SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currenc
 _MODEL_KEYS = {
     "id", "kind", "path", "aliases", "price_per_request", "context_length", "parallel",
     "gpu_layers", "threads", "chat_template", "stop", "owned_by", "prompt_cache_mb", "pooling",
+    "device", "compute_type", "workers", "max_upload_mb", "steps", "guidance", "sizes",
+}
+# Keys that mean something only for some kinds; elsewhere they are errors, not silently unused.
+_KIND_ONLY_KEYS = {
+    "chat_template": ("chat",), "stop": ("chat",), "prompt_cache_mb": ("chat",),
+    "parallel": ("chat",), "pooling": ("embedding",), "context_length": ("chat", "embedding"),
+    "gpu_layers": ("chat", "embedding"),
+    "device": FOLDER_KINDS, "compute_type": FOLDER_KINDS, "workers": FOLDER_KINDS,
+    "max_upload_mb": ("transcription",), "steps": ("image",), "guidance": ("image",),
+    "sizes": ("image",),
 }
 
 
@@ -139,14 +161,11 @@ def _model(source: Path, index: int, raw: Any) -> ModelConfig:
     kind = _take(where, raw, "kind", str, "chat")
     if kind not in MODEL_KINDS:
         raise where.fail("kind", f"{kind!r} is not one of {', '.join(MODEL_KINDS)}")
-    path_text = _take(where, raw, "path", str, None)
-    if path_text is None:
-        raise where.fail("path", "missing: the model's GGUF file")
-    path = (source.parent / path_text).resolve()
-    if not path.is_file():
-        raise where.fail(
-            "path", f"file {path} does not exist (run scripts/fetch-models for the defaults)"
-        )
+    for key in raw:
+        if key in _KIND_ONLY_KEYS and kind not in _KIND_ONLY_KEYS[key]:
+            raise where.fail(key, f"applies only to models of kind "
+                             f"{' or '.join(_KIND_ONLY_KEYS[key])}, not {kind!r}")
+    path = _model_path(where, source, raw, kind)
     aliases = _string_list(where, raw, "aliases")
     price = _take(where, raw, "price_per_request", (int, float), 0.0)
     if price < 0:
@@ -164,9 +183,25 @@ def _model(source: Path, index: int, raw: Any) -> ModelConfig:
     pooling = _take(where, raw, "pooling", str, "mean")
     if pooling not in POOLING_KINDS:
         raise where.fail("pooling", f"{pooling!r} is not one of {', '.join(POOLING_KINDS)}")
+    device = _take(where, raw, "device", str, "auto")
+    if device not in DEVICES:
+        raise where.fail("device", f"{device!r} is not one of {', '.join(DEVICES)}")
+    guidance = _take(where, raw, "guidance", (int, float), None)
+    if guidance is not None and guidance < 0:
+        raise where.fail("guidance", "must not be negative")
+    steps = _take(where, raw, "steps", int, None)
+    if steps is not None and steps < 1:
+        raise where.fail("steps", "must be at least 1")
     return ModelConfig(
         id=model_id,
-        kind="embedding" if kind == "embedding" else "chat",
+        kind=kind,
+        device=device,
+        compute_type=_take(where, raw, "compute_type", str, "auto"),
+        workers=_positive(where, raw, "workers", 2 if kind == "transcription" else 1),
+        max_upload_mb=_positive(where, raw, "max_upload_mb", 25),
+        steps=steps,
+        guidance=None if guidance is None else float(guidance),
+        sizes=_sizes(where, raw),
         pooling=pooling,
         path=path,
         aliases=aliases,
@@ -180,6 +215,29 @@ def _model(source: Path, index: int, raw: Any) -> ModelConfig:
         prompt_cache_mb=_non_negative(where, raw, "prompt_cache_mb", 256),
         owned_by=_take(where, raw, "owned_by", str, "appliance"),
     )
+
+
+def _model_path(where: _Where, source: Path, raw: Mapping[str, Any], kind: str) -> Path:
+    folder = kind in FOLDER_KINDS
+    what = {"transcription": "CTranslate2 whisper folder",
+            "image": "diffusers pipeline folder"}.get(kind, "GGUF file")
+    path_text = _take(where, raw, "path", str, None)
+    if path_text is None:
+        raise where.fail("path", f"missing: the model's {what}")
+    path: Path = (source.parent / path_text).resolve()
+    if not (path.is_dir() if folder else path.is_file()):
+        raise where.fail("path", f"{what} {path} does not exist (run scripts/fetch-models for "
+                         "the defaults)")
+    return path
+
+
+def _sizes(where: _Where, raw: Mapping[str, Any]) -> tuple[str, ...]:
+    sizes = _string_list(where, raw, "sizes")
+    for size in sizes:
+        width, _, height = size.partition("x")
+        if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+            raise where.fail("sizes", f"{size!r} is not WIDTHxHEIGHT, e.g. \"512x512\"")
+    return sizes
 
 
 def _string_list(where: _Where, raw: Mapping[str, Any], key: str) -> tuple[str, ...]:

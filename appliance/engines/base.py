@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "tool_calls"]
@@ -241,6 +242,116 @@ class ChatEngine(Protocol):
     def chat(
         self, params: ChatParams, cancel: CancelToken
     ) -> AsyncGenerator[ChatEvent, None]: ...
+
+    def warm_up(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# -- speech to text ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TranscriptionParams:
+    """One audio file to transcribe (or translate to English); the engine decodes it."""
+
+    audio: Path  # a file in any format PyAV decodes
+    task: Literal["transcribe", "translate"] = "transcribe"
+    language: str | None = None  # ISO-639-1; None: detected
+    prompt: str | None = None  # text of a previous segment or spellings to prefer
+    temperature: float = 0.0
+    word_timestamps: bool = False
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: tuple[int, ...]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True)
+class TranscriptionStarted:
+    """The audio decoded: its length, and its language (given or detected)."""
+
+    language: str
+    duration: float
+
+
+TranscriptionEvent = TranscriptionStarted | Segment
+
+
+class TranscriptionEngine(Protocol):
+    """A loaded speech-to-text model. ``transcribe`` yields one ``TranscriptionStarted``
+    (or raises InvalidRequest, param ``file``, for audio it cannot decode), then each
+    ``Segment`` as it is decoded. Closing the iterator or cancelling stops the work."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def max_upload_bytes(self) -> int: ...
+
+    def transcribe(self, params: TranscriptionParams,
+                   cancel: CancelToken) -> AsyncGenerator[TranscriptionEvent, None]: ...
+
+    def warm_up(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# -- images --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageParams:
+    prompt: str
+    n: int = 1
+    width: int = 512
+    height: int = 512
+    steps: int | None = None  # None: the model's default
+    guidance: float | None = None  # None: the model's default
+    seed: int | None = None
+    negative_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class RGBImage:
+    """Raw 8-bit RGB pixels, row by row; the api encodes them (PNG, JPEG, WebP)."""
+
+    width: int
+    height: int
+    pixels: bytes
+
+
+class ImageEngine(Protocol):
+    """A loaded text-to-image pipeline. ``generate`` raises InvalidRequest naming ``size``
+    for a size the model cannot make; cancelling stops it between denoising steps."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]: ...
+
+    async def generate(self, params: ImageParams,
+                       cancel: CancelToken) -> tuple[RGBImage, ...]: ...
 
     def warm_up(self) -> None: ...
 

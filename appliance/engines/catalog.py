@@ -9,18 +9,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from appliance.engines.base import ChatEngine, EmbeddingEngine, ModelInfo
+from appliance.engines.base import (
+    ChatEngine,
+    EmbeddingEngine,
+    ImageEngine,
+    ModelInfo,
+    TranscriptionEngine,
+)
 from appliance.errors import InvalidRequest, ModelNotFound
 
-Engine = ChatEngine | EmbeddingEngine
+Engine = ChatEngine | EmbeddingEngine | TranscriptionEngine | ImageEngine
 
 
 class Catalog:
     def __init__(self, chat: Iterable[tuple[ChatEngine, tuple[str, ...]]],
-                 embedding: Iterable[tuple[EmbeddingEngine, tuple[str, ...]]] = ()):
+                 embedding: Iterable[tuple[EmbeddingEngine, tuple[str, ...]]] = (),
+                 transcription: Iterable[tuple[TranscriptionEngine, tuple[str, ...]]] = (),
+                 image: Iterable[tuple[ImageEngine, tuple[str, ...]]] = ()):
         """Takes each engine with its aliases; names are unique (config checked it)."""
         self._chat: dict[str, ChatEngine] = {}
         self._embedding: dict[str, EmbeddingEngine] = {}
+        self._transcription: dict[str, TranscriptionEngine] = {}
+        self._image: dict[str, ImageEngine] = {}
         self._canonical: dict[str, str] = {}
         self._infos: dict[str, ModelInfo] = {}
         self._engines: list[Engine] = []
@@ -30,6 +40,13 @@ class Catalog:
         for embedder, aliases in embedding:
             self._add(embedder, aliases)
             self._embedding.update({name: embedder for name in (embedder.info.id, *aliases)})
+        for listener, aliases in transcription:
+            self._add(listener, aliases)
+            self._transcription.update({name: listener
+                                        for name in (listener.info.id, *aliases)})
+        for painter, aliases in image:
+            self._add(painter, aliases)
+            self._image.update({name: painter for name in (painter.info.id, *aliases)})
 
     def _add(self, engine: Engine, aliases: tuple[str, ...]) -> None:
         info = engine.info
@@ -48,6 +65,18 @@ class Catalog:
         engine = self._embedding.get(name)
         if engine is None:
             raise self._missing(name, "embeddings")
+        return engine
+
+    def transcription(self, name: str) -> TranscriptionEngine:
+        engine = self._transcription.get(name)
+        if engine is None:
+            raise self._missing(name, "audio transcriptions and translations")
+        return engine
+
+    def image(self, name: str) -> ImageEngine:
+        engine = self._image.get(name)
+        if engine is None:
+            raise self._missing(name, "image generation")
         return engine
 
     def _missing(self, name: str, capability: str) -> Exception:

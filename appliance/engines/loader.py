@@ -10,7 +10,7 @@ import logging
 import time
 
 from appliance.config import ApplianceConfig, ModelConfig
-from appliance.engines.base import ChatEngine, EmbeddingEngine
+from appliance.engines.base import ChatEngine, EmbeddingEngine, ImageEngine, TranscriptionEngine
 from appliance.engines.catalog import Catalog, Engine
 from appliance.engines.llm.embedder import LlamaEmbeddingEngine
 from appliance.engines.llm.engine import LlamaChatEngine
@@ -20,14 +20,24 @@ log = logging.getLogger("appliance.engines")
 
 
 def _load(model: ModelConfig) -> Engine:
+    # Heavy libraries (faster-whisper, torch + diffusers) are imported only when a model
+    # needs them, so a chat-only appliance boots without paying for them.
     if model.kind == "embedding":
         return LlamaEmbeddingEngine.load(model)
+    if model.kind == "transcription":
+        from appliance.engines.whisper import WhisperEngine
+        return WhisperEngine.load(model)
+    if model.kind == "image":
+        from appliance.engines.diffusion import DiffusionEngine
+        return DiffusionEngine.load(model)
     return LlamaChatEngine.load(model)
 
 
 def load_catalog(config: ApplianceConfig) -> Catalog:
     chat: list[tuple[ChatEngine, tuple[str, ...]]] = []
     embedding: list[tuple[EmbeddingEngine, tuple[str, ...]]] = []
+    transcription: list[tuple[TranscriptionEngine, tuple[str, ...]]] = []
+    image: list[tuple[ImageEngine, tuple[str, ...]]] = []
     loaded: list[Engine] = []
     try:
         for model in config.models:
@@ -40,10 +50,14 @@ def load_catalog(config: ApplianceConfig) -> Catalog:
                 raise ConfigError(f"model {model.id!r} failed to load from {model.path}: {exc}") \
                     from exc
             loaded.append(engine)
-            if isinstance(engine, LlamaEmbeddingEngine):
-                embedding.append((engine, model.aliases))
-            elif isinstance(engine, LlamaChatEngine):
-                chat.append((engine, model.aliases))
+            if model.kind == "embedding":
+                embedding.append((engine, model.aliases))  # type: ignore[arg-type]
+            elif model.kind == "transcription":
+                transcription.append((engine, model.aliases))  # type: ignore[arg-type]
+            elif model.kind == "image":
+                image.append((engine, model.aliases))  # type: ignore[arg-type]
+            else:
+                chat.append((engine, model.aliases))  # type: ignore[arg-type]
             t1 = time.perf_counter()
             try:
                 engine.warm_up()
@@ -55,4 +69,4 @@ def load_catalog(config: ApplianceConfig) -> Catalog:
         for engine in loaded:
             engine.close()
         raise
-    return Catalog(chat, embedding)
+    return Catalog(chat, embedding, transcription, image)
