@@ -27,6 +27,8 @@ class RequestNote:
     error_code: str | None = None
     failed_mid_stream: bool = False
     client_gone: bool = False
+    audio_seconds: float = 0.0
+    images: int = 0
 
     def mark_first_token(self) -> None:
         if self.first_token_perf is None:

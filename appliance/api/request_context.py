@@ -90,6 +90,8 @@ class RequestContextMiddleware:
                 currency=self.pricing.currency,
                 error_code=note.error_code,
                 stream=note.stream,
+                audio_seconds=note.audio_seconds,
+                images=note.images,
             )
         )
 

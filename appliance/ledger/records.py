@@ -34,6 +34,8 @@ class RequestRecord:
     currency: str = "USD"
     error_code: str | None = None
     stream: bool = False
+    audio_seconds: float = 0.0  # transcriptions and translations: the audio's duration
+    images: int = 0  # image requests: how many images were made
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,15 @@ def m002_api_keys(db: Database) -> None:
     )
 
 
+def m003_media_units(db: Database) -> None:
+    # What a speech or image request consumed, beside the token counts of text requests.
+    db.execute("ALTER TABLE requests ADD COLUMN audio_seconds REAL NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE requests ADD COLUMN images INTEGER NOT NULL DEFAULT 0")
+
+
 # Append only.
-_STEPS: tuple[Callable[[Database], None], ...] = (m001_requests, m002_api_keys)
+_STEPS: tuple[Callable[[Database], None], ...] = (m001_requests, m002_api_keys,
+                                                  m003_media_units)
 
 
 def migrations() -> Migrations:

@@ -42,6 +42,8 @@ EXPECTED_REQUESTS = [
     ("currency", "TEXT", 1, "'USD'", 0),
     ("error_code", "TEXT", 0, None, 0),
     ("stream", "INTEGER", 1, "0", 0),
+    ("audio_seconds", "REAL", 1, "0", 0),
+    ("images", "INTEGER", 1, "0", 0),
 ]
 EXPECTED_API_KEYS = [
     ("id", "TEXT", 0, None, 1),
@@ -65,7 +67,7 @@ EXPECTED_INDEXES = {
         ("sqlite_autoindex_api_keys_2", 1, ("secret_hash",)),
     },
 }
-EXPECTED_MIGRATIONS = ["m001_requests", "m002_api_keys"]
+EXPECTED_MIGRATIONS = ["m001_requests", "m002_api_keys", "m003_media_units"]
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[object, ...]]:
@@ -134,7 +136,8 @@ def test_writer_collects_rows_from_many_threads(tmp_path: Path) -> None:
         writer.flush()
         rows = _read(path)
         assert len(rows) == 1600
-        assert rows["req-3-4"][-1] == 1 and rows["req-3-5"][-1] == 0  # stream stored as 0/1
+        stream = [c[0] for c in EXPECTED_REQUESTS].index("stream")
+        assert rows["req-3-4"][stream] == 1 and rows["req-3-5"][stream] == 0  # stored as 0/1
         assert writer.lag_seconds >= 0.0
 
 
