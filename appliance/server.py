@@ -12,7 +12,7 @@ import time
 import uvicorn
 
 from appliance.api.app import create_app
-from appliance.api.services import Pricing, Services
+from appliance.api.services import Limits, Pricing, Services
 from appliance.config import ApplianceConfig
 from appliance.engines.loader import load_catalog
 from appliance.ledger import KeyStore, LedgerWriter
@@ -38,6 +38,9 @@ def serve(config: ApplianceConfig) -> None:
                     per_request={m.id: m.price_per_request for m in config.models},
                     currency=server_config.currency,
                 ),
+                limits=Limits(max_upload_bytes=max(
+                    (m.max_upload_mb * 1024 * 1024 for m in config.models
+                     if m.kind == "transcription"), default=Limits().max_upload_bytes)),
             )
             app = create_app(services)
             log.info("boot to ready in %.2fs; serving %s on http://%s:%d",

@@ -12,6 +12,7 @@ import pytest
 from appliance.api.app import create_app
 from appliance.api.services import Limits, Pricing, Services
 from appliance.engines.catalog import Catalog
+from tests.fake_audio import FakeTranscriptionEngine
 from tests.fakes import FakeChatEngine, FakeEmbeddingEngine, FakeKeys, ListLedger
 from tests.real.session_server import real_server  # noqa: F401  (the shared session fixture)
 
@@ -40,11 +41,12 @@ async def stack() -> AsyncIterator[FastStack]:
     keys.add(API_KEY)
     services = Services(
         catalog=Catalog([(engine, ("gpt-4o-mini",))],
-                        [(FakeEmbeddingEngine(), ("text-embedding-3-small",))]),
+                        [(FakeEmbeddingEngine(), ("text-embedding-3-small",))],
+                        transcription=[(FakeTranscriptionEngine(), ("whisper-1",))]),
         ledger=ledger,
         keys=keys,
         pricing=Pricing(per_request={"fake-chat": 0.25}, currency="USD"),
-        limits=Limits(max_body_bytes=64 * 1024),
+        limits=Limits(max_body_bytes=64 * 1024, max_upload_bytes=2048),
     )
     transport = httpx2.ASGITransport(app=create_app(services))
     http = httpx2.AsyncClient(transport=transport, base_url="http://appliance.test")

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from appliance.api.audio import create_transcription, create_translation
 from appliance.api.auth import BearerAuthMiddleware
 from appliance.api.chat import create_chat_completion
 from appliance.api.completions import create_completion
@@ -48,6 +49,8 @@ def create_app(services: Services) -> Starlette:
         Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
         Route("/v1/completions", create_completion, methods=["POST"]),
         Route("/v1/embeddings", create_embeddings, methods=["POST"]),
+        Route("/v1/audio/transcriptions", create_transcription, methods=["POST"]),
+        Route("/v1/audio/translations", create_translation, methods=["POST"]),
     ]
     middleware = [
         Middleware(RequestContextMiddleware, ledger=services.ledger, pricing=services.pricing),

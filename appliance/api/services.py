@@ -34,7 +34,8 @@ class Pricing:
 
 @dataclass(frozen=True)
 class Limits:
-    max_body_bytes: int = 8 * 1024 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024  # JSON bodies
+    max_upload_bytes: int = 25 * 1024 * 1024  # audio uploads (the largest any model accepts)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import threading
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, BinaryIO, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 Role = Literal["system", "user", "assistant", "tool"]
@@ -255,7 +255,7 @@ class ChatEngine(Protocol):
 class TranscriptionParams:
     """One audio file to transcribe (or translate to English); the engine decodes it."""
 
-    audio: Path  # a file in any format PyAV decodes
+    audio: Path | BinaryIO  # a file in any format PyAV decodes
     task: Literal["transcribe", "translate"] = "transcribe"
     language: str | None = None  # ISO-639-1; None: detected
     prompt: str | None = None  # text of a previous segment or spellings to prefer
@@ -288,7 +288,8 @@ class Segment:
 
 @dataclass(frozen=True)
 class TranscriptionStarted:
-    """The audio decoded: its length, and its language (given or detected)."""
+    """The audio decoded: its length in seconds, and the English name of its language
+    (given or detected), e.g. "english"."""
 
     language: str
     duration: float
@@ -327,7 +328,7 @@ class ImageParams:
     height: int = 512
     steps: int | None = None  # None: the model's default
     guidance: float | None = None  # None: the model's default
-    seed: int | None = None
+    seed: int | None = None  # image i of the request is drawn with seed + i; None: random
     negative_prompt: str | None = None
 
 
@@ -340,18 +341,38 @@ class RGBImage:
     pixels: bytes
 
 
+@dataclass(frozen=True)
+class ImageResult:
+    images: tuple[RGBImage, ...]  # ``n`` of them, in seed order
+    prompt_tokens: int  # the prompt as the model's tokenizer reads it (after its truncation)
+
+
+@dataclass(frozen=True)
+class ImageDefaults:
+    """What a request gets when it does not say: the model's steps and guidance scale
+    (models.toml, else the pipeline's own defaults). ``guidance`` is None for a pipeline that
+    takes no guidance scale."""
+
+    steps: int
+    guidance: float | None
+
+
 class ImageEngine(Protocol):
     """A loaded text-to-image pipeline. ``generate`` raises InvalidRequest naming ``size``
-    for a size the model cannot make; cancelling stops it between denoising steps."""
+    for a size the model cannot make (and naming ``negative_prompt`` or ``guidance`` when the
+    pipeline takes no such input); requests wait in arrival order for a free worker; the
+    cancel token stops a request in the queue or between two denoising steps."""
 
     @property
     def info(self) -> ModelInfo: ...
 
     @property
-    def sizes(self) -> tuple[tuple[int, int], ...]: ...
+    def sizes(self) -> tuple[tuple[int, int], ...]: ...  # (width, height); the first is default
 
-    async def generate(self, params: ImageParams,
-                       cancel: CancelToken) -> tuple[RGBImage, ...]: ...
+    @property
+    def defaults(self) -> ImageDefaults: ...
+
+    async def generate(self, params: ImageParams, cancel: CancelToken) -> ImageResult: ...
 
     def warm_up(self) -> None: ...
 

@@ -20,6 +20,8 @@ import httpx2
 ROOT = Path(__file__).resolve().parents[2]
 SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
+WHISPER_TINY = ROOT / "models" / "whisper-tiny.en"
+WHISPER_BASE = ROOT / "models" / "whisper-base"
 APPLIANCE = [sys.executable, "-m", "appliance.cli"]
 
 

@@ -16,6 +16,8 @@ import pytest
 from tests.real.harness import (
     GEMMA,
     SMOLLM2,
+    WHISPER_BASE,
+    WHISPER_TINY,
     RunningServer,
     create_key,
     free_port,
@@ -40,6 +42,21 @@ aliases = ["text-embedding-3-small"]
 pooling = "mean"
 context_length = 512
 price_per_request = 0.25
+
+[[models]]
+id = "whisper-tiny.en"
+kind = "transcription"
+path = "{WHISPER_TINY}"
+aliases = ["whisper-1"]
+price_per_request = 0.125
+max_upload_mb = 1
+
+[[models]]
+id = "whisper-base"
+kind = "transcription"
+path = "{WHISPER_BASE}"
+price_per_request = 0.0625
+workers = 1
 
 [[models]]
 id = "gemma-3-270m"

@@ -1,0 +1,131 @@
+"""POST /v1/audio/transcriptions and /v1/audio/translations on transcription models.
+
+The upload stays a (spooled) file handed to the engine, which decodes it off the event loop.
+A non-streaming request whose client leaves stops the engine at its next segment; a stream
+(``stream=true``) sends ``transcript.text.delta`` events as segments are decoded, then one
+``transcript.text.done`` with the whole text. The ledger row carries the audio's seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from appliance.api.audio_formats import Transcript, render
+from appliance.api.audio_wire import Task, read_form, to_audio_request
+from appliance.api.disconnect import ClientGone, unless_disconnected
+from appliance.api.errors import error_frame
+from appliance.api.note import RequestNote
+from appliance.api.services import Services
+from appliance.api.sse import SSE_HEADERS, SSE_MEDIA_TYPE, frame
+from appliance.engines.base import (
+    CancelToken,
+    Segment,
+    TranscriptionEvent,
+    TranscriptionParams,
+    TranscriptionStarted,
+)
+from appliance.errors import ApplianceError, EngineFailure, PayloadTooLarge
+
+log = logging.getLogger("appliance.api")
+
+
+async def create_transcription(request: Request) -> Response:
+    return await _serve(request, "transcribe")
+
+
+async def create_translation(request: Request) -> Response:
+    return await _serve(request, "translate")
+
+
+async def _serve(request: Request, task: Task) -> Response:
+    services: Services = request.app.state.services
+    note: RequestNote = request.scope["state"]["note"]
+    form = await read_form(request, services.limits.max_upload_bytes)
+    handed_to_stream = False
+    try:
+        audio = to_audio_request(form, task)
+        note.stream = audio.stream
+        engine = services.catalog.transcription(audio.model)
+        note.model = engine.info.id
+        if audio.size > engine.max_upload_bytes:
+            raise PayloadTooLarge(f"The audio file is larger than the limit of "
+                                  f"{engine.max_upload_bytes // (1024 * 1024)} MB for model "
+                                  f"`{engine.info.id}`.", param="file")
+        params = TranscriptionParams(audio=audio.upload.file, task=task,
+                                     language=audio.language, prompt=audio.prompt,
+                                     temperature=audio.temperature,
+                                     word_timestamps="word" in audio.granularities)
+        cancel = CancelToken()
+        events = engine.transcribe(params, cancel)
+        try:
+            started = await anext(events)  # undecodable audio is a plain 400 here
+        except BaseException:
+            cancel.cancel()
+            await events.aclose()
+            raise
+        if not isinstance(started, TranscriptionStarted):
+            raise EngineFailure("The engine did not start the transcription.")
+        note.audio_seconds = started.duration
+        if audio.stream:
+            handed_to_stream = True
+            return StreamingResponse(_stream(events, cancel, note, form),
+                                     media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+        try:
+            transcript = await unless_disconnected(
+                request.receive, _collect(events, cancel, task, started))
+        except ClientGone:
+            note.client_gone = True
+            cancel.cancel()
+            return Response(status_code=499)  # nobody reads it; the ledger says "cancelled"
+        return render(transcript, audio.response_format, audio.granularities)
+    finally:
+        if not handed_to_stream:
+            await form.close()
+
+
+async def _collect(events: AsyncGenerator[TranscriptionEvent, None], cancel: CancelToken,
+                   task: Task, started: TranscriptionStarted) -> Transcript:
+    segments: list[Segment] = []
+    try:
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, Segment):
+                    segments.append(event)
+    finally:
+        cancel.cancel()
+    return Transcript(task, started, tuple(segments))
+
+
+async def _stream(events: AsyncGenerator[TranscriptionEvent, None], cancel: CancelToken,
+                  note: RequestNote, form: FormData) -> AsyncIterator[bytes]:
+    parts: list[str] = []
+    try:
+        async with aclosing(events):
+            async for event in events:
+                if not isinstance(event, Segment) or not event.text.strip():
+                    continue
+                note.mark_first_token()
+                delta = event.text if parts else event.text.lstrip()
+                parts.append(delta)
+                yield frame({"type": "transcript.text.delta", "delta": delta})
+        yield frame({"type": "transcript.text.done", "text": "".join(parts).strip()})
+    except ApplianceError as error:
+        note.failed_mid_stream = True
+        note.error_code = error.code
+        yield error_frame(error)
+    except Exception:
+        log.exception("transcription stream failed")
+        note.failed_mid_stream = True
+        failure = EngineFailure("The server had an error while transcribing the audio.")
+        note.error_code = failure.code
+        yield error_frame(failure)
+    finally:
+        cancel.cancel()
+        await form.close()
+

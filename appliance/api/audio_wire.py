@@ -1,0 +1,167 @@
+"""The multipart request of /v1/audio/transcriptions and /v1/audio/translations.
+
+Owns reading the upload without holding it twice (Starlette spools the file part to a
+temporary file past 1 MiB; the body is counted as it arrives and refused with a 413 past the
+limit, whatever Content-Length claimed) and validating every form field into one typed
+request. Fields OpenAI defines that we do not serve are a 400 naming them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
+from starlette.types import Message, Receive
+
+from appliance.errors import InvalidRequest, PayloadTooLarge
+
+Task = Literal["transcribe", "translate"]
+FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+GRANULARITIES = ("word", "segment")
+# Room for the form's other fields and multipart boundaries around the file itself.
+MULTIPART_OVERHEAD = 64 * 1024
+NOT_SERVED = ("chunking_strategy", "include", "include[]", "known_speaker_names",
+              "known_speaker_names[]", "known_speaker_references",
+              "known_speaker_references[]")
+TRANSCRIPTION_ONLY = ("language", "timestamp_granularities", "timestamp_granularities[]",
+                      "stream")
+
+
+@dataclass(frozen=True)
+class AudioRequest:
+    model: str
+    upload: UploadFile
+    size: int
+    response_format: str
+    language: str | None
+    prompt: str | None
+    temperature: float
+    granularities: tuple[str, ...]
+    stream: bool
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The audio file is larger than the limit of {limit // (1024 * 1024)} "
+                           "MB.", param="file")
+
+
+def _counting(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit + MULTIPART_OVERHEAD:
+                raise _too_large(limit)
+        return message
+
+    return counted
+
+
+async def read_form(request: Request, max_upload_bytes: int) -> FormData:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise InvalidRequest("Send the audio as multipart/form-data with a 'file' field.",
+                             param="file", code="invalid_content_type")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_upload_bytes + MULTIPART_OVERHEAD:
+        raise _too_large(max_upload_bytes)
+    limited = Request(request.scope, _counting(request.receive, max_upload_bytes))
+    return await limited.form(max_files=1, max_fields=64)
+
+
+def _text(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"Invalid type for '{name}': expected a string.", param=name,
+                             code="invalid_type")
+    return value
+
+
+def _list(form: FormData, name: str) -> list[str]:
+    values = [*form.getlist(f"{name}[]"), *form.getlist(name)]
+    out: list[str] = []
+    for value in values:
+        if not isinstance(value, str):
+            raise InvalidRequest(f"Invalid type for '{name}'.", param=name, code="invalid_type")
+        out.append(value)
+    return out
+
+
+def _boolean(form: FormData, name: str) -> bool:
+    value = _text(form, name)
+    if value is None:
+        return False
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise InvalidRequest(f"Invalid value for '{name}': expected true or false.",
+                             param=name, code="invalid_value")
+    return value.lower() in ("true", "1")
+
+
+def _temperature(form: FormData) -> float:
+    value = _text(form, "temperature")
+    if value is None or value == "":
+        return 0.0
+    try:
+        temperature = float(value)
+    except ValueError:
+        temperature = -1.0
+    if not 0.0 <= temperature <= 1.0:
+        raise InvalidRequest("Invalid value for 'temperature': expected a number from 0 to 1.",
+                             param="temperature", code="invalid_value")
+    return temperature
+
+
+def _refuse(names: Sequence[str], form: FormData, why: str) -> None:
+    for name in names:
+        if name in form:
+            param = name.removesuffix("[]")
+            raise InvalidRequest(f"The parameter '{param}' {why}.", param=param,
+                                 code="unsupported_parameter")
+
+
+def to_audio_request(form: FormData, task: Task) -> AudioRequest:
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequest("Missing required parameter: 'file' (an audio file part).",
+                             param="file", code="missing_required_parameter")
+    model = _text(form, "model")
+    if not model:
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model",
+                             code="missing_required_parameter")
+    _refuse(NOT_SERVED, form, "is not supported by this server")
+    if task == "translate":
+        _refuse(TRANSCRIPTION_ONLY, form, "is not accepted by translations (they always "
+                "produce English)")
+    response_format = _text(form, "response_format") or "json"
+    if response_format not in FORMATS:
+        raise InvalidRequest(f"Invalid value for 'response_format': {response_format!r}. "
+                             f"Supported values are: {', '.join(FORMATS)}.",
+                             param="response_format", code="invalid_value")
+    granularities = _list(form, "timestamp_granularities")
+    for granularity in granularities:
+        if granularity not in GRANULARITIES:
+            raise InvalidRequest(f"Invalid value for 'timestamp_granularities': "
+                                 f"{granularity!r}. Supported values are: word, segment.",
+                                 param="timestamp_granularities", code="invalid_value")
+    if granularities and response_format != "verbose_json":
+        raise InvalidRequest("'timestamp_granularities' needs response_format "
+                             "'verbose_json'.", param="timestamp_granularities",
+                             code="invalid_value")
+    stream = _boolean(form, "stream")
+    if stream and response_format not in ("json", "text"):
+        raise InvalidRequest("Streaming sends text events: use response_format 'json' or "
+                             "'text' with stream.", param="stream", code="invalid_value")
+    language = _text(form, "language") or None
+    return AudioRequest(
+        model=model, upload=upload, size=upload.size or 0, response_format=response_format,
+        language=language.lower() if language else None, prompt=_text(form, "prompt") or None,
+        temperature=_temperature(form),
+        granularities=tuple(dict.fromkeys(granularities or ["segment"])), stream=stream)

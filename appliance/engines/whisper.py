@@ -1,0 +1,181 @@
+"""Speech to text on faster-whisper (CTranslate2).
+
+Owns loading a whisper folder on the right device (CUDA + float16 when CTranslate2 sees a GPU,
+int8 on CPU, unless models.toml says otherwise), a pool of ``workers`` threads so several
+transcriptions run at once without touching the event loop, and turning faster-whisper's
+lazy segment generator into events: decoding happens segment by segment, so a cancelled
+request stops at the next segment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import ctranslate2
+import numpy as np
+from faster_whisper import WhisperModel, decode_audio
+
+from appliance.config import ModelConfig
+from appliance.engines.base import (
+    CancelToken,
+    ModelInfo,
+    Segment,
+    TranscriptionEvent,
+    TranscriptionParams,
+    TranscriptionStarted,
+    Word,
+)
+from appliance.engines.whisper_languages import LANGUAGE_NAMES
+from appliance.errors import InvalidRequest
+
+log = logging.getLogger("appliance.engines.whisper")
+SAMPLE_RATE = 16_000
+# OpenAI: "If set to 0, the model will use log probability to automatically increase the
+# temperature until certain thresholds are hit" -- whisper's fallback schedule.
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+BEAM_SIZE = 5
+# Transcription runs on the speech that Silero VAD (shipped with faster-whisper) finds:
+# whisper invents words in silence ("You"), and skipping silence is faster. Timestamps stay
+# those of the original audio.
+VAD_FILTER = True
+_DONE = object()
+
+
+def choose_device(configured: str) -> str:
+    if configured != "auto":
+        return configured
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+def choose_compute_type(configured: str, device: str) -> str:
+    if configured != "auto":
+        return configured
+    return "float16" if device == "cuda" else "int8"
+
+
+class WhisperEngine:
+    def __init__(self, config: ModelConfig, model: WhisperModel, device: str):
+        self._config = config
+        self._model = model
+        self._device = device
+        self._pool = ThreadPoolExecutor(max_workers=config.workers,
+                                        thread_name_prefix=f"whisper-{config.id}")
+        self._info = ModelInfo(id=config.id, kind=config.kind, context_length=0,
+                               owned_by=config.owned_by, created=int(time.time()))
+
+    @classmethod
+    def load(cls, config: ModelConfig) -> WhisperEngine:
+        # faster-whisper logs every request at INFO; our own log says what matters.
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+        device = choose_device(config.device)
+        compute_type = choose_compute_type(config.compute_type, device)
+        model = WhisperModel(str(config.path), device=device, compute_type=compute_type,
+                             num_workers=config.workers, local_files_only=True)
+        log.info("whisper %s on %s (%s), %d workers", config.id, device, compute_type,
+                 config.workers)
+        return cls(config, model, device)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self._config.max_upload_mb * 1024 * 1024
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(self._model.model.is_multilingual)
+
+    def warm_up(self) -> None:
+        """Encoder and decoder run once, so the first request pays no first-use costs."""
+        tone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)
+        segments, _ = self._model.transcribe(tone.astype(np.float32), beam_size=BEAM_SIZE,
+                                             language="en", word_timestamps=True)
+        for _ in segments:
+            pass
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def transcribe(self, params: TranscriptionParams,
+                         cancel: CancelToken) -> AsyncGenerator[TranscriptionEvent, None]:
+        self._check(params)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+
+        def emit(event: object) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the loop is gone (shutdown): nobody is listening
+                cancel.cancel()
+
+        self._pool.submit(self._work, params, cancel, emit)
+        try:
+            while True:
+                event = await events.get()
+                if event is _DONE:
+                    return
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+        finally:
+            cancel.cancel()
+
+    def _check(self, params: TranscriptionParams) -> None:
+        if params.language is not None:
+            if params.language not in LANGUAGE_NAMES:
+                raise InvalidRequest(
+                    f"Invalid value for 'language': {params.language!r} is not an ISO-639-1 "
+                    "code of a language whisper knows.", param="language",
+                    code="invalid_value")
+            if params.language != "en" and not self.multilingual:
+                raise InvalidRequest(
+                    f"The model `{self._info.id}` is English-only and cannot transcribe "
+                    f"language {params.language!r}.", param="language", code="invalid_value")
+
+    def _work(self, params: TranscriptionParams, cancel: CancelToken,
+              emit: Callable[[object], None]) -> None:
+        try:
+            if not cancel.cancelled:
+                self._run(params, cancel, emit)
+        except BaseException as exc:  # the request fails, never the worker
+            emit(exc)
+        finally:
+            emit(_DONE)
+
+    def _run(self, params: TranscriptionParams, cancel: CancelToken,
+             emit: Callable[[object], None]) -> None:
+        try:
+            audio = decode_audio(params.audio, sampling_rate=SAMPLE_RATE)
+        except Exception as exc:
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            raise InvalidRequest(f"The file could not be decoded as audio ({why}). Send a file "
+                                 "in a format such as wav, mp3, m4a, ogg, webm or flac.",
+                                 param="file", code="invalid_audio") from None
+        temperature = FALLBACK_TEMPERATURES if params.temperature == 0 else params.temperature
+        segments, info = self._model.transcribe(
+            audio, language=params.language, task=params.task,
+            initial_prompt=params.prompt or None, temperature=temperature,
+            word_timestamps=params.word_timestamps, beam_size=BEAM_SIZE,
+            vad_filter=VAD_FILTER)
+        emit(TranscriptionStarted(language=LANGUAGE_NAMES.get(info.language, info.language),
+                                  duration=float(audio.shape[0]) / SAMPLE_RATE))
+        for number, segment in enumerate(segments):
+            if cancel.cancelled:
+                return
+            emit(Segment(
+                id=number, seek=int(segment.seek), start=float(segment.start),
+                end=float(segment.end), text=str(segment.text),
+                tokens=tuple(int(t) for t in segment.tokens),
+                temperature=float(segment.temperature or 0.0),
+                avg_logprob=float(segment.avg_logprob),
+                compression_ratio=float(segment.compression_ratio),
+                no_speech_prob=float(segment.no_speech_prob),
+                words=tuple(Word(str(w.word), float(w.start), float(w.end),
+                                 float(w.probability)) for w in segment.words or ())))

@@ -1,0 +1,161 @@
+"""The audio API over a fake engine: multipart parsing, every format, streams, errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+
+from tests.conftest import API_KEY, FastStack
+from tests.openapi_contract import validate
+
+pytestmark = pytest.mark.anyio
+WAV = ("speech.wav", b"RIFF" + b"\0" * 200, "audio/wav")
+AUTH = {"authorization": f"Bearer {API_KEY}"}
+
+
+async def test_json_is_the_default_with_duration_usage(stack: FastStack) -> None:
+    raw = await stack.client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=WAV)
+    body = json.loads(raw.content)
+    validate(body, "CreateTranscriptionResponseJson")
+    assert body == {"text": "Hello there. General Kenobi.",
+                    "usage": {"type": "duration", "seconds": 2.5}}
+    row = stack.ledger.rows[-1]
+    assert (row.model, row.audio_seconds, row.status) == ("fake-whisper", 2.5, "ok")
+    assert row.endpoint == "/v1/audio/transcriptions"
+
+
+async def test_verbose_json_with_words_and_segments(stack: FastStack) -> None:
+    raw = await stack.client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=WAV, response_format="verbose_json",
+        timestamp_granularities=["word", "segment"], language="en", prompt="Kenobi",
+        temperature=0.2)
+    body = json.loads(raw.content)
+    validate(body, "CreateTranscriptionResponseVerboseJson")
+    assert body["task"] == "transcribe" and body["language"] == "english"
+    assert [s["text"] for s in body["segments"]] == [" Hello there.", " General Kenobi."]
+    assert [w["word"] for w in body["words"]] == ["Hello", "there.", "General", "Kenobi."]
+
+
+async def test_words_only_leave_segments_out(stack: FastStack) -> None:
+    verbose = await stack.client.audio.transcriptions.create(
+        model="whisper-1", file=WAV, response_format="verbose_json",
+        timestamp_granularities=["word"])
+    assert verbose.words and verbose.segments is None
+
+
+@pytest.mark.parametrize(("response_format", "expected"), [
+    ("text", "Hello there. General Kenobi.\n"),
+    ("srt", "1\n00:00:00,000 --> 00:00:01,200\nHello there.\n\n"
+            "2\n00:00:01,200 --> 00:00:02,500\nGeneral Kenobi.\n\n"),
+    ("vtt", "WEBVTT\n\n00:00:00.000 --> 00:00:01.200\nHello there.\n\n"
+            "00:00:01.200 --> 00:00:02.500\nGeneral Kenobi.\n\n"),
+])
+async def test_text_formats(stack: FastStack, response_format: str, expected: str) -> None:
+    response = await stack.http.post("/v1/audio/transcriptions", headers=AUTH,
+                                     files={"file": WAV},
+                                     data={"model": "whisper-1",
+                                           "response_format": response_format})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.text == expected
+    via_sdk = await stack.client.audio.transcriptions.create(
+        model="whisper-1", file=WAV, response_format=response_format)  # type: ignore[call-overload]
+    assert via_sdk == expected
+
+
+async def test_stream_sends_deltas_then_done(stack: FastStack) -> None:
+    events = [event async for event in await stack.client.audio.transcriptions.create(
+        model="whisper-1", file=WAV, stream=True)]
+    assert [e.type for e in events] == ["transcript.text.delta", "transcript.text.delta",
+                                        "transcript.text.done"]
+    deltas = "".join(e.delta for e in events if e.type == "transcript.text.delta")
+    assert deltas == events[-1].text == "Hello there. General Kenobi."
+    response = await stack.http.post("/v1/audio/transcriptions", headers=AUTH,
+                                     files={"file": WAV},
+                                     data={"model": "whisper-1", "stream": "true"})
+    for line in response.text.splitlines():
+        if line.startswith("data: "):
+            payload: Any = json.loads(line.removeprefix("data: "))
+            schema = "TranscriptTextDeltaEvent" if payload["type"].endswith("delta") \
+                else "TranscriptTextDoneEvent"
+            validate(payload, schema)
+    assert stack.ledger.rows[-1].stream
+
+
+async def test_translation_is_english_text_only(stack: FastStack) -> None:
+    with pytest.warns(DeprecationWarning):  # the SDK marks translations deprecated
+        raw = await stack.client.audio.translations.with_raw_response.create(
+            model="whisper-1", file=WAV)
+    body = json.loads(raw.content)
+    validate(body, "CreateTranslationResponseJson")
+    assert body == {"text": "Hello there. General Kenobi."}
+    verbose = await stack.http.post("/v1/audio/translations", headers=AUTH, files={"file": WAV},
+                                    data={"model": "whisper-1",
+                                          "response_format": "verbose_json"})
+    validate(verbose.json(), "CreateTranslationResponseVerboseJson")
+    assert verbose.json()["language"] == "english"
+
+
+async def test_timestamp_granularities_without_brackets_is_accepted(stack: FastStack) -> None:
+    response = await stack.http.post(
+        "/v1/audio/transcriptions", headers=AUTH, files={"file": WAV},
+        data={"model": "whisper-1", "response_format": "verbose_json",
+              "timestamp_granularities": "word"})
+    assert response.status_code == 200 and "words" in response.json()
+
+
+@pytest.mark.parametrize(("data", "param"), [
+    ({"model": "whisper-1", "response_format": "yaml"}, "response_format"),
+    ({"model": "whisper-1", "response_format": "verbose_json",
+      "timestamp_granularities[]": "letter"}, "timestamp_granularities"),
+    ({"model": "whisper-1", "timestamp_granularities[]": "word"}, "timestamp_granularities"),
+    ({"model": "whisper-1", "temperature": "3"}, "temperature"),
+    ({"model": "whisper-1", "stream": "maybe"}, "stream"),
+    ({"model": "whisper-1", "stream": "true", "response_format": "srt"}, "stream"),
+    ({"model": "whisper-1", "include[]": "logprobs"}, "include"),
+    ({}, "model"),
+    ({"model": "fake-chat"}, "model"),
+])
+async def test_bad_fields_are_400_naming_them(stack: FastStack, data: dict[str, str],
+                                              param: str) -> None:
+    response = await stack.http.post("/v1/audio/transcriptions", headers=AUTH,
+                                     files={"file": WAV}, data=data)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+async def test_translation_refuses_transcription_only_fields(stack: FastStack) -> None:
+    response = await stack.http.post("/v1/audio/translations", headers=AUTH,
+                                     files={"file": WAV},
+                                     data={"model": "whisper-1", "language": "fr"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "language"
+
+
+async def test_missing_file_and_undecodable_audio(stack: FastStack) -> None:
+    response = await stack.http.post("/v1/audio/transcriptions", headers=AUTH,
+                                     files={"other": WAV}, data={"model": "whisper-1"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "file"
+    with pytest.raises(openai.BadRequestError) as caught:
+        await stack.client.audio.transcriptions.create(
+            model="whisper-1", file=("notes.txt", b"just text", "text/plain"))
+    assert caught.value.param == "file"
+    json_body = await stack.http.post("/v1/audio/transcriptions", headers=AUTH,
+                                      json={"model": "whisper-1"})
+    assert json_body.status_code == 400 and json_body.json()["error"]["param"] == "file"
+
+
+async def test_too_large_upload_is_413(stack: FastStack) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        await stack.client.audio.transcriptions.create(
+            model="whisper-1", file=("big.wav", b"RIFF" + b"\0" * 100_000, "audio/wav"))
+    assert caught.value.status_code == 413
+    assert stack.ledger.rows[-1].http_status == 413
+    # Over the model's own limit but under the server's: still 413.
+    with pytest.raises(openai.APIStatusError) as caught:
+        await stack.client.audio.transcriptions.create(
+            model="whisper-1", file=("big.wav", b"RIFF" + b"\0" * 2100, "audio/wav"))
+    assert caught.value.status_code == 413

@@ -1,0 +1,131 @@
+"""Speech to text on the real whisper models, through the official SDK, on synthesized speech."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.real.conftest import RealServer
+from tests.real.speech import ENCODINGS, encode, silence, speak
+from tests.real.test_chat_real import ledger_row
+
+pytestmark = pytest.mark.real
+SENTENCE = "The quick brown fox jumps over the lazy dog."
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return speak(SENTENCE, tmp_path_factory.mktemp("speech") / "fox.wav")
+
+
+def words_of(text: str) -> set[str]:
+    return {w.strip(".,!?").lower() for w in text.split()}
+
+
+def test_transcript_has_the_words_and_duration_usage(real_server: RealServer,
+                                                     speech: Path) -> None:
+    with speech.open("rb") as audio:
+        result = real_server.sdk.audio.transcriptions.create(model="whisper-1", file=audio)
+    assert {"quick", "brown", "fox", "lazy", "dog"} <= words_of(result.text)
+    assert result.usage is not None and result.usage.type == "duration"
+    assert 2.0 < result.usage.seconds < 5.0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", sorted(ENCODINGS))
+def test_every_container_decodes(real_server: RealServer, speech: Path, kind: str) -> None:
+    encoded = encode(speech, kind)
+    with encoded.open("rb") as audio:
+        text = real_server.sdk.audio.transcriptions.create(model="whisper-1", file=audio,
+                                                           response_format="text")
+    assert {"fox", "dog"} <= words_of(text)
+
+
+def test_verbose_json_words_and_segments(real_server: RealServer, speech: Path) -> None:
+    with speech.open("rb") as audio:
+        verbose = real_server.sdk.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="verbose_json",
+            timestamp_granularities=["word", "segment"])
+    assert verbose.language == "english"
+    assert verbose.segments and verbose.words
+    assert verbose.segments[0].start == 0.0 and verbose.segments[-1].end <= verbose.duration + 0.5
+    starts = [w.start for w in verbose.words]
+    assert starts == sorted(starts)
+    assert any(w.word.lower().strip(".,") == "fox" for w in verbose.words)
+    assert all(w.end >= w.start for w in verbose.words)
+
+
+def test_srt_and_vtt(real_server: RealServer, speech: Path) -> None:
+    for response_format, head in (("srt", "1\n00:00:00,000 --> "), ("vtt", "WEBVTT\n\n00:00")):
+        with speech.open("rb") as audio:
+            body = real_server.sdk.audio.transcriptions.create(
+                model="whisper-1", file=audio, response_format=response_format)  # type: ignore[call-overload]
+        assert body.startswith(head) and "fox" in body.lower()
+
+
+def test_stream_events_add_up_to_the_text(real_server: RealServer, speech: Path) -> None:
+    with speech.open("rb") as audio:
+        events = list(real_server.sdk.audio.transcriptions.create(model="whisper-1", file=audio,
+                                                                  stream=True))
+    assert events[-1].type == "transcript.text.done"
+    deltas = "".join(e.delta for e in events if e.type == "transcript.text.delta")
+    assert deltas == events[-1].text and "fox" in deltas.lower()
+
+
+def test_translation_on_the_multilingual_model(real_server: RealServer, tmp_path: Path) -> None:
+    german = speak("Ich habe einen kleinen Hund und eine schwarze Katze.", tmp_path / "de.wav",
+                   voice="de")
+    with german.open("rb") as audio, pytest.warns(DeprecationWarning):
+        translated = real_server.sdk.audio.translations.create(model="whisper-base", file=audio)
+    assert words_of(translated.text) & {"dog", "cat", "black", "small", "little"}
+    with german.open("rb") as audio:
+        verbose = real_server.sdk.audio.transcriptions.create(
+            model="whisper-base", file=audio, response_format="verbose_json")
+    assert verbose.language == "german"
+
+
+def test_english_only_model_translates_english_to_itself(real_server: RealServer,
+                                                          speech: Path) -> None:
+    with speech.open("rb") as audio, pytest.warns(DeprecationWarning):
+        translated = real_server.sdk.audio.translations.create(model="whisper-1", file=audio)
+    assert {"fox", "dog"} <= words_of(translated.text)
+
+
+def test_silence_is_an_empty_transcript(real_server: RealServer, tmp_path: Path) -> None:
+    with silence(tmp_path / "quiet.wav").open("rb") as audio:
+        result = real_server.sdk.audio.transcriptions.create(model="whisper-1", file=audio)
+    assert result.text == ""
+
+
+def test_bad_input(real_server: RealServer, tmp_path: Path) -> None:
+    sdk = real_server.sdk
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.audio.transcriptions.create(model="whisper-1",
+                                        file=("notes.mp3", b"this is not audio", "audio/mpeg"))
+    assert caught.value.param == "file"
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.audio.transcriptions.create(model="whisper-1", file=("a.wav", b"RIFF"),
+                                        response_format="docx")  # type: ignore[arg-type]
+    assert caught.value.param == "response_format"
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.audio.transcriptions.create(model="whisper-1", file=("a.wav", b"RIFF"),
+                                        language="fr")
+    assert caught.value.param == "language"  # whisper-tiny.en is English-only
+    big = silence(tmp_path / "long.wav", seconds=40)  # 1.3 MB, over this model's 1 MB
+    with big.open("rb") as audio, pytest.raises(openai.APIStatusError) as too_large:
+        sdk.audio.transcriptions.create(model="whisper-1", file=audio)
+    assert too_large.value.status_code == 413
+    assert json.loads(too_large.value.response.text)["error"]["param"] == "file"
+
+
+def test_ledger_rows_carry_audio_seconds_and_price(real_server: RealServer,
+                                                   speech: Path) -> None:
+    with speech.open("rb") as audio:
+        raw = real_server.sdk.audio.transcriptions.with_raw_response.create(
+            model="whisper-1", file=audio)
+    request_id = raw.headers["x-request-id"]
+    row = ledger_row(real_server, request_id)
+    assert row["model"] == "whisper-tiny.en" and row["status"] == "ok"
+    assert row["price"] == 0.125 and 2.0 < row["audio_seconds"] < 5.0
