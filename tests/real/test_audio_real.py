@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import openai
@@ -129,3 +132,56 @@ def test_ledger_rows_carry_audio_seconds_and_price(real_server: RealServer,
     row = ledger_row(real_server, request_id)
     assert row["model"] == "whisper-tiny.en" and row["status"] == "ok"
     assert row["price"] == 0.125 and 2.0 < row["audio_seconds"] < 5.0
+
+
+@pytest.fixture(scope="module")
+def long_speech(speech: Path) -> Path:
+    """The sentence said twelve times (as MP3: under the test model's 1 MB limit): long
+    enough to still be transcribing when a chat request comes and goes."""
+    return encode(speak(" ".join([SENTENCE] * 12), speech.with_name("long.wav")), "mp3")
+
+
+def test_chat_streams_while_a_transcription_runs(real_server: RealServer,
+                                                 long_speech: Path) -> None:
+    finished: list[str] = []
+
+    def transcribe() -> None:
+        with long_speech.open("rb") as audio:
+            real_server.sdk.audio.transcriptions.create(model="whisper-1", file=audio)
+        finished.append("transcription")
+
+    worker = threading.Thread(target=transcribe)
+    worker.start()
+    try:
+        time.sleep(0.5)  # head start: the upload is in and decoding has begun
+        chunks = list(real_server.sdk.chat.completions.create(
+            model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=4, stream=True))
+        finished.append("chat")
+    finally:
+        worker.join()
+    assert len(chunks) >= 3
+    assert finished == ["chat", "transcription"]
+
+
+def test_client_that_gives_up_stops_the_transcription(real_server: RealServer,
+                                                      long_speech: Path) -> None:
+    impatient = openai.OpenAI(base_url=real_server.base_url, api_key=real_server.key,
+                              max_retries=0, timeout=0.5)
+    with impatient, long_speech.open("rb") as audio, pytest.raises(openai.APITimeoutError):
+        impatient.audio.transcriptions.create(model="whisper-1", file=audio)
+    deadline = time.monotonic() + 15
+    status = None
+    while time.monotonic() < deadline and status != "cancelled":
+        status = _last_audio_status(real_server)
+        time.sleep(0.1)
+    assert status == "cancelled"
+
+
+def _last_audio_status(server: RealServer) -> str | None:
+    with sqlite3.connect(f"file:{server.server.ledger_path}?mode=ro", uri=True) as db:
+        found = db.execute("select status from requests where endpoint = "
+                           "'/v1/audio/transcriptions' order by started_at desc "
+                           "limit 1").fetchone()
+    db.close()
+    return None if found is None else str(found[0])
