@@ -77,7 +77,7 @@ TOOL_CASES: list[tuple[str, Any, str]] = [
 
 
 async def tally_tools(client: openai.AsyncOpenAI, model: str, runs: int,
-                      max_tokens: int) -> None:
+                      max_tokens: int, only: str) -> None:
     gate = asyncio.Semaphore(8)
 
     async def one(choice: Any, prompt: str, seed: int) -> str:
@@ -106,6 +106,8 @@ async def tally_tools(client: openai.AsyncOpenAI, model: str, runs: int,
     print(f"\n{'tool choice':28} {'runs':>5} {'valid':>6} {'length':>7} {'invalid':>8} "
           f"{'no call':>8}")
     for name, choice, prompt in TOOL_CASES:
+        if only not in name:
+            continue
         outcomes = await asyncio.gather(*(one(choice, prompt, seed) for seed in range(runs)))
         print(f"{name:28} {runs:5d} {outcomes.count('valid'):6d} "
               f"{outcomes.count('length'):7d} {outcomes.count('invalid'):8d} "
@@ -145,6 +147,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--max-tokens", type=int, default=400)
     parser.add_argument("--tools-only", action="store_true", help="skip response formats")
+    parser.add_argument("--only", default="", help="tool cases whose name contains this")
     args = parser.parse_args()
     spec = specs(args.model)[0]
     print("command:", " ".join(sys.argv))
@@ -158,7 +161,8 @@ def main() -> int:
                                         max_retries=0, timeout=600)
             if not args.tools_only:
                 asyncio.run(tally(client, spec.model_id, args.runs, args.max_tokens))
-            asyncio.run(tally_tools(client, spec.model_id, args.runs, args.max_tokens))
+            asyncio.run(tally_tools(client, spec.model_id, args.runs, args.max_tokens,
+                                    args.only))
         finally:
             stop_server(process)
     return 0
