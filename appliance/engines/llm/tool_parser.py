@@ -129,13 +129,11 @@ class ToolCallParser:
         self._escaped = False
         self._call = None
         self._calls_before_block = self.calls
-        if self._dialect.marker_in_payload:
-            self._state = "before_json"
+        self._state = "before_json"
+        if self._dialect.marker_in_payload:  # the marker was the JSON's start: read it as JSON
             for char in self._dialect.start:
                 self._char(char)
             self._block_raw = list(self._dialect.start)
-        else:
-            self._state = "before_json"
 
     def _release_text(self, final: bool) -> None:
         markers = (self._dialect.start, *self._dialect.noise)
@@ -178,10 +176,9 @@ class ToolCallParser:
         if stripped.startswith(";"):  # Llama 3 separates calls with ';'
             self._close_block()
             return
-        rest = stripped
         self._close_block()
-        for c in rest:
-            self._char(c)
+        for again in stripped:  # not a closing marker: text (or a new block) follows
+            self._char(again)
 
     def _close_block(self) -> None:
         self._state = "text"
@@ -206,7 +203,7 @@ class ToolCallParser:
                     return
                 self._begin_value(call, char)
                 return
-            self._value_char(call, char, at_call_level)
+            self._value_char(call, char)
             return
         if char in "{[":
             self._stack.append(char)
@@ -216,7 +213,7 @@ class ToolCallParser:
             if at_call_level and call is not None and call.expecting == "value":
                 self._begin_value(call, char)
                 return
-            self._value_char(call, char, at_call_level)
+            self._value_char(call, char)
             return
         if char in "}]":
             if not self._stack:
@@ -231,10 +228,10 @@ class ToolCallParser:
                 if self.done:
                     return
             elif call is not None and depth_before == self._call_depth + 1:
-                self._value_char(call, char, False)
+                self._value_char(call, char)
                 call.value_done = True
             else:
-                self._value_char(call, char, False)
+                self._value_char(call, char)
             if not self._stack:
                 if self.calls == self._calls_before_block:
                     self._give_back_block()  # JSON, but no call in it: it was content
@@ -254,15 +251,15 @@ class ToolCallParser:
             elif call.expecting == "value":
                 self._begin_value(call, char)
             else:
-                self._value_char(call, char, True)
+                self._value_char(call, char)
             return
-        self._value_char(call, char, at_call_level)
+        self._value_char(call, char)
 
     def _string_char(self, char: str, call: _Call | None, at_call_level: bool) -> None:
         if call is not None and at_call_level and call.reading_key:
             call.key_raw.append(char)
         else:
-            self._value_char(call, char, at_call_level)
+            self._value_char(call, char)
         if self._escaped:
             self._escaped = False
             return
@@ -286,9 +283,9 @@ class ToolCallParser:
         call.value_streamed = call.key in ARGUMENT_KEYS and char == "{"
         if call.key in ARGUMENT_KEYS:
             call.has_arguments = True
-        self._value_char(call, char, True)
+        self._value_char(call, char)
 
-    def _value_char(self, call: _Call | None, char: str, _at_call_level: bool) -> None:
+    def _value_char(self, call: _Call | None, char: str) -> None:
         if call is None or call.expecting != "value_or_end" or call.value_done:
             return
         call.value_raw.append(char)
