@@ -22,7 +22,8 @@ def client(server: RealServer, **options: Any) -> openai.OpenAI:
 
 
 def ledger_row(server: RealServer, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
-    """Polls the ledger file, as a person would: the writer commits in the background."""
+    """Polls the ledger file, as a person would, for the request's final row (a "started"
+    row is written at admission and completed when the request ends)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with sqlite3.connect(f"file:{server.server.ledger_path}?mode=ro", uri=True) as db:
@@ -30,10 +31,10 @@ def ledger_row(server: RealServer, request_id: str, timeout: float = 10.0) -> di
             row = db.execute("select * from requests where request_id = ?",
                              (request_id,)).fetchone()
         db.close()
-        if row is not None:
+        if row is not None and row["status"] != "started":
             return dict(row)
         time.sleep(0.1)
-    raise AssertionError(f"no ledger row for {request_id}")
+    raise AssertionError(f"no final ledger row for {request_id}")
 
 
 def test_sync_completion_answers_and_is_ledgered(real_server: RealServer) -> None:
@@ -132,9 +133,8 @@ def test_sdk_error_classes(real_server: RealServer) -> None:
         client(real_server).chat.completions.create(model="gpt-5-ultra", messages=QUESTION)
     with pytest.raises(openai.BadRequestError) as caught:
         client(real_server).chat.completions.create(
-            model=SMOL, messages=QUESTION, tools=[{"type": "function",
-                                                   "function": {"name": "f"}}])
-    assert caught.value.param == "tools"
+            model=SMOL, messages=QUESTION, tool_choice="required")
+    assert caught.value.param == "tool_choice"  # a tool_choice needs tools
 
 
 def test_models_list_shows_both_models(real_server: RealServer) -> None:
