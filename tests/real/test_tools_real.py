@@ -41,15 +41,31 @@ def test_required_and_named_calls_validate(real_server: RealServer, model: str) 
     for seed in range(3):
         for choice, only in (("required", None),
                              ({"type": "function", "function": {"name": "add"}}, "add")):
+            # One call per reply: at temperature 1 a tiny model may otherwise go on calling
+            # (up to 8 parallel calls) until max_tokens cuts the last one.
             completion = real_server.sdk.chat.completions.create(
                 model=model, messages=ASK, tools=TOOLS, tool_choice=choice,  # type: ignore[arg-type]
-                temperature=1.0, seed=seed, max_tokens=300)
+                temperature=1.0, seed=seed, max_tokens=300, parallel_tool_calls=False)
             result = completion.choices[0]
             assert result.finish_reason == "tool_calls", result
             assert result.message.content is None
             assert_valid_calls(result.message.tool_calls, only)
-            if only:
-                assert len(result.message.tool_calls or []) == 1
+            assert len(result.message.tool_calls or []) == 1
+
+
+def test_parallel_calls_are_complete_or_cut_by_length(real_server: RealServer) -> None:
+    for seed in range(3):
+        result = real_server.sdk.chat.completions.create(
+            model=GEMMA, messages=ASK, tools=TOOLS, tool_choice="required", temperature=1.0,
+            seed=seed, max_tokens=300).choices[0]
+        calls = result.message.tool_calls or []
+        assert 1 <= len(calls) <= 8
+        if result.finish_reason == "length":
+            calls = calls[:-1]  # the last one may be cut; every earlier one is whole
+        else:
+            assert result.finish_reason == "tool_calls"
+        for call in calls:
+            assert_valid_calls([call])
 
 
 def test_stream_helper_assembles_the_same_call(real_server: RealServer) -> None:

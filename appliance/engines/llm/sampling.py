@@ -1,6 +1,6 @@
 """A llama.cpp sampler chain per request, built from the request's Sampling.
 
-Order follows llama.cpp's common sampler: grammar, logit bias, penalties, then either greedy
+Order follows llama.cpp's common sampler: logit bias, penalties, then either greedy
 (temperature 0) or top-k / top-p / min-p / temperature / seeded draw. Penalties see only the
 generated tokens, which is what OpenAI's presence and frequency penalties mean.
 """
@@ -11,8 +11,10 @@ import ctypes
 import logging
 import math
 import random
+from typing import Any
 
 import llama_cpp
+import numpy as np
 
 from appliance.engines.base import Sampling
 from appliance.engines.llm.model import LoadedModel
@@ -21,36 +23,52 @@ from appliance.errors import InvalidRequest
 log = logging.getLogger("appliance.engines.llm")
 
 
+# llama.cpp's llama_token_data, as numpy sees it: the candidate buffer is filled from the
+# logits without a Python loop.
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
 class SamplerChain:
+    """The request's samplers, and its grammar kept beside them rather than in the chain.
+
+    With a grammar, each step first samples freely and asks the grammar about that one token
+    (the common case: the model already follows the format); only when the grammar refuses
+    it is the grammar applied to the whole vocabulary and the token drawn again. That is
+    llama.cpp's own strategy, and what keeps constrained decoding cheap on large vocabularies
+    (Gemma's is 262k tokens).
+    """
+
     def __init__(self, sampling: Sampling, model: LoadedModel, penalty_window: int):
         self._sampling = sampling
         self._model = model
         self._penalty_window = penalty_window
         lazy = sampling.grammar is not None and sampling.grammar_trigger is not None
         # A lazy grammar waits for its trigger in the output (see _watch); until then the
-        # chain is unconstrained and the output seen so far is kept to find the trigger in.
+        # output seen so far is kept to find the trigger in.
         self._trigger = (sampling.grammar_trigger or "").encode() if lazy else b""
         self._seen = bytearray()
-        self.handle: object = None
+        self._candidates: np.ndarray[Any, np.dtype[np.void]] | None = None
         self._grammar: object = None
-        self.handle, self._grammar = self._build(None if lazy else sampling.grammar)
+        self.handle: object = self._build()
+        if sampling.grammar is not None and not lazy:
+            self._grammar = self._new_grammar()
 
-    def _build(self, grammar_text: str | None) -> tuple[object, object]:
+    def _new_grammar(self) -> object:
+        grammar = llama_cpp.llama_sampler_init_grammar(
+            self._model.vocab, (self._sampling.grammar or "").encode(), b"root")
+        if grammar is None:
+            self.close()
+            raise InvalidRequest("The output constraint could not be compiled.",
+                                 param="response_format")
+        return grammar
+
+    def _build(self) -> object:
         sampling = self._sampling
         handle = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
 
         def add(sampler: object) -> None:
             llama_cpp.llama_sampler_chain_add(handle, sampler)
 
-        grammar = None
-        if grammar_text is not None:
-            grammar = llama_cpp.llama_sampler_init_grammar(
-                self._model.vocab, grammar_text.encode(), b"root")
-            if grammar is None:
-                llama_cpp.llama_sampler_free(handle)
-                raise InvalidRequest("The output constraint could not be compiled.",
-                                     param="response_format")
-            add(grammar)
         if sampling.logit_bias:
             biases = (llama_cpp.llama_logit_bias * len(sampling.logit_bias))()
             for i, (token, bias) in enumerate(sampling.logit_bias):
@@ -65,7 +83,7 @@ class SamplerChain:
                 sampling.presence_penalty))
         if sampling.temperature <= 0.0:
             add(llama_cpp.llama_sampler_init_greedy())
-            return handle, grammar
+            return handle
         if sampling.top_k > 0:
             add(llama_cpp.llama_sampler_init_top_k(sampling.top_k))
         if sampling.top_p < 1.0:
@@ -75,14 +93,39 @@ class SamplerChain:
         add(llama_cpp.llama_sampler_init_temp(sampling.temperature))
         seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
         add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return handle, grammar
+        return handle
 
     def sample(self, context: object, batch_index: int) -> int:
         """Samples from the logits at ``batch_index`` and records the token in the chain."""
-        token = int(llama_cpp.llama_sampler_sample(self.handle, context, batch_index))
-        if self._trigger:
-            self._watch(token)
+        if self._grammar is None:
+            token = int(llama_cpp.llama_sampler_sample(self.handle, context, batch_index))
+            if self._trigger:
+                self._watch(token)
+            return token
+        token = self._draw(context, batch_index, constrained=False)
+        if not _allows(self._grammar, token):
+            token = self._draw(context, batch_index, constrained=True)
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        llama_cpp.llama_sampler_accept(self.handle, token)
         return token
+
+    def _draw(self, context: object, batch_index: int, constrained: bool) -> int:
+        n_vocab = self._model.n_vocab
+        if self._candidates is None:
+            self._candidates = np.zeros(n_vocab, dtype=TOKEN_DATA)
+            self._candidates["id"] = np.arange(n_vocab, dtype=np.int32)
+        candidates = self._candidates
+        logits = llama_cpp.llama_get_logits_ith(context, batch_index)
+        candidates["logit"] = np.ctypeslib.as_array(logits, shape=(n_vocab,))
+        candidates["p"] = 0.0
+        array = llama_cpp.llama_token_data_array(
+            candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)), n_vocab, -1,
+            False)
+        if constrained:
+            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(self.handle, ctypes.byref(array))
+        # Samplers may point ``data`` elsewhere (sorted copies); read through the struct.
+        return int(array.data[array.selected].id)
 
     def _watch(self, token: int) -> None:
         """Arms the lazy grammar once its trigger shows up in the output."""
@@ -93,7 +136,7 @@ class SamplerChain:
             return
         self._trigger = b""
         constrained = bytes(self._seen[at:]).decode(errors="replace")
-        handle, grammar = self._build(self._sampling.grammar)
+        grammar = self._new_grammar()
         # The grammar reads the output from the trigger on; the token that completed the
         # trigger may carry more text, which the grammar must accept too. If it cannot, the
         # model left the format on its own and the rest stays free (the parser then gives
@@ -101,17 +144,18 @@ class SamplerChain:
         for piece_token in self._model.tokenize(constrained, add_bos=False, special=False):
             if not _allows(grammar, piece_token):
                 log.debug("lazy grammar not armed: output left the tool-call format")
-                llama_cpp.llama_sampler_free(handle)
+                llama_cpp.llama_sampler_free(grammar)
                 return
             llama_cpp.llama_sampler_accept(grammar, piece_token)
-        llama_cpp.llama_sampler_free(self.handle)
-        # Penalties restart with the armed chain: they counted only the free text before.
-        self.handle, self._grammar = handle, grammar
+        self._grammar = grammar
 
     def close(self) -> None:
         if self.handle is not None:
             llama_cpp.llama_sampler_free(self.handle)
             self.handle = None
+        if self._grammar is not None:
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None
 
 
 def _allows(grammar: object, token: int) -> bool:
