@@ -35,6 +35,7 @@ class ServerConfig:
     keys_path: Path = Path("data/keys.sqlite")
     currency: str = "USD"
     log_level: str = "info"
+    image_url_ttl_s: float = 3600.0  # how long a `response_format: "url"` image is served
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ def _reject_unknown(where: _Where, table: Mapping[str, Any], known: set[str]) ->
             raise where.fail(key, f"unknown key (known keys: {', '.join(sorted(known))})")
 
 
-_SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currency", "log_level"}
+_SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currency", "log_level",
+                "image_url_ttl_s"}
 _MODEL_KEYS = {
     "id", "kind", "path", "aliases", "price_per_request", "context_length", "parallel",
     "gpu_layers", "threads", "chat_template", "stop", "owned_by", "prompt_cache_mb", "pooling",
@@ -138,6 +140,15 @@ def _server(source: Path, raw: Mapping[str, Any], env: Mapping[str, str]) -> Ser
     data_dir = (base / data_dir_text).resolve()
     ledger = _take(where, raw, "ledger_path", str, None)
     keys = _take(where, raw, "keys_path", str, None)
+    ttl_text = env.get("APPLIANCE_IMAGE_URL_TTL_S")
+    try:
+        ttl = float(ttl_text) if ttl_text else _take(where, raw, "image_url_ttl_s",
+                                                      (int, float), 3600.0)
+    except ValueError:
+        raise where.fail("image_url_ttl_s", f"APPLIANCE_IMAGE_URL_TTL_S={ttl_text!r} is not "
+                         "a number of seconds") from None
+    if not ttl > 0:
+        raise where.fail("image_url_ttl_s", f"{ttl} is not a positive number of seconds")
     return ServerConfig(
         host=host,
         port=port,
@@ -146,6 +157,7 @@ def _server(source: Path, raw: Mapping[str, Any], env: Mapping[str, str]) -> Ser
         keys_path=(data_dir / keys) if keys else data_dir / "keys.sqlite",
         currency=_take(where, raw, "currency", str, "USD"),
         log_level=_take(where, raw, "log_level", str, "info"),
+        image_url_ttl_s=float(ttl),
     )
 
 

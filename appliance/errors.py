@@ -10,10 +10,13 @@ knowing about HTTP.
     ├── InvalidRequest (400)
     │   └── ContextLengthExceeded (400, code context_length_exceeded)
     ├── AuthenticationFailed (401)
+    ├── PermissionDenied (403)
     ├── NotFound (404)
     │   └── ModelNotFound (404, code model_not_found, param model)
     ├── MethodNotAllowed (405)
     ├── PayloadTooLarge (413)
+    ├── RateLimited (429, transient: the response says when to retry)
+    ├── InsufficientQuota (429, permanent: monthly quota or budget spent)
     ├── EngineFailure (500)
     ├── ServiceUnavailable (503)
     └── ConfigError (not an HTTP error: bad models.toml, the process exits)
@@ -86,6 +89,32 @@ class PayloadTooLarge(ApplianceError):
     status = 413
     error_type = "invalid_request_error"
     default_code = "request_too_large"
+
+
+class PermissionDenied(ApplianceError):
+    status = 403
+    error_type = "invalid_request_error"
+    default_code = "insufficient_permissions"
+
+
+class RateLimited(ApplianceError):
+    """OpenAI's request-rate 429: type "requests", code rate_limit_exceeded."""
+
+    status = 429
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InsufficientQuota(ApplianceError):
+    """OpenAI's permanent 429 (type and code insufficient_quota): retrying cannot help."""
+
+    status = 429
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
 
 
 class EngineFailure(ApplianceError):

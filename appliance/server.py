@@ -12,10 +12,11 @@ import time
 import uvicorn
 
 from appliance.api.app import create_app
+from appliance.api.images_files import ImageFiles
 from appliance.api.services import Limits, Pricing, Services
 from appliance.config import ApplianceConfig
 from appliance.engines.loader import load_catalog
-from appliance.ledger import KeyStore, LedgerWriter
+from appliance.ledger import KeyStore, LedgerReports, LedgerWriter
 
 log = logging.getLogger("appliance.server")
 
@@ -34,6 +35,8 @@ def serve(config: ApplianceConfig) -> None:
                 catalog=catalog,
                 ledger=ledger,
                 keys=keys,
+                key_admin=keys,
+                reports=LedgerReports(server_config.ledger_path),
                 pricing=Pricing(
                     per_request={m.id: m.price_per_request for m in config.models},
                     currency=server_config.currency,
@@ -41,6 +44,8 @@ def serve(config: ApplianceConfig) -> None:
                 limits=Limits(max_upload_bytes=max(
                     (m.max_upload_mb * 1024 * 1024 for m in config.models
                      if m.kind == "transcription"), default=Limits().max_upload_bytes)),
+                image_files=ImageFiles(server_config.data_dir / "images",
+                                       ttl_s=server_config.image_url_ttl_s),
             )
             app = create_app(services)
             log.info("boot to ready in %.2fs; serving %s on http://%s:%d",

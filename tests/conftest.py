@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx2
 import openai
 import pytest
 
 from appliance.api.app import create_app
+from appliance.api.images_files import ImageFiles
 from appliance.api.services import Limits, Pricing, Services
 from appliance.engines.catalog import Catalog
 from tests.fake_audio import FakeTranscriptionEngine
-from tests.fakes import FakeChatEngine, FakeEmbeddingEngine, FakeKeys, ListLedger
+from tests.fakes import (
+    FakeChatEngine,
+    FakeEmbeddingEngine,
+    FakeImageEngine,
+    FakeKeys,
+    ListLedger,
+)
 from tests.real.session_server import real_server  # noqa: F401  (the shared session fixture)
 
 API_KEY = "sk-app-test-key-0123456789"
@@ -26,6 +34,8 @@ class FastStack:
     keys: FakeKeys
     client: openai.AsyncOpenAI
     http: httpx2.AsyncClient
+    painter: FakeImageEngine
+    image_files: ImageFiles
 
 
 @pytest.fixture
@@ -34,26 +44,30 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-async def stack() -> AsyncIterator[FastStack]:
+async def stack(tmp_path: Path) -> AsyncIterator[FastStack]:
     engine = FakeChatEngine()
+    painter = FakeImageEngine()
+    image_files = ImageFiles(tmp_path / "images")
     ledger = ListLedger()
     keys = FakeKeys()
     keys.add(API_KEY)
     services = Services(
         catalog=Catalog([(engine, ("gpt-4o-mini",))],
                         [(FakeEmbeddingEngine(), ("text-embedding-3-small",))],
-                        transcription=[(FakeTranscriptionEngine(), ("whisper-1",))]),
+                        transcription=[(FakeTranscriptionEngine(), ("whisper-1",))],
+                        image=[(painter, ("dall-e-2",))]),
         ledger=ledger,
         keys=keys,
-        pricing=Pricing(per_request={"fake-chat": 0.25}, currency="USD"),
+        pricing=Pricing(per_request={"fake-chat": 0.25, "fake-image": 0.04}, currency="USD"),
         limits=Limits(max_body_bytes=64 * 1024, max_upload_bytes=2048),
+        image_files=image_files,
     )
     transport = httpx2.ASGITransport(app=create_app(services))
     http = httpx2.AsyncClient(transport=transport, base_url="http://appliance.test")
     client = openai.AsyncOpenAI(base_url="http://appliance.test/v1", api_key=API_KEY,
                                 http_client=http, max_retries=0)
     try:
-        yield FastStack(engine, ledger, keys, client, http)
+        yield FastStack(engine, ledger, keys, client, http, painter, image_files)
     finally:
         await client.close()
         await http.aclose()

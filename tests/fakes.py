@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 from appliance.engines.base import (
@@ -18,7 +18,11 @@ from appliance.engines.base import (
     Embeddings,
     Finish,
     FinishReason,
+    ImageDefaults,
+    ImageParams,
+    ImageResult,
     ModelInfo,
+    RGBImage,
     Started,
     TextDelta,
     TokenChoice,
@@ -183,5 +187,70 @@ class FakeKeys:
 class ListLedger:
     rows: list[RequestRecord] = field(default_factory=list)
 
-    def record(self, row: RequestRecord) -> None:
-        self.rows.append(row)
+    def record(self, row: RequestRecord, on_commit: Callable[[], None] | None = None) -> None:
+        # Upserts by request id, as the real writer does: a "started" row, then the final one.
+        for index, existing in enumerate(self.rows):
+            if existing.request_id == row.request_id:
+                self.rows[index] = row
+                break
+        else:
+            self.rows.append(row)
+        if on_commit is not None:
+            on_commit()
+
+
+@dataclass
+class FakeImageEngine:
+    """Flat-colour images: each image's colour comes from its seed (``seed + index``), so
+    repeatable requests and per-image seeds can be checked. Every denoising step yields to the
+    event loop once and checks the cancel token, as the real engine does between steps.
+
+    ``hold`` (when set) keeps every request at its first step until the test releases it, so a
+    test can act while generation is under way; ``started`` is set when one reaches it."""
+
+    model_id: str = "fake-image"
+    sizes: tuple[tuple[int, int], ...] = ((64, 64), (128, 64))
+    defaults: ImageDefaults = field(default_factory=lambda: ImageDefaults(steps=4,
+                                                                        guidance=7.5))
+    calls: list[ImageParams] = field(default_factory=list)
+    stopped: list[ImageParams] = field(default_factory=list)
+    hold: asyncio.Event | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(id=self.model_id, kind="image", context_length=0,
+                         owned_by="appliance", created=1_700_000_000)
+
+    def warm_up(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @staticmethod
+    def colour(seed: int) -> tuple[int, int, int]:
+        return (seed * 40 % 256, seed * 80 % 256, seed * 120 % 256)
+
+    async def generate(self, params: ImageParams, cancel: CancelToken) -> ImageResult:
+        if (params.width, params.height) not in self.sizes:
+            raise InvalidRequest(f"size {params.width}x{params.height} not made", param="size",
+                                 code="invalid_value")
+        self.calls.append(params)
+        try:
+            for step in range(params.steps or self.defaults.steps):
+                if step == 0:
+                    self.started.set()
+                    if self.hold is not None:
+                        await self.hold.wait()
+                if cancel.cancelled:
+                    raise EngineFailure("cancelled")
+                await asyncio.sleep(0)
+        except BaseException:
+            self.stopped.append(params)
+            raise
+        seed = params.seed if params.seed is not None else 0
+        images = tuple(RGBImage(params.width, params.height,
+                                bytes(self.colour(seed + i)) * (params.width * params.height))
+                       for i in range(params.n))
+        return ImageResult(images, prompt_tokens=len(params.prompt.split()) + 2)

@@ -1,6 +1,7 @@
 """The Starlette application: routes, middleware order and error handlers.
 
-Outer to inner: request context (id, ledger row, catch-all 500) -> bearer auth -> router.
+Outer to inner: request context (id, durable ledger row, catch-all 500) -> bearer auth ->
+admission (limits, quotas, the key's models) -> router; see ``gatekeeping.py``.
 Engines, ledger and keys arrive through ``Services``; nothing here is module-global, so tests
 build as many apps as they like.
 """
@@ -12,19 +13,19 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from appliance.api.audio import create_transcription, create_translation
-from appliance.api.auth import BearerAuthMiddleware
 from appliance.api.chat import create_chat_completion
 from appliance.api.completions import create_completion
 from appliance.api.embeddings import create_embeddings
 from appliance.api.errors import handle_appliance_error, handle_http_exception
+from appliance.api.gatekeeping import admin_routes, gate_middleware, with_key_scope
+from appliance.api.images import IMAGE_FILE_ROUTE, create_image, image_file, not_served
+from appliance.api.images_files import sweeping
 from appliance.api.models import list_models, retrieve_model
-from appliance.api.request_context import RequestContextMiddleware
 from appliance.api.services import Services
 from appliance.api.warmup import warm_request_path
 from appliance.errors import ApplianceError
@@ -51,16 +52,21 @@ def create_app(services: Services) -> Starlette:
         Route("/v1/embeddings", create_embeddings, methods=["POST"]),
         Route("/v1/audio/transcriptions", create_transcription, methods=["POST"]),
         Route("/v1/audio/translations", create_translation, methods=["POST"]),
+        Route("/v1/images/generations", create_image, methods=["POST"]),
+        Route("/v1/images/edits", not_served, methods=["POST"]),
+        Route("/v1/images/variations", not_served, methods=["POST"]),
+        # Outside /v1: image URLs are fetched without a key (the unguessable name is the key).
+        Route("/files/images/{name}", image_file, methods=["GET"], name=IMAGE_FILE_ROUTE),
     ]
-    middleware = [
-        Middleware(RequestContextMiddleware, ledger=services.ledger, pricing=services.pricing),
-        Middleware(BearerAuthMiddleware, keys=services.keys),
-    ]
+    routes += admin_routes()
+    services = with_key_scope(services)
+    middleware = gate_middleware(services)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await warm_request_path(services)
-        yield
+        async with sweeping(services.image_files):
+            yield
 
     app = Starlette(
         routes=routes,

@@ -1,14 +1,17 @@
 """Bearer-key authentication for every /v1 route.
 
-Missing or unknown keys get OpenAI's 401 (the SDKs raise AuthenticationError). Lookups hit
-SQLite off the event loop; a short-lived cache keeps the hot path free of disk reads while
-a key revoked from the CLI stops working within seconds.
+Missing, malformed, unknown, revoked and expired keys get OpenAI's 401 (the SDKs raise
+AuthenticationError) with a message that says which. Lookups hit SQLite off the event loop; a
+short-lived cache keeps the hot path free of disk reads while a key revoked or changed from the
+CLI or the admin API takes effect within seconds.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import time
+from collections.abc import Callable
 
 import anyio.to_thread
 from starlette.datastructures import Headers
@@ -45,10 +48,12 @@ class KeyCache:
 
 
 class BearerAuthMiddleware:
-    def __init__(self, app: ASGIApp, keys: KeyLookup, protected_prefix: str = "/v1"):
+    def __init__(self, app: ASGIApp, keys: KeyLookup, protected_prefix: str = "/v1",
+                 wall_clock: Callable[[], float] = time.time):
         self.app = app
         self.cache = KeyCache(keys)
         self.prefix = protected_prefix
+        self.wall_clock = wall_clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
@@ -65,6 +70,13 @@ class BearerAuthMiddleware:
             )
             await error_response(error)(scope, receive, send)
             return
+        if not (secret.isascii() and secret.isprintable()) or " " in secret:
+            error = AuthenticationFailed(
+                "Malformed Authorization header: expected `Bearer <key>` with a key of "
+                "printable ASCII characters and no spaces."
+            )
+            await error_response(error)(scope, receive, send)
+            return
         record = await self.cache.lookup(secret)
         if record is None:
             error = AuthenticationFailed(f"Incorrect API key provided: {_redact(secret)}.")
@@ -72,9 +84,32 @@ class BearerAuthMiddleware:
             return
         note = scope.get("state", {}).get("note")
         if note is not None:
-            note.key_id = record.id
+            note.key_id = record.id  # refused keys too: the ledger shows who knocked
+        refusal = _refusal(record, self.wall_clock())
+        if refusal is not None:
+            await error_response(refusal)(scope, receive, send)
+            return
         scope.setdefault("state", {})["key"] = record
         await self.app(scope, receive, send)
+
+
+def _refusal(record: KeyRecord, now: float) -> AuthenticationFailed | None:
+    if record.revoked_at is not None:
+        return AuthenticationFailed(
+            f"The API key {record.prefix}... ({record.name}) was revoked on "
+            f"{_when(record.revoked_at)}. Ask an administrator for a new key."
+        )
+    if record.expired(now):
+        assert record.limits.expires_at is not None
+        return AuthenticationFailed(
+            f"The API key {record.prefix}... ({record.name}) expired on "
+            f"{_when(record.limits.expires_at)}. Ask an administrator to extend it."
+        )
+    return None
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _redact(secret: str) -> str:

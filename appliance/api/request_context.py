@@ -1,16 +1,26 @@
-"""Request ids, the catch-all 500, and one ledger row per /v1 request.
+"""Request ids, the catch-all 500, and one durable ledger row per /v1 request.
 
 A pure ASGI middleware (not BaseHTTPMiddleware) so streaming responses pass through untouched
 and a client that leaves mid-stream is seen as such: the response never completes, and the
 row says ``cancelled``.
+
+The final row is written before the response's last byte is sent, and the last byte waits
+until the row is committed (``commit_row``): a client that got a complete response can count
+on its row surviving a crash of the server a moment later. The admission middleware writes a
+"started" row the same way before a request runs, so a crash mid-request leaves evidence that
+the next start marks "interrupted".
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Callable
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.api.note import RequestNote
@@ -21,11 +31,63 @@ from appliance.ledger import RequestRecord, RequestStatus
 log = logging.getLogger("appliance.access")
 
 
+def ledger_row(note: RequestNote, status: RequestStatus, http_status: int, price: float,
+               currency: str) -> RequestRecord:
+    return RequestRecord(
+        request_id=note.request_id,
+        started_at=note.started_at,
+        endpoint=note.path,
+        method=note.method,
+        key_id=note.key_id,
+        model=note.model,
+        status=status,
+        http_status=http_status,
+        prompt_tokens=note.prompt_tokens,
+        completion_tokens=note.completion_tokens,
+        cached_tokens=note.cached_tokens,
+        latency_ms=note.elapsed_ms(),
+        ttft_ms=note.ttft_ms(),
+        price=price,
+        currency=currency,
+        error_code=note.error_code,
+        stream=note.stream,
+        audio_seconds=note.audio_seconds,
+        images=note.images,
+    )
+
+
+async def commit_row(ledger: LedgerSink, row: RequestRecord, timeout: float) -> None:
+    """Records ``row`` and waits (without blocking the loop) until the writer committed it.
+
+    Concurrent requests share the writer's batches, so this costs a commit's latency, not a
+    transaction each. A writer that does not answer in ``timeout`` is logged and passed over:
+    a stuck disk must not hang every client.
+    """
+    loop = asyncio.get_running_loop()
+    committed = asyncio.Event()
+
+    def on_commit() -> None:  # the writer thread
+        # RuntimeError: the loop closed during shutdown; nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(committed.set)
+
+    ledger.record(row, on_commit)
+    with anyio.move_on_after(timeout) as waited:
+        await committed.wait()
+    if waited.cancelled_caught:
+        log.error("ledger row of %s not committed within %.1fs; answering anyway",
+                  row.request_id, timeout)
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, ledger: LedgerSink, pricing: Pricing):
+    def __init__(self, app: ASGIApp, ledger: LedgerSink, pricing: Pricing,
+                 commit_wait: float = 5.0,
+                 on_final_row: Callable[[RequestRecord], None] | None = None):
         self.app = app
         self.ledger = ledger
         self.pricing = pricing
+        self.commit_wait = commit_wait
+        self.on_final_row = on_final_row  # the quota book adds the price to the key's month
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -35,11 +97,13 @@ class RequestContextMiddleware:
             request_id=f"req_{uuid.uuid4().hex}", method=scope["method"], path=scope["path"]
         )
         scope.setdefault("state", {})["note"] = note
+        ledgered = note.path.startswith("/v1")
         status = 0
         completed = False
+        committed: RequestRecord | None = None
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, completed
+            nonlocal status, completed, committed
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", []))
@@ -47,6 +111,9 @@ class RequestContextMiddleware:
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 completed = True
+                if ledgered:
+                    committed = self._final_row(note, status, completed=True)
+                    await commit_row(self.ledger, committed, self.commit_wait)
             await send(message)
 
         try:
@@ -61,39 +128,24 @@ class RequestContextMiddleware:
             else:
                 note.failed_mid_stream = True
         finally:
-            self._finish(note, status, completed)
-
-    def _finish(self, note: RequestNote, status: int, completed: bool) -> None:
-        outcome = _outcome(note, status, completed)
-        log.info(
-            "%s %s %s %s %.1fms",
-            note.request_id, note.method, note.path, status or "-", note.elapsed_ms(),
-        )
-        if not note.path.startswith("/v1"):
-            return
-        self.ledger.record(
-            RequestRecord(
-                request_id=note.request_id,
-                started_at=note.started_at,
-                endpoint=note.path,
-                method=note.method,
-                key_id=note.key_id,
-                model=note.model,
-                status=outcome,
-                http_status=status,
-                prompt_tokens=note.prompt_tokens,
-                completion_tokens=note.completion_tokens,
-                cached_tokens=note.cached_tokens,
-                latency_ms=note.elapsed_ms(),
-                ttft_ms=note.ttft_ms(),
-                price=self.pricing.price(note.model) if _billable(outcome, note) else 0.0,
-                currency=self.pricing.currency,
-                error_code=note.error_code,
-                stream=note.stream,
-                audio_seconds=note.audio_seconds,
-                images=note.images,
+            log.info(
+                "%s %s %s %s %.1fms",
+                note.request_id, note.method, note.path, status or "-", note.elapsed_ms(),
             )
-        )
+            if ledgered:
+                final = self._final_row(note, status, completed)
+                # Normally the row went to disk before the last byte; write again only when the
+                # outcome changed after it (the client left at the very end, a late failure).
+                if committed is None or (final.status, final.price) != (
+                        committed.status, committed.price):
+                    self.ledger.record(final)
+                if self.on_final_row is not None:
+                    self.on_final_row(final)
+
+    def _final_row(self, note: RequestNote, status: int, completed: bool) -> RequestRecord:
+        outcome = _outcome(note, status, completed)
+        price = self.pricing.price(note.model) if _billable(outcome, note) else 0.0
+        return ledger_row(note, outcome, status, price, self.pricing.currency)
 
 
 def _outcome(note: RequestNote, status: int, completed: bool) -> RequestStatus:

@@ -5,20 +5,49 @@ Tests hand in fakes that implement the same Protocols.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import builtins
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from appliance.api.images_files import ImageFiles
 from appliance.engines.catalog import Catalog
-from appliance.ledger import KeyRecord, RequestRecord
+from appliance.ledger import (
+    BucketQuery,
+    BucketTotal,
+    KeyLimits,
+    KeyRecord,
+    MonthToDate,
+    OnCommit,
+    RequestRecord,
+)
 
 
 class LedgerSink(Protocol):
-    def record(self, row: RequestRecord) -> None: ...
+    def record(self, row: RequestRecord, on_commit: OnCommit | None = None) -> None: ...
 
 
 class KeyLookup(Protocol):
     def lookup(self, secret: str) -> KeyRecord | None: ...
+
+
+class KeyAdmin(Protocol):
+    """What the admin HTTP API does with keys (the KeyStore)."""
+
+    def create(self, name: str, limits: KeyLimits | None = None, *,
+               admin: bool = False) -> tuple[KeyRecord, str]: ...
+    def list(self) -> builtins.list[KeyRecord]: ...
+    def get(self, ident: str) -> KeyRecord: ...
+    def update(self, ident: str, limits: KeyLimits) -> KeyRecord: ...
+    def revoke(self, key_id_or_name_or_prefix: str) -> KeyRecord: ...
+
+
+class LedgerReader(Protocol):
+    """The read side of the ledger: quota seeds and the organization usage endpoints."""
+
+    def month_to_date(self, key_id: str, since: float) -> MonthToDate: ...
+    def bucket_totals(self, query: BucketQuery) -> builtins.list[BucketTotal]: ...
 
 
 @dataclass(frozen=True)
@@ -36,6 +65,9 @@ class Pricing:
 class Limits:
     max_body_bytes: int = 8 * 1024 * 1024  # JSON bodies
     max_upload_bytes: int = 25 * 1024 * 1024  # audio uploads (the largest any model accepts)
+    rate_window_seconds: float = 60.0  # the "minute" of a key's rpm (tests shorten it)
+    # A response's last byte waits for its ledger row to be on disk, at most this long.
+    commit_wait_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -45,3 +77,8 @@ class Services:
     keys: KeyLookup
     pricing: Pricing = field(default_factory=Pricing)
     limits: Limits = field(default_factory=Limits)
+    image_files: ImageFiles | None = None  # None: no `response_format: "url"` images
+    key_admin: KeyAdmin | None = None  # None: the admin key routes answer 404
+    reports: LedgerReader | None = None  # None: usage endpoints report nothing, quotas start at 0
+    clock: Callable[[], float] = time.monotonic  # rate windows (tests freeze it)
+    wall_clock: Callable[[], float] = time.time  # key expiry, calendar months

@@ -1,31 +1,49 @@
 """The ledger: one row per request, API keys, and usage reports, in SQLite.
 
-    records.py  RequestRecord, KeyRecord (plain dataclasses the api builds and reads)
+    records.py  RequestRecord, KeyRecord, KeyLimits (plain dataclasses the api builds and reads)
     schema.py   append-only migrations and open_database (WAL, pragmas)
     writer.py   LedgerWriter: one writer thread fed by a queue; record() never blocks
-    keys.py     KeyStore: hashed secrets, constant-time lookup, revocation
-    usage.py    usage_totals: per key and model, read-only
+    keys.py     KeyStore: hashed secrets, constant-time lookup, limits, revocation
+    usage.py    usage_report (by key / model / day) and month_to_date, read-only
+    buckets.py  bucket_totals: time-bucketed sums for the OpenAI-shaped usage endpoints
 
 Imports only the standard library and sqlite-utils; never the api or the engines.
 """
 
-from appliance.ledger.keys import SECRET_PREFIX, KeyStore, hash_secret
-from appliance.ledger.records import KeyRecord, RequestRecord, RequestStatus
+from appliance.ledger.buckets import BucketQuery, BucketTotal, LedgerReports, bucket_totals
+from appliance.ledger.keys import SECRET_PREFIX, KeyStore, check_key_name, hash_secret
+from appliance.ledger.records import KeyLimits, KeyRecord, RequestRecord, RequestStatus
 from appliance.ledger.schema import MIGRATION_SET, migrations, open_database
-from appliance.ledger.usage import UsageTotal, usage_totals
-from appliance.ledger.writer import LedgerWriter
+from appliance.ledger.usage import (
+    GROUPINGS,
+    MonthToDate,
+    UsageRow,
+    month_to_date,
+    usage_report,
+)
+from appliance.ledger.writer import LedgerWriter, OnCommit
 
 __all__ = [
+    "GROUPINGS",
     "MIGRATION_SET",
     "SECRET_PREFIX",
+    "BucketQuery",
+    "BucketTotal",
+    "KeyLimits",
     "KeyRecord",
     "KeyStore",
+    "LedgerReports",
     "LedgerWriter",
+    "MonthToDate",
+    "OnCommit",
     "RequestRecord",
     "RequestStatus",
-    "UsageTotal",
+    "UsageRow",
+    "bucket_totals",
+    "check_key_name",
     "hash_secret",
     "migrations",
+    "month_to_date",
     "open_database",
-    "usage_totals",
+    "usage_report",
 ]

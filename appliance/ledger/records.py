@@ -7,15 +7,17 @@ and ``api_keys`` tables (``schema.py``); a test holds the two together.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-RequestStatus = Literal["ok", "error", "cancelled"]
+# "started": written at admission, overwritten by the final status when the request ends.
+# "interrupted": a "started" row found at the next start, i.e. the process died mid-request.
+RequestStatus = Literal["started", "ok", "error", "cancelled", "interrupted"]
 
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One /v1 request, written once it ends (and possibly earlier, then overwritten by id)."""
+    """One /v1 request: a "started" row at admission, then its final row (upserted by id)."""
 
     request_id: str
     started_at: float  # unix seconds
@@ -39,6 +41,21 @@ class RequestRecord:
 
 
 @dataclass(frozen=True)
+class KeyLimits:
+    """What one key may do. None means "no limit" (``models``: every served model)."""
+
+    models: tuple[str, ...] | None = None  # canonical model ids
+    rpm: int | None = None  # requests admitted per rolling minute
+    max_concurrent: int | None = None  # requests in flight at once
+    monthly_requests: int | None = None  # requests admitted per calendar month (UTC)
+    monthly_budget: float | None = None  # spend per calendar month (UTC), server currency
+    expires_at: float | None = None  # unix seconds; the key stops working at that instant
+
+    def allows_model(self, model_id: str) -> bool:
+        return self.models is None or model_id in self.models
+
+
+@dataclass(frozen=True)
 class KeyRecord:
     """An API key without its secret: the secret is shown once at creation and never stored."""
 
@@ -47,7 +64,13 @@ class KeyRecord:
     prefix: str  # the secret's first characters, e.g. "sk-app-AbCd", so humans can tell keys apart
     created_at: float
     revoked_at: float | None
+    limits: KeyLimits = field(default_factory=KeyLimits)
+    # Admin keys manage keys and read usage over HTTP; they cannot call models (as OpenAI's).
+    admin: bool = False
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    def expired(self, now: float) -> bool:
+        return self.limits.expires_at is not None and now >= self.limits.expires_at

@@ -78,9 +78,34 @@ def m003_media_units(db: Database) -> None:
     db.execute("ALTER TABLE requests ADD COLUMN images INTEGER NOT NULL DEFAULT 0")
 
 
+def m004_key_limits(db: Database) -> None:
+    # Per-key limits (issue 7). NULL means "no limit"; `models` is a JSON array of canonical
+    # model ids (NULL: every model). Admin keys manage keys and read usage, nothing else.
+    for column in (
+        "admin INTEGER NOT NULL DEFAULT 0",
+        "models TEXT",
+        "rpm INTEGER",
+        "max_concurrent INTEGER",
+        "monthly_requests INTEGER",
+        "monthly_budget REAL",
+        "expires_at REAL",
+    ):
+        db.execute(f"ALTER TABLE api_keys ADD COLUMN {column}")
+
+
+def m005_request_lookups(db: Database) -> None:
+    # The start-up sweep finds rows a dead process left "started" without scanning the table;
+    # quota seeding sums one key's month.
+    db.execute(
+        "CREATE INDEX idx_requests_in_flight ON requests (status) WHERE status = 'started'"
+    )
+    db.execute("CREATE INDEX idx_requests_key_started ON requests (key_id, started_at)")
+
+
 # Append only.
 _STEPS: tuple[Callable[[Database], None], ...] = (m001_requests, m002_api_keys,
-                                                  m003_media_units)
+                                                  m003_media_units, m004_key_limits,
+                                                  m005_request_lookups)
 
 
 def migrations() -> Migrations:

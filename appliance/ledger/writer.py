@@ -3,8 +3,13 @@
 Request code calls ``record()`` from any thread, including the event loop; it only enqueues.
 The writer thread owns the connection (opened in that thread, so sqlite3's same-thread check
 holds) and commits whatever has queued up as one transaction per batch, which keeps the cost of
-a row far below one fsync each under load. Rows are upserted by ``request_id`` so a request may
-be written twice (for example a "started" row, then its final one).
+a row far below one fsync each under load. Rows are upserted by ``request_id``: a request is
+written at admission ("started") and again when it ends, and stays one row.
+
+A caller that must know its row is on disk (the api, before it sends a response's last byte)
+passes ``on_commit``; it runs in the writer thread once the batch holding the row committed.
+Concurrent requests share one commit (group commit), so durability costs latency, not a
+transaction per row. At start, rows a dead process left "started" are marked "interrupted".
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +53,7 @@ class _Stop:
 
 
 _Item = RequestRecord | _Flush | _Stop
+OnCommit = Callable[[], None]
 
 
 class LedgerWriter:
@@ -55,10 +62,12 @@ class LedgerWriter:
     def __init__(self, path: Path, *, max_batch: int = 500) -> None:
         self.path = path
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[float, _Item]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[float, _Item, OnCommit | None]] = (
+            queue.SimpleQueue())
         self._thread: threading.Thread | None = None
         self._closed = False
         self._lag = 0.0
+        self._interrupted = 0
 
     # -- any thread -------------------------------------------------------------------------
 
@@ -80,12 +89,16 @@ class LedgerWriter:
             self._closed = True
             raise failure[0]
 
-    def record(self, row: RequestRecord) -> None:
-        """Enqueues ``row``; never blocks. Rows recorded after ``close()`` are dropped, logged."""
+    def record(self, row: RequestRecord, on_commit: OnCommit | None = None) -> None:
+        """Enqueues ``row``; never blocks. ``on_commit`` runs in the writer thread once the row
+        is committed (or its write failed, logged). Rows recorded after ``close()`` are dropped,
+        logged, and their ``on_commit`` runs at once so no caller waits forever."""
         if self._closed:
             log.warning("ledger closed; dropping row for request %s", row.request_id)
+            if on_commit is not None:
+                on_commit()
             return
-        self._queue.put((time.monotonic(), row))
+        self._queue.put((time.monotonic(), row, on_commit))
 
     def flush(self, timeout: float = 5.0) -> None:
         """Blocks until every row recorded before this call is committed (or its write failed)."""
@@ -94,7 +107,7 @@ class LedgerWriter:
                 return  # close() already drained the queue
             raise RuntimeError("LedgerWriter is not running; call start() first")
         marker = _Flush()
-        self._queue.put((time.monotonic(), marker))
+        self._queue.put((time.monotonic(), marker, None))
         if not marker.done.wait(timeout):
             raise TimeoutError(f"ledger flush did not finish within {timeout}s")
 
@@ -105,7 +118,7 @@ class LedgerWriter:
         self._closed = True
         if self._thread is None:
             return
-        self._queue.put((time.monotonic(), _Stop()))
+        self._queue.put((time.monotonic(), _Stop(), None))
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("ledger writer did not stop within %ss; queued rows may be lost", timeout)
@@ -114,6 +127,11 @@ class LedgerWriter:
     def lag_seconds(self) -> float:
         """Enqueue-to-commit time of the oldest row in the last committed batch."""
         return self._lag
+
+    @property
+    def interrupted_at_start(self) -> int:
+        """Rows a previous process left "started" that ``start()`` marked "interrupted"."""
+        return self._interrupted
 
     @property
     def pending(self) -> int:
@@ -137,6 +155,7 @@ class LedgerWriter:
     def _run(self, opened: threading.Event, failure: list[BaseException]) -> None:
         try:
             db = open_database(self.path)
+            self._interrupted = _mark_interrupted(db)
         except BaseException as error:
             failure.append(error)
             opened.set()
@@ -152,7 +171,7 @@ class LedgerWriter:
 
     def _drain(self, db: Database, *, block: bool) -> bool:
         """Writes one batch; returns False once the stop marker has been seen."""
-        batch: list[tuple[float, _Item]] = []
+        batch: list[tuple[float, _Item, OnCommit | None]] = []
         if block:
             batch.append(self._queue.get())
         while len(batch) < self._max_batch:
@@ -160,11 +179,11 @@ class LedgerWriter:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        rows: list[tuple[float, RequestRecord]] = []
+        rows: list[tuple[float, RequestRecord, OnCommit | None]] = []
         running = True
-        for enqueued_at, item in batch:
+        for enqueued_at, item, on_commit in batch:
             if isinstance(item, RequestRecord):
-                rows.append((enqueued_at, item))
+                rows.append((enqueued_at, item, on_commit))
                 continue
             # Markers keep their place in the queue: commit the rows queued before them first.
             self._write(db, rows)
@@ -176,10 +195,12 @@ class LedgerWriter:
         self._write(db, rows)
         return running
 
-    def _write(self, db: Database, rows: list[tuple[float, RequestRecord]]) -> None:
+    def _write(
+        self, db: Database, rows: list[tuple[float, RequestRecord, OnCommit | None]]
+    ) -> None:
         if not rows:
             return
-        values = [tuple(getattr(row, column) for column in _COLUMNS) for _, row in rows]
+        values = [tuple(getattr(row, column) for column in _COLUMNS) for _, row, _ in rows]
         try:
             with db.atomic():
                 db.conn.executemany(_UPSERT, values)
@@ -187,6 +208,12 @@ class LedgerWriter:
             # One bad row must not cost the whole batch: retry them one by one.
             self._write_one_by_one(db, values)
         self._lag = time.monotonic() - rows[0][0]
+        for _, _, on_commit in rows:
+            if on_commit is not None:
+                try:
+                    on_commit()
+                except Exception:
+                    log.exception("ledger: an on_commit callback failed")
 
     def _write_one_by_one(self, db: Database, values: list[tuple[Any, ...]]) -> None:
         failed: list[str] = []
@@ -207,3 +234,17 @@ class LedgerWriter:
                 ", ".join(failed[:5]),
                 exc_info=last,
             )
+
+
+def _mark_interrupted(db: Database) -> int:
+    """A row still "started" when the ledger opens belongs to a process that died mid-request
+    (only one server writes a ledger). Charged nothing: no complete response was delivered."""
+    with db.atomic():
+        cursor = db.conn.execute(
+            "UPDATE requests SET status = 'interrupted', price = 0 WHERE status = 'started'"
+        )
+    count = cursor.rowcount
+    if count:
+        log.warning("ledger: %d request(s) in flight when the last process stopped are now"
+                    " marked interrupted", count)
+    return count

@@ -17,6 +17,8 @@ BASES = {
                              "messages": [{"role": "user", "content": "hi"}]},
     "/v1/completions": {"model": "fake-chat", "prompt": "hi"},
     "/v1/embeddings": {"model": "fake-embed", "input": "hi"},
+    "/v1/images/generations": {"model": "fake-image", "prompt": "a red barn",
+                               "response_format": "b64_json"},
 }
 ROW = re.compile(r"^\| `(?P<param>[a-z_]+)`(?: \(extension\))? \| (?P<status>\w+) \| "
                  r"`(?P<example>.+?)` \|")
@@ -48,6 +50,8 @@ async def test_row_is_true(stack: FastStack, route: str, param: str, status: str
         body["stream"] = True
     if param == "top_logprobs":
         body["logprobs"] = True
+    if param == "output_compression":
+        body["output_format"] = "jpeg"  # png is lossless: compression needs jpeg or webp
     response = await stack.http.post(route, json=body,
                                      headers={"authorization": f"Bearer {API_KEY}"})
     if status == "rejected":

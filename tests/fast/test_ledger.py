@@ -12,15 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
 
 from appliance.ledger import (
     MIGRATION_SET,
+    KeyLimits,
     KeyStore,
     LedgerWriter,
     RequestRecord,
+    month_to_date,
     open_database,
-    usage_totals,
+    usage_report,
 )
+from appliance.ledger.schema import m001_requests, m002_api_keys, m003_media_units
 
 # (name, type, notnull, default, pk) per column, as PRAGMA table_info reports them. A change
 # here means a new migration, never an edit to a shipped one.
@@ -52,6 +57,13 @@ EXPECTED_API_KEYS = [
     ("secret_hash", "TEXT", 1, None, 0),
     ("created_at", "REAL", 1, None, 0),
     ("revoked_at", "REAL", 0, None, 0),
+    ("admin", "INTEGER", 1, "0", 0),
+    ("models", "TEXT", 0, None, 0),
+    ("rpm", "INTEGER", 0, None, 0),
+    ("max_concurrent", "INTEGER", 0, None, 0),
+    ("monthly_requests", "INTEGER", 0, None, 0),
+    ("monthly_budget", "REAL", 0, None, 0),
+    ("expires_at", "REAL", 0, None, 0),
 ]
 # (index name, unique, columns)
 EXPECTED_INDEXES = {
@@ -59,6 +71,8 @@ EXPECTED_INDEXES = {
         ("idx_requests_started_at", 0, ("started_at",)),
         ("idx_requests_key_id", 0, ("key_id",)),
         ("idx_requests_model", 0, ("model",)),
+        ("idx_requests_in_flight", 0, ("status",)),
+        ("idx_requests_key_started", 0, ("key_id", "started_at")),
         ("sqlite_autoindex_requests_1", 1, ("request_id",)),
     },
     "api_keys": {
@@ -67,7 +81,8 @@ EXPECTED_INDEXES = {
         ("sqlite_autoindex_api_keys_2", 1, ("secret_hash",)),
     },
 }
-EXPECTED_MIGRATIONS = ["m001_requests", "m002_api_keys", "m003_media_units"]
+EXPECTED_MIGRATIONS = ["m001_requests", "m002_api_keys", "m003_media_units",
+                       "m004_key_limits", "m005_request_lookups"]
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[object, ...]]:
@@ -195,6 +210,7 @@ def test_key_store_round_trip(tmp_path: Path) -> None:
         assert secret.startswith("sk-app-") and record.id.startswith("key_")
         assert len(record.id) == len("key_") + 12 and secret.startswith(record.prefix)
         assert keys.lookup(secret) == record
+        assert keys.get("alice") == record == keys.get(record.prefix)
         assert keys.lookup(secret + "x") is None
         assert keys.lookup("sk-app-nope") is None
         with pytest.raises(ValueError):
@@ -208,7 +224,8 @@ def test_key_store_round_trip(tmp_path: Path) -> None:
             keys.revoke("nobody")
         revoked = keys.revoke("alice")
         assert revoked.id == record.id and revoked.revoked_at is not None
-        assert keys.lookup(secret) is None
+        # A revoked key is still found, so the auth layer can say it was revoked.
+        assert keys.lookup(secret) == revoked and not revoked.active
         assert keys.count_active() == 1
         assert keys.revoke(other.prefix).id == other.id
         with pytest.raises(KeyError):
@@ -235,7 +252,7 @@ def test_key_lookup_from_several_threads(tmp_path: Path) -> None:
         assert found == [record] * 8
 
 
-def test_usage_totals_group_and_sum(tmp_path: Path) -> None:
+def test_usage_report_groups_and_sums(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     with LedgerWriter(path) as writer:
         for row in [
@@ -243,37 +260,118 @@ def test_usage_totals_group_and_sum(tmp_path: Path) -> None:
             _row("2", prompt_tokens=20, completion_tokens=1, price=0.25),
             _row("3", status="error", http_status=400),
             _row("4", status="cancelled", http_status=499, completion_tokens=2, price=0.125),
-            _row("5", model="m2", price=1.0),
-            _row("6", key_id="key_b", price=2.0),
+            _row("5", model="m2", price=1.0, started_at=90000.0),
+            _row("6", key_id="key_b", price=2.0, audio_seconds=2.5),
             _row("7", key_id=None, model=None, status="error", http_status=401),
-            _row("8", started_at=5000.0, price=100.0),  # outside the window below
+            _row("8", started_at=500000.0, price=100.0),  # outside the window below
+            _row("9", status="interrupted", http_status=0, images=2),
         ]:
             writer.record(row)
-    totals = usage_totals(path, since=0.0, until=5000.0, key_names={"key_a": "alice"})
+    totals = usage_report(path, since=0.0, until=200000.0, key_names={"key_a": "alice"})
     summary = [
-        (
-            t.key_id,
-            t.key_name,
-            t.model,
-            t.requests,
-            t.ok,
-            t.errors,
-            t.cancelled,
-            t.prompt_tokens,
-            t.completion_tokens,
-            t.cost,
-            t.currency,
-        )
+        (t.key_id, t.key_name, t.model, t.day, t.requests, t.ok, t.errors, t.cancelled,
+         t.interrupted, t.prompt_tokens, t.completion_tokens, t.audio_seconds, t.images, t.cost,
+         t.currency)
         for t in totals
     ]
     assert summary == [
-        ("key_a", "alice", "m1", 4, 2, 1, 1, 30, 8, 0.875, "USD"),
-        ("key_a", "alice", "m2", 1, 1, 0, 0, 0, 0, 1.0, "USD"),
-        ("key_b", None, "m1", 1, 1, 0, 0, 0, 0, 2.0, "USD"),
-        (None, None, None, 1, 0, 1, 0, 0, 0, 0.0, "USD"),
+        ("key_a", "alice", "m1", None, 5, 2, 1, 1, 1, 30, 8, 0.0, 2, 0.875, "USD"),
+        ("key_a", "alice", "m2", None, 1, 1, 0, 0, 0, 0, 0, 0.0, 0, 1.0, "USD"),
+        ("key_b", None, "m1", None, 1, 1, 0, 0, 0, 0, 0, 2.5, 0, 2.0, "USD"),
+        (None, None, None, None, 1, 0, 1, 0, 0, 0, 0, 0.0, 0, 0.0, "USD"),
     ]
-    everything = usage_totals(path)
-    assert sum(t.requests for t in everything) == 8
-    assert sum(t.cost for t in everything) == pytest.approx(103.875)
+    by_day = usage_report(path, by=["day"])
+    assert [(t.day, t.requests, t.key_id) for t in by_day] == [
+        ("1970-01-01", 7, None), ("1970-01-02", 1, None), ("1970-01-06", 1, None)]
+    by_model = usage_report(path, by=["model"], until=200000.0)
+    assert [(t.model, t.requests) for t in by_model] == [("m1", 6), ("m2", 1), (None, 1)]
+    assert sum(t.cost for t in usage_report(path)) == pytest.approx(103.875)
+    with pytest.raises(ValueError):
+        usage_report(path, by=["key; DROP TABLE requests"])
     with pytest.raises(FileNotFoundError):
-        usage_totals(tmp_path / "missing.sqlite")
+        usage_report(tmp_path / "missing.sqlite")
+    # Month to date counts admitted requests (not 401/429 refusals) and sums prices.
+    seed = month_to_date(path, "key_a", 0.0)
+    assert (seed.requests, seed.spend) == (7, 101.875)
+
+
+def test_started_rows_become_interrupted_at_the_next_start(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with LedgerWriter(path) as writer:
+        writer.record(_row("done"))
+        writer.record(_row("in-flight", status="started", http_status=0))
+        writer.record(_row("finished-later", status="started", http_status=0))
+        writer.record(_row("finished-later", completion_tokens=3, price=0.5))
+    writer = LedgerWriter(path)
+    writer.start()
+    writer.close()
+    assert writer.interrupted_at_start == 1
+    statuses = {rid: RequestRecord(*row).status for rid, row in _read(path).items()}
+    assert statuses == {"done": "ok", "in-flight": "interrupted", "finished-later": "ok"}
+
+
+def test_on_commit_runs_after_the_row_is_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    seen: list[set[str]] = []
+    with LedgerWriter(path) as writer:
+        done = threading.Event()
+
+        def committed() -> None:
+            seen.append(set(_read(path)))
+            done.set()
+
+        writer.record(_row("r1"), committed)
+        assert done.wait(5)
+    assert seen == [{"r1"}]
+    late: list[bool] = []
+    writer.record(_row("late"), lambda: late.append(True))  # closed: runs at once, not lost
+    assert late == [True]
+
+
+def test_an_old_ledger_upgrades_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    old = Migrations(MIGRATION_SET)
+    for step in (m001_requests, m002_api_keys, m003_media_units):
+        old(name=step.__name__)(step)
+    with closing(sqlite3.connect(path)) as conn:
+        db = Database(conn)
+        old.apply(db)
+        conn.execute("INSERT INTO requests (request_id, started_at, endpoint, method, status,"
+                     " http_status) VALUES ('old', 1, '/v1/models', 'GET', 'ok', 200)")
+        conn.execute("INSERT INTO api_keys (id, name, prefix, secret_hash, created_at)"
+                     " VALUES ('key_000000000001', 'old', 'sk-app-ab', ?, 1)",
+                     [hashlib.sha256(b"sk-app-old-secret").hexdigest()])
+        conn.commit()
+    with LedgerWriter(path):
+        pass
+    with KeyStore(path) as keys:
+        record = keys.lookup("sk-app-old-secret")
+        assert record is not None and record.limits == KeyLimits() and not record.admin
+    assert RequestRecord(*_read(path)["old"]).status == "ok"
+    with closing(sqlite3.connect(path)) as conn:
+        assert _columns(conn, "api_keys") == EXPECTED_API_KEYS
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_key_limits_round_trip_and_validation(tmp_path: Path) -> None:
+    with KeyStore(tmp_path / "keys.sqlite") as keys:
+        limits = KeyLimits(models=("m1",), rpm=60, max_concurrent=4, monthly_requests=10000,
+                           monthly_budget=25.0, expires_at=4_000_000_000.0)
+        record, secret = keys.create("alice", limits)
+        assert keys.lookup(secret) == record and record.limits == limits
+        updated = keys.update("alice", KeyLimits(rpm=5))
+        assert updated.limits == KeyLimits(rpm=5) and keys.get(record.id) == updated
+        for bad in (KeyLimits(rpm=0), KeyLimits(monthly_budget=-1.0), KeyLimits(models=())):
+            with pytest.raises(ValueError):
+                keys.create("bob", bad)
+        for name in ("", "a" * 65, "-dash", "tab\tname", "émile", "x'; DROP TABLE api_keys"):
+            with pytest.raises(ValueError):
+                keys.create(name)
+        with pytest.raises(ValueError):
+            keys.create("ops", KeyLimits(rpm=5), admin=True)
+        admin, _ = keys.create("ops", admin=True)
+        assert admin.admin and keys.get("ops").admin
+        keys.revoke("alice")
+        with pytest.raises(KeyError):
+            keys.update("alice", KeyLimits())
+        assert keys.get("alice").revoked_at is not None  # still shown

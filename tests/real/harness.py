@@ -22,6 +22,8 @@ SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
 WHISPER_TINY = ROOT / "models" / "whisper-tiny.en"
 WHISPER_BASE = ROOT / "models" / "whisper-base"
+# Built (not fetched) by scripts/build_tiny_sd.py; the session fixture builds it if missing.
+TINY_SD = ROOT / "models" / "tiny-random-sd"
 APPLIANCE = [sys.executable, "-m", "appliance.cli"]
 
 
@@ -71,10 +73,12 @@ class RunningServer:
                 self.process.wait()
 
 
-def start_server(config: Path, port: int, timeout: float = 120.0) -> RunningServer:
+def start_server(config: Path, port: int, timeout: float = 120.0,
+                 env: dict[str, str] | None = None) -> RunningServer:
+    """``env``: variables set for the server on top of this process's environment."""
     log_path = config.parent / "server.log"
     log_file = log_path.open("wb")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)], cwd=config.parent,
                                stdout=log_file, stderr=subprocess.STDOUT, env=env)
     log_file.close()

@@ -6,6 +6,8 @@ one server.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,9 @@ import pytest
 
 from tests.real.harness import (
     GEMMA,
+    ROOT,
     SMOLLM2,
+    TINY_SD,
     WHISPER_BASE,
     WHISPER_TINY,
     RunningServer,
@@ -70,7 +74,24 @@ chat_template = \"\"\"{{{{ bos_token }}}}{{% for m in messages %}}<start_of_turn
 {{{{ m.content }}}}<end_of_turn>
 {{% endfor %}}<start_of_turn>model
 \"\"\"
+
+[[models]]
+id = "tiny-random-sd"
+kind = "image"
+path = "{TINY_SD}"
+aliases = ["dall-e-2"]
+price_per_request = 0.03
+steps = 2
+sizes = ["64x64", "128x64"]
 """
+# Short, so a test can watch a URL expire; fetches right after a response are far inside it.
+IMAGE_URL_TTL_S = 4
+
+
+def build_tiny_sd() -> None:
+    """The tiny random-weights pipeline, built offline once (kept while its recipe holds)."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_tiny_sd.py"), str(TINY_SD)],
+                   check=True, capture_output=True)
 
 
 @dataclass
@@ -88,11 +109,13 @@ class RealServer:
 def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer]:
     if not SMOLLM2.is_file() or not GEMMA.is_file():
         pytest.fail("default models are missing: run scripts/fetch-models (scripts/test does)")
+    build_tiny_sd()
     folder: Path = tmp_path_factory.mktemp("real-server")
     port = free_port()
     config = write_config(folder, port, MODELS)
     key = create_key(config, "real-tier")
-    server = start_server(config, port)
+    server = start_server(config, port,
+                          env={"APPLIANCE_IMAGE_URL_TTL_S": str(IMAGE_URL_TTL_S)})
     sdk = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
     try:
         yield RealServer(server, key, sdk)

@@ -1,0 +1,120 @@
+"""Admission: what an authenticated key may do, checked before a /v1 request runs.
+
+In order: the route's audience (admin keys manage keys and read usage, other keys call
+models; the wrong one is a 403), the key's month (quota and budget: a permanent 429 with
+``x-should-retry: false``), its concurrency and its rate (transient 429s with ``retry-after``).
+An admitted request gets a durable "started" ledger row, its key's model list for the
+catalog, and ``x-ratelimit-*-requests`` headers on its response (keys with an rpm limit: every
+response, refusals included).
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from appliance.api.errors import error_response
+from appliance.api.key_scope import KeyScopedCatalog
+from appliance.api.limits import ConcurrencyGate, RateLimitedWithState, RequestRate, retry_headers
+from appliance.api.note import RequestNote
+from appliance.api.quota import QuotaBook
+from appliance.api.request_context import commit_row, ledger_row
+from appliance.api.services import LedgerSink
+from appliance.errors import ApplianceError, InsufficientQuota, PermissionDenied, RateLimited
+from appliance.ledger import KeyRecord
+
+ADMIN_PREFIX = "/v1/organization/"
+
+
+class AdmissionMiddleware:
+    def __init__(self, app: ASGIApp, *, rate: RequestRate, gate: ConcurrencyGate,
+                 quota: QuotaBook, catalog: KeyScopedCatalog, ledger: LedgerSink,
+                 currency: str, commit_wait: float, protected_prefix: str = "/v1"):
+        self.app = app
+        self.rate = rate
+        self.gate = gate
+        self.quota = quota
+        self.catalog = catalog
+        self.ledger = ledger
+        self.currency = currency
+        self.commit_wait = commit_wait
+        self.prefix = protected_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        state = scope["state"]
+        key: KeyRecord = state["key"]  # the auth middleware, which runs first, set it
+        note: RequestNote = state["note"]
+        wrong_audience = _audience_error(key, scope["path"])
+        if wrong_audience is not None:
+            await self._refuse(note, wrong_audience, {}, scope, receive, send)
+            return
+        try:
+            count_month = await self.quota.admit(key)
+            self.gate.enter(key)
+        except InsufficientQuota as error:
+            # Permanent until the month turns or the limit is raised: tell the SDKs not to retry.
+            headers = {"x-should-retry": "false", **_rate_headers(self.rate, key)}
+            await self._refuse(note, error, headers, scope, receive, send)
+            return
+        except RateLimited as error:
+            headers = {**_rate_headers(self.rate, key), **retry_headers(error.retry_after)}
+            await self._refuse(note, error, headers, scope, receive, send)
+            return
+        try:
+            try:
+                rate_state = self.rate.admit(key)
+            except RateLimitedWithState as error:
+                headers = {**error.state.headers(), **retry_headers(error.retry_after)}
+                await self._refuse(note, error, headers, scope, receive, send)
+                return
+            if count_month is not None:
+                count_month()
+            extra = rate_state.headers() if rate_state is not None else {}
+            await self._run(key, note, extra, scope, receive, send)
+        finally:
+            self.gate.leave(key)
+
+    async def _run(self, key: KeyRecord, note: RequestNote, extra: dict[str, str],
+                   scope: Scope, receive: Receive, send: Send) -> None:
+        await commit_row(self.ledger, ledger_row(note, "started", 0, 0.0, self.currency),
+                         self.commit_wait)
+        encoded = [(k.encode(), v.encode()) for k, v in extra.items()]
+
+        async def send_with_headers(message: Message) -> None:
+            if encoded and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *encoded]}
+            await send(message)
+
+        models = key.limits.models
+        token = self.catalog.allowed.set(None if models is None else frozenset(models))
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            self.catalog.allowed.reset(token)
+
+    async def _refuse(self, note: RequestNote, error: ApplianceError, headers: dict[str, str],
+                      scope: Scope, receive: Receive, send: Send) -> None:
+        note.error_code = error.code or error.error_type
+        await error_response(error, headers)(scope, receive, send)
+
+
+def _rate_headers(rate: RequestRate, key: KeyRecord) -> dict[str, str]:
+    state = rate.peek(key)
+    return state.headers() if state is not None else {}
+
+
+def _audience_error(key: KeyRecord, path: str) -> PermissionDenied | None:
+    admin_route = path.startswith(ADMIN_PREFIX)
+    if admin_route and not key.admin:
+        return PermissionDenied(
+            "You have insufficient permissions for this operation: the /v1/organization "
+            "routes need an admin key (`appliance keys create --name NAME --admin`)."
+        )
+    if key.admin and not admin_route:
+        return PermissionDenied(
+            "Admin keys manage keys and read usage; they cannot call models or list them. "
+            "Use a regular API key for this request."
+        )
+    return None

@@ -1,0 +1,59 @@
+"""Wires keys, limits and the ledger into an app: the middleware stack and the admin routes.
+
+Outer to inner: request context (id, durable ledger row, catch-all 500) -> bearer auth
+(unknown, malformed, revoked, expired keys) -> admission (audience, quota, concurrency, rate,
+"started" row, the key's model list) -> router. ``create_app`` calls these three functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from appliance.api.admin_keys import create_key, list_keys, retrieve_key, revoke_key, update_key
+from appliance.api.admission import AdmissionMiddleware
+from appliance.api.auth import BearerAuthMiddleware
+from appliance.api.key_scope import KeyScopedCatalog
+from appliance.api.limits import ConcurrencyGate, RequestRate
+from appliance.api.org_usage import organization_costs, organization_usage
+from appliance.api.quota import QuotaBook
+from appliance.api.request_context import RequestContextMiddleware
+from appliance.api.services import Services
+
+
+def with_key_scope(services: Services) -> Services:
+    """The services with a catalog that shows each key only its own models."""
+    if isinstance(services.catalog, KeyScopedCatalog):
+        return services
+    return dataclasses.replace(services, catalog=KeyScopedCatalog(services.catalog))
+
+
+def gate_middleware(services: Services) -> list[Middleware]:
+    """Needs the services ``with_key_scope`` returned."""
+    assert isinstance(services.catalog, KeyScopedCatalog)
+    limits = services.limits
+    quota = QuotaBook(services.reports, services.pricing.currency, services.wall_clock)
+    return [
+        Middleware(RequestContextMiddleware, ledger=services.ledger, pricing=services.pricing,
+                   commit_wait=limits.commit_wait_seconds, on_final_row=quota.charge),
+        Middleware(BearerAuthMiddleware, keys=services.keys, wall_clock=services.wall_clock),
+        Middleware(AdmissionMiddleware, rate=RequestRate(limits.rate_window_seconds,
+                                                         services.clock),
+                   gate=ConcurrencyGate(), quota=quota, catalog=services.catalog,
+                   ledger=services.ledger, currency=services.pricing.currency,
+                   commit_wait=limits.commit_wait_seconds),
+    ]
+
+
+def admin_routes() -> list[Route]:
+    return [
+        Route("/v1/organization/api_keys", list_keys, methods=["GET"]),
+        Route("/v1/organization/api_keys", create_key, methods=["POST"]),
+        Route("/v1/organization/api_keys/{key_id}", retrieve_key, methods=["GET"]),
+        Route("/v1/organization/api_keys/{key_id}", update_key, methods=["POST"]),
+        Route("/v1/organization/api_keys/{key_id}", revoke_key, methods=["DELETE"]),
+        Route("/v1/organization/usage/{kind}", organization_usage, methods=["GET"]),
+        Route("/v1/organization/costs", organization_costs, methods=["GET"]),
+    ]

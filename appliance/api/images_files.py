@@ -1,0 +1,115 @@
+"""Generated images kept for ``response_format: "url"``: saved under the data dir, served at an
+unguessable URL for a limited time (OpenAI's URLs last 60 minutes), then deleted.
+
+Each file is ``<folder>/<token>.<format>`` with a 256-bit random token: the URL is the
+capability, as OpenAI's signed blob URLs are, so fetching it takes no API key (clients and
+browsers fetch image URLs without one). A file's age comes from its modification time, so
+images left by an earlier run expire on schedule too. Expiry is checked on every read, and a
+sweeper deletes expired files in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio.to_thread
+
+log = logging.getLogger("appliance.api")
+DEFAULT_TTL_S = 3600.0
+NAME = re.compile(r"^[A-Za-z0-9_-]{43}\.(png|jpeg|webp)$")  # token_urlsafe(32) + format
+MAX_SWEEP_INTERVAL_S = 60.0
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    content: bytes
+    extension: str
+    seconds_left: float
+
+
+class ImageFiles:
+    def __init__(self, folder: Path, ttl_s: float = DEFAULT_TTL_S):
+        self.folder = folder
+        self.ttl_s = ttl_s
+
+    def save(self, content: bytes, extension: str) -> str:
+        """Writes one image; returns its file name (the last part of its URL)."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = f"{secrets.token_urlsafe(32)}.{extension}"
+        partial = self.folder / f".{name}.partial"
+        partial.write_bytes(content)
+        # Renamed into place: a reader never sees half a file under its final name.
+        os.replace(partial, self.folder / name)
+        return name
+
+    def read(self, name: str, now: float | None = None) -> StoredImage | None:
+        """The image behind a URL, or None if there is none or it has expired."""
+        if NAME.match(name) is None:
+            return None
+        path = self.folder / name
+        try:
+            with path.open("rb") as handle:
+                seconds_left = os.fstat(handle.fileno()).st_mtime + self.ttl_s \
+                    - (time.time() if now is None else now)
+                if seconds_left <= 0:
+                    return None
+                content = handle.read()
+        except FileNotFoundError:
+            return None
+        return StoredImage(content, name.rsplit(".", 1)[1], seconds_left)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Deletes expired images (and leftovers of interrupted writes); returns how many."""
+        cutoff = (time.time() if now is None else now) - self.ttl_s
+        removed = 0
+        try:
+            entries = list(os.scandir(self.folder))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file() and entry.stat().st_mtime <= cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:  # a concurrent sweep or read got there first
+                continue
+        return removed
+
+    @property
+    def sweep_interval_s(self) -> float:
+        return min(MAX_SWEEP_INTERVAL_S, max(self.ttl_s / 2, 0.5))
+
+
+async def _sweep_forever(files: ImageFiles) -> None:
+    while True:
+        try:
+            removed = await anyio.to_thread.run_sync(files.sweep)
+            if removed:
+                log.info("deleted %d expired image file(s)", removed)
+        except OSError as exc:  # a full or read-only disk must not end the sweeping
+            log.warning("sweeping %s failed: %s", files.folder, exc)
+        await asyncio.sleep(files.sweep_interval_s)
+
+
+@contextlib.asynccontextmanager
+async def sweeping(files: ImageFiles | None) -> AsyncIterator[None]:
+    """Runs the sweeper for the app's lifetime (nothing when no image files are kept)."""
+    if files is None:
+        yield
+        return
+    task = asyncio.create_task(_sweep_forever(files))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,187 @@
+"""Text-to-image on diffusers: any pipeline ``AutoPipelineForText2Image`` loads from a folder.
+
+Owns loading the folder on its device and dtype (``diffusion_device``), the sizes a request
+may ask for, and a pool of ``workers`` threads: requests wait in arrival order (first come,
+first served) for a free worker, each worker runs whole requests on its own copy of the
+pipeline (shared weights, private scheduler and tokenizers), and the event loop only awaits
+the result. A cancelled request leaves the queue at once, or stops between two denoising steps
+if it is already running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+import transformers
+from diffusers import AutoPipelineForText2Image
+from diffusers.utils import logging as diffusers_logging
+
+from appliance.config import ModelConfig
+from appliance.engines.base import (
+    CancelToken,
+    ImageDefaults,
+    ImageParams,
+    ImageResult,
+    ModelInfo,
+)
+from appliance.engines.diffusion_device import (
+    Placement,
+    choose_placement,
+    pipeline_class_name,
+    save_memory,
+)
+from appliance.engines.diffusion_pipeline import PipelineTraits, Stopped, run, worker_copy
+from appliance.errors import ConfigError, EngineFailure, InvalidRequest, ServiceUnavailable
+
+log = logging.getLogger("appliance.engines.diffusion")
+WARM_UP_STEPS = 2
+
+
+def parse_sizes(config: ModelConfig, traits: PipelineTraits) -> tuple[tuple[int, int], ...]:
+    """models.toml ``sizes`` as (width, height); none configured: the model's native square."""
+    if not config.sizes:
+        return ((traits.native_size, traits.native_size),)
+    sizes: list[tuple[int, int]] = []
+    for text in config.sizes:
+        width, _, height = text.partition("x")
+        size = (int(width), int(height))
+        if size[0] % traits.size_multiple or size[1] % traits.size_multiple:
+            raise ConfigError(f"model {config.id!r}: sizes: {text} is not a multiple of "
+                              f"{traits.size_multiple} on both sides, as {traits.class_name} "
+                              "needs")
+        if size not in sizes:
+            sizes.append(size)
+    return tuple(sizes)
+
+
+class DiffusionEngine:
+    def __init__(self, config: ModelConfig, pipelines: list[Any], traits: PipelineTraits,
+                 placement: Placement):
+        self._config = config
+        self._traits = traits
+        self._placement = placement
+        self._sizes = parse_sizes(config, traits)
+        # One pipeline per worker thread; a worker takes one for the length of a request.
+        # The pool has exactly as many threads as pipelines, so taking one never waits.
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for pipeline in pipelines:
+            self._idle.put(pipeline)
+        self._closing = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=len(pipelines),
+                                        thread_name_prefix=f"diffusion-{config.id}")
+        self._info = ModelInfo(id=config.id, kind="image", context_length=0,
+                               owned_by=config.owned_by, created=int(time.time()))
+
+    @classmethod
+    def load(cls, config: ModelConfig) -> DiffusionEngine:
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)  # torch's pool is per process
+        class_name = pipeline_class_name(config.path)
+        placement = choose_placement(config, class_name)
+        # Loading bars would fill the server log with terminal control output.
+        diffusers_logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        # local_files_only: a folder is all we load; nothing may reach for a model hub.
+        # low_cpu_mem_usage needs accelerate; asking for it without would only log a warning.
+        pipeline: Any = AutoPipelineForText2Image.from_pretrained(  # type: ignore[no-untyped-call]
+            str(config.path), dtype=placement.dtype, local_files_only=True,
+            low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None)
+        pipeline.to(placement.device)
+        pipeline.set_progress_bar_config(disable=True)
+        savings = save_memory(pipeline, placement)
+        traits = PipelineTraits.of(pipeline, config.steps, config.guidance)
+        pipelines = [pipeline, *(worker_copy(pipeline) for _ in range(config.workers - 1))]
+        engine = cls(config, pipelines, traits, placement)
+        log.info("image model %s: %s on %s, %d worker(s), %d steps, guidance %s, sizes %s%s",
+                 config.id, traits.class_name, placement.label, config.workers,
+                 traits.defaults.steps, traits.defaults.guidance,
+                 ", ".join(f"{w}x{h}" for w, h in engine.sizes),
+                 f", {' and '.join(savings)}" if savings else "")
+        return engine
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        return self._sizes
+
+    @property
+    def defaults(self) -> ImageDefaults:
+        return self._traits.defaults
+
+    def warm_up(self) -> None:
+        """One short generation at the default size: the first request pays no first-use
+        costs (kernel selection, allocator growth, lazy imports inside diffusers)."""
+        width, height = self._sizes[0]
+        steps = min(WARM_UP_STEPS, self._traits.defaults.steps)
+        self._work(ImageParams("warm-up", width=width, height=height, steps=steps, seed=0),
+                   CancelToken())
+
+    def close(self) -> None:
+        self._closing.set()  # running requests stop at their next step
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        while not self._idle.empty():
+            self._idle.get()
+        if self._placement.device == "cuda":
+            torch.cuda.empty_cache()
+
+    async def generate(self, params: ImageParams, cancel: CancelToken) -> ImageResult:
+        self._check(params)
+        try:
+            future = self._pool.submit(self._work, params, cancel)
+        except RuntimeError:  # the pool is shut down
+            raise ServiceUnavailable("The image model is shutting down.") from None
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            cancel.cancel()  # stops it between steps if it is already running
+            future.cancel()  # takes it out of the queue if it is not
+            raise
+        except Stopped:
+            if self._closing.is_set():
+                raise ServiceUnavailable("The image model is shutting down.") from None
+            raise EngineFailure("The image generation was cancelled.") from None
+
+    def _check(self, params: ImageParams) -> None:
+        if (params.width, params.height) not in self._sizes:
+            supported = ", ".join(f"{w}x{h}" for w, h in self._sizes)
+            raise InvalidRequest(f"Invalid value for 'size': {params.width}x{params.height} is "
+                                 f"not a size model {self._info.id} makes. Supported sizes: "
+                                 f"{supported}.", param="size", code="invalid_value")
+        if params.guidance is not None and self._traits.defaults.guidance is None:
+            raise InvalidRequest(f"Model {self._info.id} ({self._traits.class_name}) takes no "
+                                 "guidance scale.", param="guidance", code="invalid_value")
+        if params.negative_prompt is None:
+            return
+        if "negative_prompt" not in self._traits.inputs:
+            raise InvalidRequest(f"Model {self._info.id} ({self._traits.class_name}) takes no "
+                                 "negative prompt.", param="negative_prompt",
+                                 code="invalid_value")
+        guidance = params.guidance if params.guidance is not None \
+            else self._traits.defaults.guidance
+        if not self._traits.classifier_free(guidance):
+            raise InvalidRequest(
+                "'negative_prompt' has no effect here: it needs classifier-free guidance "
+                f"(a guidance scale above 1; this request has {guidance}).",
+                param="negative_prompt", code="invalid_value")
+
+    def _work(self, params: ImageParams, cancel: CancelToken) -> ImageResult:
+        pipeline = self._idle.get()
+        try:
+            return run(pipeline, self._traits, params,
+                       lambda: cancel.cancelled or self._closing.is_set())
+        except Stopped as stop:
+            log.info("image model %s: a cancelled request stopped %s", self._info.id, stop)
+            raise
+        finally:
+            self._idle.put(pipeline)
