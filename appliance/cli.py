@@ -10,7 +10,6 @@ import argparse
 import csv
 import dataclasses
 import datetime as dt
-import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -34,13 +33,11 @@ def _config(args: argparse.Namespace) -> ApplianceConfig:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from appliance.api.logging_setup import configure_logging
     from appliance.server import serve
 
     config = _config(args)
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.server.log_format, config.server.log_level)
     if args.first_run_key:
         _ensure_a_key(config)
     serve(config)

@@ -36,6 +36,12 @@ class ServerConfig:
     currency: str = "USD"
     log_level: str = "info"
     image_url_ttl_s: float = 3600.0  # how long a `response_format: "url"` image is served
+    log_format: str = "text"  # "text" for people, "json" for log collectors
+    metrics_public: bool = False  # False: /metrics needs an admin key
+    shutdown_grace_s: float = 30.0  # in-flight requests get this long after SIGTERM
+    cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class ModelConfig:
     chat_template: str | None = None
     stop: tuple[str, ...] = ()
     prompt_cache_mb: int = 256
+    queue_limit: int = 64  # chat: requests waiting for a slot; more are a 503 with retry-after
     pooling: str = "mean"  # embedding models: how token vectors become one
     owned_by: str = "appliance"
     # transcription and image models
@@ -110,16 +117,20 @@ def _reject_unknown(where: _Where, table: Mapping[str, Any], known: set[str]) ->
 
 
 _SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currency", "log_level",
-                "image_url_ttl_s"}
+                "image_url_ttl_s", "log_format", "metrics_public", "shutdown_grace_s",
+                "cors_origins", "tls_certfile", "tls_keyfile"}
+LOG_FORMATS: tuple[str, ...] = ("text", "json")
 _MODEL_KEYS = {
     "id", "kind", "path", "aliases", "price_per_request", "context_length", "parallel",
     "gpu_layers", "threads", "chat_template", "stop", "owned_by", "prompt_cache_mb", "pooling",
     "device", "compute_type", "workers", "max_upload_mb", "steps", "guidance", "sizes",
+    "queue_limit",
 }
 # Keys that mean something only for some kinds; elsewhere they are errors, not silently unused.
 _KIND_ONLY_KEYS = {
     "chat_template": ("chat",), "stop": ("chat",), "prompt_cache_mb": ("chat",),
-    "parallel": ("chat",), "pooling": ("embedding",), "context_length": ("chat", "embedding"),
+    "parallel": ("chat",), "queue_limit": ("chat",), "pooling": ("embedding",),
+    "context_length": ("chat", "embedding"),
     "gpu_layers": ("chat", "embedding"),
     "device": FOLDER_KINDS, "compute_type": FOLDER_KINDS, "workers": FOLDER_KINDS,
     "max_upload_mb": ("transcription",), "steps": ("image",), "guidance": ("image",),
@@ -158,7 +169,39 @@ def _server(source: Path, raw: Mapping[str, Any], env: Mapping[str, str]) -> Ser
         currency=_take(where, raw, "currency", str, "USD"),
         log_level=_take(where, raw, "log_level", str, "info"),
         image_url_ttl_s=float(ttl),
+        **_exposure(where, raw, base),
     )
+
+
+def _exposure(where: _Where, raw: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """The [server] keys about how the service faces its network: logs, metrics, shutdown,
+    CORS and TLS."""
+    log_format = _take(where, raw, "log_format", str, "text")
+    if log_format not in LOG_FORMATS:
+        raise where.fail("log_format", f"{log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+    grace = float(_take(where, raw, "shutdown_grace_s", (int, float), 30.0))
+    if not grace >= 0:
+        raise where.fail("shutdown_grace_s", f"{grace} is not a number of seconds >= 0")
+    origins = _take(where, raw, "cors_origins", list, [])
+    if not all(isinstance(origin, str) and origin for origin in origins):
+        raise where.fail("cors_origins", "expected a list of origins such as "
+                         "\"http://192.168.1.20:3000\" (or \"*\")")
+    tls: dict[str, Path | None] = {}
+    for key in ("tls_certfile", "tls_keyfile"):
+        text = _take(where, raw, key, str, None)
+        path = (base / text).resolve() if text else None
+        if path is not None and not path.is_file():
+            raise where.fail(key, f"{path} is not a file")
+        tls[key] = path
+    if (tls["tls_certfile"] is None) != (tls["tls_keyfile"] is None):
+        raise where.fail("tls_certfile", "TLS needs both tls_certfile and tls_keyfile")
+    return {
+        "log_format": log_format,
+        "metrics_public": _take(where, raw, "metrics_public", bool, False),
+        "shutdown_grace_s": grace,
+        "cors_origins": tuple(origins),
+        **tls,
+    }
 
 
 def _model(source: Path, index: int, raw: Any) -> ModelConfig:
@@ -225,6 +268,7 @@ def _model(source: Path, index: int, raw: Any) -> ModelConfig:
         chat_template=_take(where, raw, "chat_template", str, None),
         stop=_string_list(where, raw, "stop"),
         prompt_cache_mb=_non_negative(where, raw, "prompt_cache_mb", 256),
+        queue_limit=_positive(where, raw, "queue_limit", 64),
         owned_by=_take(where, raw, "owned_by", str, "appliance"),
     )
 

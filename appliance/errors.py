@@ -129,5 +129,15 @@ class ServiceUnavailable(ApplianceError):
     default_code = "service_unavailable"
 
 
+class Overloaded(ServiceUnavailable):
+    """A model's queue is full: a 503 with retry-after, which the SDKs retry."""
+
+    default_code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ConfigError(ApplianceError):
     """models.toml is wrong; the message names the file, the model and the key."""

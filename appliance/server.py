@@ -13,7 +13,9 @@ import uvicorn
 
 from appliance.api.app import create_app
 from appliance.api.images_files import ImageFiles
-from appliance.api.services import Limits, Pricing, Services
+from appliance.api.metrics import ApplianceMetrics
+from appliance.api.services import Exposure, Limits, Pricing, Services
+from appliance.api.shutdown import DrainingServer, DrainState
 from appliance.config import ApplianceConfig
 from appliance.engines.loader import load_catalog
 from appliance.ledger import KeyStore, LedgerReports, LedgerWriter
@@ -28,8 +30,10 @@ def serve(config: ApplianceConfig) -> None:
     ledger = LedgerWriter(server_config.ledger_path)
     ledger.start()
     keys = KeyStore(server_config.keys_path)
+    metrics = ApplianceMetrics(ledger_lag=lambda: ledger.lag_seconds)
+    drain = DrainState()
     try:
-        catalog = load_catalog(config)
+        catalog = load_catalog(config, on_step=metrics.observe_step)
         try:
             services = Services(
                 catalog=catalog,
@@ -46,14 +50,26 @@ def serve(config: ApplianceConfig) -> None:
                      if m.kind == "transcription"), default=Limits().max_upload_bytes)),
                 image_files=ImageFiles(server_config.data_dir / "images",
                                        ttl_s=server_config.image_url_ttl_s),
+                exposure=Exposure(metrics_public=server_config.metrics_public,
+                                  cors_origins=server_config.cors_origins),
+                metrics=metrics,
+                drain=drain,
             )
             app = create_app(services)
-            log.info("boot to ready in %.2fs; serving %s on http://%s:%d",
+            tls = server_config.tls_certfile is not None
+            log.info("boot to ready in %.2fs; serving %s on %s://%s:%d",
                      time.perf_counter() - boot_started,
                      ", ".join(m.id for m in config.models),
-                     server_config.host, server_config.port)
-            uvicorn.run(app, host=server_config.host, port=server_config.port,
-                        log_level=server_config.log_level, access_log=False)
+                     "https" if tls else "http", server_config.host, server_config.port)
+            # log_config=None: uvicorn's lines go through the handler configure_logging set up
+            # (text or JSON, with request ids). Its own graceful timeout only has to cancel
+            # what outlived our drain (DrainingServer), so it is short.
+            uvicorn_config = uvicorn.Config(
+                app, host=server_config.host, port=server_config.port,
+                log_level=server_config.log_level, access_log=False, log_config=None,
+                ssl_certfile=server_config.tls_certfile, ssl_keyfile=server_config.tls_keyfile,
+                timeout_graceful_shutdown=1)
+            DrainingServer(uvicorn_config, drain, server_config.shutdown_grace_s).run()
         finally:
             for engine in catalog.engines():
                 engine.close()

@@ -30,7 +30,7 @@ from appliance.engines.base import (
     ToolCallDelta,
     Usage,
 )
-from appliance.errors import ContextLengthExceeded, EngineFailure, InvalidRequest
+from appliance.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, Overloaded
 from appliance.ledger import KeyRecord, RequestRecord
 
 
@@ -46,6 +46,7 @@ class FakeChatEngine:
     reply: str = "Hello there, this is a canned reply."
     context_length: int = 64
     fail_after: int | None = None
+    overloaded: bool = False  # refuse as a full queue does
     tool_arguments: str = '{"city": "Paris"}'
     calls: list[ChatParams] = field(default_factory=list)
 
@@ -64,6 +65,8 @@ class FakeChatEngine:
         self, params: ChatParams, cancel: CancelToken
     ) -> AsyncGenerator[ChatEvent, None]:
         self.calls.append(params)
+        if self.overloaded:
+            raise Overloaded("The model `fake-chat` has 1 requests waiting.", retry_after=2.5)
         if params.prompt is not None:
             prompt = len(params.prompt.split() if isinstance(params.prompt, str)
                          else params.prompt)

@@ -1,7 +1,8 @@
 """The Starlette application: routes, middleware order and error handlers.
 
-Outer to inner: request context (id, durable ledger row, catch-all 500) -> bearer auth ->
-admission (limits, quotas, the key's models) -> router; see ``gatekeeping.py``.
+Outer to inner: CORS (only when configured) -> request context (id, durable ledger row,
+catch-all 500) -> drain (503 while shutting down) -> bearer auth -> admission (limits,
+quotas, the key's models) -> router; see ``gatekeeping.py``.
 Engines, ledger and keys arrive through ``Services``; nothing here is module-global, so tests
 build as many apps as they like.
 """
@@ -13,6 +14,8 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -25,6 +28,7 @@ from appliance.api.errors import handle_appliance_error, handle_http_exception
 from appliance.api.gatekeeping import admin_routes, gate_middleware, with_key_scope
 from appliance.api.images import IMAGE_FILE_ROUTE, create_image, image_file, not_served
 from appliance.api.images_files import sweeping
+from appliance.api.metrics_route import metrics
 from appliance.api.models import list_models, retrieve_model
 from appliance.api.services import Services
 from appliance.api.warmup import warm_request_path
@@ -45,6 +49,7 @@ def create_app(services: Services) -> Starlette:
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
@@ -60,7 +65,8 @@ def create_app(services: Services) -> Starlette:
     ]
     routes += admin_routes()
     services = with_key_scope(services)
-    middleware = gate_middleware(services)
+    services.metrics.routes.bind(routes)
+    middleware = _cors(services.exposure.cors_origins) + gate_middleware(services)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -79,3 +85,15 @@ def create_app(services: Services) -> Starlette:
     )
     app.state.services = services
     return app
+
+
+def _cors(origins: tuple[str, ...]) -> list[Middleware]:
+    """Outermost, so preflights are answered before auth (browsers send them without keys)."""
+    if not origins:
+        return []
+    return [Middleware(
+        CORSMiddleware, allow_origins=list(origins), allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["x-request-id", "retry-after", "retry-after-ms",
+                        "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                        "x-ratelimit-reset-requests"])]

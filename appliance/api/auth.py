@@ -3,7 +3,8 @@
 Missing, malformed, unknown, revoked and expired keys get OpenAI's 401 (the SDKs raise
 AuthenticationError) with a message that says which. Lookups hit SQLite off the event loop; a
 short-lived cache keeps the hot path free of disk reads while a key revoked or changed from the
-CLI or the admin API takes effect within seconds.
+CLI or the admin API takes effect within seconds. Wrong keys count against the client's
+address (``auth_failures.py``): past the allowance, that address gets 429s.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import anyio.to_thread
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from appliance.api.auth_failures import FailedAuthLimiter, client_address
 from appliance.api.errors import error_response
+from appliance.api.limits import retry_headers
 from appliance.api.services import KeyLookup
-from appliance.errors import AuthenticationFailed
+from appliance.errors import AuthenticationFailed, RateLimited
 from appliance.ledger import KeyRecord
 
 _CACHE_SECONDS = 2.0
@@ -49,15 +52,24 @@ class KeyCache:
 
 class BearerAuthMiddleware:
     def __init__(self, app: ASGIApp, keys: KeyLookup, protected_prefix: str = "/v1",
-                 wall_clock: Callable[[], float] = time.time):
+                 wall_clock: Callable[[], float] = time.time,
+                 failures: FailedAuthLimiter | None = None):
         self.app = app
         self.cache = KeyCache(keys)
+        self.failures = failures if failures is not None else FailedAuthLimiter()
         self.prefix = protected_prefix
         self.wall_clock = wall_clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
+            return
+        address = client_address(scope)
+        try:
+            self.failures.check(address)
+        except RateLimited as refused:
+            await error_response(refused, retry_headers(refused.retry_after))(
+                scope, receive, send)
             return
         header = Headers(scope=scope).get("authorization", "")
         scheme, _, secret = header.partition(" ")
@@ -75,11 +87,13 @@ class BearerAuthMiddleware:
                 "Malformed Authorization header: expected `Bearer <key>` with a key of "
                 "printable ASCII characters and no spaces."
             )
+            self.failures.failed(address)
             await error_response(error)(scope, receive, send)
             return
         record = await self.cache.lookup(secret)
         if record is None:
             error = AuthenticationFailed(f"Incorrect API key provided: {_redact(secret)}.")
+            self.failures.failed(address)
             await error_response(error)(scope, receive, send)
             return
         note = scope.get("state", {}).get("note")

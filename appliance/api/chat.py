@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.requests import Request
@@ -132,7 +132,7 @@ async def create_chat_completion(request: Request) -> Response:
     note.stream = bool(body.stream)
     engine = services.catalog.chat(body.model)
     note.model = engine.info.id
-    params = to_chat_params(body)
+    params = replace(to_chat_params(body), owner=note.key_id)  # slots are shared per key
     cancel = CancelToken()
     events = engine.chat(params, cancel)
     try:

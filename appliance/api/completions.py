@@ -166,7 +166,7 @@ async def create_completion(request: Request) -> Response:
     note.stream = bool(body.stream)
     engine = services.catalog.chat(body.model)
     note.model = engine.info.id
-    params = _params(body)
+    params = [replace(p, owner=note.key_id) for p in _params(body)]  # slots shared per key
     cancel = CancelToken()
     generators = [engine.chat(p, cancel) for p in params]
     prompt_tokens = 0

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from appliance.api.limits import retry_headers
 from appliance.errors import (
     ApplianceError,
     EngineFailure,
@@ -52,7 +53,9 @@ async def handle_appliance_error(request: Request, exc: Exception) -> Response:
     note = request.scope.get("state", {}).get("note")
     if note is not None:
         note.error_code = exc.code or exc.error_type
-    return error_response(exc)
+    retry_after = getattr(exc, "retry_after", None)
+    # A transient refusal says when to come back; the SDKs' retries wait exactly that long.
+    return error_response(exc, retry_headers(retry_after) if retry_after is not None else None)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

@@ -1,6 +1,7 @@
 """Wires keys, limits and the ledger into an app: the middleware stack and the admin routes.
 
-Outer to inner: request context (id, durable ledger row, catch-all 500) -> bearer auth
+Outer to inner: request context (id, durable ledger row, catch-all 500) -> drain (503
+while shutting down) -> bearer auth
 (unknown, malformed, revoked, expired keys) -> admission (audience, quota, concurrency, rate,
 "started" row, the key's model list) -> router. ``create_app`` calls these three functions.
 """
@@ -17,10 +18,12 @@ from appliance.api.admission import AdmissionMiddleware
 from appliance.api.auth import BearerAuthMiddleware
 from appliance.api.key_scope import KeyScopedCatalog
 from appliance.api.limits import ConcurrencyGate, RequestRate
+from appliance.api.metrics import each
 from appliance.api.org_usage import organization_costs, organization_usage
 from appliance.api.quota import QuotaBook
 from appliance.api.request_context import RequestContextMiddleware
 from appliance.api.services import Services
+from appliance.api.shutdown import DrainMiddleware
 
 
 def with_key_scope(services: Services) -> Services:
@@ -37,8 +40,13 @@ def gate_middleware(services: Services) -> list[Middleware]:
     quota = QuotaBook(services.reports, services.pricing.currency, services.wall_clock)
     return [
         Middleware(RequestContextMiddleware, ledger=services.ledger, pricing=services.pricing,
-                   commit_wait=limits.commit_wait_seconds, on_final_row=quota.charge),
-        Middleware(BearerAuthMiddleware, keys=services.keys, wall_clock=services.wall_clock),
+                   commit_wait=limits.commit_wait_seconds,
+                   on_final_row=each(quota.charge, services.metrics.observe)),
+        # Inside the request context: a request refused while draining still gets its id
+        # and ledger row.
+        Middleware(DrainMiddleware, state=services.drain),
+        Middleware(BearerAuthMiddleware, keys=services.keys, wall_clock=services.wall_clock,
+                   failures=services.auth_failures),
         Middleware(AdmissionMiddleware, rate=RequestRate(limits.rate_window_seconds,
                                                          services.clock),
                    gate=ConcurrencyGate(), quota=quota, catalog=services.catalog,

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from appliance.api.logging_setup import CURRENT_REQUEST_ID
 from appliance.api.note import RequestNote
 from appliance.api.services import LedgerSink, Pricing
 from appliance.errors import EngineFailure
@@ -97,6 +98,8 @@ class RequestContextMiddleware:
             request_id=f"req_{uuid.uuid4().hex}", method=scope["method"], path=scope["path"]
         )
         scope.setdefault("state", {})["note"] = note
+        # Every line logged while this request runs names it (logging_setup.RequestIdFilter).
+        id_token = CURRENT_REQUEST_ID.set(note.request_id)
         ledgered = note.path.startswith("/v1")
         status = 0
         completed = False
@@ -128,9 +131,12 @@ class RequestContextMiddleware:
             else:
                 note.failed_mid_stream = True
         finally:
+            # The one access line of the request; the extras become keys of a JSON log line.
             log.info(
-                "%s %s %s %s %.1fms",
-                note.request_id, note.method, note.path, status or "-", note.elapsed_ms(),
+                "%s %s %s %.1fms", note.method, note.path, status or "-", note.elapsed_ms(),
+                extra={"method": note.method, "path": note.path, "status": status or None,
+                       "latency_ms": round(note.elapsed_ms(), 1), "model": note.model,
+                       "key_id": note.key_id},
             )
             if ledgered:
                 final = self._final_row(note, status, completed)
@@ -141,6 +147,7 @@ class RequestContextMiddleware:
                     self.ledger.record(final)
                 if self.on_final_row is not None:
                     self.on_final_row(final)
+            CURRENT_REQUEST_ID.reset(id_token)
 
     def _final_row(self, note: RequestNote, status: int, completed: bool) -> RequestRecord:
         outcome = _outcome(note, status, completed)

@@ -11,7 +11,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from appliance.api.auth_failures import FailedAuthLimiter
 from appliance.api.images_files import ImageFiles
+from appliance.api.metrics import ApplianceMetrics
+from appliance.api.shutdown import DrainState
 from appliance.engines.catalog import Catalog
 from appliance.ledger import (
     BucketQuery,
@@ -71,6 +74,14 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Exposure:
+    """How the service faces its network ([server] in models.toml)."""
+
+    metrics_public: bool = False  # False: /metrics needs an admin key
+    cors_origins: tuple[str, ...] = ()  # empty: no CORS middleware at all
+
+
+@dataclass(frozen=True)
 class Services:
     catalog: Catalog
     ledger: LedgerSink
@@ -82,3 +93,7 @@ class Services:
     reports: LedgerReader | None = None  # None: usage endpoints report nothing, quotas start at 0
     clock: Callable[[], float] = time.monotonic  # rate windows (tests freeze it)
     wall_clock: Callable[[], float] = time.time  # key expiry, calendar months
+    exposure: Exposure = field(default_factory=Exposure)
+    metrics: ApplianceMetrics = field(default_factory=ApplianceMetrics)
+    auth_failures: FailedAuthLimiter = field(default_factory=FailedAuthLimiter)
+    drain: DrainState = field(default_factory=DrainState)  # the server flips it on SIGTERM

@@ -109,6 +109,7 @@ class ChatParams:
     n: int = 1  # independent choices sampled from one prompt
     output: OutputFormat | None = None
     tools: ToolUse | None = None  # None: no tools offered
+    owner: str | None = None  # who asks (an API key id): engines share their slots fairly
     # A raw prompt (legacy completions): text or token ids, used as is, no chat template;
     # ``messages`` is then empty.
     prompt: str | tuple[int, ...] | None = None

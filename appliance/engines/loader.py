@@ -8,18 +8,34 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from appliance.config import ApplianceConfig, ModelConfig
 from appliance.engines.base import ChatEngine, EmbeddingEngine, ImageEngine, TranscriptionEngine
 from appliance.engines.catalog import Catalog, Engine
 from appliance.engines.llm.embedder import LlamaEmbeddingEngine
 from appliance.engines.llm.engine import LlamaChatEngine
+from appliance.engines.llm.scheduler import StepReport
 from appliance.errors import ApplianceError, ConfigError
 
 log = logging.getLogger("appliance.engines")
 
+# Called from a chat model's decode thread after each step: (model id, busy slots, waiting).
+StepObserver = Callable[[str, int, int], None]
 
-def _load(model: ModelConfig) -> Engine:
+
+def _step_reporter(model_id: str,
+                   observer: StepObserver | None) -> Callable[[StepReport], None] | None:
+    if observer is None:
+        return None
+
+    def report(step: StepReport) -> None:
+        observer(model_id, step.generating + step.prefilling, step.waiting)
+
+    return report
+
+
+def _load(model: ModelConfig, on_step: StepObserver | None = None) -> Engine:
     # Heavy libraries (faster-whisper, torch + diffusers) are imported only when a model
     # needs them, so a chat-only appliance boots without paying for them.
     if model.kind == "embedding":
@@ -30,10 +46,10 @@ def _load(model: ModelConfig) -> Engine:
     if model.kind == "image":
         from appliance.engines.diffusion import DiffusionEngine
         return DiffusionEngine.load(model)
-    return LlamaChatEngine.load(model)
+    return LlamaChatEngine.load(model, _step_reporter(model.id, on_step))
 
 
-def load_catalog(config: ApplianceConfig) -> Catalog:
+def load_catalog(config: ApplianceConfig, on_step: StepObserver | None = None) -> Catalog:
     chat: list[tuple[ChatEngine, tuple[str, ...]]] = []
     embedding: list[tuple[EmbeddingEngine, tuple[str, ...]]] = []
     transcription: list[tuple[TranscriptionEngine, tuple[str, ...]]] = []
@@ -43,7 +59,7 @@ def load_catalog(config: ApplianceConfig) -> Catalog:
         for model in config.models:
             t0 = time.perf_counter()
             try:
-                engine = _load(model)
+                engine = _load(model, on_step)
             except ApplianceError:
                 raise
             except Exception as exc:

@@ -203,3 +203,20 @@ async def test_logprobs_in_openai_shape_stream_and_not(stack: FastStack) -> None
     assert [t.token for t in streamed] == [t.token for t in tokens]
     plain = await stack.client.chat.completions.create(model="fake-chat", messages=USER)
     assert plain.choices[0].logprobs is None
+
+
+async def test_full_queue_is_503_with_retry_after(stack: FastStack) -> None:
+    stack.engine.overloaded = True
+    with pytest.raises(openai.InternalServerError) as caught:
+        await stack.client.chat.completions.create(model="fake-chat", messages=USER)
+    response = caught.value.response
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "3"  # whole seconds, rounded up
+    assert response.json()["error"]["code"] == "overloaded"
+
+
+async def test_requests_carry_their_key_for_fair_slots(stack: FastStack) -> None:
+    await stack.client.chat.completions.create(model="fake-chat", messages=USER)
+    await stack.client.completions.create(model="fake-chat", prompt="x")
+    owners = {params.owner for params in stack.engine.calls[-2:]}
+    assert len(owners) == 1 and None not in owners

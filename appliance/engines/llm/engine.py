@@ -35,7 +35,7 @@ from appliance.engines.llm.tool_dialects import ToolSupport, rewrite_for_prompt,
 from appliance.engines.llm.tool_dialects import detect as detect_tool_support
 from appliance.engines.llm.tool_grammar import tool_call_grammar
 from appliance.engines.llm.tool_parser import ToolCallParser
-from appliance.errors import ConfigError, ContextLengthExceeded, InvalidRequest
+from appliance.errors import ConfigError, ContextLengthExceeded, InvalidRequest, Overloaded
 
 log = logging.getLogger("appliance.engines.llm")
 BATCH_SIZE = 512
@@ -85,6 +85,10 @@ class LlamaChatEngine:
     def info(self) -> ModelInfo:
         return self._info
 
+    def waiting(self) -> int:
+        """Requests queued for a slot (for admission, metrics and tests)."""
+        return self._scheduler.waiting()
+
     def warm_up(self) -> None:
         """One short real generation, so the first client request pays no first-use costs."""
         params = ChatParams(messages=(ChatMessage("user", "Hello"),), max_tokens=4,
@@ -120,6 +124,9 @@ class LlamaChatEngine:
             except RuntimeError:  # the loop is gone (shutdown): nobody is listening
                 cancel.cancel()
 
+        if self.waiting() >= self._config.queue_limit:
+            raise Overloaded(f"The model `{self._info.id}` has {self._config.queue_limit} "
+                             "requests waiting; try again shortly.", retry_after=1.0)
         first = await anyio.to_thread.run_sync(self._request, params, cancel, emit)
         yield Started(prompt_tokens=len(first.tokens))
         choices = [first, *(self._sibling(first, i) for i in range(1, params.n))]
@@ -215,6 +222,7 @@ class LlamaChatEngine:
             cancel=cancel,
             emit=emit,
             shown_specials=self._tool_markers if params.tools else frozenset(),
+            owner=params.owner,
         )
 
     def _constrained(self, params: ChatParams) -> Sampling:

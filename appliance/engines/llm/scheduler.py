@@ -53,6 +53,7 @@ class GenerationRequest:
     emit: Emit
     index: int = 0  # choice index, stamped on every event
     shown_specials: frozenset[int] = frozenset()  # control tokens whose text is output
+    owner: str | None = None  # who asked (the API key): free slots go round-robin by owner
     # Set by the consumer when it has read all it needs (the tool parser saw a repeat):
     # the choice then finishes as if it had stopped. One per choice, never shared.
     enough: threading.Event = field(default_factory=threading.Event)
@@ -127,6 +128,7 @@ class Scheduler:
         self._slots = [_Slot(sequence=i) for i in range(slots)]
         self._inbox: deque[GenerationRequest] = deque()  # filled by submit, any thread
         self._queue: list[GenerationRequest] = []  # owned by the decode thread
+        self._last_owner: str | None = None  # whose request got the last free slot
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"llm-{model_id}", daemon=True)
@@ -181,11 +183,38 @@ class Scheduler:
             elif slot.request is not None and slot.request.enough.is_set():
                 self._finish(slot, "stop")
 
+    def waiting(self) -> int:
+        """Requests submitted and not yet in a slot (read from any thread; approximate)."""
+        with self._wake:
+            return len(self._inbox) + len(self._queue)
+
+    def _fair_order(self) -> list[GenerationRequest]:
+        """The queue taken round-robin across owners (API keys), starting after the owner
+        served last, each owner's requests in arrival order: one key's burst of 50 does not
+        make another key's single request wait behind all of them."""
+        by_owner: dict[str | None, deque[GenerationRequest]] = {}
+        for request in self._queue:
+            by_owner.setdefault(request.owner, deque()).append(request)
+        owners = list(by_owner)
+        if self._last_owner in by_owner:
+            turn = owners.index(self._last_owner) + 1
+            owners = owners[turn:] + owners[:turn]
+        order: list[GenerationRequest] = []
+        while by_owner:
+            for owner in owners:
+                pending = by_owner.get(owner)
+                if pending:
+                    order.append(pending.popleft())
+                    if not pending:
+                        del by_owner[owner]
+        return order
+
     def _admit(self) -> None:
-        """Fills free slots in arrival order; a sibling choice waits until it can copy."""
+        """Fills free slots in fair order (see _fair_order); a sibling choice waits until it
+        can copy its first choice's prompt."""
         self._queue = [r for r in self._queue if not r.cancel.cancelled]
         admitted: list[GenerationRequest] = []
-        for request in self._queue:
+        for request in self._fair_order():
             free = [slot for slot in self._slots if slot.request is None]
             if not free:
                 break
@@ -199,6 +228,7 @@ class Scheduler:
                 continue  # the first choice is still reading the prompt
             self._start(slot, request, reuse)
             admitted.append(request)
+            self._last_owner = request.owner
         if admitted:
             self._queue = [r for r in self._queue if r not in admitted]
 

@@ -1,0 +1,78 @@
+"""Admission on the real SmolLM2, in-process: free slots go round-robin across API keys, and a
+full queue refuses at once with a retry hint instead of growing without bound."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from appliance.config import ModelConfig
+from appliance.engines.base import CancelToken, ChatMessage, ChatParams, Sampling, TextDelta
+from appliance.engines.llm.engine import LlamaChatEngine
+from appliance.errors import Overloaded
+from tests.real.harness import SMOLLM2
+
+pytestmark = pytest.mark.real
+ASK = ChatParams(messages=(ChatMessage("user", "Count to three."),), max_tokens=6,
+                 sampling=Sampling(temperature=0))
+
+
+def one_slot_engine(queue_limit: int = 64) -> LlamaChatEngine:
+    config = ModelConfig(id="smol", kind="chat", path=SMOLLM2, context_length=512, parallel=1,
+                         queue_limit=queue_limit)
+    engine = LlamaChatEngine.load(config)
+    engine.warm_up()
+    return engine
+
+
+async def finish(engine: LlamaChatEngine, params: ChatParams, name: str,
+                 done: list[str]) -> None:
+    async for _ in engine.chat(params, CancelToken()):
+        pass
+    done.append(name)
+
+
+def test_a_burst_from_one_key_does_not_starve_another() -> None:
+    engine = one_slot_engine()
+    done: list[str] = []
+    try:
+        async def run() -> None:
+            burst = [finish(engine, replace(ASK, owner="key_a"), f"a{i}", done)
+                     for i in range(4)]
+            late = finish(engine, replace(ASK, owner="key_b"), "b", done)
+            await asyncio.gather(*burst, late)
+
+        asyncio.run(run())
+    finally:
+        engine.close()
+    # One of key_a's took the only slot; of the others, key_b's one request went next.
+    assert done[0].startswith("a") and done[1] == "b", done
+    assert sorted(done) == ["a0", "a1", "a2", "a3", "b"]
+
+
+def test_a_full_queue_refuses_with_a_retry_hint() -> None:
+    engine = one_slot_engine(queue_limit=1)
+    long = replace(ASK, max_tokens=200,
+                   messages=(ChatMessage("user", "Write a long story about a fox."),))
+    try:
+        async def run() -> None:
+            done: list[str] = []
+            first = engine.chat(long, CancelToken())
+            async for event in first:
+                if isinstance(event, TextDelta):
+                    break  # the only slot is busy now
+            queued = asyncio.ensure_future(finish(engine, ASK, "queued", done))
+            while engine.waiting() < 1:
+                await asyncio.sleep(0.01)
+            with pytest.raises(Overloaded) as refused:
+                await anext(engine.chat(ASK, CancelToken()))
+            assert refused.value.status == 503 and refused.value.retry_after > 0
+            await first.aclose()
+            await queued
+            assert done == ["queued"]
+
+        asyncio.run(run())
+    finally:
+        engine.close()
