@@ -8,7 +8,6 @@ A non-streaming request whose client leaves stops the engine at its next segment
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
@@ -19,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from appliance.api.audio_formats import Transcript, render
 from appliance.api.audio_wire import Task, read_form, to_audio_request
 from appliance.api.disconnect import ClientGone, unless_disconnected
-from appliance.api.errors import error_frame
+from appliance.api.errors import mid_stream_failure
 from appliance.api.note import RequestNote
 from appliance.api.services import Services
 from appliance.api.sse import SSE_HEADERS, SSE_MEDIA_TYPE, frame
@@ -30,9 +29,7 @@ from appliance.engines.base import (
     TranscriptionParams,
     TranscriptionStarted,
 )
-from appliance.errors import ApplianceError, EngineFailure, PayloadTooLarge
-
-log = logging.getLogger("appliance.api")
+from appliance.errors import EngineFailure, PayloadTooLarge
 
 
 async def create_transcription(request: Request) -> Response:
@@ -115,16 +112,8 @@ async def _stream(events: AsyncGenerator[TranscriptionEvent, None], cancel: Canc
                 parts.append(delta)
                 yield frame({"type": "transcript.text.delta", "delta": delta})
         yield frame({"type": "transcript.text.done", "text": "".join(parts).strip()})
-    except ApplianceError as error:
-        note.failed_mid_stream = True
-        note.error_code = error.code
-        yield error_frame(error)
-    except Exception:
-        log.exception("transcription stream failed")
-        note.failed_mid_stream = True
-        failure = EngineFailure("The server had an error while transcribing the audio.")
-        note.error_code = failure.code
-        yield error_frame(failure)
+    except Exception as exc:
+        yield mid_stream_failure(note, exc, "transcribing the audio")
     finally:
         cancel.cancel()
         await form.close()

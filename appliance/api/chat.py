@@ -8,7 +8,6 @@ error frame, and the stream still ends with [DONE].
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
@@ -21,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from appliance.api.chat_wire import ChatCompletionRequest, to_chat_params
 from appliance.api.disconnect import ClientGone, unless_disconnected
-from appliance.api.errors import error_frame
+from appliance.api.errors import mid_stream_failure
 from appliance.api.note import RequestNote
 from appliance.api.services import Services
 from appliance.api.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
@@ -37,9 +36,8 @@ from appliance.engines.base import (
     ToolCallDelta,
     Usage,
 )
-from appliance.errors import ApplianceError, EngineFailure
+from appliance.errors import EngineFailure
 
-log = logging.getLogger("appliance.api")
 SYSTEM_FINGERPRINT = "fp_appliance"
 
 
@@ -275,16 +273,8 @@ async def _stream(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
                         with_usage=include_usage))
         if include_usage and finishes:
             yield frame(identity.chunk([], usage_json(total_usage(finishes)), True))
-    except ApplianceError as error:
-        note.failed_mid_stream = True
-        note.error_code = error.code
-        yield error_frame(error)
-    except Exception:
-        log.exception("chat stream failed")
-        note.failed_mid_stream = True
-        failure = EngineFailure("The server had an error while generating the completion.")
-        note.error_code = failure.code
-        yield error_frame(failure)
+    except Exception as exc:
+        yield mid_stream_failure(note, exc, "generating the completion")
     finally:
         cancel.cancel()
     yield DONE

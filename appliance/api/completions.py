@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from appliance.api.chat import SYSTEM_FINGERPRINT, total_usage, usage_json
 from appliance.api.disconnect import ClientGone, unless_disconnected
-from appliance.api.errors import error_frame
+from appliance.api.errors import mid_stream_failure
 from appliance.api.generation_wire import GenerationFields, check_stream_options, stops, to_sampling
 from appliance.api.inputs import texts_or_token_lists
 from appliance.api.note import RequestNote
@@ -38,7 +38,7 @@ from appliance.engines.base import (
     TokenLogprob,
     Usage,
 )
-from appliance.errors import ApplianceError, EngineFailure, InvalidRequest
+from appliance.errors import EngineFailure, InvalidRequest
 
 MAX_PROMPTS = 16
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
@@ -251,10 +251,8 @@ async def _stream(generators: list[AsyncGenerator[ChatEvent, None]], cancel: Can
                     [_choice(completion.index(prompt, event.index), "", event.reason)], **extra))
         if include_usage:
             yield frame(completion.body([], usage=usage_json(_usage(prompt_tokens, finishes))))
-    except ApplianceError as error:
-        note.failed_mid_stream = True
-        note.error_code = error.code
-        yield error_frame(error)
+    except Exception as exc:
+        yield mid_stream_failure(note, exc, "generating the completion")
     finally:
         cancel.cancel()
     yield DONE

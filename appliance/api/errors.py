@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from appliance.api.limits import retry_headers
+from appliance.api.note import RequestNote
 from appliance.errors import (
     ApplianceError,
     EngineFailure,
@@ -32,6 +33,18 @@ def error_response(error: ApplianceError, headers: dict[str, str] | None = None)
 def error_frame(error: ApplianceError) -> bytes:
     """The SSE frame that carries an error once a stream has started (then comes [DONE])."""
     return b"data: " + json.dumps(error.envelope()).encode() + b"\n\n"
+
+
+def mid_stream_failure(note: RequestNote, exc: Exception, doing: str) -> bytes:
+    """The error frame for a stream that fails after its first bytes; the note records it.
+    An unexpected exception is logged with its traceback and shown as a plain 500 envelope."""
+    error = exc if isinstance(exc, ApplianceError) else EngineFailure(
+        f"The server had an error while {doing}.")
+    if not isinstance(exc, ApplianceError):
+        log.error("stream failed while %s", doing, exc_info=exc)
+    note.failed_mid_stream = True
+    note.error_code = error.code
+    return error_frame(error)
 
 
 def from_http_exception(exc: HTTPException, request: Request) -> ApplianceError:
