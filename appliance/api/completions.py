@@ -2,8 +2,9 @@
 
 A prompt (text or token ids, one or several) goes to the model as is, without a chat
 template; each prompt gets ``n`` choices, numbered prompt by prompt. ``echo`` puts a text
-prompt in front of its completions. Not served yet, and refused by name: ``suffix``
-(no shipped model can fill in the middle), ``logprobs``, ``best_of`` above 1.
+prompt in front of its completions; ``logprobs`` (0-5) come in this endpoint's own shape
+(parallel lists and text offsets). Refused by name: ``suffix`` (no shipped model can fill in
+the middle), ``best_of`` above 1, ``logprobs`` with ``echo`` (no prompt logprobs).
 """
 
 from __future__ import annotations
