@@ -28,10 +28,12 @@ from appliance.api.errors import handle_appliance_error, handle_http_exception
 from appliance.api.gatekeeping import admin_routes, gate_middleware, with_key_scope
 from appliance.api.images import IMAGE_FILE_ROUTE, create_image, image_file, not_served
 from appliance.api.images_files import sweeping
+from appliance.api.key_usage import key_usage
 from appliance.api.metrics_route import metrics
 from appliance.api.models import list_models, retrieve_model
 from appliance.api.services import Services
 from appliance.api.warmup import warm_request_path
+from appliance.api.web import web_routes
 from appliance.errors import ApplianceError
 
 
@@ -62,6 +64,8 @@ def create_app(services: Services) -> Starlette:
         Route("/v1/images/variations", not_served, methods=["POST"]),
         # Outside /v1: image URLs are fetched without a key (the unguessable name is the key).
         Route("/files/images/{name}", image_file, methods=["GET"], name=IMAGE_FILE_ROUTE),
+        Route("/v1/usage", key_usage, methods=["GET"]),
+        *web_routes(),  # the browser playground: outside /v1, served without a key
     ]
     routes += admin_routes()
     services = with_key_scope(services)

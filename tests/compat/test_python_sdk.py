@@ -42,7 +42,8 @@ def test_sync_client_end_to_end(real_server: RealServer, model: str) -> None:
         assert isinstance(parsed.choices[0].message.parsed, Forecast)
         called = client.chat.completions.parse(model=model, messages=ASK, max_tokens=100,
                                                tools=[openai.pydantic_function_tool(Forecast)],
-                                               tool_choice="required")
+                                               tool_choice="required",
+                                               parallel_tool_calls=False)
         call = (called.choices[0].message.tool_calls or [])[0]
         assert isinstance(call.function.parsed_arguments, Forecast)
         vectors = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
@@ -62,6 +63,7 @@ async def test_async_client_streams_tool_calls(real_server: RealServer, model: s
                                   api_key=real_server.key) as client:
         async with client.chat.completions.stream(model=model, messages=ASK, tools=[WEATHER],
                                                   tool_choice="required",
+                                                  parallel_tool_calls=False,
                                                   max_tokens=100) as stream:
             done = [event async for event in stream
                     if event.type == "tool_calls.function.arguments.done"]

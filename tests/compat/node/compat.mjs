@@ -32,7 +32,7 @@ for await (const chunk of stream) {
 out.stream = { content: streamed, usage };
 
 const called = await client.chat.completions.create({ model, messages: ask, tools: [weather],
-  tool_choice: "required", max_tokens: 100 });
+  tool_choice: "required", parallel_tool_calls: false, max_tokens: 100 });
 out.tools = { finish: called.choices[0].finish_reason, content: called.choices[0].message.content,
               calls: called.choices[0].message.tool_calls };
 

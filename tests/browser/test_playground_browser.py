@@ -1,0 +1,202 @@
+"""The playground in headless Chromium (Debian's chromium + chromium-driver, via Selenium)
+against the real session server: chat streams and stops, a spoken WAV is transcribed, images
+appear, and the usage view counts what the page just did. Screenshots go to
+test-artifacts/browser/; the browser's console must stay free of errors."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select
+
+from tests.real.harness import ROOT
+from tests.real.session_server import RealServer
+from tests.real.speech import speak
+
+pytestmark = pytest.mark.real
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+SENTENCE = "The quick brown fox jumps over the lazy dog."
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.fail("chromium is missing: scripts/test installs it "
+                    "(apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=375,900"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    chrome = webdriver.Chrome(options=options, service=Service(driver))
+    # Headless windows are at least 500 px wide: emulate a 375 px phone screen instead.
+    chrome.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 375, "height": 900, "deviceScaleFactor": 1, "mobile": True})
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60.0, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {check}")
+        time.sleep(every)
+
+
+def console_errors(chrome: webdriver.Chrome) -> list[dict[str, Any]]:
+    return [e for e in chrome.get_log("browser") if e["level"] == "SEVERE"]  # type: ignore[no-untyped-call]
+
+
+def shoot(chrome: webdriver.Chrome, name: str) -> None:
+    chrome.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def by_id(chrome: webdriver.Chrome, element_id: str) -> Any:
+    return chrome.find_element(By.ID, element_id)
+
+
+@pytest.fixture(scope="module")
+def page(browser: webdriver.Chrome, real_server: RealServer) -> webdriver.Chrome:
+    browser.get(real_server.server.base_url + "/")
+    by_id(browser, "key").send_keys(real_server.key)
+    by_id(browser, "key").send_keys(Keys.ENTER)
+    wait_for(lambda: "smollm2-135m-instruct" in by_id(browser, "chat-model").text)
+    assert browser.execute_script("return sessionStorage.getItem('appliance.key')") \
+        == real_server.key
+    assert browser.execute_script("return localStorage.length") == 0
+    return browser
+
+
+def open_tab(chrome: webdriver.Chrome, name: str) -> None:
+    by_id(chrome, f"tab-{name}").click()
+    wait_for(lambda: by_id(chrome, f"panel-{name}").is_displayed())
+
+
+def test_fits_a_phone_and_tabs_follow_the_keyboard(page: webdriver.Chrome) -> None:
+    assert page.execute_script("return window.innerWidth") == 375
+    width = page.execute_script("return document.documentElement.scrollWidth")
+    assert width <= 375, f"the page scrolls sideways at 375 px ({width} px wide)"
+    for element in page.find_elements(By.CSS_SELECTOR, "input, select, textarea"):
+        element_id = element.get_attribute("id")
+        assert page.find_elements(By.CSS_SELECTOR, f'label[for="{element_id}"]'), element_id
+    by_id(page, "tab-chat").click()
+    page.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
+    assert page.switch_to.active_element.get_attribute("id") == "tab-transcribe"
+    assert by_id(page, "panel-transcribe").is_displayed()
+    page.switch_to.active_element.send_keys(Keys.ARROW_LEFT)
+    assert by_id(page, "panel-chat").is_displayed()
+    page.switch_to.active_element.send_keys(Keys.TAB)  # from the tabs into the chat form
+    assert page.switch_to.active_element.get_attribute("id") == "chat-model"
+    shoot(page, "chat-375px")
+    assert console_errors(page) == []
+
+
+def start_chat(chrome: webdriver.Chrome, prompt: str, max_tokens: int) -> None:
+    open_tab(chrome, "chat")
+    Select(by_id(chrome, "chat-model")).select_by_value("smollm2-135m-instruct")
+    by_id(chrome, "chat-max-tokens").clear()
+    by_id(chrome, "chat-max-tokens").send_keys(str(max_tokens))
+    by_id(chrome, "chat-prompt").clear()
+    by_id(chrome, "chat-prompt").send_keys(prompt)
+    by_id(chrome, "chat-send").click()
+
+
+def test_chat_streams_into_the_page(page: webdriver.Chrome) -> None:
+    start_chat(page, "Tell me about the sea in a few sentences.", 120)
+    output = by_id(page, "chat-output")
+    # Text shows while the stream is still open: it arrives piece by piece.
+    wait_for(lambda: output.get_attribute("data-state") == "streaming" and output.text)
+    wait_for(lambda: output.get_attribute("data-state") == "done")
+    assert output.text.strip()
+    stats = by_id(page, "chat-stats").text
+    assert "completion tokens" in stats and "first token after" in stats, stats
+    shoot(page, "chat-streamed")
+    assert console_errors(page) == []
+
+
+def test_stop_cancels_the_stream(page: webdriver.Chrome) -> None:
+    start_chat(page, "Write a very long story about a dragon and a knight.", 600)
+    output = by_id(page, "chat-output")
+    wait_for(lambda: output.get_attribute("data-state") == "streaming" and output.text)
+    by_id(page, "chat-stop").click()
+    wait_for(lambda: output.get_attribute("data-state") == "stopped", timeout=10)
+    assert "stopped by you" in by_id(page, "chat-stats").text
+    assert by_id(page, "chat-send").is_enabled() and not by_id(page, "chat-stop").is_enabled()
+    length = len(output.text)
+    time.sleep(0.5)
+    assert len(output.text) == length  # nothing arrives after the stop
+    shoot(page, "chat-stopped")
+    assert console_errors(page) == []
+
+
+def test_a_spoken_file_is_transcribed(page: webdriver.Chrome, tmp_path: Path) -> None:
+    wav = speak(SENTENCE, tmp_path / "fox.wav")
+    open_tab(page, "transcribe")
+    Select(by_id(page, "transcribe-model")).select_by_value("whisper-tiny.en")
+    Select(by_id(page, "transcribe-format")).select_by_value("verbose_json")
+    by_id(page, "transcribe-file").send_keys(str(wav))
+    by_id(page, "transcribe-send").click()
+    text = wait_for(lambda: by_id(page, "transcribe-output").text)
+    assert {"quick", "brown", "fox", "lazy"} <= set(text.lower().replace(".", "").split())
+    assert by_id(page, "transcribe-segments").is_displayed()
+    assert page.find_elements(By.CSS_SELECTOR, "#transcribe-segments tbody tr")
+    shoot(page, "transcribed")
+    assert console_errors(page) == []
+
+
+def test_images_appear_with_downloads(page: webdriver.Chrome) -> None:
+    open_tab(page, "images")
+    Select(by_id(page, "images-model")).select_by_value("tiny-random-sd")
+    by_id(page, "images-size").send_keys("64x64")
+    by_id(page, "images-n").clear()
+    by_id(page, "images-n").send_keys("2")
+    by_id(page, "images-prompt").send_keys("a red bicycle")
+    by_id(page, "images-send").click()
+    images = wait_for(lambda: page.find_elements(By.CSS_SELECTOR, "#images-output img"))
+    assert len(images) == 2
+    wait_for(lambda: all(page.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth", img) == 64
+        for img in images))
+    links = page.find_elements(By.CSS_SELECTOR, "#images-output a[download]")
+    assert [link.get_attribute("download") for link in links] == ["image-1.png", "image-2.png"]
+    shoot(page, "images")
+    assert console_errors(page) == []
+
+
+def test_usage_shows_the_requests_just_made(page: webdriver.Chrome) -> None:
+    open_tab(page, "usage")  # opening the tab loads the key's usage
+    wait_for(lambda: by_id(page, "status").text.startswith("Usage:"))
+    by_id(page, "usage-refresh").click()  # the button loads it again, as the tab did
+    rows = wait_for(lambda: page.execute_script(
+        "return Array.from(document.querySelectorAll('#usage-table tbody tr'))"
+        ".map((tr) => Array.from(tr.cells).map((td) => td.textContent))"))
+    models = {row[2]: int(row[3]) for row in rows}
+    assert models.get("smollm2-135m-instruct", 0) >= 2, rows  # streamed, and stopped
+    assert models.get("whisper-tiny.en", 0) >= 1 and models.get("tiny-random-sd", 0) >= 1
+    bars = page.execute_script("return Array.from(document.querySelectorAll("
+                               "'#usage-chart rect[data-model]')).map((r) => r.dataset.model)")
+    assert set(bars) >= {
+        "smollm2-135m-instruct", "whisper-tiny.en", "tiny-random-sd"}
+    shoot(page, "usage-375px")
+    page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+    shoot(page, "usage-desktop")
+    assert console_errors(page) == []
