@@ -59,6 +59,7 @@ class ModelConfig:
     stop: tuple[str, ...] = ()
     prompt_cache_mb: int = 256
     queue_limit: int = 64  # chat: requests waiting for a slot; more are a 503 with retry-after
+    queue_timeout_s: float = 120.0  # chat: longer waiting for a slot is a 503 before any work
     pooling: str = "mean"  # embedding models: how token vectors become one
     owned_by: str = "appliance"
     # transcription and image models
@@ -124,12 +125,13 @@ _MODEL_KEYS = {
     "id", "kind", "path", "aliases", "price_per_request", "context_length", "parallel",
     "gpu_layers", "threads", "chat_template", "stop", "owned_by", "prompt_cache_mb", "pooling",
     "device", "compute_type", "workers", "max_upload_mb", "steps", "guidance", "sizes",
-    "queue_limit",
+    "queue_limit", "queue_timeout_s",
 }
 # Keys that mean something only for some kinds; elsewhere they are errors, not silently unused.
 _KIND_ONLY_KEYS = {
     "chat_template": ("chat",), "stop": ("chat",), "prompt_cache_mb": ("chat",),
-    "parallel": ("chat",), "queue_limit": ("chat",), "pooling": ("embedding",),
+    "parallel": ("chat",), "queue_limit": ("chat",), "queue_timeout_s": ("chat",),
+    "pooling": ("embedding",),
     "context_length": ("chat", "embedding"),
     "gpu_layers": ("chat", "embedding"),
     "device": FOLDER_KINDS, "compute_type": FOLDER_KINDS, "workers": FOLDER_KINDS,
@@ -269,6 +271,7 @@ def _model(source: Path, index: int, raw: Any) -> ModelConfig:
         stop=_string_list(where, raw, "stop"),
         prompt_cache_mb=_non_negative(where, raw, "prompt_cache_mb", 256),
         queue_limit=_positive(where, raw, "queue_limit", 64),
+        queue_timeout_s=_seconds(where, raw, "queue_timeout_s", 120.0),
         owned_by=_take(where, raw, "owned_by", str, "appliance"),
     )
 
@@ -301,6 +304,13 @@ def _string_list(where: _Where, raw: Mapping[str, Any], key: str) -> tuple[str, 
     if not all(isinstance(v, str) and v for v in values):
         raise where.fail(key, "expected a list of non-empty strings")
     return tuple(values)
+
+
+def _seconds(where: _Where, raw: Mapping[str, Any], key: str, default: float) -> float:
+    value = float(_take(where, raw, key, (int, float), default))
+    if not value > 0:
+        raise where.fail(key, "must be a positive number of seconds")
+    return value
 
 
 def _positive(where: _Where, raw: Mapping[str, Any], key: str, default: int) -> int:

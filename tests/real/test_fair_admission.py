@@ -4,6 +4,7 @@ full queue refuses at once with a retry hint instead of growing without bound.""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -19,9 +20,9 @@ ASK = ChatParams(messages=(ChatMessage("user", "Count to three."),), max_tokens=
                  sampling=Sampling(temperature=0))
 
 
-def one_slot_engine(queue_limit: int = 64) -> LlamaChatEngine:
+def one_slot_engine(queue_limit: int = 64, queue_timeout_s: float = 120.0) -> LlamaChatEngine:
     config = ModelConfig(id="smol", kind="chat", path=SMOLLM2, context_length=512, parallel=1,
-                         queue_limit=queue_limit)
+                         queue_limit=queue_limit, queue_timeout_s=queue_timeout_s)
     engine = LlamaChatEngine.load(config)
     engine.warm_up()
     return engine
@@ -76,3 +77,33 @@ def test_a_full_queue_refuses_with_a_retry_hint() -> None:
         asyncio.run(run())
     finally:
         engine.close()
+
+
+def test_waiting_past_the_queue_timeout_is_refused_before_any_work() -> None:
+    engine = one_slot_engine(queue_timeout_s=0.3)
+    long = replace(ASK, max_tokens=400,
+                   messages=(ChatMessage("user", "Write a long story about a fox."),))
+    try:
+        async def run() -> list[object]:
+            first = engine.chat(long, CancelToken())
+            async for event in first:
+                if isinstance(event, TextDelta):
+                    break  # the only slot is busy for a while
+            late = [event async for event in _events_until_error(engine, ASK)]
+            await first.aclose()
+            return late
+
+        events = asyncio.run(run())
+    finally:
+        engine.close()
+    assert isinstance(events[-1], Overloaded)
+    assert not any(isinstance(event, TextDelta) for event in events)  # no work was done
+
+
+async def _events_until_error(engine: LlamaChatEngine,
+                              params: ChatParams) -> AsyncIterator[object]:
+    try:
+        async for event in engine.chat(params, CancelToken()):
+            yield event
+    except Overloaded as refused:
+        yield refused

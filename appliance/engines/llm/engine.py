@@ -223,6 +223,7 @@ class LlamaChatEngine:
             emit=emit,
             shown_specials=self._tool_markers if params.tools else frozenset(),
             owner=params.owner,
+            wait_until=time.monotonic() + self._config.queue_timeout_s,
         )
 
     def _constrained(self, params: ChatParams) -> Sampling:

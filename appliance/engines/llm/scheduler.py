@@ -13,6 +13,7 @@ sequence and only decode the prompt's last token themselves.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -37,7 +38,7 @@ from appliance.engines.llm.logprobs import token_logprob
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.sampling import SamplerChain
 from appliance.engines.llm.textstream import TextAssembler
-from appliance.errors import EngineFailure, InvalidRequest
+from appliance.errors import EngineFailure, InvalidRequest, Overloaded
 
 log = logging.getLogger("appliance.engines.llm")
 Emit = Callable[[ChatEvent | BaseException], None]
@@ -54,6 +55,7 @@ class GenerationRequest:
     index: int = 0  # choice index, stamped on every event
     shown_specials: frozenset[int] = frozenset()  # control tokens whose text is output
     owner: str | None = None  # who asked (the API key): free slots go round-robin by owner
+    wait_until: float = math.inf  # monotonic time after which it is refused, still queued
     # Set by the consumer when it has read all it needs (the tool parser saw a repeat):
     # the choice then finishes as if it had stopped. One per choice, never shared.
     enough: threading.Event = field(default_factory=threading.Event)
@@ -209,9 +211,21 @@ class Scheduler:
                         del by_owner[owner]
         return order
 
+    def _refuse_overdue(self) -> None:
+        """Requests that waited past their deadline end before any work, with a retry hint."""
+        now = time.monotonic()
+        for request in self._queue:
+            if request.wait_until < now and not request.cancel.cancelled:
+                request.ended = True
+                request.cancel.cancel()
+                request.emit(Overloaded(
+                    f"The request waited too long for a free slot on model {self._model_id}; "
+                    "try again shortly.", retry_after=1.0))
+
     def _admit(self) -> None:
         """Fills free slots in fair order (see _fair_order); a sibling choice waits until it
         can copy its first choice's prompt."""
+        self._refuse_overdue()
         self._queue = [r for r in self._queue if not r.cancel.cancelled]
         admitted: list[GenerationRequest] = []
         for request in self._fair_order():
