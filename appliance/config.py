@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from appliance.errors import ConfigError
 
@@ -60,6 +60,7 @@ class ModelConfig:
     prompt_cache_mb: int = 256
     queue_limit: int = 64  # chat: requests waiting for a slot; more are a 503 with retry-after
     queue_timeout_s: float = 120.0  # chat: longer waiting for a slot is a 503 before any work
+    generation_timeout_s: float | None = None  # chat: generating longer ends as "length"
     pooling: str = "mean"  # embedding models: how token vectors become one
     owned_by: str = "appliance"
     # transcription and image models
@@ -125,13 +126,13 @@ _MODEL_KEYS = {
     "id", "kind", "path", "aliases", "price_per_request", "context_length", "parallel",
     "gpu_layers", "threads", "chat_template", "stop", "owned_by", "prompt_cache_mb", "pooling",
     "device", "compute_type", "workers", "max_upload_mb", "steps", "guidance", "sizes",
-    "queue_limit", "queue_timeout_s",
+    "queue_limit", "queue_timeout_s", "generation_timeout_s",
 }
 # Keys that mean something only for some kinds; elsewhere they are errors, not silently unused.
 _KIND_ONLY_KEYS = {
     "chat_template": ("chat",), "stop": ("chat",), "prompt_cache_mb": ("chat",),
     "parallel": ("chat",), "queue_limit": ("chat",), "queue_timeout_s": ("chat",),
-    "pooling": ("embedding",),
+    "generation_timeout_s": ("chat",), "pooling": ("embedding",),
     "context_length": ("chat", "embedding"),
     "gpu_layers": ("chat", "embedding"),
     "device": FOLDER_KINDS, "compute_type": FOLDER_KINDS, "workers": FOLDER_KINDS,
@@ -272,6 +273,7 @@ def _model(source: Path, index: int, raw: Any) -> ModelConfig:
         prompt_cache_mb=_non_negative(where, raw, "prompt_cache_mb", 256),
         queue_limit=_positive(where, raw, "queue_limit", 64),
         queue_timeout_s=_seconds(where, raw, "queue_timeout_s", 120.0),
+        generation_timeout_s=_seconds(where, raw, "generation_timeout_s", None),
         owned_by=_take(where, raw, "owned_by", str, "appliance"),
     )
 
@@ -306,11 +308,22 @@ def _string_list(where: _Where, raw: Mapping[str, Any], key: str) -> tuple[str, 
     return tuple(values)
 
 
-def _seconds(where: _Where, raw: Mapping[str, Any], key: str, default: float) -> float:
-    value = float(_take(where, raw, key, (int, float), default))
+@overload
+def _seconds(where: _Where, raw: Mapping[str, Any], key: str, default: float) -> float: ...
+
+
+@overload
+def _seconds(where: _Where, raw: Mapping[str, Any], key: str, default: None) -> float | None: ...
+
+
+def _seconds(where: _Where, raw: Mapping[str, Any], key: str,
+             default: float | None) -> float | None:
+    value = _take(where, raw, key, (int, float), default)
+    if value is None:
+        return None
     if not value > 0:
         raise where.fail(key, "must be a positive number of seconds")
-    return value
+    return float(value)
 
 
 def _positive(where: _Where, raw: Mapping[str, Any], key: str, default: int) -> int:

@@ -10,7 +10,14 @@ from dataclasses import replace
 import pytest
 
 from appliance.config import ModelConfig
-from appliance.engines.base import CancelToken, ChatMessage, ChatParams, Sampling, TextDelta
+from appliance.engines.base import (
+    CancelToken,
+    ChatMessage,
+    ChatParams,
+    Finish,
+    Sampling,
+    TextDelta,
+)
 from appliance.engines.llm.engine import LlamaChatEngine
 from appliance.errors import Overloaded
 from tests.real.harness import SMOLLM2
@@ -20,9 +27,11 @@ ASK = ChatParams(messages=(ChatMessage("user", "Count to three."),), max_tokens=
                  sampling=Sampling(temperature=0))
 
 
-def one_slot_engine(queue_limit: int = 64, queue_timeout_s: float = 120.0) -> LlamaChatEngine:
-    config = ModelConfig(id="smol", kind="chat", path=SMOLLM2, context_length=512, parallel=1,
-                         queue_limit=queue_limit, queue_timeout_s=queue_timeout_s)
+def one_slot_engine(queue_limit: int = 64, queue_timeout_s: float = 120.0,
+                    generation_timeout_s: float | None = None) -> LlamaChatEngine:
+    config = ModelConfig(id="smol", kind="chat", path=SMOLLM2, context_length=2048, parallel=1,
+                         queue_limit=queue_limit, queue_timeout_s=queue_timeout_s,
+                         generation_timeout_s=generation_timeout_s)
     engine = LlamaChatEngine.load(config)
     engine.warm_up()
     return engine
@@ -107,3 +116,19 @@ async def _events_until_error(engine: LlamaChatEngine,
             yield event
     except Overloaded as refused:
         yield refused
+
+
+def test_generating_past_the_deadline_ends_as_length() -> None:
+    engine = one_slot_engine(generation_timeout_s=0.3)
+    endless = replace(ASK, max_tokens=1900, sampling=Sampling(temperature=1.0, seed=1),
+                      messages=(ChatMessage("user", "Write a very long story about a fox."),))
+    try:
+        async def run() -> list[Finish]:
+            return [event async for event in engine.chat(endless, CancelToken())
+                    if isinstance(event, Finish)]
+
+        finishes = asyncio.run(run())
+    finally:
+        engine.close()
+    assert [f.reason for f in finishes] == ["length"]
+    assert 0 < finishes[0].usage.completion_tokens < 1900

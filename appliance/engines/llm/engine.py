@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -224,6 +225,7 @@ class LlamaChatEngine:
             shown_specials=self._tool_markers if params.tools else frozenset(),
             owner=params.owner,
             wait_until=time.monotonic() + self._config.queue_timeout_s,
+            generate_for=self._config.generation_timeout_s or math.inf,
         )
 
     def _constrained(self, params: ChatParams) -> Sampling:

@@ -56,6 +56,7 @@ class GenerationRequest:
     shown_specials: frozenset[int] = frozenset()  # control tokens whose text is output
     owner: str | None = None  # who asked (the API key): free slots go round-robin by owner
     wait_until: float = math.inf  # monotonic time after which it is refused, still queued
+    generate_for: float = math.inf  # seconds it may generate once admitted; then "length"
     # Set by the consumer when it has read all it needs (the tool parser saw a repeat):
     # the choice then finishes as if it had stopped. One per choice, never shared.
     enough: threading.Event = field(default_factory=threading.Event)
@@ -184,6 +185,9 @@ class Scheduler:
                 self._release(slot)
             elif slot.request is not None and slot.request.enough.is_set():
                 self._finish(slot, "stop")
+            elif slot.request is not None and \
+                    time.monotonic() - slot.admitted > slot.request.generate_for:
+                self._finish(slot, "length")  # out of time: ends cleanly, as max_tokens does
 
     def waiting(self) -> int:
         """Requests submitted and not yet in a slot (read from any thread; approximate)."""
