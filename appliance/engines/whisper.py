@@ -9,12 +9,10 @@ request stops at the next segment.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import ctranslate2
 import numpy as np
@@ -30,6 +28,7 @@ from appliance.engines.base import (
     TranscriptionStarted,
     Word,
 )
+from appliance.engines.thread_events import ThreadEvents
 from appliance.engines.whisper_languages import LANGUAGE_NAMES
 from appliance.errors import InvalidRequest
 
@@ -43,7 +42,7 @@ BEAM_SIZE = 5
 # whisper invents words in silence ("You"), and skipping silence is faster. Timestamps stay
 # those of the original audio.
 VAD_FILTER = True
-_DONE = object()
+Emit = Callable[[TranscriptionEvent | BaseException | None], None]
 
 
 def choose_device(configured: str) -> str:
@@ -106,23 +105,10 @@ class WhisperEngine:
     async def transcribe(self, params: TranscriptionParams,
                          cancel: CancelToken) -> AsyncGenerator[TranscriptionEvent, None]:
         self._check(params)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Any] = asyncio.Queue()
-
-        def emit(event: object) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the loop is gone (shutdown): nobody is listening
-                cancel.cancel()
-
-        self._pool.submit(self._work, params, cancel, emit)
+        events: ThreadEvents[TranscriptionEvent | None] = ThreadEvents(cancel)
+        self._pool.submit(self._work, params, cancel, events.emit)
         try:
-            while True:
-                event = await events.get()
-                if event is _DONE:
-                    return
-                if isinstance(event, BaseException):
-                    raise event
+            while (event := await events.next()) is not None:  # None: the work is over
                 yield event
         finally:
             cancel.cancel()
@@ -139,18 +125,16 @@ class WhisperEngine:
                     f"The model `{self._info.id}` is English-only and cannot transcribe "
                     f"language {params.language!r}.", param="language", code="invalid_value")
 
-    def _work(self, params: TranscriptionParams, cancel: CancelToken,
-              emit: Callable[[object], None]) -> None:
+    def _work(self, params: TranscriptionParams, cancel: CancelToken, emit: Emit) -> None:
         try:
             if not cancel.cancelled:
                 self._run(params, cancel, emit)
         except BaseException as exc:  # the request fails, never the worker
             emit(exc)
         finally:
-            emit(_DONE)
+            emit(None)
 
-    def _run(self, params: TranscriptionParams, cancel: CancelToken,
-             emit: Callable[[object], None]) -> None:
+    def _run(self, params: TranscriptionParams, cancel: CancelToken, emit: Emit) -> None:
         try:
             audio = decode_audio(params.audio, sampling_rate=SAMPLE_RATE)
         except Exception as exc:

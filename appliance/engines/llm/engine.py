@@ -6,7 +6,6 @@ carrying events from the decode thread back to the event loop. The scheduler own
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import threading
@@ -36,6 +35,7 @@ from appliance.engines.llm.tool_dialects import ToolSupport, rewrite_for_prompt,
 from appliance.engines.llm.tool_dialects import detect as detect_tool_support
 from appliance.engines.llm.tool_grammar import tool_call_grammar
 from appliance.engines.llm.tool_parser import ToolCallParser
+from appliance.engines.thread_events import ThreadEvents
 from appliance.errors import ConfigError, ContextLengthExceeded, InvalidRequest, Overloaded
 
 log = logging.getLogger("appliance.engines.llm")
@@ -116,19 +116,11 @@ class LlamaChatEngine:
     async def chat(
         self, params: ChatParams, cancel: CancelToken
     ) -> AsyncGenerator[ChatEvent, None]:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[ChatEvent | BaseException] = asyncio.Queue()
-
-        def emit(event: ChatEvent | BaseException) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the loop is gone (shutdown): nobody is listening
-                cancel.cancel()
-
         if self.waiting() >= self._config.queue_limit:
             raise Overloaded(f"The model `{self._info.id}` has {self._config.queue_limit} "
                              "requests waiting; try again shortly.", retry_after=1.0)
-        first = await anyio.to_thread.run_sync(self._request, params, cancel, emit)
+        events: ThreadEvents[ChatEvent] = ThreadEvents(cancel)
+        first = await anyio.to_thread.run_sync(self._request, params, cancel, events.emit)
         yield Started(prompt_tokens=len(first.tokens))
         choices = [first, *(self._sibling(first, i) for i in range(1, params.n))]
         self._scheduler.submit(*choices)
@@ -138,9 +130,7 @@ class LlamaChatEngine:
         unfinished = params.n
         try:
             while unfinished:
-                event = await events.get()
-                if isinstance(event, BaseException):
-                    raise event
+                event = await events.next()
                 if isinstance(event, Finish):
                     unfinished -= 1
                 if isinstance(event, Started) or event.index not in parsers:
