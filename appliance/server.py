@@ -33,7 +33,8 @@ def serve(config: ApplianceConfig) -> None:
     metrics = ApplianceMetrics(ledger_lag=lambda: ledger.lag_seconds)
     drain = DrainState()
     try:
-        catalog = load_catalog(config, on_step=metrics.observe_step)
+        catalog = load_catalog(config, on_step=metrics.observe_step,
+                               on_occupancy=metrics.observe_occupancy)
         try:
             services = Services(
                 catalog=catalog,

@@ -57,11 +57,19 @@ async def _serve(request: Request, task: Task) -> Response:
         params = TranscriptionParams(audio=audio.upload.file, task=task,
                                      language=audio.language, prompt=audio.prompt,
                                      temperature=audio.temperature,
-                                     word_timestamps="word" in audio.granularities)
+                                     word_timestamps="word" in audio.granularities,
+                                     owner=note.key_id)  # workers are shared per key
         cancel = CancelToken()
         events = engine.transcribe(params, cancel)
         try:
-            started = await anext(events)  # undecodable audio is a plain 400 here
+            # Waits for a worker, then decodes: undecodable audio is a plain 400 here, a full
+            # queue a 503, and a client that leaves while queued gives its place up.
+            started = await unless_disconnected(request.receive, anext(events))
+        except ClientGone:
+            note.client_gone = True
+            cancel.cancel()
+            await events.aclose()
+            return Response(status_code=499)  # nobody reads it; the ledger says "cancelled"
         except BaseException:
             cancel.cancel()
             await events.aclose()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import replace
 from typing import Any
 
 import anyio.to_thread
@@ -68,7 +69,7 @@ async def create_image(request: Request) -> Response:
         raise InvalidRequest("This server keeps no image files: ask for "
                              "'response_format': 'b64_json'.", param="response_format",
                              code="invalid_value")
-    params = to_image_params(body, engine)
+    params = replace(to_image_params(body, engine), owner=note.key_id)  # workers per key
     cancel = CancelToken()
     try:
         result = await unless_disconnected(request.receive, engine.generate(params, cancel))

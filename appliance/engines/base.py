@@ -262,6 +262,7 @@ class TranscriptionParams:
     prompt: str | None = None  # text of a previous segment or spellings to prefer
     temperature: float = 0.0
     word_timestamps: bool = False
+    owner: str | None = None  # who asks (an API key id): workers are shared fairly by owner
 
 
 @dataclass(frozen=True)
@@ -301,8 +302,9 @@ TranscriptionEvent = TranscriptionStarted | Segment
 
 class TranscriptionEngine(Protocol):
     """A loaded speech-to-text model. ``transcribe`` yields one ``TranscriptionStarted``
-    (or raises InvalidRequest, param ``file``, for audio it cannot decode), then each
-    ``Segment`` as it is decoded. Closing the iterator or cancelling stops the work."""
+    (or raises InvalidRequest, param ``file``, for audio it cannot decode; Overloaded when
+    its queue is full or the wait for a worker is too long), then each ``Segment`` as it is
+    decoded. Closing the iterator or cancelling stops the work."""
 
     @property
     def info(self) -> ModelInfo: ...
@@ -331,6 +333,7 @@ class ImageParams:
     guidance: float | None = None  # None: the model's default
     seed: int | None = None  # image i of the request is drawn with seed + i; None: random
     negative_prompt: str | None = None
+    owner: str | None = None  # who asks (an API key id): workers are shared fairly by owner
 
 
 @dataclass(frozen=True)
@@ -361,8 +364,9 @@ class ImageDefaults:
 class ImageEngine(Protocol):
     """A loaded text-to-image pipeline. ``generate`` raises InvalidRequest naming ``size``
     for a size the model cannot make (and naming ``negative_prompt`` or ``guidance`` when the
-    pipeline takes no such input); requests wait in arrival order for a free worker; the
-    cancel token stops a request in the queue or between two denoising steps."""
+    pipeline takes no such input); requests wait for a free worker, taken round-robin across
+    owners (Overloaded when the queue is full or the wait too long); the cancel token stops a
+    request in the queue or between two denoising steps."""
 
     @property
     def info(self) -> ModelInfo: ...

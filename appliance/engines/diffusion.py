@@ -1,11 +1,11 @@
 """Text-to-image on diffusers: any pipeline ``AutoPipelineForText2Image`` loads from a folder.
 
 Owns loading the folder on its device and dtype (``diffusion_device``), the sizes a request
-may ask for, and a pool of ``workers`` threads: requests wait in arrival order (first come,
-first served) for a free worker, each worker runs whole requests on its own copy of the
-pipeline (shared weights, private scheduler and tokenizers), and the event loop only awaits
-the result. A cancelled request leaves the queue at once, or stops between two denoising steps
-if it is already running.
+may ask for, and a pool of ``workers`` threads: requests wait for a free worker at a
+``FairGate`` (bounded, round-robin across keys), each worker runs whole requests on its own
+copy of the pipeline (shared weights, private scheduler and tokenizers), and the event loop
+only awaits the result. A cancelled request leaves the queue at once, or stops between two
+denoising steps if it is already running.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from appliance.engines.diffusion_device import (
     save_memory,
 )
 from appliance.engines.diffusion_pipeline import PipelineTraits, Stopped, run, worker_copy
+from appliance.engines.fair_gate import FairGate, Occupancy, OccupancyReport
 from appliance.errors import ConfigError, EngineFailure, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger("appliance.engines.diffusion")
@@ -64,7 +65,7 @@ def parse_sizes(config: ModelConfig, traits: PipelineTraits) -> tuple[tuple[int,
 
 class DiffusionEngine:
     def __init__(self, config: ModelConfig, pipelines: list[Any], traits: PipelineTraits,
-                 placement: Placement):
+                 placement: Placement, report: OccupancyReport | None = None):
         self._config = config
         self._traits = traits
         self._placement = placement
@@ -75,13 +76,16 @@ class DiffusionEngine:
         for pipeline in pipelines:
             self._idle.put(pipeline)
         self._closing = threading.Event()
+        self._gate = FairGate(config.id, slots=len(pipelines), queue_limit=config.queue_limit,
+                              queue_timeout_s=config.queue_timeout_s, report=report)
         self._pool = ThreadPoolExecutor(max_workers=len(pipelines),
                                         thread_name_prefix=f"diffusion-{config.id}")
         self._info = ModelInfo(id=config.id, kind="image", context_length=0,
                                owned_by=config.owned_by, created=int(time.time()))
 
     @classmethod
-    def load(cls, config: ModelConfig) -> DiffusionEngine:
+    def load(cls, config: ModelConfig,
+             report: OccupancyReport | None = None) -> DiffusionEngine:
         if config.threads is not None:
             torch.set_num_threads(config.threads)  # torch's pool is per process
         class_name = pipeline_class_name(config.path)
@@ -99,7 +103,7 @@ class DiffusionEngine:
         savings = save_memory(pipeline, placement)
         traits = PipelineTraits.of(pipeline, config.steps, config.guidance)
         pipelines = [pipeline, *(worker_copy(pipeline) for _ in range(config.workers - 1))]
-        engine = cls(config, pipelines, traits, placement)
+        engine = cls(config, pipelines, traits, placement, report)
         log.info("image model %s: %s on %s, %d worker(s), %d steps, guidance %s, sizes %s%s",
                  config.id, traits.class_name, placement.label, config.workers,
                  traits.defaults.steps, traits.defaults.guidance,
@@ -119,6 +123,10 @@ class DiffusionEngine:
     def defaults(self) -> ImageDefaults:
         return self._traits.defaults
 
+    @property
+    def occupancy(self) -> Occupancy:
+        return self._gate.occupancy
+
     def warm_up(self) -> None:
         """One short generation at the default size: the first request pays no first-use
         costs (kernel selection, allocator growth, lazy imports inside diffusers)."""
@@ -137,20 +145,21 @@ class DiffusionEngine:
 
     async def generate(self, params: ImageParams, cancel: CancelToken) -> ImageResult:
         self._check(params)
-        try:
-            future = self._pool.submit(self._work, params, cancel)
-        except RuntimeError:  # the pool is shut down
-            raise ServiceUnavailable("The image model is shutting down.") from None
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            cancel.cancel()  # stops it between steps if it is already running
-            future.cancel()  # takes it out of the queue if it is not
-            raise
-        except Stopped:
-            if self._closing.is_set():
+        async with self._gate.slot(params.owner):
+            try:
+                future = self._pool.submit(self._work, params, cancel)
+            except RuntimeError:  # the pool is shut down
                 raise ServiceUnavailable("The image model is shutting down.") from None
-            raise EngineFailure("The image generation was cancelled.") from None
+            try:
+                return await asyncio.wrap_future(future)
+            except asyncio.CancelledError:
+                cancel.cancel()  # stops it between steps if it is already running
+                future.cancel()  # takes it out of the pool's queue if it is not
+                raise
+            except Stopped:
+                if self._closing.is_set():
+                    raise ServiceUnavailable("The image model is shutting down.") from None
+                raise EngineFailure("The image generation was cancelled.") from None
 
     def _check(self, params: ImageParams) -> None:
         if (params.width, params.height) not in self._sizes:

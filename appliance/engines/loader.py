@@ -22,6 +22,9 @@ log = logging.getLogger("appliance.engines")
 
 # Called from a chat model's decode thread after each step: (model id, busy slots, waiting).
 StepObserver = Callable[[str, int, int], None]
+# Called on the event loop when a worker-pool model's occupancy changes: (model id, busy
+# workers, waiting requests).
+OccupancyObserver = Callable[[str, int, int], None]
 
 
 def _step_reporter(model_id: str,
@@ -35,21 +38,30 @@ def _step_reporter(model_id: str,
     return report
 
 
-def _load(model: ModelConfig, on_step: StepObserver | None = None) -> Engine:
+def _occupancy_reporter(model_id: str, observer: OccupancyObserver | None
+                        ) -> Callable[[int, int], None] | None:
+    if observer is None:
+        return None
+    return lambda busy, waiting: observer(model_id, busy, waiting)
+
+
+def _load(model: ModelConfig, on_step: StepObserver | None = None,
+          on_occupancy: OccupancyObserver | None = None) -> Engine:
     # Heavy libraries (faster-whisper, torch + diffusers) are imported only when a model
     # needs them, so a chat-only appliance boots without paying for them.
     if model.kind == "embedding":
         return LlamaEmbeddingEngine.load(model)
     if model.kind == "transcription":
         from appliance.engines.whisper import WhisperEngine
-        return WhisperEngine.load(model)
+        return WhisperEngine.load(model, _occupancy_reporter(model.id, on_occupancy))
     if model.kind == "image":
         from appliance.engines.diffusion import DiffusionEngine
-        return DiffusionEngine.load(model)
+        return DiffusionEngine.load(model, _occupancy_reporter(model.id, on_occupancy))
     return LlamaChatEngine.load(model, _step_reporter(model.id, on_step))
 
 
-def load_catalog(config: ApplianceConfig, on_step: StepObserver | None = None) -> Catalog:
+def load_catalog(config: ApplianceConfig, on_step: StepObserver | None = None,
+                 on_occupancy: OccupancyObserver | None = None) -> Catalog:
     chat: list[tuple[ChatEngine, tuple[str, ...]]] = []
     embedding: list[tuple[EmbeddingEngine, tuple[str, ...]]] = []
     transcription: list[tuple[TranscriptionEngine, tuple[str, ...]]] = []
@@ -59,7 +71,7 @@ def load_catalog(config: ApplianceConfig, on_step: StepObserver | None = None) -
         for model in config.models:
             t0 = time.perf_counter()
             try:
-                engine = _load(model, on_step)
+                engine = _load(model, on_step, on_occupancy)
             except ApplianceError:
                 raise
             except Exception as exc:

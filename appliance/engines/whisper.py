@@ -2,7 +2,8 @@
 
 Owns loading a whisper folder on the right device (CUDA + float16 when CTranslate2 sees a GPU,
 int8 on CPU, unless models.toml says otherwise), a pool of ``workers`` threads so several
-transcriptions run at once without touching the event loop, and turning faster-whisper's
+transcriptions run at once without touching the event loop (requests wait for a worker at a
+``FairGate``: bounded, round-robin across keys), and turning faster-whisper's
 lazy segment generator into events: decoding happens segment by segment, so a cancelled
 request stops at the next segment.
 """
@@ -28,6 +29,7 @@ from appliance.engines.base import (
     TranscriptionStarted,
     Word,
 )
+from appliance.engines.fair_gate import FairGate, Occupancy, OccupancyReport
 from appliance.engines.thread_events import ThreadEvents
 from appliance.engines.whisper_languages import LANGUAGE_NAMES
 from appliance.errors import InvalidRequest
@@ -58,17 +60,21 @@ def choose_compute_type(configured: str, device: str) -> str:
 
 
 class WhisperEngine:
-    def __init__(self, config: ModelConfig, model: WhisperModel, device: str):
+    def __init__(self, config: ModelConfig, model: WhisperModel, device: str,
+                 report: OccupancyReport | None = None):
         self._config = config
         self._model = model
         self._device = device
+        self._gate = FairGate(config.id, slots=config.workers, queue_limit=config.queue_limit,
+                              queue_timeout_s=config.queue_timeout_s, report=report)
         self._pool = ThreadPoolExecutor(max_workers=config.workers,
                                         thread_name_prefix=f"whisper-{config.id}")
         self._info = ModelInfo(id=config.id, kind=config.kind, context_length=0,
                                owned_by=config.owned_by, created=int(time.time()))
 
     @classmethod
-    def load(cls, config: ModelConfig) -> WhisperEngine:
+    def load(cls, config: ModelConfig,
+             report: OccupancyReport | None = None) -> WhisperEngine:
         # faster-whisper logs every request at INFO; our own log says what matters.
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)
         device = choose_device(config.device)
@@ -77,7 +83,7 @@ class WhisperEngine:
                              num_workers=config.workers, local_files_only=True)
         log.info("whisper %s on %s (%s), %d workers", config.id, device, compute_type,
                  config.workers)
-        return cls(config, model, device)
+        return cls(config, model, device, report)
 
     @property
     def info(self) -> ModelInfo:
@@ -86,6 +92,10 @@ class WhisperEngine:
     @property
     def max_upload_bytes(self) -> int:
         return self._config.max_upload_mb * 1024 * 1024
+
+    @property
+    def occupancy(self) -> Occupancy:
+        return self._gate.occupancy
 
     @property
     def multilingual(self) -> bool:
@@ -105,13 +115,14 @@ class WhisperEngine:
     async def transcribe(self, params: TranscriptionParams,
                          cancel: CancelToken) -> AsyncGenerator[TranscriptionEvent, None]:
         self._check(params)
-        events: ThreadEvents[TranscriptionEvent | None] = ThreadEvents(cancel)
-        self._pool.submit(self._work, params, cancel, events.emit)
-        try:
-            while (event := await events.next()) is not None:  # None: the work is over
-                yield event
-        finally:
-            cancel.cancel()
+        async with self._gate.slot(params.owner):
+            events: ThreadEvents[TranscriptionEvent | None] = ThreadEvents(cancel)
+            self._pool.submit(self._work, params, cancel, events.emit)
+            try:
+                while (event := await events.next()) is not None:  # None: the work is over
+                    yield event
+            finally:
+                cancel.cancel()
 
     def _check(self, params: TranscriptionParams) -> None:
         if params.language is not None:

@@ -253,3 +253,26 @@ def test_requests_run_in_arrival_order_and_a_queued_cancel_never_runs(engine: An
     finished, dropped_token = asyncio.run(scenario())
     assert finished == ["first", "a", "b", "c"]
     assert dropped_token.asked == 0
+
+
+def test_a_burst_from_one_key_does_not_starve_another(engine: Any) -> None:
+    async def scenario() -> list[str]:
+        first_token = CountingToken(hold=True)
+        finished: list[str] = []
+
+        async def make(name: str, owner: str, token: CancelToken) -> None:
+            await engine.generate(ImageParams(name, width=64, height=64, owner=owner), token)
+            finished.append(name)
+
+        first = asyncio.ensure_future(make("a0", "key_a", first_token))
+        await asyncio.to_thread(first_token.holding.wait)  # the only worker is now busy
+        burst = [asyncio.ensure_future(make(f"a{i}", "key_a", CancelToken()))
+                 for i in (1, 2, 3)]
+        await asyncio.sleep(0)
+        late = asyncio.ensure_future(make("b0", "key_b", CancelToken()))
+        await asyncio.sleep(0)
+        first_token.release.set()
+        await asyncio.gather(first, *burst, late)
+        return finished
+
+    assert asyncio.run(scenario()) == ["a0", "b0", "a1", "a2", "a3"]

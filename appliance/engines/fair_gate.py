@@ -1,0 +1,139 @@
+"""Fair admission to an engine's worker pool (whisper, diffusion): who runs next, how many wait.
+
+A pool of ``slots`` workers, a bounded queue in front of it, and round-robin across owners
+(API keys): when a slot frees, it goes to the next owner after the one served last that has
+work waiting, each owner's requests in arrival order, so one key's burst of 50 uploads does
+not make another key's single request wait behind all of them. A full queue is a 503
+``overloaded`` with a retry hint, as is a request that waited past ``queue_timeout_s``, before
+any work is done. The chat scheduler applies the same policy to its sequence slots itself.
+
+Lives on the event loop: every method is called from the loop's thread (request coroutines),
+so no lock is needed; the occupancy report may be read from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from appliance.errors import Overloaded
+
+RETRY_AFTER_S = 1.0
+# Told (busy slots, waiting requests) whenever either changes.
+OccupancyReport = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    busy: int
+    waiting: int
+
+
+class FairGate:
+    def __init__(self, model_id: str, *, slots: int, queue_limit: int, queue_timeout_s: float,
+                 report: OccupancyReport | None = None):
+        self._model_id = model_id
+        self._slots = slots
+        self._queue_limit = queue_limit
+        self._queue_timeout_s = queue_timeout_s
+        self._report = report
+        self._busy = 0
+        self._waiting: dict[str | None, deque[asyncio.Future[None]]] = {}
+        # Every owner seen, in order of first arrival (a few per API key: bounded), and the
+        # place in it of the owner served last; the next turn goes to the first owner after it
+        # that has work waiting.
+        self._ring: list[str | None] = []
+        self._places: dict[str | None, int] = {}
+        self._served_last = -1
+
+    @property
+    def occupancy(self) -> Occupancy:
+        return Occupancy(self._busy, sum(len(q) for q in self._waiting.values()))
+
+    @asynccontextmanager
+    async def slot(self, owner: str | None) -> AsyncIterator[None]:
+        """Holds one worker slot for the body of the ``async with``; raises Overloaded when the
+        queue is full or the wait runs past the deadline. Cancellation (the client left) takes
+        the request out of the queue, or gives its slot back."""
+        await self._enter(owner)
+        try:
+            yield
+        finally:
+            self._leave()
+
+    async def _enter(self, owner: str | None) -> None:
+        if owner not in self._places:
+            self._places[owner] = len(self._ring)
+            self._ring.append(owner)
+        if self._busy < self._slots and not self._waiting:
+            self._busy += 1
+            self._served_last = self._places[owner]
+            self._tell()
+            return
+        if self.occupancy.waiting >= self._queue_limit:
+            raise Overloaded(f"Model {self._model_id} has {self._queue_limit} requests waiting "
+                             "already; try again shortly.", retry_after=RETRY_AFTER_S)
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(owner, deque()).append(turn)
+        self._tell()
+        try:
+            # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that arrives
+            # as the turn is granted, and the request would then run for a client that left.
+            async with asyncio.timeout(self._queue_timeout_s):
+                await turn
+        except TimeoutError:
+            if turn.done() and not turn.cancelled():  # granted at the last moment: keep it
+                return
+            self._forget(owner, turn)
+            raise Overloaded(f"The request waited too long for a free worker on model "
+                             f"{self._model_id}; try again shortly.",
+                             retry_after=RETRY_AFTER_S) from None
+        except BaseException:  # cancelled while waiting
+            if turn.done() and not turn.cancelled():
+                self._leave()  # the slot was handed over just before: pass it on
+            else:
+                turn.cancel()
+                self._forget(owner, turn)
+            raise
+
+    def _leave(self) -> None:
+        self._busy -= 1
+        while self._busy < self._slots and self._waiting:
+            turn = self._next_turn()
+            if turn.done():  # cancelled, not yet taken out of the queue
+                continue
+            self._busy += 1
+            turn.set_result(None)
+        self._tell()
+
+    def _next_turn(self) -> asyncio.Future[None]:
+        """The first waiter of the first owner after the one served last (round-robin)."""
+        size = len(self._ring)
+        for step in range(1, size + 1):
+            place = (self._served_last + step) % size
+            pending = self._waiting.get(self._ring[place])
+            if pending:
+                break
+        else:  # unreachable: only called while someone waits
+            raise RuntimeError("no request is waiting")
+        self._served_last = place
+        turn = pending.popleft()
+        if not pending:
+            del self._waiting[self._ring[place]]
+        return turn
+
+    def _forget(self, owner: str | None, turn: asyncio.Future[None]) -> None:
+        pending = self._waiting.get(owner)
+        if pending is not None and turn in pending:
+            pending.remove(turn)
+            if not pending:
+                del self._waiting[owner]
+        self._tell()
+
+    def _tell(self) -> None:
+        if self._report is not None:
+            occupancy = self.occupancy
+            self._report(occupancy.busy, occupancy.waiting)

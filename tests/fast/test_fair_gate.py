@@ -1,0 +1,161 @@
+"""The worker-pool gate (whisper, images): bounded queue, round-robin across keys, deadlines,
+and cancellation that never leaks a slot."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from appliance.engines.fair_gate import FairGate
+from appliance.errors import Overloaded
+
+pytestmark = pytest.mark.anyio
+
+
+class Holder:
+    """A request that holds a slot until told to let go; records when it got in."""
+
+    def __init__(self, gate: FairGate, owner: str | None, name: str, log: list[str]):
+        self.release = asyncio.Event()
+        self.task = asyncio.ensure_future(self._run(gate, owner, name, log))
+
+    async def _run(self, gate: FairGate, owner: str | None, name: str, log: list[str]) -> None:
+        async with gate.slot(owner):
+            log.append(name)
+            await self.release.wait()
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_free_slots_are_taken_at_once_and_counted() -> None:
+    reports: list[tuple[int, int]] = []
+    gate = FairGate("m", slots=2, queue_limit=4, queue_timeout_s=10,
+                    report=lambda busy, waiting: reports.append((busy, waiting)))
+    log: list[str] = []
+    first, second = Holder(gate, "a", "a1", log), Holder(gate, "a", "a2", log)
+    third = Holder(gate, "a", "a3", log)
+    await settle()
+    assert log == ["a1", "a2"]
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (2, 1)
+    first.release.set()
+    await settle()
+    assert log == ["a1", "a2", "a3"]
+    second.release.set()
+    third.release.set()
+    await asyncio.gather(first.task, second.task, third.task)
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)
+    assert reports[-1] == (0, 0)
+
+
+async def test_a_burst_from_one_key_does_not_starve_the_others() -> None:
+    gate = FairGate("m", slots=1, queue_limit=20, queue_timeout_s=10)
+    log: list[str] = []
+    holders = [Holder(gate, "a", "a1", log)]
+    await settle()
+    holders += [Holder(gate, "a", f"a{i}", log) for i in range(2, 6)]
+    await settle()
+    holders += [Holder(gate, "b", "b1", log), Holder(gate, "c", "c1", log)]
+    await settle()
+    for holder in holders:  # each lets go in turn; the next in line takes the slot
+        holder.release.set()
+    await asyncio.gather(*(h.task for h in holders))
+    assert log == ["a1", "b1", "c1", "a2", "a3", "a4", "a5"]
+
+
+async def test_turns_rotate_across_keys_each_in_arrival_order() -> None:
+    gate = FairGate("m", slots=1, queue_limit=20, queue_timeout_s=10)
+    log: list[str] = []
+    blocker = Holder(gate, None, "x", log)
+    await settle()
+    waiting = [Holder(gate, owner, f"{owner}{i}", log) for i in (1, 2) for owner in "abc"]
+    await settle()
+    blocker.release.set()
+    for holder in waiting:
+        holder.release.set()
+    await asyncio.gather(blocker.task, *(h.task for h in waiting))
+    assert log == ["x", "a1", "b1", "c1", "a2", "b2", "c2"]
+
+
+async def test_a_full_queue_is_overloaded_with_a_retry_hint() -> None:
+    gate = FairGate("whisper", slots=1, queue_limit=2, queue_timeout_s=10)
+    log: list[str] = []
+    holders = [Holder(gate, "a", f"a{i}", log) for i in range(3)]
+    await settle()
+    with pytest.raises(Overloaded) as refused:
+        async with gate.slot("b"):
+            pass
+    assert refused.value.retry_after > 0
+    assert refused.value.status == 503 and "whisper" in str(refused.value)
+    for holder in holders:
+        holder.release.set()
+    await asyncio.gather(*(h.task for h in holders))
+
+
+async def test_waiting_past_the_deadline_is_overloaded_and_leaves_the_queue() -> None:
+    gate = FairGate("m", slots=1, queue_limit=5, queue_timeout_s=0.05)
+    log: list[str] = []
+    holder = Holder(gate, "a", "a1", log)
+    await settle()
+    with pytest.raises(Overloaded, match="waited too long"):
+        async with gate.slot("b"):
+            pass
+    assert gate.occupancy.waiting == 0
+    holder.release.set()
+    await holder.task
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)
+
+
+async def test_cancelled_waiters_give_their_place_up_and_leak_nothing() -> None:
+    gate = FairGate("m", slots=1, queue_limit=5, queue_timeout_s=10)
+    log: list[str] = []
+    holder = Holder(gate, "a", "a1", log)
+    await settle()
+    quitter = Holder(gate, "b", "b1", log)
+    patient = Holder(gate, "c", "c1", log)
+    await settle()
+    quitter.task.cancel()
+    await settle()
+    assert gate.occupancy.waiting == 1
+    holder.release.set()
+    patient.release.set()
+    await asyncio.gather(holder.task, patient.task)
+    assert log == ["a1", "c1"]
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)
+
+
+async def test_a_waiter_cancelled_just_as_its_turn_came_passes_the_slot_on() -> None:
+    gate = FairGate("m", slots=1, queue_limit=5, queue_timeout_s=10)
+    log: list[str] = []
+    go = asyncio.Event()
+    unlucky: list[Holder] = []
+
+    async def first() -> None:
+        async with gate.slot("a"):
+            log.append("a1")
+            await go.wait()
+        # Leaving handed the slot to b1, which has not run yet: it is cancelled now.
+        unlucky[0].task.cancel()
+
+    holder = asyncio.ensure_future(first())
+    await settle()
+    unlucky.append(Holder(gate, "b", "b1", log))
+    patient = Holder(gate, "c", "c1", log)
+    await settle()
+    go.set()
+    patient.release.set()
+    await asyncio.gather(holder, patient.task)
+    assert log == ["a1", "c1"]
+    assert unlucky[0].task.cancelled()
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)
+
+
+async def test_an_error_inside_the_slot_gives_it_back() -> None:
+    gate = FairGate("m", slots=1, queue_limit=5, queue_timeout_s=10)
+    with pytest.raises(ValueError):
+        async with gate.slot("a"):
+            raise ValueError("engine failed")
+    assert gate.occupancy.busy == 0
