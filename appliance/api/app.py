@@ -42,9 +42,19 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
+    """200 once every model is loaded and warm (503 while draining, see shutdown.py). A model
+    failing at run time leaves the others serving: still 200, ``status: "degraded"``, and the
+    failing models named under ``failing``."""
     services: Services = request.app.state.services
     models = [info.id for info in services.catalog.models()]
-    return JSONResponse({"status": "ready", "models": models})
+    failing = services.metrics.health.failing()
+    return JSONResponse({
+        "status": "degraded" if failing else "ready",
+        "models": models,
+        "failing": {model: {"consecutive_failures": f.failures, "since": int(f.since),
+                            "last_error_code": f.last_code}
+                    for model, f in sorted(failing.items())},
+    })
 
 
 def create_app(services: Services) -> Starlette:
@@ -70,6 +80,7 @@ def create_app(services: Services) -> Starlette:
     routes += admin_routes()
     services = with_key_scope(services)
     services.metrics.routes.bind(routes)
+    services.metrics.health.track(info.id for info in services.catalog.models())
     middleware = _cors(services.exposure.cors_origins) + gate_middleware(services)
 
     @asynccontextmanager

@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import BaseRoute, Route
 
+from appliance.api.model_health import ModelHealth
 from appliance.ledger import RequestRecord
 
 IDLE_AFTER_S = 1.0
@@ -36,10 +37,12 @@ class _Step:
     interval: float  # since the step before
     busy_slots: int
     waiting: int
+    exact: bool = False  # reported on every change (worker pools): never stale
 
 
 class EngineLoad(Collector):
-    """Slot use and queue depth per chat model, as of each model's last decode step."""
+    """Slot use and queue depth per model: chat models as of their last decode step,
+    worker-pool models (whisper, images) as of their last change."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
@@ -54,16 +57,21 @@ class EngineLoad(Collector):
             interval = gap if gap <= SLOWEST_STEP_S else 0.0
             self._steps[model] = _Step(now, interval, busy_slots, waiting)
 
+    def observe_occupancy(self, model: str, busy: int, waiting: int) -> None:
+        with self._lock:
+            self._steps[model] = _Step(self._clock(), 0.0, busy, waiting, exact=True)
+
     def collect(self) -> Iterable[Metric]:
         slots = GaugeMetricFamily("appliance_engine_slots_busy",
-                                  "Sequence slots prefilling or generating", labels=["model"])
+                                  "Slots (chat sequences, whisper or image workers) in use",
+                                  labels=["model"])
         queued = GaugeMetricFamily("appliance_engine_queue_depth",
-                                   "Requests waiting for a sequence slot", labels=["model"])
+                                   "Requests waiting for a slot", labels=["model"])
         now = self._clock()
         with self._lock:
             steps = dict(self._steps)
         for model, step in sorted(steps.items()):
-            idle = now - step.at > max(IDLE_AFTER_S, 3 * step.interval)
+            idle = not step.exact and now - step.at > max(IDLE_AFTER_S, 3 * step.interval)
             slots.add_metric([model], 0 if idle else step.busy_slots)
             queued.add_metric([model], 0 if idle else step.waiting)
         yield slots
@@ -93,6 +101,8 @@ class ApplianceMetrics:
         self.routes = RouteLabels()
         self.engine_load = EngineLoad(clock)
         self.registry.register(self.engine_load)
+        self.health = ModelHealth()  # which models are failing now (for /ready too)
+        self.registry.register(self.health)
         self.requests = Counter(
             "appliance_requests", "Finished /v1 requests", ["route", "model", "status", "outcome"],
             registry=self.registry)
@@ -125,10 +135,15 @@ class ApplianceMetrics:
             self.generated.labels(model).inc(row.completion_tokens)
         if row.status == "error" and not 400 <= row.http_status < 500:
             self.engine_errors.labels(model, row.error_code or "unknown").inc()
+        self.health.observe(row)
 
     def observe_step(self, model: str, busy_slots: int, waiting: int) -> None:
         """Called from a chat engine's decode thread after every step."""
         self.engine_load.observe_step(model, busy_slots, waiting)
+
+    def observe_occupancy(self, model: str, busy: int, waiting: int) -> None:
+        """Called by a worker-pool model (whisper, images) whenever its occupancy changes."""
+        self.engine_load.observe_occupancy(model, busy, waiting)
 
 
 def each(*callbacks: Callable[[RequestRecord], None]) -> Callable[[RequestRecord], None]:

@@ -21,7 +21,7 @@ from appliance.api.logging_setup import log_handler
 from appliance.api.metrics import ApplianceMetrics
 from appliance.api.services import Exposure, Pricing, Services
 from appliance.engines.catalog import Catalog
-from tests.fakes import FakeChatEngine, FakeKeys, ListLedger
+from tests.fakes import FakeChatEngine, FakeEmbeddingEngine, FakeKeys, ListLedger
 
 pytestmark = pytest.mark.anyio
 USER_KEY = "sk-user-0123456789abcdef"
@@ -47,9 +47,9 @@ def harness(**overrides: Any) -> Harness:
     keys.secrets[ADMIN_KEY] = dataclasses.replace(admin, admin=True)
     ledger = ListLedger()
     clock = [1000.0]
+    overrides.setdefault("catalog", Catalog([(FakeChatEngine(), ())], []))
     services = Services(
-        catalog=Catalog([(FakeChatEngine(), ())], []), ledger=ledger, keys=keys,
-        pricing=Pricing(per_request={"fake-chat": 0.25}),
+        ledger=ledger, keys=keys, pricing=Pricing(per_request={"fake-chat": 0.25}),
         auth_failures=FailedAuthLimiter(max_failures=3, window_s=60.0, clock=lambda: clock[0]),
         **overrides)
     return Harness(services, ledger, clock)
@@ -117,6 +117,53 @@ def test_engine_errors_slots_and_ledger_lag() -> None:
     clock[0] = 14.1
     assert _sample(metrics, "appliance_engine_slots_busy", model="fake-chat") == 0
     assert _sample(metrics, "appliance_ledger_write_lag_seconds") == 0.25
+
+
+def test_worker_pool_occupancy_is_reported_as_it_changes_and_never_goes_stale() -> None:
+    clock = [0.0]
+    metrics = ApplianceMetrics(clock=lambda: clock[0])
+    metrics.observe_occupancy("whisper", 2, 5)
+    clock[0] = 600.0  # one long transcription: no change for minutes is not idleness
+    assert _sample(metrics, "appliance_engine_slots_busy", model="whisper") == 2
+    assert _sample(metrics, "appliance_engine_queue_depth", model="whisper") == 5
+    metrics.observe_occupancy("whisper", 0, 0)
+    assert _sample(metrics, "appliance_engine_slots_busy", model="whisper") == 0
+
+
+async def test_a_failing_model_shows_in_ready_and_metrics_and_the_others_serve() -> None:
+    broken = FakeChatEngine()
+    setup = harness(catalog=Catalog([(broken, ())], [(FakeEmbeddingEngine(), ())]),
+                    exposure=Exposure(metrics_public=True))
+    async with setup.client() as client:
+        ready = await client.get("/ready")
+        assert ready.json()["status"] == "ready" and ready.json()["failing"] == {}
+        broken.fail_after = 0  # the engine breaks: every generation raises
+        for _ in range(2):
+            failed = await client.post("/v1/chat/completions", json=CHAT,
+                                       headers=bearer(USER_KEY))
+            assert failed.status_code == 500
+            assert failed.json()["error"]["type"] == "server_error"
+        embedded = await client.post("/v1/embeddings", headers=bearer(USER_KEY),
+                                     json={"model": "fake-embed", "input": "still here"})
+        assert embedded.status_code == 200  # the other model is not taken down
+        ready = await client.get("/ready")
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "degraded"
+        assert ready.json()["failing"]["fake-chat"]["consecutive_failures"] == 2
+        assert ready.json()["failing"]["fake-chat"]["last_error_code"] == "engine_error"
+        text = (await client.get("/metrics")).text
+        assert 'appliance_model_up{model="fake-chat"} 0.0' in text
+        assert 'appliance_model_up{model="fake-embed"} 1.0' in text
+        # A bad request says nothing about the engine; a success ends the failing run.
+        assert (await client.post("/v1/chat/completions", headers=bearer(USER_KEY),
+                                  json={**CHAT, "n": 0})).status_code == 400
+        assert (await client.get("/ready")).json()["status"] == "degraded"
+        broken.fail_after = None
+        assert (await client.post("/v1/chat/completions", json=CHAT,
+                                  headers=bearer(USER_KEY))).status_code == 200
+        assert (await client.get("/ready")).json() == {
+            "status": "ready", "models": ["fake-chat", "fake-embed"], "failing": {}}
+        assert 'appliance_model_up{model="fake-chat"} 1.0' in (await client.get("/metrics")).text
 
 
 def _sample(metrics: ApplianceMetrics, name: str, **labels: str) -> float | None:
