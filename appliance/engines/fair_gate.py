@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from appliance.engines.round_robin import RoundRobin
 from appliance.errors import Overloaded
 
 RETRY_AFTER_S = 1.0
@@ -42,12 +43,7 @@ class FairGate:
         self._report = report
         self._busy = 0
         self._waiting: dict[str | None, deque[asyncio.Future[None]]] = {}
-        # Every owner seen, in order of first arrival (a few per API key: bounded), and the
-        # place in it of the owner served last; the next turn goes to the first owner after it
-        # that has work waiting.
-        self._ring: list[str | None] = []
-        self._places: dict[str | None, int] = {}
-        self._served_last = -1
+        self._turns = RoundRobin()
 
     @property
     def occupancy(self) -> Occupancy:
@@ -65,12 +61,9 @@ class FairGate:
             self._leave()
 
     async def _enter(self, owner: str | None) -> None:
-        if owner not in self._places:
-            self._places[owner] = len(self._ring)
-            self._ring.append(owner)
         if self._busy < self._slots and not self._waiting:
             self._busy += 1
-            self._served_last = self._places[owner]
+            self._turns.served(owner)
             self._tell()
             return
         if self.occupancy.waiting >= self._queue_limit:
@@ -110,19 +103,13 @@ class FairGate:
         self._tell()
 
     def _next_turn(self) -> asyncio.Future[None]:
-        """The first waiter of the first owner after the one served last (round-robin)."""
-        size = len(self._ring)
-        for step in range(1, size + 1):
-            place = (self._served_last + step) % size
-            pending = self._waiting.get(self._ring[place])
-            if pending:
-                break
-        else:  # unreachable: only called while someone waits
-            raise RuntimeError("no request is waiting")
-        self._served_last = place
+        """The first waiter of the owner whose turn it is."""
+        owner = self._turns.rotation(self._waiting)[0]
+        self._turns.served(owner)
+        pending = self._waiting[owner]
         turn = pending.popleft()
         if not pending:
-            del self._waiting[self._ring[place]]
+            del self._waiting[owner]
         return turn
 
     def _forget(self, owner: str | None, turn: asyncio.Future[None]) -> None:

@@ -38,6 +38,7 @@ from appliance.engines.llm.logprobs import token_logprob
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.sampling import SamplerChain
 from appliance.engines.llm.textstream import TextAssembler
+from appliance.engines.round_robin import RoundRobin
 from appliance.errors import EngineFailure, InvalidRequest, Overloaded
 
 log = logging.getLogger("appliance.engines.llm")
@@ -131,7 +132,7 @@ class Scheduler:
         self._slots = [_Slot(sequence=i) for i in range(slots)]
         self._inbox: deque[GenerationRequest] = deque()  # filled by submit, any thread
         self._queue: list[GenerationRequest] = []  # owned by the decode thread
-        self._last_owner: str | None = None  # whose request got the last free slot
+        self._turns = RoundRobin()  # which key's request gets the next free slot
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"llm-{model_id}", daemon=True)
@@ -201,10 +202,7 @@ class Scheduler:
         by_owner: dict[str | None, deque[GenerationRequest]] = {}
         for request in self._queue:
             by_owner.setdefault(request.owner, deque()).append(request)
-        owners = list(by_owner)
-        if self._last_owner in by_owner:
-            turn = owners.index(self._last_owner) + 1
-            owners = owners[turn:] + owners[:turn]
+        owners = self._turns.rotation(by_owner)
         order: list[GenerationRequest] = []
         while by_owner:
             for owner in owners:
@@ -246,7 +244,7 @@ class Scheduler:
                 continue  # the first choice is still reading the prompt
             self._start(slot, request, reuse)
             admitted.append(request)
-            self._last_owner = request.owner
+            self._turns.served(request.owner)
         if admitted:
             self._queue = [r for r in self._queue if r not in admitted]
 
