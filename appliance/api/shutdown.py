@@ -4,9 +4,13 @@ uvicorn's own handling closes the listening socket at once, so a load balancer p
 ``/ready`` would see connection errors, not a "not ready". Here the first signal only starts
 draining: ``/ready`` answers 503, every new request (``/health`` aside: the process is alive)
 gets a 503 in OpenAI's envelope with ``retry-after`` (the SDKs retry it, by then against a
-replacement), and requests already running continue. Once none is left, or the grace period
-is over, uvicorn is told to exit; it then cancels what still runs and the server flushes the
-ledger. A second signal exits at once, as uvicorn does.
+replacement), and requests already running continue. Once none is left, uvicorn is told to
+exit and the server flushes the ledger. Requests still running when the grace period is over
+are cut here, not by uvicorn's blind cancellation: each is cancelled (its engine frees the
+slot at the next step) and its client gets a proper ending: a 503 ``shutting_down`` if
+nothing was sent yet, else an error frame (and ``[DONE]`` for chat streams) or the end of the
+body; its ledger row says ``error``, code ``shutting_down``, not charged. A second signal
+exits at once, as uvicorn does.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import socket
 from types import FrameType
 
 import uvicorn
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from appliance.api.errors import error_response
+from appliance.api.errors import error_frame, error_response
 from appliance.api.limits import retry_headers
+from appliance.api.note import RequestNote
+from appliance.api.sse import DONE, SSE_MEDIA_TYPE
 from appliance.errors import ServiceUnavailable
 
 log = logging.getLogger("appliance.shutdown")
@@ -30,28 +36,48 @@ log = logging.getLogger("appliance.shutdown")
 # What a refused client is told to wait: a restart of this box takes about this long.
 RETRY_AFTER_S = 5.0
 ALWAYS_SERVED = ("/health",)
+# Streams that end with ``data: [DONE]`` (OpenAI's chat and legacy completions).
+DONE_STREAMS = ("/v1/chat/completions", "/v1/completions")
+# How long cut requests get to deliver their ending before uvicorn is told to exit.
+CUT_SETTLE_S = 2.0
 
 
 class DrainState:
-    """Whether the server is draining, and how many requests are still in flight."""
+    """Whether the server is draining, and which requests are still in flight."""
 
     def __init__(self) -> None:
         self.draining = False
-        self.in_flight = 0
+        self._running: set[asyncio.Task[object]] = set()
+        self._cut: set[asyncio.Task[object]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
 
     def begin(self) -> None:
         self.draining = True
 
-    def entered(self) -> None:
-        self.in_flight += 1
+    def entered(self, task: asyncio.Task[object]) -> None:
+        self._running.add(task)
         self._idle.clear()
 
-    def left(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
+    def left(self, task: asyncio.Task[object]) -> None:
+        self._running.discard(task)
+        self._cut.discard(task)
+        if not self._running:
             self._idle.set()
+
+    def cut_all(self) -> int:
+        """Cancels every request still running (the grace period is over); returns how many."""
+        for task in self._running - self._cut:
+            self._cut.add(task)
+            task.cancel("cut at shutdown: the grace period is over")
+        return len(self._cut)
+
+    def was_cut(self, task: asyncio.Task[object]) -> bool:
+        return task in self._cut
 
     async def wait_idle(self, grace_s: float) -> bool:
         """True when every request finished within ``grace_s``."""
@@ -62,8 +88,27 @@ class DrainState:
         return True
 
 
+class _ResponseWatch:
+    """What of a response has gone out, so a cut request can be ended properly."""
+
+    def __init__(self, send: Send):
+        self._send = send
+        self.started = False
+        self.finished = False
+        self.event_stream = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+            self.event_stream = content_type.startswith(SSE_MEDIA_TYPE.encode())
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            self.finished = True
+        await self._send(message)
+
+
 class DrainMiddleware:
-    """Counts in-flight requests and refuses new ones while draining."""
+    """Counts in-flight requests, refuses new ones while draining, ends cut ones properly."""
 
     def __init__(self, app: ASGIApp, state: DrainState):
         self.app = app
@@ -74,16 +119,47 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
             return
         if self.state.draining:
-            refusal = ServiceUnavailable(
-                "The server is shutting down and takes no new requests; retry shortly.",
-                code="shutting_down")
+            refusal = _shutting_down()
+            note: RequestNote | None = scope.get("state", {}).get("note")
+            if note is not None:
+                note.error_code = refusal.code
             await error_response(refusal, retry_headers(RETRY_AFTER_S))(scope, receive, send)
             return
-        self.state.entered()
+        task: asyncio.Task[object] | None = asyncio.current_task()
+        assert task is not None
+        watch = _ResponseWatch(send)
+        self.state.entered(task)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, watch.send)
+        except asyncio.CancelledError:
+            if not self.state.was_cut(task):
+                raise  # uvicorn's own cancellation (a second signal): not ours to end
+            task.uncancel()
+            await _end_cut(scope, receive, watch)
         finally:
-            self.state.left()
+            self.state.left(task)
+
+
+def _shutting_down() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "The server is shutting down and takes no new requests; retry shortly.",
+        code="shutting_down")
+
+
+async def _end_cut(scope: Scope, receive: Receive, watch: _ResponseWatch) -> None:
+    refusal = ServiceUnavailable("The server shut down before this request finished; "
+                                 "retry it.", code="shutting_down")
+    note: RequestNote | None = scope.get("state", {}).get("note")
+    if note is not None:
+        note.failed_mid_stream = True
+        note.error_code = refusal.code
+    if not watch.started:
+        await error_response(refusal, retry_headers(RETRY_AFTER_S))(scope, receive, watch.send)
+    elif not watch.finished:
+        ending = b""
+        if watch.event_stream:
+            ending = error_frame(refusal) + (DONE if scope["path"] in DONE_STREAMS else b"")
+        await watch.send({"type": "http.response.body", "body": ending, "more_body": False})
 
 
 class DrainingServer(uvicorn.Server):
@@ -122,6 +198,10 @@ class DrainingServer(uvicorn.Server):
         if await self.drain.wait_idle(self.grace_s):
             log.info("drained; shutting down")
         else:
-            log.warning("%d request(s) still running after %.0fs; cancelling them",
-                        self.drain.in_flight, self.grace_s)
+            cut = self.drain.cut_all()
+            log.warning("%d request(s) still running after %.0fs; cutting them", cut,
+                        self.grace_s)
+            if not await self.drain.wait_idle(CUT_SETTLE_S):
+                log.warning("%d request(s) did not end when cut; uvicorn cancels them",
+                            self.drain.in_flight)
         self.should_exit = True

@@ -5,6 +5,7 @@ Each test builds its own app over fakes (no shared registry: every app has its o
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import json
@@ -256,6 +257,7 @@ async def test_a_draining_server_refuses_new_work_with_retry_after() -> None:
         assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
         assert refused.headers["x-request-id"]
         assert setup.ledger.rows[-1].http_status == 503
+        assert setup.ledger.rows[-1].error_code == "shutting_down"
         assert (await client.get("/health")).status_code == 200
     assert setup.services.drain.in_flight == 0
 
@@ -288,7 +290,12 @@ async def test_cors_allows_the_configured_origins() -> None:
 
 async def test_draining_waits_for_in_flight_requests_at_most_the_grace_period() -> None:
     state = harness().services.drain
-    state.entered()
+    request = asyncio.ensure_future(asyncio.sleep(60))
+    state.entered(request)
     assert not await state.wait_idle(0.01)
-    state.left()
+    assert state.cut_all() == 1 and state.was_cut(request)
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    state.left(request)
     assert await state.wait_idle(0.01)
+    assert state.in_flight == 0

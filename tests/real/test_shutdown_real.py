@@ -1,5 +1,7 @@
 """SIGTERM on the real server: the running stream finishes, new work is refused, exit 0;
-a stream that outlives the grace period is cut and ledgered ``cancelled``.
+requests that outlive the grace period are cut with a proper ending (an error frame and
+[DONE] for a stream, a 503 for a plain request), ledgered as errors, and nothing is logged as
+an unhandled exception.
 
 Also the JSON log format as the real process writes it (uvicorn's own lines included), slot
 use in /metrics from the decode thread, and TLS with a self-signed certificate.
@@ -7,6 +9,7 @@ use in /metrics from the decode thread, and TLS with a self-signed certificate.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import signal
 import sqlite3
@@ -106,7 +109,15 @@ def test_sigterm_drains_the_running_stream_then_exits_0(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_requests_outliving_the_grace_period_are_cancelled_and_ledgered(tmp_path: Path) -> None:
+def started_rows(server: RunningServer) -> int:
+    with closing(sqlite3.connect(server.ledger_path)) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM requests WHERE status = 'started'"
+                                ).fetchone()
+    return int(count)
+
+
+def test_requests_outliving_the_grace_period_are_cut_cleanly_and_ledgered(
+        tmp_path: Path) -> None:
     port = free_port()
     config = write_config(tmp_path, port, f'[[models]]\nid = "smol"\npath = "{SMOLLM2}"\n'
                           'parallel = 2\ncontext_length = 4096\nthreads = 1\n')
@@ -114,25 +125,35 @@ def test_requests_outliving_the_grace_period_are_cancelled_and_ledgered(tmp_path
     secret = create_key(config, "late")
     server = start_server(config, port)
     body = {"model": "smol", "messages": [{"role": "user", "content": "Count to a thousand."}],
-            "max_tokens": 4000, "temperature": 0, "stream": True, "logit_bias": NEVER_STOP}
+            "max_tokens": 4000, "temperature": 0, "logit_bias": NEVER_STOP}
+    headers = {"Authorization": f"Bearer {secret}"}
     try:
         started = time.monotonic()
         with httpx2.Client(base_url=server.base_url, timeout=60) as http, \
-                http.stream("POST", "/v1/chat/completions", json=body,
-                            headers={"Authorization": f"Bearer {secret}"}) as stream:
-            request_id = stream.headers["x-request-id"]
+                concurrent.futures.ThreadPoolExecutor(1) as pool, \
+                http.stream("POST", "/v1/chat/completions", json={**body, "stream": True},
+                            headers=headers) as stream:
+            plain = pool.submit(http.post, "/v1/chat/completions", json=body, headers=headers)
             lines = stream.iter_lines()
             next(line for line in lines if line.startswith("data: "))
+            while started_rows(server) < 2:  # both are admitted before the signal
+                time.sleep(0.05)
             server.process.send_signal(signal.SIGTERM)
-            with pytest.raises(httpx2.HTTPError):  # the server cut the stream
-                for _ in lines:
-                    pass
+            rest = [line for line in lines if line.startswith("data: ")]
+            cut = plain.result()
+        assert rest[-1] == "data: [DONE]"
+        error = json.loads(rest[-2].removeprefix("data: "))["error"]
+        assert error["code"] == "shutting_down" and error["type"] == "server_error"
+        assert cut.status_code == 503 and cut.json()["error"]["code"] == "shutting_down"
         assert server.process.wait(timeout=30) == 0, server.log()
         assert time.monotonic() - started < 20
         with closing(sqlite3.connect(server.ledger_path)) as conn:
-            (status,) = conn.execute("SELECT status FROM requests WHERE request_id = ?",
-                                     (request_id,)).fetchone()
-        assert status == "cancelled"
+            rows = conn.execute("SELECT status, http_status, error_code, price FROM requests "
+                                "ORDER BY http_status").fetchall()
+        assert rows == [("error", 200, "shutting_down", 0.0), ("error", 503, "shutting_down", 0.0)]
+        log = server.log()
+        assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+        assert "cutting them" in log
     finally:
         server.stop()
 
