@@ -44,6 +44,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
+    max_body_mb: int = 8  # JSON request bodies; larger ones are a 413 (audio: max_upload_mb)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def _reject_unknown(where: _Where, table: Mapping[str, Any], known: set[str]) ->
 
 _SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currency", "log_level",
                 "image_url_ttl_s", "log_format", "metrics_public", "shutdown_grace_s",
-                "cors_origins", "tls_certfile", "tls_keyfile"}
+                "cors_origins", "tls_certfile", "tls_keyfile", "max_body_mb"}
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
 _MODEL_KEYS = {
     "id", "kind", "path", "aliases", "price_per_request", "context_length", "parallel",
@@ -207,6 +208,7 @@ def _exposure(where: _Where, raw: Mapping[str, Any], base: Path) -> dict[str, An
         "metrics_public": _take(where, raw, "metrics_public", bool, False),
         "shutdown_grace_s": grace,
         "cors_origins": tuple(origins),
+        "max_body_mb": _positive(where, raw, "max_body_mb", 8),
         **tls,
     }
 

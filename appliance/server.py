@@ -46,9 +46,11 @@ def serve(config: ApplianceConfig) -> None:
                     per_request={m.id: m.price_per_request for m in config.models},
                     currency=server_config.currency,
                 ),
-                limits=Limits(max_upload_bytes=max(
-                    (m.max_upload_mb * 1024 * 1024 for m in config.models
-                     if m.kind == "transcription"), default=Limits().max_upload_bytes)),
+                limits=Limits(
+                    max_body_bytes=server_config.max_body_mb * 1024 * 1024,
+                    max_upload_bytes=max((m.max_upload_mb * 1024 * 1024 for m in config.models
+                                          if m.kind == "transcription"),
+                                         default=Limits().max_upload_bytes)),
                 image_files=ImageFiles(server_config.data_dir / "images",
                                        ttl_s=server_config.image_url_ttl_s),
                 exposure=Exposure(metrics_public=server_config.metrics_public,

@@ -119,23 +119,26 @@ def test_network_facing_server_keys(tmp_path: Path) -> None:
     (tmp_path / "cert.pem").write_text("x")
     (tmp_path / "key.pem").write_text("x")
     text = GOOD.replace('data_dir = "state"', 'data_dir = "state"\nlog_format = "json"\n'
-                        'metrics_public = true\nshutdown_grace_s = 5\n'
+                        'metrics_public = true\nshutdown_grace_s = 5\nmax_body_mb = 2\n'
                         'cors_origins = ["http://lan.test:3000"]\n'
                         'tls_certfile = "cert.pem"\ntls_keyfile = "key.pem"')
     server = load_config(write(tmp_path, text), env={}).server
     assert (server.log_format, server.metrics_public, server.shutdown_grace_s) == (
         "json", True, 5.0)
     assert server.cors_origins == ("http://lan.test:3000",)
+    assert server.max_body_mb == 2
     assert server.tls_certfile == (tmp_path / "cert.pem").resolve()
     defaults = load_config(write(tmp_path, GOOD), env={}).server
     assert (defaults.log_format, defaults.metrics_public, defaults.shutdown_grace_s,
-            defaults.cors_origins, defaults.tls_certfile) == ("text", False, 30.0, (), None)
+            defaults.cors_origins, defaults.tls_certfile, defaults.max_body_mb) == (
+        "text", False, 30.0, (), None, 8)
 
 
 @pytest.mark.parametrize(("line", "message"), [
     ('log_format = "xml"', "server.log_format"),
     ("shutdown_grace_s = -1", "server.shutdown_grace_s"),
     ("cors_origins = [1]", "server.cors_origins"),
+    ("max_body_mb = 0", "server.max_body_mb"),
     ('tls_certfile = "missing.pem"', "server.tls_certfile"),
     ('tls_certfile = "models.toml"', "needs both"),
 ])
