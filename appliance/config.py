@@ -21,8 +21,6 @@ ModelKind = Literal["chat", "embedding", "transcription", "image"]
 MODEL_KINDS: tuple[str, ...] = ("chat", "embedding", "transcription", "image")
 # Kinds whose `path` is a folder (a CTranslate2 whisper model, a diffusers pipeline), not a file.
 FOLDER_KINDS: tuple[str, ...] = ("transcription", "image")
-# Kinds whose requests queue for a slot or worker (embeddings run at once, in a thread).
-QUEUED_KINDS: tuple[str, ...] = ("chat", "transcription", "image")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 POOLING_KINDS: tuple[str, ...] = ("mean", "cls", "last")
 GPU_LAYERS_ALL = -1
@@ -61,8 +59,8 @@ class ModelConfig:
     chat_template: str | None = None
     stop: tuple[str, ...] = ()
     prompt_cache_mb: int = 256
-    # chat, transcription, image: requests waiting for a slot or worker; more are a 503 with
-    # retry-after, as is waiting longer than queue_timeout_s (before any work is done)
+    # requests waiting for a slot or worker; more are a 503 with retry-after, as is waiting
+    # longer than queue_timeout_s (before any work is done)
     queue_limit: int = 64
     queue_timeout_s: float = 120.0
     generation_timeout_s: float | None = None  # chat: generating longer ends as "length"
@@ -136,7 +134,7 @@ _MODEL_KEYS = {
 # Keys that mean something only for some kinds; elsewhere they are errors, not silently unused.
 _KIND_ONLY_KEYS = {
     "chat_template": ("chat",), "stop": ("chat",), "prompt_cache_mb": ("chat",),
-    "parallel": ("chat",), "queue_limit": QUEUED_KINDS, "queue_timeout_s": QUEUED_KINDS,
+    "parallel": ("chat",), "queue_limit": MODEL_KINDS, "queue_timeout_s": MODEL_KINDS,
     "generation_timeout_s": ("chat",), "pooling": ("embedding",),
     "context_length": ("chat", "embedding"),
     "gpu_layers": ("chat", "embedding"),

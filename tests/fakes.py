@@ -157,7 +157,8 @@ class FakeEmbeddingEngine:
     def close(self) -> None:
         pass
 
-    async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
+    async def embed(self, inputs: list[str] | list[list[int]],
+                    owner: str | None = None) -> Embeddings:
         vectors = []
         tokens = 0
         for item in inputs:

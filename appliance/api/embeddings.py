@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from appliance.api.disconnect import ClientGone, unless_disconnected
 from appliance.api.inputs import texts_or_token_lists
 from appliance.api.note import RequestNote
 from appliance.api.services import Services
@@ -58,7 +59,13 @@ async def create_embeddings(request: Request) -> Response:
         raise InvalidRequest(f"This model has {engine.dimensions} dimensions; 'dimensions' "
                              f"cannot be {body.dimensions}.", param="dimensions",
                              code="invalid_value")
-    result = await engine.embed(texts_or_token_lists(body.input, "input", MAX_INPUTS))
+    inputs = texts_or_token_lists(body.input, "input", MAX_INPUTS)
+    try:  # the model is shared per key; a client that leaves while queued gives its place up
+        result = await unless_disconnected(request.receive,
+                                           engine.embed(inputs, owner=note.key_id))
+    except ClientGone:
+        note.client_gone = True
+        return Response(status_code=499)  # nobody reads it; the ledger says "cancelled"
     note.prompt_tokens = result.prompt_tokens
     encoding = body.encoding_format or "float"
     return JSONResponse({

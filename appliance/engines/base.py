@@ -213,7 +213,9 @@ class Embeddings:
 
 class EmbeddingEngine(Protocol):
     """A loaded embedding model. ``embed`` takes texts or token-id lists and raises
-    InvalidRequest (param ``input``) for an input longer than the model's context."""
+    InvalidRequest (param ``input``) for an input longer than the model's context, Overloaded
+    when its queue is full or the wait too long; ``owner`` (an API key id) shares the model
+    fairly across keys."""
 
     @property
     def info(self) -> ModelInfo: ...
@@ -221,7 +223,8 @@ class EmbeddingEngine(Protocol):
     @property
     def dimensions(self) -> int: ...
 
-    async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings: ...
+    async def embed(self, inputs: list[str] | list[list[int]],
+                    owner: str | None = None) -> Embeddings: ...
 
     def warm_up(self) -> None: ...
 

@@ -22,8 +22,8 @@ log = logging.getLogger("appliance.engines")
 
 # Called from a chat model's decode thread after each step: (model id, busy slots, waiting).
 StepObserver = Callable[[str, int, int], None]
-# Called on the event loop when a worker-pool model's occupancy changes: (model id, busy
-# workers, waiting requests).
+# Called on the event loop when a worker-pool model's (embeddings, whisper, images) occupancy
+# changes: (model id, busy workers, waiting requests).
 OccupancyObserver = Callable[[str, int, int], None]
 
 
@@ -50,7 +50,7 @@ def _load(model: ModelConfig, on_step: StepObserver | None = None,
     # Heavy libraries (faster-whisper, torch + diffusers) are imported only when a model
     # needs them, so a chat-only appliance boots without paying for them.
     if model.kind == "embedding":
-        return LlamaEmbeddingEngine.load(model)
+        return LlamaEmbeddingEngine.load(model, _occupancy_reporter(model.id, on_occupancy))
     if model.kind == "transcription":
         from appliance.engines.whisper import WhisperEngine
         return WhisperEngine.load(model, _occupancy_reporter(model.id, on_occupancy))

@@ -2,7 +2,8 @@
 
 Owns a context made for embeddings (pooling on, one sequence per input of a batch) and one
 worker thread, so embedding work never runs on the event loop and never shares a context
-with generation. Inputs longer than the context are refused, never silently truncated.
+with generation; requests wait for it at a ``FairGate`` (bounded, round-robin across keys).
+Inputs longer than the context are refused, never silently truncated.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import llama_cpp
 
 from appliance.config import ModelConfig
 from appliance.engines.base import Embeddings, ModelInfo
+from appliance.engines.fair_gate import FairGate, Occupancy, OccupancyReport
 from appliance.engines.llm.batch import TokenBatch
 from appliance.engines.llm.model import LoadedModel, default_threads
 from appliance.errors import EngineFailure, InvalidRequest
@@ -26,7 +28,8 @@ MAX_SEQUENCES = 16  # inputs embedded together in one decode
 
 
 class LlamaEmbeddingEngine:
-    def __init__(self, config: ModelConfig, model: LoadedModel):
+    def __init__(self, config: ModelConfig, model: LoadedModel,
+                 report: OccupancyReport | None = None):
         self._config = config
         self._model = model
         threads = default_threads(config.threads)
@@ -47,15 +50,18 @@ class LlamaEmbeddingEngine:
         self._batch = TokenBatch(config.context_length)
         self._dimensions = int(llama_cpp.llama_model_n_embd(model.handle))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{config.id}")
+        self._gate = FairGate(config.id, slots=1, queue_limit=config.queue_limit,
+                              queue_timeout_s=config.queue_timeout_s, report=report)
         self._info = ModelInfo(id=config.id, kind="embedding",
                                context_length=config.context_length,
                                owned_by=config.owned_by, created=int(time.time()))
 
     @classmethod
-    def load(cls, config: ModelConfig) -> LlamaEmbeddingEngine:
+    def load(cls, config: ModelConfig,
+             report: OccupancyReport | None = None) -> LlamaEmbeddingEngine:
         model = LoadedModel(config.path, config.gpu_layers)
         try:
-            return cls(config, model)
+            return cls(config, model, report)
         except BaseException:
             model.close()
             raise
@@ -68,6 +74,10 @@ class LlamaEmbeddingEngine:
     def dimensions(self) -> int:
         return self._dimensions
 
+    @property
+    def occupancy(self) -> Occupancy:
+        return self._gate.occupancy
+
     def warm_up(self) -> None:
         self._embed_all(["Hello"])
 
@@ -79,9 +89,11 @@ class LlamaEmbeddingEngine:
             self._context = None
         self._model.close()
 
-    async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self._embed_all, inputs)
+    async def embed(self, inputs: list[str] | list[list[int]],
+                    owner: str | None = None) -> Embeddings:
+        async with self._gate.slot(owner):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._worker, self._embed_all, inputs)
 
     def _tokens(self, inputs: list[str] | list[list[int]]) -> list[list[int]]:
         token_lists: list[list[int]] = []
