@@ -27,16 +27,20 @@ from appliance.api.validation import parse_json
 from appliance.errors import InvalidRequest, ModelNotFound, NotFound
 from appliance.ledger import KeyLimits, KeyRecord
 
+_MAX_INTEGER = 2**53  # JSON clients round larger integers
+
 
 class KeyFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[str] | None = None
-    rpm: int | None = Field(default=None, ge=1)
-    max_concurrent: int | None = Field(default=None, ge=1)
-    monthly_requests: int | None = Field(default=None, ge=1)
+    # The bounds keep numbers within SQLite's 64-bit integers (beyond, the key store failed
+    # with a 500; found by tests/fast/test_openapi_fuzz.py).
+    rpm: int | None = Field(default=None, ge=1, le=_MAX_INTEGER)
+    max_concurrent: int | None = Field(default=None, ge=1, le=_MAX_INTEGER)
+    monthly_requests: int | None = Field(default=None, ge=1, le=_MAX_INTEGER)
     monthly_budget: float | None = Field(default=None, gt=0)
-    expires_at: int | None = Field(default=None, ge=0)  # unix seconds
+    expires_at: int | None = Field(default=None, ge=0, le=_MAX_INTEGER)  # unix seconds
 
 
 class CreateKey(KeyFields):

@@ -31,6 +31,7 @@ from appliance.api.images_files import sweeping
 from appliance.api.key_usage import key_usage
 from appliance.api.metrics_route import metrics
 from appliance.api.models import list_models, retrieve_model
+from appliance.api.openapi_route import openapi_endpoint
 from appliance.api.services import Services
 from appliance.api.warmup import warm_request_path
 from appliance.api.web import web_routes
@@ -61,6 +62,7 @@ def create_app(services: Services) -> Starlette:
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint(), methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),

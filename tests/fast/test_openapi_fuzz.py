@@ -1,0 +1,198 @@
+"""Every operation in our own ``/openapi.json``, fuzzed by schemathesis: valid requests
+(positive) and requests that break the documented schema (negative) never get a 5xx, and
+every error is OpenAI's envelope.
+
+schemathesis only generates the cases (``operation.as_strategy``) and checks the answers
+(``case.validate_response``); requests travel through ``httpx2.ASGITransport`` like the rest
+of the fast tier. Its own ASGI transport would run the app on a process-wide portal thread
+whose lifespan outlives the test. The test is synchronous and drives the app through one
+``asyncio.Runner`` per test: under anyio's pytest plugin, a hypothesis ``StopTest`` raised by
+a draw inside the coroutine broke the plugin's runner task.
+
+Its conformance checks are not run, only ``not_a_server_error`` and the envelope: the
+documented shapes are OpenAI's, and the appliance rightly answers 400 to much that OpenAI's
+schema allows (an empty ``model``, parameters it cannot honour, filters by projects it does
+not have) and returns base64 embeddings as a string where OpenAI's schema says array.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.schemas import APIOperation
+
+from appliance.api.app import create_app
+from appliance.api.images_files import ImageFiles
+from appliance.api.services import Limits, Pricing, Services
+from appliance.engines.catalog import Catalog
+from appliance.ledger import KeyStore, LedgerReports, LedgerWriter
+from tests.fake_audio import FakeTranscriptionEngine
+from tests.fakes import FakeChatEngine, FakeEmbeddingEngine, FakeImageEngine
+
+BASE_URL = "http://appliance.test"
+DOCUMENT = resources.files("appliance.api").joinpath("openapi_served.json")  # GET /openapi.json
+SCHEMA = schemathesis.openapi.from_dict(json.loads(DOCUMENT.read_text(encoding="utf-8")))
+OPERATIONS = {result.ok().label: result.ok() for result in SCHEMA.get_all_operations()}
+# Served names, so that generated requests also get past the model lookup to the engines.
+MODELS = {"/v1/chat/completions": "gpt-4o-mini", "/v1/completions": "fake-chat",
+          "/v1/embeddings": "text-embedding-3-small", "/v1/audio/transcriptions": "whisper-1",
+          "/v1/audio/translations": "whisper-1", "/v1/images/generations": "dall-e-2"}
+EXAMPLES = 30  # per operation and mode: the whole file stays under ~40 s on 2 cores
+
+
+@dataclass
+class Served:
+    loop: asyncio.Runner
+    http: httpx2.AsyncClient
+    user: str
+    admin: str
+
+    def send(self, kwargs: dict[str, Any]) -> httpx2.Response:
+        return self.loop.run(_send(self.http, kwargs))
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    with KeyStore(tmp_path / "keys.sqlite") as keys, \
+            LedgerWriter(tmp_path / "ledger.sqlite") as ledger, asyncio.Runner() as loop:
+        services = Services(
+            catalog=Catalog([(FakeChatEngine(), ("gpt-4o-mini",))],
+                            [(FakeEmbeddingEngine(), ("text-embedding-3-small",))],
+                            transcription=[(FakeTranscriptionEngine(), ("whisper-1",))],
+                            image=[(FakeImageEngine(), ("dall-e-2",))]),
+            ledger=ledger, keys=keys, key_admin=keys,
+            reports=LedgerReports(tmp_path / "ledger.sqlite"),
+            pricing=Pricing(per_request={"fake-chat": 0.25}, currency="USD"),
+            limits=Limits(max_body_bytes=256 * 1024, max_upload_bytes=64 * 1024,
+                          commit_wait_seconds=0.5),
+            image_files=ImageFiles(tmp_path / "images"),
+        )
+        user = keys.create("fuzz")[1]
+        admin = keys.create("fuzz-admin", admin=True)[1]
+        http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=create_app(services)),
+                                  base_url=BASE_URL)
+        try:
+            yield Served(loop, http, user, admin)
+        finally:
+            loop.run(http.aclose())
+
+
+def _is_envelope(payload: Any) -> bool:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return isinstance(error, dict) and {"message", "type", "param", "code"} <= error.keys()
+
+
+def openai_error_envelope(ctx: Any, response: Any, case: Any) -> bool | None:
+    """A schemathesis check: a 4xx or 5xx answers ``{"error": {message, type, param, code}}``."""
+    if response.status_code < 400:
+        return None
+    try:
+        payload = json.loads(response.content)
+    except ValueError:
+        raise AssertionError(f"a {response.status_code} that is not JSON: "
+                             f"{response.content[:200]!r}") from None
+    assert _is_envelope(payload), f"a {response.status_code} without OpenAI's envelope: {payload}"
+    return True
+
+
+async def _send(http: httpx2.AsyncClient, kwargs: dict[str, Any]) -> httpx2.Response:
+    # requests prepares the body and URL (query lists, multipart files, raw bytes) exactly as
+    # schemathesis' own transport would send them; httpx2 only carries the bytes.
+    prepared = requests.Request(
+        method=kwargs["method"], url=kwargs["url"], headers=kwargs.get("headers"),
+        params=kwargs.get("params"), data=kwargs.get("data"), files=kwargs.get("files"),
+        json=kwargs.get("json"), cookies=kwargs.get("cookies")).prepare()
+    body = prepared.body.encode() if isinstance(prepared.body, str) else prepared.body
+    assert prepared.method is not None and prepared.url is not None
+    return await http.request(prepared.method, prepared.url, headers=dict(prepared.headers),
+                              content=body)
+
+
+def _breakable(parameter: Any) -> bool:
+    """Negative cases need a constraint to break: any string is a valid path segment, and
+    the only header is the key, fixed below."""
+    if parameter.location.value == "query":
+        return True
+    return parameter.location.value == "path" and set(parameter.definition["schema"]) != {
+        "type"}
+
+
+def _cases() -> list[Any]:
+    cases = []
+    for label, operation in OPERATIONS.items():
+        cases.append(pytest.param(label, GenerationMode.POSITIVE, id=f"{label} +"))
+        if operation.body or any(map(_breakable, operation.iter_parameters())):
+            cases.append(pytest.param(label, GenerationMode.NEGATIVE, id=f"{label} -"))
+    return cases
+
+
+def _key(operation: APIOperation, served: Served) -> str:
+    admin = operation.path.startswith("/v1/organization/") or operation.path == "/metrics"
+    return served.admin if admin else served.user
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.filter_too_much])
+@given(data=st.data())
+@pytest.mark.parametrize(("label", "mode"), _cases())
+def test_operation_never_fails_the_server(served: Served, label: str, mode: GenerationMode,
+                                          data: st.DataObject) -> None:
+    operation = OPERATIONS[label]
+    headers = {"Authorization": f"Bearer {_key(operation, served)}"}
+    case = data.draw(operation.as_strategy(mode, headers=headers), label="case")
+    model = MODELS.get(operation.path)
+    if model is not None and isinstance(case.body, dict) and data.draw(
+            st.booleans(), label="served model"):
+        case.body = {**case.body, "model": model}
+    kwargs = case.as_transport_kwargs(base_url=BASE_URL)
+    response = served.send(kwargs)
+    case.validate_response(response, checks=[not_a_server_error, openai_error_envelope],
+                           transport_kwargs=kwargs)
+
+
+# Regressions the fuzzing found: integers past SQLite's 64 bits were 500s.
+HUGE = 2**70
+
+
+@pytest.mark.parametrize(("path", "params", "param"), [
+    ("/v1/organization/usage/completions", {"start_time": -HUGE}, "start_time"),
+    ("/v1/organization/usage/images", {"start_time": HUGE, "end_time": HUGE + 1}, "start_time"),
+    ("/v1/organization/costs", {"start_time": 0, "end_time": HUGE}, "end_time"),
+])
+def test_huge_usage_times_are_a_400_naming_the_param(served: Served, path: str,
+                                                     params: dict[str, int], param: str) -> None:
+    response = served.send({"method": "GET", "url": BASE_URL + path, "params": params,
+                            "headers": {"Authorization": f"Bearer {served.admin}"}})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("field", ["rpm", "max_concurrent", "monthly_requests", "expires_at"])
+def test_huge_key_limits_are_a_400_naming_the_param(served: Served, field: str) -> None:
+    headers = {"Authorization": f"Bearer {served.admin}"}
+    created = served.send({"method": "POST", "url": BASE_URL + "/v1/organization/api_keys",
+                           "headers": headers, "json": {"name": "big", field: HUGE}})
+    assert created.status_code == 400, created.text
+    assert created.json()["error"]["param"] == field
+    listed = served.send({"method": "GET", "url": BASE_URL + "/v1/organization/api_keys",
+                          "headers": headers}).json()
+    key_id = listed["data"][0]["id"]
+    updated = served.send({"method": "POST", "headers": headers, "json": {field: HUGE},
+                           "url": f"{BASE_URL}/v1/organization/api_keys/{key_id}"})
+    assert updated.status_code == 400, updated.text
+    assert updated.json()["error"]["param"] == field
