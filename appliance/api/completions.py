@@ -81,6 +81,17 @@ def _params(body: CompletionRequest) -> list[ChatParams]:
     return [replace(base, prompt=p if isinstance(p, str) else tuple(p)) for p in prompts]
 
 
+class _CancelAll:
+    """The cancel tokens of a request's prompts, cancelled together (the client left)."""
+
+    def __init__(self, tokens: list[CancelToken]):
+        self.tokens = tokens
+
+    def cancel(self) -> None:
+        for token in self.tokens:
+            token.cancel()
+
+
 async def _merged(generators: list[AsyncGenerator[ChatEvent, None]]) -> AsyncIterator[Tagged]:
     """Events of several prompts as they come, tagged with their prompt's index."""
     queue: asyncio.Queue[Tagged | BaseException | None] = asyncio.Queue()
@@ -168,8 +179,10 @@ async def create_completion(request: Request) -> Response:
     engine = services.catalog.chat(body.model)
     note.model = engine.info.id
     params = [replace(p, owner=note.key_id) for p in _params(body)]  # slots shared per key
-    cancel = CancelToken()
-    generators = [engine.chat(p, cancel) for p in params]
+    # A token per prompt: each prompt's generator cancels its own token when it ends, and a
+    # shared one would stop the other prompts still generating.
+    cancel = _CancelAll([CancelToken() for _ in params])
+    generators = [engine.chat(p, token) for p, token in zip(params, cancel.tokens, strict=True)]
     prompt_tokens = 0
     try:
         for events in generators:
@@ -196,7 +209,7 @@ async def create_completion(request: Request) -> Response:
         return Response(status_code=499)
 
 
-async def _complete(generators: list[AsyncGenerator[ChatEvent, None]], cancel: CancelToken,
+async def _complete(generators: list[AsyncGenerator[ChatEvent, None]], cancel: _CancelAll,
                     completion: _Completion, note: RequestNote, prompt_tokens: int) -> Response:
     texts: dict[int, list[str]] = {}
     logprobs: dict[int, list[TokenLogprob]] = {}
@@ -224,7 +237,7 @@ async def _complete(generators: list[AsyncGenerator[ChatEvent, None]], cancel: C
     return JSONResponse(completion.body(choices, usage=usage_json(usage)))
 
 
-async def _stream(generators: list[AsyncGenerator[ChatEvent, None]], cancel: CancelToken,
+async def _stream(generators: list[AsyncGenerator[ChatEvent, None]], cancel: _CancelAll,
                   completion: _Completion, note: RequestNote, prompt_tokens: int,
                   include_usage: bool) -> AsyncIterator[bytes]:
     extra: dict[str, Any] = {}  # usage comes only in the last chunk (the spec has no null)

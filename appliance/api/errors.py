@@ -21,6 +21,7 @@ from appliance.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    ServiceUnavailable,
 )
 
 log = logging.getLogger("appliance.api")
@@ -61,7 +62,9 @@ def from_http_exception(exc: HTTPException, request: Request) -> ApplianceError:
 
 async def handle_appliance_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApplianceError)
-    if exc.status >= 500:
+    if isinstance(exc, ServiceUnavailable):
+        log.info("request refused: %s", exc.message)  # load shedding or shutdown: routine
+    elif exc.status >= 500:
         log.error("request failed: %s", exc.message)
     note = request.scope.get("state", {}).get("note")
     if note is not None:

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 
 import anyio
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.api.logging_setup import CURRENT_REQUEST_ID
@@ -121,6 +122,11 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # The client left while its body was still arriving (a dropped upload): nobody
+            # is there to answer, and it is no server error; the row says "cancelled".
+            note.client_gone = True
+            log.info("client left before its request body was complete")
         except Exception:
             log.exception("unhandled error in %s %s", note.method, note.path)
             if status == 0:

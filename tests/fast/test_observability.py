@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from starlette.types import Message
 
 from appliance.api.app import create_app
 from appliance.api.auth_failures import FailedAuthLimiter
@@ -260,6 +261,40 @@ async def test_a_draining_server_refuses_new_work_with_retry_after() -> None:
         assert setup.ledger.rows[-1].error_code == "shutting_down"
         assert (await client.get("/health")).status_code == 200
     assert setup.services.drain.in_flight == 0
+
+
+# -- clients that leave ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("path", "content_type", "partial"), [
+    ("/v1/chat/completions", b"application/json", b'{"model": "fake-chat", "mess'),
+    ("/v1/audio/transcriptions", b"multipart/form-data; boundary=XyZ",
+     b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF'),
+])
+async def test_a_client_that_leaves_mid_body_is_cancelled_not_a_server_error(
+        path: str, content_type: bytes, partial: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    setup = harness()
+    app = create_app(setup.services)
+    arriving: list[Message] = [{"type": "http.request", "body": partial, "more_body": True}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return arriving.pop(0) if arriving else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "root_path": "", "query_string": b"", "server": ("appliance.test", 80),
+             "client": ("10.0.0.9", 5000),
+             "headers": [(b"host", b"appliance.test"), (b"content-type", content_type),
+                         (b"content-length", b"100000"),
+                         (b"authorization", f"Bearer {USER_KEY}".encode())]}
+    with caplog.at_level(logging.INFO):
+        await app(scope, receive, send)
+    assert [row.status for row in setup.ledger.rows] == ["cancelled"]
+    assert not any(m.get("status", 0) >= 500 for m in sent)
+    assert not any(record.levelno >= logging.ERROR for record in caplog.records)
 
 
 # -- CORS ------------------------------------------------------------------------------------

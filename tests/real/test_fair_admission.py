@@ -88,6 +88,26 @@ def test_a_full_queue_refuses_with_a_retry_hint() -> None:
         engine.close()
 
 
+def test_a_burst_arriving_at_once_cannot_overfill_the_queue() -> None:
+    engine = one_slot_engine(queue_limit=2)
+    try:
+        async def run() -> list[BaseException | None]:
+            async def one() -> None:
+                async for _ in engine.chat(ASK, CancelToken()):
+                    pass
+
+            return await asyncio.gather(*(one() for _ in range(10)), return_exceptions=True)
+
+        outcomes = asyncio.run(run())
+    finally:
+        engine.close()
+    refused = [o for o in outcomes if isinstance(o, Overloaded)]
+    assert all(o is None or isinstance(o, Overloaded) for o in outcomes), outcomes
+    # All ten check the queue before any is tokenized: only the first two may be taken (the
+    # limit), never all ten.
+    assert len(refused) == 8, outcomes
+
+
 def test_waiting_past_the_queue_timeout_is_refused_before_any_work() -> None:
     engine = one_slot_engine(queue_timeout_s=0.3)
     long = replace(ASK, max_tokens=400,

@@ -66,6 +66,7 @@ class LlamaChatEngine:
         self._info = ModelInfo(id=config.id, kind=config.kind,
                                context_length=config.context_length,
                                owned_by=config.owned_by, created=int(time.time()))
+        self._preparing = 0  # requests being tokenized on the event loop's behalf
 
     @classmethod
     def load(cls, config: ModelConfig,
@@ -116,19 +117,27 @@ class LlamaChatEngine:
     async def chat(
         self, params: ChatParams, cancel: CancelToken
     ) -> AsyncGenerator[ChatEvent, None]:
-        if self.waiting() >= self._config.queue_limit:
+        # Requests still being tokenized count as waiting: a burst arriving at once would
+        # otherwise all pass the check before any of them reached the queue.
+        if self.waiting() + self._preparing >= self._config.queue_limit:
             raise Overloaded(f"The model `{self._info.id}` has {self._config.queue_limit} "
                              "requests waiting; try again shortly.", retry_after=1.0)
         events: ThreadEvents[ChatEvent] = ThreadEvents(cancel)
-        first = await anyio.to_thread.run_sync(self._request, params, cancel, events.emit)
-        yield Started(prompt_tokens=len(first.tokens))
+        self._preparing += 1
+        try:
+            first = await anyio.to_thread.run_sync(self._request, params, cancel, events.emit)
+        finally:
+            self._preparing -= 1
         choices = [first, *(self._sibling(first, i) for i in range(1, params.n))]
+        # Queued at once (no await since the count above): generation may start while the
+        # caller is still sending its response headers.
         self._scheduler.submit(*choices)
         calls_tools = params.tools is not None and params.tools.choice != "none"
         parsers = {index: ToolCallParser(self._tool_support.dialect, index)
                    for index in range(params.n)} if calls_tools else {}
         unfinished = params.n
         try:
+            yield Started(prompt_tokens=len(first.tokens))
             while unfinished:
                 event = await events.next()
                 if isinstance(event, Finish):
