@@ -27,13 +27,11 @@ from typing import Any
 
 import httpx2
 import pytest
-import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.schemas import APIOperation
 
 from appliance.api.app import create_app
 from appliance.api.images_files import ImageFiles
@@ -42,6 +40,7 @@ from appliance.engines.catalog import Catalog
 from appliance.ledger import KeyStore, LedgerReports, LedgerWriter
 from tests.fake_audio import FakeTranscriptionEngine
 from tests.fakes import FakeChatEngine, FakeEmbeddingEngine, FakeImageEngine
+from tests.openapi_cases import draw_case, modes, needs_admin, openai_error_envelope, prepare
 
 BASE_URL = "http://appliance.test"
 DOCUMENT = resources.files("appliance.api").joinpath("openapi_served.json")  # GET /openapi.json
@@ -91,58 +90,15 @@ def served(tmp_path: Path) -> Iterator[Served]:
             loop.run(http.aclose())
 
 
-def _is_envelope(payload: Any) -> bool:
-    error = payload.get("error") if isinstance(payload, dict) else None
-    return isinstance(error, dict) and {"message", "type", "param", "code"} <= error.keys()
-
-
-def openai_error_envelope(ctx: Any, response: Any, case: Any) -> bool | None:
-    """A schemathesis check: a 4xx or 5xx answers ``{"error": {message, type, param, code}}``."""
-    if response.status_code < 400:
-        return None
-    try:
-        payload = json.loads(response.content)
-    except ValueError:
-        raise AssertionError(f"a {response.status_code} that is not JSON: "
-                             f"{response.content[:200]!r}") from None
-    assert _is_envelope(payload), f"a {response.status_code} without OpenAI's envelope: {payload}"
-    return True
-
-
 async def _send(http: httpx2.AsyncClient, kwargs: dict[str, Any]) -> httpx2.Response:
-    # requests prepares the body and URL (query lists, multipart files, raw bytes) exactly as
-    # schemathesis' own transport would send them; httpx2 only carries the bytes.
-    prepared = requests.Request(
-        method=kwargs["method"], url=kwargs["url"], headers=kwargs.get("headers"),
-        params=kwargs.get("params"), data=kwargs.get("data"), files=kwargs.get("files"),
-        json=kwargs.get("json"), cookies=kwargs.get("cookies")).prepare()
-    body = prepared.body.encode() if isinstance(prepared.body, str) else prepared.body
-    assert prepared.method is not None and prepared.url is not None
-    return await http.request(prepared.method, prepared.url, headers=dict(prepared.headers),
-                              content=body)
-
-
-def _breakable(parameter: Any) -> bool:
-    """Negative cases need a constraint to break: any string is a valid path segment, and
-    the only header is the key, fixed below."""
-    if parameter.location.value == "query":
-        return True
-    return parameter.location.value == "path" and set(parameter.definition["schema"]) != {
-        "type"}
+    wire = prepare(kwargs)
+    return await http.request(wire.method, wire.url, headers=wire.headers, content=wire.body)
 
 
 def _cases() -> list[Any]:
-    cases = []
-    for label, operation in OPERATIONS.items():
-        cases.append(pytest.param(label, GenerationMode.POSITIVE, id=f"{label} +"))
-        if operation.body or any(map(_breakable, operation.iter_parameters())):
-            cases.append(pytest.param(label, GenerationMode.NEGATIVE, id=f"{label} -"))
-    return cases
-
-
-def _key(operation: APIOperation, served: Served) -> str:
-    admin = operation.path.startswith("/v1/organization/") or operation.path == "/metrics"
-    return served.admin if admin else served.user
+    sign = {GenerationMode.POSITIVE: "+", GenerationMode.NEGATIVE: "-"}
+    return [pytest.param(label, mode, id=f"{label} {sign[mode]}")
+            for label, operation in OPERATIONS.items() for mode in modes(operation)]
 
 
 @settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -153,12 +109,8 @@ def _key(operation: APIOperation, served: Served) -> str:
 def test_operation_never_fails_the_server(served: Served, label: str, mode: GenerationMode,
                                           data: st.DataObject) -> None:
     operation = OPERATIONS[label]
-    headers = {"Authorization": f"Bearer {_key(operation, served)}"}
-    case = data.draw(operation.as_strategy(mode, headers=headers), label="case")
-    model = MODELS.get(operation.path)
-    if model is not None and isinstance(case.body, dict) and data.draw(
-            st.booleans(), label="served model"):
-        case.body = {**case.body, "model": model}
+    key = served.admin if needs_admin(operation) else served.user
+    case = draw_case(data, operation, mode, key, MODELS)
     kwargs = case.as_transport_kwargs(base_url=BASE_URL)
     response = served.send(kwargs)
     case.validate_response(response, checks=[not_a_server_error, openai_error_envelope],

@@ -63,6 +63,25 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def terminate(self, timeout: float) -> tuple[int | None, float]:
+        """SIGTERM, then wait: (exit status, or None if it did not exit in time; seconds)."""
+        started = time.monotonic()
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None, time.monotonic() - started
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.alive():
+            self.process.kill()
+            self.process.wait()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
@@ -74,10 +93,12 @@ class RunningServer:
 
 
 def start_server(config: Path, port: int, timeout: float = 120.0,
-                 env: dict[str, str] | None = None) -> RunningServer:
-    """``env``: variables set for the server on top of this process's environment."""
-    log_path = config.parent / "server.log"
-    log_file = log_path.open("wb")
+                 env: dict[str, str] | None = None, log_name: str = "server.log",
+                 append_log: bool = False) -> RunningServer:
+    """``env``: variables set for the server on top of this process's environment;
+    ``append_log``: keep the log of an earlier server in the same folder (restarts)."""
+    log_path = config.parent / log_name
+    log_file = log_path.open("ab" if append_log else "wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)], cwd=config.parent,
                                stdout=log_file, stderr=subprocess.STDOUT, env=env)
