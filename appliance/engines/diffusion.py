@@ -145,21 +145,23 @@ class DiffusionEngine:
 
     async def generate(self, params: ImageParams, cancel: CancelToken) -> ImageResult:
         self._check(params)
-        async with self._gate.slot(params.owner):
-            try:
-                future = self._pool.submit(self._work, params, cancel)
-            except RuntimeError:  # the pool is shut down
+        await self._gate.acquire(params.owner)
+        try:
+            future = self._pool.submit(self._work, params, cancel)
+        except RuntimeError:  # the pool is shut down
+            self._gate.release()
+            raise ServiceUnavailable("The image model is shutting down.") from None
+        self._gate.release_when_done(future)  # a cancelled one still ends its current step
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            cancel.cancel()  # stops it between steps if it is already running
+            future.cancel()  # takes it out of the pool's queue if it is not
+            raise
+        except Stopped:
+            if self._closing.is_set():
                 raise ServiceUnavailable("The image model is shutting down.") from None
-            try:
-                return await asyncio.wrap_future(future)
-            except asyncio.CancelledError:
-                cancel.cancel()  # stops it between steps if it is already running
-                future.cancel()  # takes it out of the pool's queue if it is not
-                raise
-            except Stopped:
-                if self._closing.is_set():
-                    raise ServiceUnavailable("The image model is shutting down.") from None
-                raise EngineFailure("The image generation was cancelled.") from None
+            raise EngineFailure("The image generation was cancelled.") from None
 
     def _check(self, params: ImageParams) -> None:
         if (params.width, params.height) not in self._sizes:

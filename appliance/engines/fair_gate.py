@@ -14,10 +14,13 @@ so no lock is needed; the occupancy report may be read from any thread.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from appliance.engines.round_robin import RoundRobin
 from appliance.errors import Overloaded
@@ -51,16 +54,34 @@ class FairGate:
 
     @asynccontextmanager
     async def slot(self, owner: str | None) -> AsyncIterator[None]:
-        """Holds one worker slot for the body of the ``async with``; raises Overloaded when the
-        queue is full or the wait runs past the deadline. Cancellation (the client left) takes
-        the request out of the queue, or gives its slot back."""
-        await self._enter(owner)
+        """Holds one worker slot for the body of the ``async with`` (see ``acquire``)."""
+        await self.acquire(owner)
         try:
             yield
         finally:
-            self._leave()
+            self.release()
 
-    async def _enter(self, owner: str | None) -> None:
+    def release(self) -> None:
+        """Gives a slot back (on the event loop's thread)."""
+        self._leave()
+
+    def release_when_done(self, work: concurrent.futures.Future[Any]) -> None:
+        """Gives the slot back when ``work`` (on a worker thread) is over, not when its client
+        leaves: a cancelled request still finishes its current step, and until then the
+        worker is busy, which the next request and the metrics must see."""
+        loop = asyncio.get_running_loop()
+
+        def done(_: concurrent.futures.Future[Any]) -> None:
+            # A closed loop (shutdown) has nobody waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.release)
+
+        work.add_done_callback(done)
+
+    async def acquire(self, owner: str | None) -> None:
+        """Takes a worker slot, waiting in turn; raises Overloaded when the queue is full or
+        the wait runs past the deadline. Cancellation (the client left) takes the request out
+        of the queue, or gives a slot granted at that moment back."""
         if self._busy < self._slots and not self._waiting:
             self._busy += 1
             self._turns.served(owner)

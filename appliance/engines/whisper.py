@@ -115,14 +115,19 @@ class WhisperEngine:
     async def transcribe(self, params: TranscriptionParams,
                          cancel: CancelToken) -> AsyncGenerator[TranscriptionEvent, None]:
         self._check(params)
-        async with self._gate.slot(params.owner):
-            events: ThreadEvents[TranscriptionEvent | None] = ThreadEvents(cancel)
-            self._pool.submit(self._work, params, cancel, events.emit)
-            try:
-                while (event := await events.next()) is not None:  # None: the work is over
-                    yield event
-            finally:
-                cancel.cancel()
+        await self._gate.acquire(params.owner)
+        events: ThreadEvents[TranscriptionEvent | None] = ThreadEvents(cancel)
+        try:
+            work = self._pool.submit(self._work, params, cancel, events.emit)
+        except BaseException:
+            self._gate.release()
+            raise
+        self._gate.release_when_done(work)
+        try:
+            while (event := await events.next()) is not None:  # None: the work is over
+                yield event
+        finally:
+            cancel.cancel()
 
     def _check(self, params: TranscriptionParams) -> None:
         if params.language is not None:

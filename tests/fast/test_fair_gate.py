@@ -4,6 +4,8 @@ and cancellation that never leaks a slot."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 
 import pytest
 
@@ -159,3 +161,21 @@ async def test_an_error_inside_the_slot_gives_it_back() -> None:
         async with gate.slot("a"):
             raise ValueError("engine failed")
     assert gate.occupancy.busy == 0
+
+
+async def test_a_slot_held_by_thread_work_frees_when_the_work_ends_not_before() -> None:
+    gate = FairGate("m", slots=1, queue_limit=5, queue_timeout_s=10)
+    finish = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        await gate.acquire("a")
+        work = pool.submit(finish.wait)
+        gate.release_when_done(work)
+        await settle()
+        assert gate.occupancy.busy == 1  # the client may have left; the worker has not
+        finish.set()
+        await asyncio.wrap_future(work)
+        for _ in range(100):
+            if gate.occupancy.busy == 0:
+                break
+            await asyncio.sleep(0.01)
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)
