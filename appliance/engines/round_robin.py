@@ -21,14 +21,19 @@ class RoundRobin:
         """The owners that have work waiting, in the order their turns come."""
         wanted = dict.fromkeys(waiting)  # in the caller's order: arrival
         for owner in wanted:
-            if owner not in self._places:
-                self._places[owner] = len(self._ring)
-                self._ring.append(owner)
+            self._place(owner)
         size = len(self._ring)
         order = [self._ring[(self._served_last + step) % size] for step in range(1, size + 1)]
         return [owner for owner in order if owner in wanted]
 
     def served(self, owner: str | None) -> None:
         """``owner``'s request got a slot: the next turn starts after it."""
-        self.rotation((owner,))  # puts a new owner on the ring
-        self._served_last = self._places[owner]
+        self._served_last = self._place(owner)
+
+    def _place(self, owner: str | None) -> int:
+        """The owner's place on the ring, putting a new owner at its end."""
+        place = self._places.get(owner)
+        if place is None:
+            place = self._places[owner] = len(self._ring)
+            self._ring.append(owner)
+        return place

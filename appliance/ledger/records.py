@@ -51,9 +51,6 @@ class KeyLimits:
     monthly_budget: float | None = None  # spend per calendar month (UTC), server currency
     expires_at: float | None = None  # unix seconds; the key stops working at that instant
 
-    def allows_model(self, model_id: str) -> bool:
-        return self.models is None or model_id in self.models
-
 
 @dataclass(frozen=True)
 class KeyRecord:
