@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from appliance.api.auth_failures import FailedAuthLimiter
+from appliance.api.bounds import RequestBounds
 from appliance.api.images_files import ImageFiles
 from appliance.api.metrics import ApplianceMetrics
 from appliance.api.shutdown import DrainState
@@ -88,6 +89,7 @@ class Services:
     keys: KeyLookup
     pricing: Pricing = field(default_factory=Pricing)
     limits: Limits = field(default_factory=Limits)
+    bounds: RequestBounds = field(default_factory=RequestBounds)  # sizes and counts of inputs
     image_files: ImageFiles | None = None  # None: no `response_format: "url"` images
     key_admin: KeyAdmin | None = None  # None: the admin key routes answer 404
     reports: LedgerReader | None = None  # None: usage endpoints report nothing, quotas start at 0

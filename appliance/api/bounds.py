@@ -1,0 +1,29 @@
+"""The bounds every request input is checked against before any work starts.
+
+One place, so the README's limits table and the checks cannot drift apart. Each bound is
+answered with a 400 (413 for sizes in bytes) whose message names the parameter and the bound.
+Bounds of what a model kind can do (grammar size, audio duration, image steps) live with the
+engine that knows them; these are the wire-level ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RequestBounds:
+    # HTTP
+    max_url_bytes: int = 8 * 1024  # path + query; longer is a 414-free 400 before routing
+    # Chat and legacy completions
+    max_messages: int = 2048
+    max_message_chars: int = 1_000_000  # text of one message (all its parts)
+    max_total_chars: int = 4_000_000  # text of all messages together
+    max_tools: int = 128  # OpenAI's own limit on functions per request
+    max_tool_schema_bytes: int = 64 * 1024  # one function's `parameters`, as JSON
+    max_stop_chars: int = 256  # one stop string
+    max_prompts: int = 64  # legacy completions: prompts in one request
+    max_choice_tokens: int = 65_536  # n x max_tokens
+    # Embeddings (OpenAI: 2,048 inputs, 8,192 tokens each, 300,000 tokens per request)
+    max_embedding_inputs: int = 2048
+    max_embedding_tokens: int = 300_000

@@ -1,0 +1,142 @@
+"""The hostile tier's server and its attack probe.
+
+One real server for the tier (its own folder, ledger and log, so growth is measured against
+nothing else), with every kind of model. ``HostileServer.attack()`` wraps one attack: while it
+runs, a thread asks ``/health`` every 0.1 s; afterwards it asserts that the process is alive,
+that every ``/health`` answered within a second, that a normal chat request succeeds, and that
+the growth of resident memory (peak and current), log and ledger stayed under the bounds the
+test states. Each attack's growth is appended to ``growth.jsonl`` in the server's folder and
+printed as a table at the end of the run (tests/hostile/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx2
+
+from tests.real.harness import RunningServer
+
+HEALTH_BOUND_S = 1.0
+MIB = 1024 * 1024
+
+
+@dataclass
+class Growth:
+    name: str
+    peak_rss_mib: float = 0.0  # growth of the process's high-water mark (VmHWM)
+    rss_mib: float = 0.0  # growth of the current resident set (VmRSS)
+    log_kib: float = 0.0
+    ledger_kib: float = 0.0
+    slowest_health_s: float = 0.0
+    health_probes: int = 0
+
+
+@dataclass
+class Bounds:
+    peak_rss_mib: float = 200.0
+    log_kib: float = 64.0
+    ledger_kib: float = 256.0
+
+
+@dataclass
+class HealthProbe:
+    """Asks /health until stopped; remembers the slowest answer (a failure counts as slow)."""
+
+    base_url: str
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx2.Client(base_url=self.base_url, timeout=HEALTH_BOUND_S * 5) as http:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    status = http.get("/health").status_code
+                    if status != 200:
+                        self.failures.append(f"/health answered {status}")
+                except httpx2.HTTPError as exc:
+                    self.failures.append(f"/health failed: {exc!r}")
+                self.latencies.append(time.monotonic() - started)
+                self._stop.wait(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class HostileServer:
+    server: RunningServer
+    key: str
+    chat_model: str
+    growth_file: Path
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    def http(self, timeout: float = 60.0) -> httpx2.Client:
+        return httpx2.Client(base_url=self.base_url, timeout=timeout,
+                             headers={"Authorization": f"Bearer {self.key}"})
+
+    def _status(self, field_name: str) -> float:
+        """A memory figure from /proc (kB), in MiB."""
+        text = Path(f"/proc/{self.server.process.pid}/status").read_text()
+        for line in text.splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+        raise KeyError(field_name)
+
+    def _ledger_bytes(self) -> int:
+        folder = self.server.ledger_path.parent
+        return sum(p.stat().st_size for p in folder.glob("ledger.sqlite*"))
+
+    def _log_bytes(self) -> int:
+        return self.server.log_path.stat().st_size
+
+    def normal_chat(self) -> None:
+        """A plain chat request right after the attack must still be answered."""
+        with self.http() as http:
+            answer = http.post("/v1/chat/completions", json={
+                "model": self.chat_model, "max_tokens": 4, "temperature": 0,
+                "messages": [{"role": "user", "content": "Say hi"}]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["role"] == "assistant"
+
+    @contextmanager
+    def attack(self, name: str, bounds: Bounds | None = None) -> Iterator[Growth]:
+        bounds = bounds or Bounds()
+        growth = Growth(name)
+        hwm, rss = self._status("VmHWM"), self._status("VmRSS")
+        log_size, ledger_size = self._log_bytes(), self._ledger_bytes()
+        probe = HealthProbe(self.base_url)
+        thread = threading.Thread(target=probe.run, daemon=True)
+        thread.start()
+        try:
+            yield growth
+        finally:
+            probe.stop()
+            thread.join(timeout=30)
+        assert self.server.alive(), f"the server died during {name}:\n{self.server.log()[-4000:]}"
+        self.normal_chat()
+        time.sleep(0.5)  # the ledger writer commits within its batch interval
+        growth.peak_rss_mib = round(self._status("VmHWM") - hwm, 1)
+        growth.rss_mib = round(self._status("VmRSS") - rss, 1)
+        growth.log_kib = round((self._log_bytes() - log_size) / 1024, 1)
+        growth.ledger_kib = round((self._ledger_bytes() - ledger_size) / 1024, 1)
+        growth.slowest_health_s = round(max(probe.latencies, default=0.0), 3)
+        growth.health_probes = len(probe.latencies)
+        with self.growth_file.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(asdict(growth)) + "\n")
+        assert not probe.failures, probe.failures[:5]
+        assert growth.slowest_health_s < HEALTH_BOUND_S, growth
+        assert growth.peak_rss_mib < bounds.peak_rss_mib, growth
+        assert growth.log_kib < bounds.log_kib, growth
+        assert growth.ledger_kib < bounds.ledger_kib, growth
