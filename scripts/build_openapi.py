@@ -1,7 +1,7 @@
 """Builds ``appliance/api/openapi_served.json``, the document ``GET /openapi.json`` serves.
 
 The OpenAI routes keep OpenAI's own operations and schemas, cut from OpenAI's OpenAPI document
-(MIT licence, in ../shared/openai-openapi/openapi.yaml, which is not part of this repository):
+(MIT licence, carried in third_party/openai_openapi/ with a sha256 check):
 only the paths and methods the appliance serves, only the components they reach, without
 vendor extensions (``x-oaiMeta`` ...), examples or all but the first paragraph of each
 description. The appliance's own routes (health, metrics, usage, keys, image files, the
@@ -27,7 +27,10 @@ import jsonschema
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-OFFICIAL = ROOT.parent / "shared" / "openai-openapi" / "openapi.yaml"
+if str(ROOT) not in sys.path:  # run as a script: the carried spec is a package at the root
+    sys.path.insert(0, str(ROOT))
+from third_party.openai_openapi import official_document  # noqa: E402
+
 SERVED = ROOT / "appliance" / "api" / "openapi_served.json"
 
 # Our path -> (OpenAI's path, methods): OpenAI's servers URL ends in /v1, ours is the root.
@@ -352,9 +355,13 @@ def _version() -> str:
         return str(tomllib.load(file)["project"]["version"])
 
 
-def build(official_path: Path = OFFICIAL) -> dict[str, Any]:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    official = yaml.load(official_path.read_text(encoding="utf-8"), Loader=loader)
+def build(official_path: Path | None = None) -> dict[str, Any]:
+    """``official_path``: another openapi.yaml than the carried copy (to try an update)."""
+    if official_path is None:
+        official = official_document()
+    else:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        official = yaml.load(official_path.read_text(encoding="utf-8"), Loader=loader)
     paths: dict[str, dict[str, Any]] = {}
     for ours, (theirs, methods) in OPENAI_OPERATIONS.items():
         item = official["paths"][theirs]
@@ -413,8 +420,8 @@ def render(document: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--official", type=Path, default=OFFICIAL,
-                        help="OpenAI's openapi.yaml (default: %(default)s)")
+    parser.add_argument("--official", type=Path, default=None,
+                        help="OpenAI's openapi.yaml (default: the copy in third_party/)")
     parser.add_argument("--check", action="store_true",
                         help="only report whether the committed file is up to date")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Validates our responses against OpenAI's published OpenAPI document (../shared).
+"""Validates our responses against OpenAI's published OpenAPI document (third_party/).
 
 The document mixes OpenAPI 3.0's ``nullable: true`` into 3.1 schemas; JSON Schema ignores
 that keyword, so it is rewritten as a union with ``null`` before validating.
@@ -7,15 +7,14 @@ that keyword, so it is rewritten as a union with ``null`` before validating.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPEC_IN_SHARED = Path("shared") / "openai-openapi" / "openapi.yaml"
+from third_party.openai_openapi import official_document
+
 SPEC_URI = "urn:openai-openapi"
 
 
@@ -36,19 +35,9 @@ def _nullable_to_union(node: Any) -> Any:
     return node
 
 
-def _spec_path() -> Path:
-    """shared/ sits beside the checkout (../shared), here and in CI."""
-    for folder in Path(__file__).resolve().parents:
-        if (folder / SPEC_IN_SHARED).is_file():
-            return folder / SPEC_IN_SHARED
-    raise FileNotFoundError(f"no {SPEC_IN_SHARED} beside or above this checkout")
-
-
 @functools.cache
 def _registry() -> Registry:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    text = _spec_path().read_text(encoding="utf-8")
-    document = _nullable_to_union(yaml.load(text, Loader=loader))
+    document = _nullable_to_union(official_document())
     resource = Resource(contents=document, specification=DRAFT202012)
     return Registry().with_resource(SPEC_URI, resource)
 

@@ -1,0 +1,1 @@
+"""Material from other projects that the tests and scripts need, carried with its licence."""
