@@ -8,8 +8,10 @@ environment variables (APPLIANCE_HOST, APPLIANCE_PORT, APPLIANCE_DATA_DIR) or CL
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +45,12 @@ class ServerConfig:
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
     max_body_mb: int = 8  # JSON request bodies; larger ones are a 413 (audio: max_upload_mb)
+    # The HTTP edge (appliance/api/connections.py): what clients may hold open, and for how long.
+    max_connections: int = 512  # open connections served; the next get a 503, past 2x: closed
+    header_timeout_s: float = 10.0  # a request's headers must be complete within this
+    body_timeout_s: float = 30.0  # longest pause between two pieces of a request body
+    public_url: str | None = None  # base of image URLs; None: the socket the request came in on
+    trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For/-Proto count
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,9 @@ def _reject_unknown(where: _Where, table: Mapping[str, Any], known: set[str]) ->
 
 _SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currency", "log_level",
                 "image_url_ttl_s", "log_format", "metrics_public", "shutdown_grace_s",
-                "cors_origins", "tls_certfile", "tls_keyfile", "max_body_mb"}
+                "cors_origins", "tls_certfile", "tls_keyfile", "max_body_mb",
+                "max_connections", "header_timeout_s", "body_timeout_s", "public_url",
+                "trusted_proxies"}
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
 _MODEL_KEYS = {
     "id", "kind", "path", "aliases", "price_per_request", "context_length", "parallel",
@@ -176,7 +186,33 @@ def _server(source: Path, raw: Mapping[str, Any], env: Mapping[str, str]) -> Ser
         log_level=_take(where, raw, "log_level", str, "info"),
         image_url_ttl_s=float(ttl),
         **_exposure(where, raw, base),
+        **_edge(where, raw),
     )
+
+
+def _edge(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The [server] keys of the HTTP edge: connection cap, timeouts, public URL, proxies."""
+    public_url = _take(where, raw, "public_url", str, None)
+    if public_url is not None:
+        parts = urllib.parse.urlsplit(public_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+                or parts.fragment:
+            raise where.fail("public_url", f"{public_url!r} is not an http(s) URL such as "
+                             "\"https://ai.example.com\" (a path is allowed, no query)")
+    proxies = _take(where, raw, "trusted_proxies", list, [])
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy if isinstance(proxy, str) else "?", strict=False)
+        except ValueError:
+            raise where.fail("trusted_proxies", f"{proxy!r} is not an IP address or network "
+                             "such as \"10.0.0.5\" or \"10.0.0.0/24\"") from None
+    return {
+        "max_connections": _positive(where, raw, "max_connections", 512),
+        "header_timeout_s": _seconds(where, raw, "header_timeout_s", 10.0),
+        "body_timeout_s": _seconds(where, raw, "body_timeout_s", 30.0),
+        "public_url": None if public_url is None else public_url.rstrip("/"),
+        "trusted_proxies": tuple(proxies),
+    }
 
 
 def _exposure(where: _Where, raw: Mapping[str, Any], base: Path) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """The composition root: config -> ledger -> engines -> api.create_app -> uvicorn.
 
 Models load and warm before the socket opens, so the first request the server accepts is
-served as fast as the hundredth.
+served as fast as the hundredth. uvicorn serves through the appliance's own h11 protocol
+(``api/connections.py``: connection cap, header and body deadlines), and trusts proxy headers
+only from ``[server] trusted_proxies``: its default trusts ``X-Forwarded-For`` from loopback,
+which would let any local client pick the address its failed authentications count against.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 import uvicorn
 
 from appliance.api.app import create_app
+from appliance.api.connections import EdgeLimits, edge_protocol, ensure_file_limit
 from appliance.api.images_files import ImageFiles
 from appliance.api.metrics import ApplianceMetrics
 from appliance.api.services import Exposure, Limits, Pricing, Services
@@ -52,7 +56,8 @@ def serve(config: ApplianceConfig) -> None:
                                           if m.kind == "transcription"),
                                          default=Limits().max_upload_bytes)),
                 image_files=ImageFiles(server_config.data_dir / "images",
-                                       ttl_s=server_config.image_url_ttl_s),
+                                       ttl_s=server_config.image_url_ttl_s,
+                                       public_url=server_config.public_url),
                 exposure=Exposure(metrics_public=server_config.metrics_public,
                                   cors_origins=server_config.cors_origins),
                 metrics=metrics,
@@ -67,11 +72,18 @@ def serve(config: ApplianceConfig) -> None:
             # log_config=None: uvicorn's lines go through the handler configure_logging set up
             # (text or JSON, with request ids). Its own graceful timeout only has to cancel
             # what outlived our drain (DrainingServer), so it is short.
+            edge = EdgeLimits(max_connections=server_config.max_connections,
+                              header_timeout_s=server_config.header_timeout_s,
+                              body_timeout_s=server_config.body_timeout_s)
+            ensure_file_limit(edge)
+            proxies = list(server_config.trusted_proxies)
             uvicorn_config = uvicorn.Config(
                 app, host=server_config.host, port=server_config.port,
                 log_level=server_config.log_level, access_log=False, log_config=None,
                 ssl_certfile=server_config.tls_certfile, ssl_keyfile=server_config.tls_keyfile,
-                timeout_graceful_shutdown=1)
+                timeout_graceful_shutdown=1, http=edge_protocol(edge),
+                h11_max_incomplete_event_size=services.bounds.max_header_bytes,
+                proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
             DrainingServer(uvicorn_config, drain, server_config.shutdown_grace_s).run()
         finally:
             for engine in catalog.engines():

@@ -117,9 +117,18 @@ async def list_keys(request: Request) -> Response:
                          "last_id": data[-1]["id"] if data else None, "has_more": False})
 
 
+def _check_future(services: Services, expires_at: int | None) -> None:
+    """An expiry already past makes a key that never works: refused, as the CLI refuses it."""
+    if expires_at is not None and expires_at <= services.wall_clock():
+        raise InvalidRequest(f"`expires_at` ({expires_at}) is not in the future: it must be "
+                             "a unix time after now (seconds), or null for no expiry.",
+                             param="expires_at", code="invalid_value")
+
+
 async def create_key(request: Request) -> Response:
     services, keys = _admin(request)
     body = await parse_json(request, CreateKey, services.limits.max_body_bytes)
+    _check_future(services, body.expires_at)
     limits = KeyLimits(
         models=_canonical_models(services, body.models), rpm=body.rpm,
         max_concurrent=body.max_concurrent, monthly_requests=body.monthly_requests,
@@ -149,6 +158,7 @@ async def update_key(request: Request) -> Response:
         if name == "models":
             value = _canonical_models(services, value)
         elif name == "expires_at" and value is not None:
+            _check_future(services, value)
             value = float(value)
         changes[name] = value
     if record.revoked_at is not None:

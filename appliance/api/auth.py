@@ -1,16 +1,16 @@
 """Bearer-key authentication for every /v1 route.
 
 Missing, malformed, unknown, revoked and expired keys get OpenAI's 401 (the SDKs raise
-AuthenticationError) with a message that says which. Lookups hit SQLite off the event loop; a
-short-lived cache keeps the hot path free of disk reads while a key revoked or changed from the
-CLI or the admin API takes effect within seconds. Wrong keys count against the client's
-address (``auth_failures.py``): past the allowance, that address gets 429s.
+AuthenticationError) with a message that says which. Every 401 counts against the client's
+address (``auth_failures.FailedAuthGate``, which runs first): past the allowance, that
+address gets 429s. Each request looks its key up in SQLite, off the event loop (an indexed
+read of one row; there is no cache), so a key revoked or changed through the admin API or
+the CLI is refused from the very next request.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import time
 from collections.abc import Callable
 
@@ -18,58 +18,23 @@ import anyio.to_thread
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from appliance.api.auth_failures import FailedAuthLimiter, client_address
 from appliance.api.errors import error_response
-from appliance.api.limits import retry_headers
 from appliance.api.services import KeyLookup
-from appliance.errors import AuthenticationFailed, RateLimited
+from appliance.errors import AuthenticationFailed
 from appliance.ledger import KeyRecord
-
-_CACHE_SECONDS = 2.0
-_CACHE_MAX = 4096
-
-
-class KeyCache:
-    """Remembers recent lookups (by the secret's hash, never the secret) for a few seconds."""
-
-    def __init__(self, keys: KeyLookup, ttl: float = _CACHE_SECONDS):
-        self._keys = keys
-        self._ttl = ttl
-        self._entries: dict[str, tuple[float, KeyRecord | None]] = {}
-
-    async def lookup(self, secret: str) -> KeyRecord | None:
-        digest = hashlib.sha256(secret.encode()).hexdigest()
-        now = time.monotonic()
-        hit = self._entries.get(digest)
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
-        record = await anyio.to_thread.run_sync(self._keys.lookup, secret)
-        if len(self._entries) >= _CACHE_MAX:
-            self._entries.clear()
-        self._entries[digest] = (now, record)
-        return record
 
 
 class BearerAuthMiddleware:
     def __init__(self, app: ASGIApp, keys: KeyLookup, protected_prefix: str = "/v1",
-                 wall_clock: Callable[[], float] = time.time,
-                 failures: FailedAuthLimiter | None = None):
+                 wall_clock: Callable[[], float] = time.time):
         self.app = app
-        self.cache = KeyCache(keys)
-        self.failures = failures if failures is not None else FailedAuthLimiter()
+        self.keys = keys
         self.prefix = protected_prefix
         self.wall_clock = wall_clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
-            return
-        address = client_address(scope)
-        try:
-            self.failures.check(address)
-        except RateLimited as refused:
-            await error_response(refused, retry_headers(refused.retry_after))(
-                scope, receive, send)
             return
         header = Headers(scope=scope).get("authorization", "")
         scheme, _, secret = header.partition(" ")
@@ -87,13 +52,11 @@ class BearerAuthMiddleware:
                 "Malformed Authorization header: expected `Bearer <key>` with a key of "
                 "printable ASCII characters and no spaces."
             )
-            self.failures.failed(address)
             await error_response(error)(scope, receive, send)
             return
-        record = await self.cache.lookup(secret)
+        record = await anyio.to_thread.run_sync(self.keys.lookup, secret)
         if record is None:
             error = AuthenticationFailed(f"Incorrect API key provided: {_redact(secret)}.")
-            self.failures.failed(address)
             await error_response(error)(scope, receive, send)
             return
         note = scope.get("state", {}).get("note")

@@ -1,23 +1,42 @@
-"""Failed authentications per client address: guessing keys from one address is slowed to a
-crawl.
+"""Failed authentications per client address, and the gate that enforces them: guessing
+keys, or knocking without one, from one address is slowed to a crawl and cannot flood the
+ledger or the log.
 
-More than ``max_failures`` wrong keys within ``window_s`` from one address and that address
-gets 429s with ``retry-after`` (right key or not) until its oldest failure leaves the window.
-The address is the TCP peer's: ``X-Forwarded-For`` is not trusted, since any client can send
-one and would then pick the address its failures are charged to.
+Every 401 answered to an address counts against it (no key, a malformed, unknown, revoked or
+expired one, on any route), and so does a URL over ``RequestBounds.max_url_bytes`` (refused
+here, before routing and auth, with a 400). More than ``max_failures`` within ``window_s``
+and that address gets 429s with ``retry-after`` (right key or not) until its oldest failure
+leaves the window. Those 429s are *quiet*: no ledger row and no access line each (the note
+says so), only one warning when an address is shut out, itself throttled. So an address
+hammering the server adds at most ``max_failures`` ledger rows and access lines per window,
+each with a path cut to ``request_context.RECORDED_PATH_CHARS``.
+
+The address is the TCP peer's: ``X-Forwarded-For`` counts only from the proxies an operator
+names in ``[server] trusted_proxies`` (uvicorn's proxy-header middleware then puts the
+forwarded address in the scope), since any client can send one and would then pick the
+address its failures are charged to. ``/health`` and ``/ready`` are always served: probes
+must see the process, whoever shares its address.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 
-from starlette.types import Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from appliance.errors import RateLimited
+from appliance.api.errors import error_response
+from appliance.api.limits import retry_headers
+from appliance.api.logging_setup import Throttle
+from appliance.api.note import RequestNote
+from appliance.errors import InvalidRequest, RateLimited
+
+log = logging.getLogger("appliance.auth")
 
 _MAX_ADDRESSES = 10_000  # bounds memory under a flood from many addresses
+ALWAYS_SERVED = ("/health", "/ready")
 
 
 class FailedAuthLimiter:
@@ -27,6 +46,8 @@ class FailedAuthLimiter:
         self.window_s = window_s
         self.clock = clock
         self._failures: dict[str, deque[float]] = {}
+        # Shut-out warnings, across all addresses: a flood from many cannot flood the log.
+        self._warnings = Throttle(burst=10, window_s=window_s, clock=clock)
 
     def check(self, address: str) -> None:
         """Raises RateLimited while ``address`` is over its allowance of failures."""
@@ -40,7 +61,17 @@ class FailedAuthLimiter:
     def failed(self, address: str) -> None:
         if len(self._failures) >= _MAX_ADDRESSES and address not in self._failures:
             self._forget_expired()
-        self._failures.setdefault(address, deque()).append(self.clock())
+        # maxlen: requests already past check() when the address reached its allowance
+        # still count, but memory per address stays bounded.
+        failures = self._failures.setdefault(address, deque(maxlen=2 * self.max_failures))
+        failures.append(self.clock())
+        if len(failures) == self.max_failures:
+            allowed, held = self._warnings.allow()
+            if allowed:
+                log.warning("%s: %d failed authentications within %.0fs; refusing its "
+                            "requests (429) until they age out%s", address, self.max_failures,
+                            self.window_s, f" ({held} more addresses shut out, not logged)"
+                            if held else "")
 
     def _recent(self, address: str) -> deque[float] | None:
         failures = self._failures.get(address)
@@ -62,6 +93,57 @@ class FailedAuthLimiter:
             by_age = sorted(self._failures, key=lambda a: self._failures[a][-1])
             for address in by_age[: len(by_age) // 2]:
                 del self._failures[address]
+
+
+class FailedAuthGate:
+    """The outermost check of a request (inside the request context): the address's
+    allowance, then the URL's length; then it counts the request if it ends in a 401."""
+
+    def __init__(self, app: ASGIApp, failures: FailedAuthLimiter, max_url_bytes: int):
+        self.app = app
+        self.failures = failures
+        self.max_url_bytes = max_url_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        address = client_address(scope)
+        note: RequestNote | None = scope.get("state", {}).get("note")
+        if scope["path"] not in ALWAYS_SERVED:
+            try:
+                self.failures.check(address)
+            except RateLimited as refused:
+                if note is not None:
+                    note.quiet = True
+                    note.error_code = refused.code
+                await error_response(refused, retry_headers(refused.retry_after))(
+                    scope, receive, send)
+                return
+        url_bytes = url_length(scope)
+        if url_bytes > self.max_url_bytes:
+            self.failures.failed(address)
+            error = InvalidRequest(
+                f"The request URL (path and query string) is {url_bytes} bytes long; the "
+                f"limit is {self.max_url_bytes} bytes.", param="url", code="url_too_long")
+            if note is not None:
+                note.error_code = error.code
+            await error_response(error)(scope, receive, send)
+            return
+
+        async def send_counting_401(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                self.failures.failed(address)
+            await send(message)
+
+        await self.app(scope, receive, send_counting_401)
+
+
+def url_length(scope: Scope) -> int:
+    """Bytes of the request target as sent: the raw path, and ``?query`` if any."""
+    raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+    query = scope.get("query_string", b"")
+    return len(raw_path) + (1 + len(query) if query else 0)
 
 
 def client_address(scope: Scope) -> str:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 class RequestBounds:
     # HTTP
     max_url_bytes: int = 8 * 1024  # path + query; longer is a 414-free 400 before routing
+    # request line + headers, enforced by h11 (uvicorn answers a larger one with a 400 and
+    # closes the connection): also what bounds the number of headers
+    max_header_bytes: int = 16 * 1024
     # Chat and legacy completions
     max_messages: int = 2048
     max_message_chars: int = 1_000_000  # text of one message (all its parts)

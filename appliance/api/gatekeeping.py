@@ -1,9 +1,10 @@
 """Wires keys, limits and the ledger into an app: the middleware stack and the admin routes.
 
-Outer to inner: request context (id, durable ledger row, catch-all 500) -> drain (503
-while shutting down) -> bearer auth
-(unknown, malformed, revoked, expired keys) -> admission (audience, quota, concurrency, rate,
-"started" row, the key's model list) -> router. ``create_app`` calls these three functions.
+Outer to inner: request context (id, durable ledger row, catch-all 500) -> failed-auth gate
+(an address over its allowance of 401s gets a quiet 429; a URL over its bound a 400; every
+401 counts) -> drain (503 while shutting down) -> bearer auth (unknown, malformed, revoked,
+expired keys) -> admission (audience, quota, concurrency, rate, "started" row, the key's
+model list) -> router. ``create_app`` calls these three functions.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.routing import Route
 from appliance.api.admin_keys import create_key, list_keys, retrieve_key, revoke_key, update_key
 from appliance.api.admission import AdmissionMiddleware
 from appliance.api.auth import BearerAuthMiddleware
+from appliance.api.auth_failures import FailedAuthGate
 from appliance.api.key_scope import KeyScopedCatalog
 from appliance.api.limits import ConcurrencyGate, RequestRate
 from appliance.api.metrics import each
@@ -42,11 +44,14 @@ def gate_middleware(services: Services) -> list[Middleware]:
         Middleware(RequestContextMiddleware, ledger=services.ledger, pricing=services.pricing,
                    commit_wait=limits.commit_wait_seconds,
                    on_final_row=each(quota.charge, services.metrics.observe)),
+        # Before anything that costs: a flooding address is turned away here. Inside the
+        # request context, so its refusals still carry a request id.
+        Middleware(FailedAuthGate, failures=services.auth_failures,
+                   max_url_bytes=services.bounds.max_url_bytes),
         # Inside the request context: a request refused while draining still gets its id
         # and ledger row.
         Middleware(DrainMiddleware, state=services.drain),
-        Middleware(BearerAuthMiddleware, keys=services.keys, wall_clock=services.wall_clock,
-                   failures=services.auth_failures),
+        Middleware(BearerAuthMiddleware, keys=services.keys, wall_clock=services.wall_clock),
         Middleware(AdmissionMiddleware, rate=RequestRate(limits.rate_window_seconds,
                                                          services.clock),
                    gate=ConcurrencyGate(), quota=quota, catalog=services.catalog,

@@ -81,7 +81,9 @@ async def create_image(request: Request) -> Response:
     note.prompt_tokens = result.prompt_tokens
     if files is not None and output.response_format == "url":
         names = await anyio.to_thread.run_sync(_store, result, output, files)
-        data = [{"url": str(request.url_for(IMAGE_FILE_ROUTE, name=name))} for name in names]
+        # Never request.url_for: it builds the URL from the client's Host header.
+        data = [{"url": files.url(request.scope, request.app.url_path_for(
+            IMAGE_FILE_ROUTE, name=name))} for name in names]
     else:
         data = [{"b64_json": text}
                 for text in await anyio.to_thread.run_sync(_inline, result, output)]

@@ -6,6 +6,11 @@ capability, as OpenAI's signed blob URLs are, so fetching it takes no API key (c
 browsers fetch image URLs without one). A file's age comes from its modification time, so
 images left by an earlier run expire on schedule too. Expiry is checked on every read, and a
 sweeper deletes expired files in the background.
+
+A URL starts with ``[server] public_url`` when one is configured (what clients reach the
+server as, through a proxy or a DNS name), else with the address of the socket the request
+came in on: never with the client's ``Host`` header, which would let anyone make the server
+hand out links to a host of their choosing.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 
@@ -37,9 +43,15 @@ class StoredImage:
 
 
 class ImageFiles:
-    def __init__(self, folder: Path, ttl_s: float = DEFAULT_TTL_S):
+    def __init__(self, folder: Path, ttl_s: float = DEFAULT_TTL_S,
+                 public_url: str | None = None):
         self.folder = folder
         self.ttl_s = ttl_s
+        self.public_url = None if public_url is None else public_url.rstrip("/")
+
+    def url(self, scope: Mapping[str, Any], path: str) -> str:
+        """The absolute URL of ``path`` (the file route's path) for the request in ``scope``."""
+        return (self.public_url or socket_origin(scope)) + path
 
     def save(self, content: bytes, extension: str) -> str:
         """Writes one image; returns its file name (the last part of its URL)."""
@@ -87,6 +99,20 @@ class ImageFiles:
     @property
     def sweep_interval_s(self) -> float:
         return min(MAX_SWEEP_INTERVAL_S, max(self.ttl_s / 2, 0.5))
+
+
+def socket_origin(scope: Mapping[str, Any]) -> str:
+    """``scheme://host:port`` of the local socket the request arrived on (uvicorn puts it in
+    ``scope["server"]``), the port left out when it is the scheme's default."""
+    scheme = scope.get("scheme", "http")
+    server = scope.get("server")
+    if not server:
+        raise RuntimeError("no [server] public_url and no local address in the request scope")
+    host, port = str(server[0]), server[1]
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
 
 
 async def _sweep_forever(files: ImageFiles) -> None:

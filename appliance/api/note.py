@@ -1,7 +1,9 @@
 """The per-request note: what handlers learn about a request, for its ledger row and logs.
 
 The request-context middleware creates one per HTTP request and writes it to the ledger when
-the response ends (or the client leaves); handlers fill in the model and token counts.
+the response ends (or the client leaves); handlers fill in the model and token counts. Its
+``method`` and ``path`` are what the ledger and the log keep of the client's: bounded and
+escaped (``request_context.RECORDED_PATH_CHARS``); the scope keeps the real ones.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ class RequestNote:
     client_gone: bool = False
     audio_seconds: float = 0.0
     images: int = 0
+    # A refusal of an address over its failed-auth allowance: no ledger row, no access line
+    # (auth_failures.py), so a flood from one address cannot grow either.
+    quiet: bool = False
 
     def mark_first_token(self) -> None:
         if self.first_token_perf is None:

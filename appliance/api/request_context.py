@@ -9,6 +9,12 @@ until the row is committed (``commit_row``): a client that got a complete respon
 on its row surviving a crash of the server a moment later. The admission middleware writes a
 "started" row the same way before a request runs, so a crash mid-request leaves evidence that
 the next start marks "interrupted".
+
+What the row and the access line keep of the client's path is bounded: its first
+``RECORDED_PATH_CHARS`` characters, control characters escaped (a 401 row needs the route
+that was knocked on, not a 60,000-character path). Refusals the failed-auth gate marks quiet
+get neither (``auth_failures.py``). Every response says ``X-Content-Type-Options: nosniff``:
+a browser must not guess a type for an image file or an error body.
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ import anyio
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from appliance.api.logging_setup import CURRENT_REQUEST_ID
+from appliance.api.logging_setup import CURRENT_REQUEST_ID, shown
 from appliance.api.note import RequestNote
 from appliance.api.services import LedgerSink, Pricing
 from appliance.errors import EngineFailure
 from appliance.ledger import RequestRecord, RequestStatus
 
 log = logging.getLogger("appliance.access")
+
+RECORDED_PATH_CHARS = 256
+_RECORDED_METHOD_CHARS = 16  # h11 takes any token as a method; real ones are short
+_ALWAYS_HEADERS = [(b"x-content-type-options", b"nosniff")]
 
 
 def ledger_row(note: RequestNote, status: RequestStatus, http_status: int, price: float,
@@ -96,12 +106,14 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         note = RequestNote(
-            request_id=f"req_{uuid.uuid4().hex}", method=scope["method"], path=scope["path"]
+            request_id=f"req_{uuid.uuid4().hex}",
+            method=shown(scope["method"], _RECORDED_METHOD_CHARS),
+            path=shown(scope["path"], RECORDED_PATH_CHARS),
         )
         scope.setdefault("state", {})["note"] = note
         # Every line logged while this request runs names it (logging_setup.RequestIdFilter).
         id_token = CURRENT_REQUEST_ID.set(note.request_id)
-        ledgered = note.path.startswith("/v1")
+        ledgered = scope["path"].startswith("/v1")
         status = 0
         completed = False
         committed: RequestRecord | None = None
@@ -110,12 +122,12 @@ class RequestContextMiddleware:
             nonlocal status, completed, committed
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", note.request_id.encode()))
+                headers = [*message.get("headers", []), *_ALWAYS_HEADERS,
+                           (b"x-request-id", note.request_id.encode())]
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 completed = True
-                if ledgered:
+                if ledgered and not note.quiet:
                     committed = self._final_row(note, status, completed=True)
                     await commit_row(self.ledger, committed, self.commit_wait)
             await send(message)
@@ -137,19 +149,21 @@ class RequestContextMiddleware:
             else:
                 note.failed_mid_stream = True
         finally:
-            # The one access line of the request; the extras become keys of a JSON log line.
-            log.info(
-                "%s %s %s %.1fms", note.method, note.path, status or "-", note.elapsed_ms(),
-                extra={"method": note.method, "path": note.path, "status": status or None,
-                       "latency_ms": round(note.elapsed_ms(), 1), "model": note.model,
-                       "key_id": note.key_id},
-            )
+            if not note.quiet:
+                # The one access line of the request; the extras become keys of a JSON line.
+                log.info(
+                    "%s %s %s %.1fms", note.method, note.path, status or "-",
+                    note.elapsed_ms(),
+                    extra={"method": note.method, "path": note.path, "status": status or None,
+                           "latency_ms": round(note.elapsed_ms(), 1), "model": note.model,
+                           "key_id": note.key_id},
+                )
             if ledgered:
                 final = self._final_row(note, status, completed)
                 # Normally the row went to disk before the last byte; write again only when the
                 # outcome changed after it (the client left at the very end, a late failure).
-                if committed is None or (final.status, final.price) != (
-                        committed.status, committed.price):
+                if not note.quiet and (committed is None or (final.status, final.price) != (
+                        committed.status, committed.price)):
                     self.ledger.record(final)
                 if self.on_final_row is not None:
                     self.on_final_row(final)
