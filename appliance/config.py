@@ -79,6 +79,8 @@ class ModelConfig:
     compute_type: str = "auto"  # whisper: float16 on CUDA, int8 on CPU; images: the dtype
     workers: int = 2  # requests of this model worked on at once
     max_upload_mb: int = 25  # transcription: largest accepted audio file
+    max_audio_s: float = 1800.0  # transcription: longest accepted audio, in seconds
+    max_request_tokens: int = 300_000  # embedding: all inputs of one request together
     # image models: defaults a request may override, and the sizes it may ask for
     steps: int | None = None
     guidance: float | None = None
@@ -139,7 +141,8 @@ _MODEL_KEYS = {
     "id", "kind", "path", "aliases", "price_per_request", "context_length", "parallel",
     "gpu_layers", "threads", "chat_template", "stop", "owned_by", "prompt_cache_mb", "pooling",
     "device", "compute_type", "workers", "max_upload_mb", "steps", "guidance", "sizes",
-    "queue_limit", "queue_timeout_s", "generation_timeout_s",
+    "queue_limit", "queue_timeout_s", "generation_timeout_s", "max_audio_s",
+    "max_request_tokens",
 }
 # Keys that mean something only for some kinds; elsewhere they are errors, not silently unused.
 _KIND_ONLY_KEYS = {
@@ -149,7 +152,8 @@ _KIND_ONLY_KEYS = {
     "context_length": ("chat", "embedding"),
     "gpu_layers": ("chat", "embedding"),
     "device": FOLDER_KINDS, "compute_type": FOLDER_KINDS, "workers": FOLDER_KINDS,
-    "max_upload_mb": ("transcription",), "steps": ("image",), "guidance": ("image",),
+    "max_upload_mb": ("transcription",), "max_audio_s": ("transcription",),
+    "max_request_tokens": ("embedding",), "steps": ("image",), "guidance": ("image",),
     "sizes": ("image",),
 }
 
@@ -297,6 +301,8 @@ def _model(source: Path, index: int, raw: Any) -> ModelConfig:
         compute_type=_take(where, raw, "compute_type", str, "auto"),
         workers=_positive(where, raw, "workers", 2 if kind == "transcription" else 1),
         max_upload_mb=_positive(where, raw, "max_upload_mb", 25),
+        max_audio_s=_seconds(where, raw, "max_audio_s", 1800.0),
+        max_request_tokens=_positive(where, raw, "max_request_tokens", 300_000),
         steps=steps,
         guidance=None if guidance is None else float(guidance),
         sizes=_sizes(where, raw),

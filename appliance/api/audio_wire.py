@@ -23,6 +23,9 @@ FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITIES = ("word", "segment")
 # Room for the form's other fields and multipart boundaries around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
+# Whisper reads the last 224 tokens of a prompt; longer ones only cost tokenizing.
+MAX_PROMPT_CHARS = 16_000
+MAX_MODEL_CHARS = 256
 NOT_SERVED = ("chunking_strategy", "include", "include[]", "known_speaker_names",
               "known_speaker_names[]", "known_speaker_references",
               "known_speaker_references[]")
@@ -136,6 +139,14 @@ def to_audio_request(form: FormData, task: Task) -> AudioRequest:
     if not model:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model",
                              code="missing_required_parameter")
+    if len(model) > MAX_MODEL_CHARS:
+        raise InvalidRequest(f"Invalid 'model': longer than {MAX_MODEL_CHARS} characters.",
+                             param="model", code="string_above_max_length")
+    prompt = _text(form, "prompt") or None
+    if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"Invalid 'prompt': {len(prompt)} characters, more than the limit "
+                             f"of {MAX_PROMPT_CHARS} (whisper reads its last 224 tokens).",
+                             param="prompt", code="string_above_max_length")
     _refuse(NOT_SERVED, form, "is not supported by this server")
     if task == "translate":
         _refuse(TRANSCRIPTION_ONLY, form, "is not accepted by translations (they always "
@@ -162,6 +173,6 @@ def to_audio_request(form: FormData, task: Task) -> AudioRequest:
     language = _text(form, "language") or None
     return AudioRequest(
         model=model, upload=upload, size=upload.size or 0, response_format=response_format,
-        language=language.lower() if language else None, prompt=_text(form, "prompt") or None,
+        language=language.lower() if language else None, prompt=prompt,
         temperature=_temperature(form),
         granularities=tuple(dict.fromkeys(granularities or ["segment"])), stream=stream)

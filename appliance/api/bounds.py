@@ -27,6 +27,7 @@ class RequestBounds:
     max_stop_chars: int = 256  # one stop string
     max_prompts: int = 64  # legacy completions: prompts in one request
     max_choice_tokens: int = 65_536  # n x max_tokens
-    # Embeddings (OpenAI: 2,048 inputs, 8,192 tokens each, 300,000 tokens per request)
+    # Embeddings: OpenAI's 2,048 inputs. Tokens per input (the model's context) and per
+    # request (models.toml max_request_tokens, OpenAI's 300,000 by default) need the model's
+    # tokenizer, so the embedding engine checks them.
     max_embedding_inputs: int = 2048
-    max_embedding_tokens: int = 300_000

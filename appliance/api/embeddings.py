@@ -2,7 +2,8 @@
 
 The Python SDK asks for base64 whenever numpy is installed and the JS SDK always does, so
 both encodings must be exact. ``dimensions`` truncates and re-normalises, or is a 400 when
-the model has fewer. Over-long inputs are a 400, never truncated.
+the model has fewer. Over-long inputs are a 400, never truncated (the engine counts tokens);
+more than ``max_embedding_inputs`` inputs are a 400 before the engine sees them.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from appliance.api.note import RequestNote
 from appliance.api.services import Services
 from appliance.api.validation import parse_json
 from appliance.errors import InvalidRequest
-
-MAX_INPUTS = 2048
 
 
 class EmbeddingRequest(BaseModel):
@@ -57,9 +56,9 @@ async def create_embeddings(request: Request) -> Response:
     note.model = engine.info.id
     if body.dimensions is not None and body.dimensions > engine.dimensions:
         raise InvalidRequest(f"This model has {engine.dimensions} dimensions; 'dimensions' "
-                             f"cannot be {body.dimensions}.", param="dimensions",
-                             code="invalid_value")
-    inputs = texts_or_token_lists(body.input, "input", MAX_INPUTS)
+                             f"must be from 1 to {engine.dimensions}, not {body.dimensions}.",
+                             param="dimensions", code="invalid_value")
+    inputs = texts_or_token_lists(body.input, "input", services.bounds.max_embedding_inputs)
     try:  # the model is shared per key; a client that leaves while queued gives its place up
         result = await unless_disconnected(request.receive,
                                            engine.embed(inputs, owner=note.key_id))

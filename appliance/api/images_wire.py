@@ -12,6 +12,9 @@ OpenAI's knobs map onto a diffusion model like this (README "Images" says the sa
 - The extensions ``steps`` and ``guidance`` set those numbers outright and win over
   ``quality`` and ``style``; ``seed`` makes a request repeatable; ``negative_prompt`` says
   what to steer away from.
+
+Every field is bounded here (lengths, counts, ranges); what a request costs the model
+(n x steps x size) is bounded by the engine, which knows the model's defaults.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from appliance.errors import InvalidRequest
 
 MAX_IMAGES = 10
 MAX_PROMPT_CHARS = 32_000  # OpenAI's limit for its GPT image models, the most lenient
+MAX_NAME_CHARS = 256  # model, user, safety_identifier: names, never text to work on
 MAX_STEPS = 150
 MAX_GUIDANCE = 50.0
 MAX_SEED = 2**64 - 1
@@ -43,7 +47,7 @@ class ImageGenerationRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
-    model: Annotated[str, Field(min_length=1)] | None = None
+    model: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)] | None = None
     n: Annotated[int, Field(ge=1, le=MAX_IMAGES)] | None = None
     size: str | None = None
     quality: Literal["low", "auto", "standard", "medium", "high", "hd", "xhigh",
@@ -56,11 +60,11 @@ class ImageGenerationRequest(BaseModel):
     moderation: Literal["low", "auto"] | None = None
     stream: bool | None = None
     partial_images: Annotated[int, Field(ge=0, le=3)] | None = None
-    user: str | None = None
-    safety_identifier: str | None = None
+    user: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    safety_identifier: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
     # Extensions (diffusion knobs OpenAI does not have); documented in the README.
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
-    negative_prompt: Annotated[str, Field(min_length=1)] | None = None
+    negative_prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = None
     steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
     guidance: Annotated[float, Field(ge=0, le=MAX_GUIDANCE)] | None = None
 

@@ -6,6 +6,9 @@ may ask for, and a pool of ``workers`` threads: requests wait for a free worker 
 copy of the pipeline (shared weights, private scheduler and tokenizers), and the event loop
 only awaits the result. A cancelled request leaves the queue at once, or stops between two
 denoising steps if it is already running.
+
+What one request may cost is bounded before it queues: its size must be one of the model's,
+and n is bounded by size and steps (``image_bounds``).
 """
 
 from __future__ import annotations
@@ -38,8 +41,15 @@ from appliance.engines.diffusion_device import (
     pipeline_class_name,
     save_memory,
 )
-from appliance.engines.diffusion_pipeline import PipelineTraits, Stopped, run, worker_copy
+from appliance.engines.diffusion_pipeline import (
+    PipelineTraits,
+    Stopped,
+    quiet_prompt_truncation,
+    run,
+    worker_copy,
+)
 from appliance.engines.fair_gate import FairGate, Occupancy, OccupancyReport
+from appliance.engines.image_bounds import MAX_BATCH_IMAGES, MAX_WORK_IMAGES, max_images
 from appliance.errors import ConfigError, EngineFailure, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger("appliance.engines.diffusion")
@@ -100,6 +110,7 @@ class DiffusionEngine:
             low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None)
         pipeline.to(placement.device)
         pipeline.set_progress_bar_config(disable=True)
+        quiet_prompt_truncation(pipeline)
         savings = save_memory(pipeline, placement)
         traits = PipelineTraits.of(pipeline, config.steps, config.guidance)
         pipelines = [pipeline, *(worker_copy(pipeline) for _ in range(config.workers - 1))]
@@ -169,6 +180,7 @@ class DiffusionEngine:
             raise InvalidRequest(f"Invalid value for 'size': {params.width}x{params.height} is "
                                  f"not a size model {self._info.id} makes. Supported sizes: "
                                  f"{supported}.", param="size", code="invalid_value")
+        self._check_cost(params)
         if params.guidance is not None and self._traits.defaults.guidance is None:
             raise InvalidRequest(f"Model {self._info.id} ({self._traits.class_name}) takes no "
                                  "guidance scale.", param="guidance", code="invalid_value")
@@ -185,6 +197,20 @@ class DiffusionEngine:
                 "'negative_prompt' has no effect here: it needs classifier-free guidance "
                 f"(a guidance scale above 1; this request has {guidance}).",
                 param="negative_prompt", code="invalid_value")
+
+    def _check_cost(self, params: ImageParams) -> None:
+        steps = params.steps or self._traits.defaults.steps
+        most = max_images(self._sizes[0], self._traits.defaults.steps,
+                          (params.width, params.height), steps)
+        if params.n > most:
+            default_width, default_height = self._sizes[0]
+            raise InvalidRequest(
+                f"Invalid value for 'n': model {self._info.id} makes at most {most} image(s) of "
+                f"{params.width}x{params.height} at {steps} steps in one request, not "
+                f"{params.n}. A request may hold {MAX_BATCH_IMAGES:g} default-size images' "
+                f"pixels and {MAX_WORK_IMAGES:g} default images' work (n x steps x size; "
+                f"{self._traits.defaults.steps} steps at {default_width}x{default_height}). "
+                "Lower n, steps (or quality) or size.", param="n", code="invalid_value")
 
     def _work(self, params: ImageParams, cancel: CancelToken) -> ImageResult:
         pipeline = self._idle.get()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,23 @@ SEED_SPACE = 2**64  # torch generator seeds are unsigned 64-bit
 
 class Stopped(Exception):
     """Raised from the step callback: the request was cancelled or the engine is closing."""
+
+
+class _NoPromptEcho(logging.Filter):
+    """diffusers logs, at warning level, the part of every prompt its text encoder cuts off
+    (CLIP reads 77 tokens): up to 32,000 characters of client text per request in the server
+    log. The cut is the model's (usage.input_tokens says how much it read), so the echo is
+    dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "was truncated because" not in record.getMessage()
+
+
+def quiet_prompt_truncation(pipeline: Any) -> None:
+    """Drops that echo from the logger of the pipeline's module, where diffusers logs it."""
+    logger = logging.getLogger(type(pipeline).__module__)
+    if not any(isinstance(existing, _NoPromptEcho) for existing in logger.filters):
+        logger.addFilter(_NoPromptEcho())
 
 
 @dataclass(frozen=True)

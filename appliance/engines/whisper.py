@@ -5,7 +5,8 @@ int8 on CPU, unless models.toml says otherwise), a pool of ``workers`` threads s
 transcriptions run at once without touching the event loop (requests wait for a worker at a
 ``FairGate``: bounded, round-robin across keys), and turning faster-whisper's
 lazy segment generator into events: decoding happens segment by segment, so a cancelled
-request stops at the next segment.
+request stops at the next segment. Uploads are read within the model's bounds
+(``audio_decode``: duration, sample rate, channels, streams, packets) before any decoding.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import ctranslate2
 import numpy as np
-from faster_whisper import WhisperModel, decode_audio
+from faster_whisper import WhisperModel
 
 from appliance.config import ModelConfig
+from appliance.engines.audio_decode import SAMPLE_RATE, AudioBounds, Cancelled, load
 from appliance.engines.base import (
     CancelToken,
     ModelInfo,
@@ -35,7 +37,6 @@ from appliance.engines.whisper_languages import LANGUAGE_NAMES
 from appliance.errors import InvalidRequest
 
 log = logging.getLogger("appliance.engines.whisper")
-SAMPLE_RATE = 16_000
 # OpenAI: "If set to 0, the model will use log probability to automatically increase the
 # temperature until certain thresholds are hit" -- whisper's fallback schedule.
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -65,6 +66,7 @@ class WhisperEngine:
         self._config = config
         self._model = model
         self._device = device
+        self._bounds = AudioBounds(max_seconds=config.max_audio_s)
         self._gate = FairGate(config.id, slots=config.workers, queue_limit=config.queue_limit,
                               queue_timeout_s=config.queue_timeout_s, report=report)
         self._pool = ThreadPoolExecutor(max_workers=config.workers,
@@ -152,12 +154,9 @@ class WhisperEngine:
 
     def _run(self, params: TranscriptionParams, cancel: CancelToken, emit: Emit) -> None:
         try:
-            audio = decode_audio(params.audio, sampling_rate=SAMPLE_RATE)
-        except Exception as exc:
-            why = getattr(exc, "strerror", None) or type(exc).__name__
-            raise InvalidRequest(f"The file could not be decoded as audio ({why}). Send a file "
-                                 "in a format such as wav, mp3, m4a, ogg, webm or flac.",
-                                 param="file", code="invalid_audio") from None
+            audio = load(params.audio, self._bounds, lambda: cancel.cancelled)
+        except Cancelled:
+            return
         temperature = FALLBACK_TEMPERATURES if params.temperature == 0 else params.temperature
         segments, info = self._model.transcribe(
             audio, language=params.language, task=params.task,

@@ -42,5 +42,5 @@ def test_over_long_input_is_400_not_truncated(real_server: RealServer) -> None:
     sdk = real_server.sdk
     with pytest.raises(openai.BadRequestError) as caught:
         sdk.embeddings.create(model=EMBED, input="word " * 2000)
-    assert caught.value.param == "input"
+    assert caught.value.param == "input[0]"
     assert caught.value.code == "context_length_exceeded"

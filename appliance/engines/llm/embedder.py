@@ -3,7 +3,13 @@
 Owns a context made for embeddings (pooling on, one sequence per input of a batch) and one
 worker thread, so embedding work never runs on the event loop and never shares a context
 with generation; requests wait for it at a ``FairGate`` (bounded, round-robin across keys).
-Inputs longer than the context are refused, never silently truncated.
+The slot is held until the worker is done with a request, not until its client leaves, and
+a cancelled request stops between two inputs (tokenizing) or two batches (decoding).
+
+Bounds, each a 400 before the work they guard: an input longer than the context is refused
+(never truncated) -- first by its length in characters where no tokenization could make it
+fit, so no client pays for tokenizing megabytes, then by its tokens; a token-id input must
+hold ids of the vocabulary; all inputs together take at most ``max_request_tokens``.
 """
 
 from __future__ import annotations
@@ -11,20 +17,29 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import llama_cpp
 
 from appliance.config import ModelConfig
-from appliance.engines.base import Embeddings, ModelInfo
+from appliance.engines.base import CancelToken, Embeddings, ModelInfo
 from appliance.engines.fair_gate import FairGate, Occupancy, OccupancyReport
 from appliance.engines.llm.batch import TokenBatch
 from appliance.engines.llm.model import LoadedModel, default_threads
-from appliance.errors import EngineFailure, InvalidRequest
+from appliance.errors import EngineFailure, InvalidRequest, ServiceUnavailable
 
 POOLING = {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
            "last": llama_cpp.LLAMA_POOLING_TYPE_LAST}
 MAX_SEQUENCES = 16  # inputs embedded together in one decode
+# Tokens of inputs embedded together in one decode (an input longer than this has a decode of
+# its own). A decode cannot be interrupted, so this is how long a cancelled request may keep
+# the model: about a second of CPU for a small model. Batching more buys little on a CPU.
+MAX_BATCH_TOKENS = 512
+
+
+class Stopped(Exception):
+    """The request was cancelled (its client left) between two inputs or batches."""
 
 
 class LlamaEmbeddingEngine:
@@ -49,6 +64,10 @@ class LlamaEmbeddingEngine:
         self._memory = llama_cpp.llama_get_memory(self._context)
         self._batch = TokenBatch(config.context_length)
         self._dimensions = int(llama_cpp.llama_model_n_embd(model.handle))
+        # Every token of a text stands for at least one of its bytes and at most this many,
+        # so a text of more characters than context x this cannot fit: refused untokenized.
+        self._longest_piece = max((len(model.piece(token)) for token in range(model.n_vocab)),
+                                  default=1) or 1
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{config.id}")
         self._gate = FairGate(config.id, slots=1, queue_limit=config.queue_limit,
                               queue_timeout_s=config.queue_timeout_s, report=report)
@@ -79,7 +98,7 @@ class LlamaEmbeddingEngine:
         return self._gate.occupancy
 
     def warm_up(self) -> None:
-        self._embed_all(["Hello"])
+        self._embed_all(["Hello"], CancelToken())
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)
@@ -91,39 +110,86 @@ class LlamaEmbeddingEngine:
 
     async def embed(self, inputs: list[str] | list[list[int]],
                     owner: str | None = None) -> Embeddings:
-        async with self._gate.slot(owner):
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._worker, self._embed_all, inputs)
+        self._check(inputs)
+        await self._gate.acquire(owner)
+        cancel = CancelToken()
+        try:
+            work = self._worker.submit(self._embed_all, inputs, cancel)
+        except RuntimeError:  # the worker is shut down
+            self._gate.release()
+            raise ServiceUnavailable("The embedding model is shutting down.") from None
+        self._gate.release_when_done(work)  # a cancelled one still ends its current batch
+        try:
+            return await asyncio.wrap_future(work)
+        finally:
+            cancel.cancel()  # the client left (or the work is over): stop at the next batch
 
-    def _tokens(self, inputs: list[str] | list[list[int]]) -> list[list[int]]:
+    def _too_long(self, index: int, length: str) -> InvalidRequest:
+        limit = self._config.context_length
+        return InvalidRequest(
+            f"Invalid 'input[{index}]': this model's maximum context length is {limit} tokens, "
+            f"however input[{index}] has {length}. Shorten it: inputs are never truncated.",
+            param=f"input[{index}]", code="context_length_exceeded")
+
+    def _too_many(self, total: int) -> InvalidRequest:
+        return InvalidRequest(
+            f"The inputs have {total} tokens together; model `{self._info.id}` takes at most "
+            f"{self._config.max_request_tokens} tokens per request. Send fewer inputs per "
+            "request.", param="input", code="max_tokens_per_request")
+
+    def _check(self, inputs: Sequence[str | list[int]]) -> None:
+        """What can be told before queueing, in time linear in the number of inputs."""
+        limit = self._config.context_length
+        ids = 0
+        for index, item in enumerate(inputs):
+            if isinstance(item, str):
+                if len(item) > limit * self._longest_piece:
+                    raise self._too_long(index, f"{len(item)} characters, more than any "
+                                                f"{limit} of its tokens can hold")
+                continue
+            if len(item) > limit:
+                raise self._too_long(index, f"{len(item)} tokens")
+            ids += len(item)
+        if ids > self._config.max_request_tokens:
+            raise self._too_many(ids)
+
+    def _tokens(self, inputs: Sequence[str | list[int]], cancel: CancelToken) -> list[list[int]]:
         token_lists: list[list[int]] = []
-        items: list[str | list[int]] = list(inputs)
-        for index, item in enumerate(items):
-            tokens = (self._model.tokenize(item, add_bos=self._model.add_bos, special=False)
-                      if isinstance(item, str) else item)
+        total = 0
+        for index, item in enumerate(inputs):
+            if cancel.cancelled:
+                raise Stopped
+            if isinstance(item, str):
+                tokens = self._model.tokenize(item, add_bos=self._model.add_bos, special=False)
+            else:
+                tokens = item
+                if tokens and (min(tokens) < 0 or max(tokens) >= self._model.n_vocab):
+                    raise InvalidRequest(
+                        f"Invalid 'input[{index}]': it holds token ids outside this model's "
+                        f"vocabulary (0 to {self._model.n_vocab - 1}).", param=f"input[{index}]",
+                        code="invalid_value")
             if not tokens:
-                raise InvalidRequest(f"Input {index} is empty.", param="input",
-                                     code="invalid_value")
+                raise InvalidRequest(f"Invalid 'input[{index}]': it is empty.",
+                                     param=f"input[{index}]", code="invalid_value")
             if len(tokens) > self._config.context_length:
-                raise InvalidRequest(
-                    f"Input {index} is {len(tokens)} tokens long; this model takes at most "
-                    f"{self._config.context_length}. Shorten it: inputs are never truncated.",
-                    param="input", code="context_length_exceeded")
-            if any(t < 0 or t >= self._model.n_vocab for t in tokens):
-                raise InvalidRequest(f"Input {index} holds token ids outside the vocabulary.",
-                                     param="input", code="invalid_value")
+                raise self._too_long(index, f"{len(tokens)} tokens")
+            total += len(tokens)
+            if total > self._config.max_request_tokens:
+                raise self._too_many(total)
             token_lists.append(tokens)
         return token_lists
 
-    def _embed_all(self, inputs: list[str] | list[list[int]]) -> Embeddings:
-        token_lists = self._tokens(inputs)
+    def _embed_all(self, inputs: Sequence[str | list[int]], cancel: CancelToken) -> Embeddings:
+        token_lists = self._tokens(inputs, cancel)
         vectors: list[tuple[float, ...]] = []
         start = 0
         while start < len(token_lists):
+            if cancel.cancelled:
+                raise Stopped
             group: list[list[int]] = []
             size = 0
             for tokens in token_lists[start:start + MAX_SEQUENCES]:
-                if group and size + len(tokens) > self._batch.capacity:
+                if group and size + len(tokens) > min(MAX_BATCH_TOKENS, self._batch.capacity):
                     break
                 group.append(tokens)
                 size += len(tokens)
@@ -136,7 +202,9 @@ class LlamaEmbeddingEngine:
         self._batch.clear()
         for sequence, tokens in enumerate(group):
             for position, token in enumerate(tokens):
-                self._batch.add(token, position, sequence, position == len(tokens) - 1)
+                # Pooling reads every token's output: left unmarked, llama.cpp marks them
+                # itself and logs a warning on every decode.
+                self._batch.add(token, position, sequence, True)
         status = llama_cpp.llama_decode(self._context, self._batch.handle)
         if status != 0:
             raise EngineFailure(f"llama_decode failed with status {status} on {self._info.id}")
