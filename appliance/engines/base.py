@@ -182,6 +182,10 @@ class Finish:
 ChatEvent = Started | TextDelta | ToolCallDelta | Finish
 
 
+class Cancelled(Exception):
+    """Work that saw its request's cancel token set stopped there (see CancelToken.check)."""
+
+
 class CancelToken:
     """Set by the api when the client goes away; engines check it between steps."""
 
@@ -194,6 +198,11 @@ class CancelToken:
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
+
+    def check(self) -> None:
+        """Raises Cancelled once cancelled: for work in a thread, between two of its pieces."""
+        if self._event.is_set():
+            raise Cancelled
 
 
 @dataclass(frozen=True)

@@ -2,21 +2,28 @@
 
 Owns the request side: rendering the chat template, tokenizing, checking the context, and
 carrying events from the decode thread back to the event loop. The scheduler owns decoding.
+
+Preparing a prompt (marking request text, rendering, tokenizing: see prompt_tokens.py) runs on
+a small thread pool of the engine's own, never on the event loop nor on anyio's shared pool
+(which key lookups need): a burst of huge prompts queues there and starves nothing else. A
+request whose client leaves stops preparing at its next message or piece of text.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import math
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-
-import anyio.to_thread
 
 from appliance.config import ModelConfig
 from appliance.engines.base import (
+    Cancelled,
     CancelToken,
     ChatEvent,
     ChatMessage,
@@ -29,7 +36,15 @@ from appliance.engines.base import (
 )
 from appliance.engines.llm.grammar import grammar_for
 from appliance.engines.llm.model import LoadedModel, default_slots, default_threads
-from appliance.engines.llm.scheduler import Emit, GenerationRequest, Scheduler, StepReport
+from appliance.engines.llm.prompt_tokens import PromptTokenizer, PromptTooLong, RequestText
+from appliance.engines.llm.sampling import SamplerChain
+from appliance.engines.llm.scheduler import (
+    Emit,
+    GenerationRequest,
+    SamplerFactory,
+    Scheduler,
+    StepReport,
+)
 from appliance.engines.llm.templates import ChatTemplate
 from appliance.engines.llm.tool_dialects import ToolSupport, rewrite_for_prompt, tools_json
 from appliance.engines.llm.tool_dialects import detect as detect_tool_support
@@ -40,16 +55,23 @@ from appliance.errors import ConfigError, ContextLengthExceeded, InvalidRequest,
 
 log = logging.getLogger("appliance.engines.llm")
 BATCH_SIZE = 512
+# Threads preparing prompts, per model. Rendering holds the GIL and tokenizing a core: two
+# keep a burst of big prompts moving without taking the event loop's turn away from it.
+PREPARE_THREADS = 2
 
 
 class LlamaChatEngine:
     def __init__(self, config: ModelConfig, model: LoadedModel, template: ChatTemplate,
                  tool_support: ToolSupport,
-                 on_step: Callable[[StepReport], None] | None = None):
+                 on_step: Callable[[StepReport], None] | None = None,
+                 samplers: SamplerFactory = SamplerChain):
         self._config = config
         self._model = model
         self._template = template
         self._tool_support = tool_support
+        self._tokenizer = PromptTokenizer(model)
+        self._preparers = ThreadPoolExecutor(max_workers=PREPARE_THREADS,
+                                             thread_name_prefix=f"prompt-{config.id}")
         # Control tokens that open tool calls (Mistral's [TOOL_CALLS]) must reach the parser.
         self._tool_markers = model.single_tokens((tool_support.dialect.start,))
         self._scheduler = Scheduler(
@@ -62,11 +84,12 @@ class LlamaChatEngine:
             stop_tokens=model.single_tokens(config.stop),
             prompt_cache_bytes=config.prompt_cache_mb * 1024 * 1024,
             on_step=on_step,
+            samplers=samplers,
         )
         self._info = ModelInfo(id=config.id, kind=config.kind,
                                context_length=config.context_length,
                                owned_by=config.owned_by, created=int(time.time()))
-        self._preparing = 0  # requests being tokenized on the event loop's behalf
+        self._preparing = 0  # requests queued for or in the prompt threads
 
     @classmethod
     def load(cls, config: ModelConfig,
@@ -111,6 +134,7 @@ class LlamaChatEngine:
             raise failure[0]
 
     def close(self) -> None:
+        self._preparers.shutdown(wait=True, cancel_futures=True)
         self._scheduler.close()
         self._model.close()
 
@@ -125,7 +149,7 @@ class LlamaChatEngine:
         events: ThreadEvents[ChatEvent] = ThreadEvents(cancel)
         self._preparing += 1
         try:
-            first = await anyio.to_thread.run_sync(self._request, params, cancel, events.emit)
+            first = await self._prepare(params, cancel, events.emit)
         finally:
             self._preparing -= 1
         choices = [first, *(self._sibling(first, i) for i in range(1, params.n))]
@@ -153,6 +177,22 @@ class LlamaChatEngine:
         finally:
             cancel.cancel()
 
+    async def _prepare(self, params: ChatParams, cancel: CancelToken,
+                       emit: Emit) -> GenerationRequest:
+        """The request, prepared on the prompt threads. Cancelling the awaiting task (the
+        client left) sets the cancel token, which the work checks between its pieces; one not
+        started yet never starts."""
+        context = contextvars.copy_context()  # the request id for the log lines
+        job = self._preparers.submit(context.run, self._request, params, cancel, emit)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            cancel.cancel()
+            raise
+        except Cancelled:
+            # The token was set with no task cancelled: nobody waits for an answer.
+            raise asyncio.CancelledError from None
+
     @staticmethod
     def _sibling(first: GenerationRequest, index: int) -> GenerationRequest:
         """Choice ``index`` of the same prompt: its own draw, a seed of its own if seeded."""
@@ -162,50 +202,72 @@ class LlamaChatEngine:
         return replace(first, sampling=sampling, index=index, leader=first,
                        enough=threading.Event())
 
-    def _render(self, params: ChatParams) -> str:
+    def _render(self, params: ChatParams, marks: RequestText, cancel: CancelToken) -> str:
+        """The chat prompt, every piece of request text in it marked (see prompt_tokens.py)."""
         support = self._tool_support
         uses_tools = params.tools is not None and params.tools.choice != "none"
+        messages = marks.messages(params.messages)
+        tools = marks.tools(params.tools) if uses_tools else None
         if support.native:
-            tools = tools_json(params.tools.tools) if uses_tools and params.tools else None
-            return self._template.render(params.messages, tools)
-        messages = params.messages
+            return self._template.render(messages, tools_json(tools.tools) if tools else None,
+                                         cancel)
         if uses_tools or any(m.role == "tool" or m.tool_calls for m in messages):
-            messages = rewrite_for_prompt(messages, params.tools, support.dialect)
-        return self._template.render(messages)
+            messages = rewrite_for_prompt(messages, tools, support.dialect)
+        return self._template.render(messages, cancel=cancel)
 
-    def _prompt_tokens(self, params: ChatParams) -> list[int]:
+    def _prompt_tokens(self, params: ChatParams, cancel: CancelToken) -> list[int]:
+        """Raises ContextLengthExceeded when the prompt and ``max_tokens`` cannot fit; a
+        prompt far too long is refused before it is tokenized."""
+        n_ctx = self._info.context_length
+        limit = n_ctx - params.max_tokens if params.max_tokens is not None else n_ctx - 1
+        marks = RequestText(self._tokenizer)
         if params.prompt is None:
-            return self._model.tokenize_prompt(self._render(params))
-        if isinstance(params.prompt, str):
-            tokens = self._model.tokenize(params.prompt, add_bos=self._model.add_bos)
+            rendered = self._render(params, marks, cancel)
+        elif isinstance(params.prompt, str):
+            rendered = marks.text(params.prompt, trailing=False)  # the client's text, all of it
         else:
             tokens = list(params.prompt)
             if any(t < 0 or t >= self._model.n_vocab for t in tokens):
                 raise InvalidRequest("The prompt holds token ids outside this model's "
                                      f"vocabulary of {self._model.n_vocab}.", param="prompt",
                                      code="invalid_value")
+            return self._fits(tokens, len(tokens), params, exact=True)
+        try:
+            tokens = self._tokenizer.tokenize(rendered, marks, limit=max(limit, 0),
+                                              cancel=cancel)
+        except PromptTooLong as too_long:
+            return self._fits([], too_long.at_least, params, exact=False)
+        return self._fits(tokens, len(tokens), params, exact=True)
+
+    def _fits(self, tokens: list[int], count: int, params: ChatParams,
+              exact: bool) -> list[int]:
+        """``tokens`` if they and max_tokens fit the context, else ContextLengthExceeded
+        (``count`` tokens; at least that many unless ``exact``)."""
+        n_ctx = self._info.context_length
+        param = "messages" if params.prompt is None else "prompt"
+        many = "" if exact else "at least "
+        if params.max_tokens is not None and count + params.max_tokens > n_ctx:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {n_ctx} tokens. However, you "
+                f"requested {many}{count + params.max_tokens} tokens ({many}{count} in the "
+                f"messages, {params.max_tokens} in the completion). Please reduce the length "
+                "of the messages or completion.",
+                param=param,
+            )
+        if count >= n_ctx:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {n_ctx} tokens. However, your "
+                f"messages resulted in {many}{count} tokens. Please reduce the length of the "
+                "messages.",
+                param=param,
+            )
         if not tokens:
             raise InvalidRequest("The prompt is empty.", param="prompt", code="invalid_value")
         return tokens
 
     def _request(self, params: ChatParams, cancel: CancelToken, emit: Emit) -> GenerationRequest:
-        tokens = self._prompt_tokens(params)
+        tokens = self._prompt_tokens(params, cancel)
         n_ctx = self._info.context_length
-        if params.max_tokens is not None and len(tokens) + params.max_tokens > n_ctx:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {n_ctx} tokens. However, you "
-                f"requested {len(tokens) + params.max_tokens} tokens ({len(tokens)} in the "
-                f"messages, {params.max_tokens} in the completion). Please reduce the length "
-                "of the messages or completion.",
-                param="messages",
-            )
-        if len(tokens) >= n_ctx:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {n_ctx} tokens. However, your "
-                f"messages resulted in {len(tokens)} tokens. Please reduce the length of the "
-                "messages.",
-                param="messages",
-            )
         for token, _ in params.sampling.logit_bias:
             if token >= self._model.n_vocab:
                 raise InvalidRequest(

@@ -1,14 +1,16 @@
 """One GGUF model file loaded with llama.cpp: weights, vocabulary and metadata.
 
 Owns the model handle and what only needs the model: tokenizing, turning tokens into bytes,
-end-of-generation tokens and the chat template the GGUF carries. Contexts (KV caches) are made
-from it by the scheduler.
+end-of-generation tokens, the vocabulary's special tokens and the chat template the GGUF
+carries. Contexts (KV caches) are made from it by the scheduler.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import llama_cpp
@@ -20,6 +22,22 @@ from appliance.errors import InvalidRequest
 
 # llama.cpp takes a layer count; "all" means more layers than any model has.
 _ALL_LAYERS = 1 << 30
+# What the tokenizer finds in text before anything else (llama-vocab.cpp's special cache).
+_PARTITIONED = (llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+                | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN)
+# ...and of those, what it finds only when asked to parse special tokens.
+_PARSED_AS_SPECIAL = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+
+
+@dataclass(frozen=True)
+class SpecialToken:
+    """A token the tokenizer matches as a whole wherever its text appears."""
+
+    id: int
+    text: str
+    parsed_only_as_special: bool  # control/unknown: matched only when special=True
+    lstrip: bool  # eats the whitespace before it
+    rstrip: bool  # eats the whitespace after it
 
 
 class LoadedModel:
@@ -35,6 +53,7 @@ class LoadedModel:
         self.n_ctx_train = int(self._model.n_ctx_train())
         self.is_swa = int(llama_cpp.llama_model_n_swa(self.handle)) > 0
         self.add_bos = bool(self._model.add_bos_token())
+        self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
         self.bos_text = self.token_text(int(llama_cpp.llama_vocab_bos(self.vocab)))
         self.eos_text = self.token_text(int(llama_cpp.llama_vocab_eos(self.vocab)))
         self.metadata: dict[str, str] = dict(self._model.metadata())
@@ -44,13 +63,52 @@ class LoadedModel:
         return self.metadata.get("tokenizer.chat_template")
 
     def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
-        return list(self._model.tokenize(text.encode(), add_bos=add_bos, special=special))
+        """``special``: parse control tokens' text as those tokens; only for text the
+        appliance wrote (a template, models.toml), never a request's (see prompt_tokens.py)."""
+        data = text.encode()
+        # A token covers at least a byte, save BOS/EOS and SentencePiece's space prefixes: one
+        # call nearly always suffices (llama-cpp-python's own tokenize often calls twice).
+        room = len(data) + 8
+        while True:
+            tokens = (llama_cpp.llama_token * room)()
+            count = int(llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, room,
+                                                 add_bos, special))
+            if count >= 0:
+                return tokens[:count]
+            if -count <= room:
+                raise RuntimeError(f"llama_tokenize asked for {-count} tokens, given {room}")
+            room = -count
 
-    def tokenize_prompt(self, text: str) -> list[int]:
-        """A rendered chat prompt: special tokens parsed, BOS added once whoever writes it."""
-        if self.add_bos and self.bos_text and text.startswith(self.bos_text):
-            text = text[len(self.bos_text):]
-        return self.tokenize(text, add_bos=self.add_bos)
+    def special_tokens(self) -> list[SpecialToken]:
+        """Every token the tokenizer matches by its text (control, user-defined, unknown)."""
+        return list(self._vocabulary[0])
+
+    @property
+    def longest_piece(self) -> int:
+        """Bytes of the longest token: a text of n bytes holds at least n / this many tokens."""
+        return self._vocabulary[1]
+
+    @cached_property
+    def _vocabulary(self) -> tuple[tuple[SpecialToken, ...], int]:
+        """One pass over the vocabulary (262k tokens for Gemma): its special tokens and the
+        length of its longest piece."""
+        found: list[SpecialToken] = []
+        size = 256
+        buffer = ctypes.create_string_buffer(size)
+        longest = 1
+        for token in range(self.n_vocab):
+            written = int(llama_cpp.llama_token_to_piece(self.vocab, token, buffer, size, 0,
+                                                         True))
+            longest = max(longest, written if written >= 0 else len(self.piece(token, True)))
+            attr = int(llama_cpp.llama_vocab_get_attr(self.vocab, token))
+            if attr & _PARTITIONED:
+                text = self.token_text(token)
+                if text:
+                    found.append(SpecialToken(
+                        token, text, bool(attr & _PARSED_AS_SPECIAL),
+                        bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP),
+                        bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP)))
+        return tuple(found), longest
 
     def single_tokens(self, texts: tuple[str, ...]) -> frozenset[int]:
         """The texts that are exactly one token (e.g. a special end-of-turn marker)."""
@@ -81,6 +139,8 @@ class LoadedModel:
                                                      special)
             if written >= 0:
                 return buffer.raw[:written]
+            if -written <= size:  # would ask again for the same room, for ever
+                raise RuntimeError(f"llama_token_to_piece failed for token {token}")
             size = -written
 
     def token_text(self, token: int) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 
 from appliance.engines.base import Sampling
 from appliance.engines.llm.model import LoadedModel
-from appliance.errors import InvalidRequest
+from appliance.errors import EngineFailure, InvalidRequest
 
 log = logging.getLogger("appliance.engines.llm")
 
@@ -63,10 +63,23 @@ class SamplerChain:
         return grammar
 
     def _build(self) -> object:
-        sampling = self._sampling
         handle = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if handle is None:
+            raise EngineFailure("llama.cpp could not create a sampler chain.")
+        try:
+            self._fill(handle)
+        except BaseException:
+            llama_cpp.llama_sampler_free(handle)  # the chain owns the samplers added so far
+            raise
+        return handle
+
+    def _fill(self, handle: object) -> None:
+        sampling = self._sampling
 
         def add(sampler: object) -> None:
+            # A NULL sampler in a chain would crash the decode thread at the first draw.
+            if sampler is None:
+                raise EngineFailure("llama.cpp could not create a sampler for this request.")
             llama_cpp.llama_sampler_chain_add(handle, sampler)
 
         if sampling.logit_bias:
@@ -78,12 +91,14 @@ class SamplerChain:
                                                         biases))
         if sampling.presence_penalty or sampling.frequency_penalty or \
                 sampling.repeat_penalty != 1.0:
+            # The chain accepts only sampled tokens, never the prompt: the counts are of
+            # generated tokens, as OpenAI defines presence and frequency penalties.
             add(llama_cpp.llama_sampler_init_penalties(
-                self._penalty_window, sampling.repeat_penalty, sampling.frequency_penalty,
-                sampling.presence_penalty))
+                self._model.n_vocab, self._penalty_window, sampling.repeat_penalty,
+                sampling.frequency_penalty, sampling.presence_penalty))
         if sampling.temperature <= 0.0:
             add(llama_cpp.llama_sampler_init_greedy())
-            return handle
+            return
         if sampling.top_k > 0:
             add(llama_cpp.llama_sampler_init_top_k(sampling.top_k))
         if sampling.top_p < 1.0:
@@ -93,7 +108,6 @@ class SamplerChain:
         add(llama_cpp.llama_sampler_init_temp(sampling.temperature))
         seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
         add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return handle
 
     def sample(self, context: object, batch_index: int) -> int:
         """Samples from the logits at ``batch_index`` and records the token in the chain."""

@@ -8,102 +8,54 @@ where that comes from) and decodes only the rest. Cancelled requests free their 
 next step; requests beyond the slots wait in order and are never dropped. The choices of an
 ``n > 1`` request share the prompt: once the first choice has read it, the others copy its KV
 sequence and only decode the prompt's last token themselves.
+
+An exception while admitting, stepping or finishing one request fails that request alone (an
+EngineFailure, logged once with its traceback) and the loop goes on with the others; only a
+fault in the loop itself fails everything in flight, so that no state can be retried forever.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import llama_cpp
 
-from appliance.engines.base import (
-    CancelToken,
-    ChatEvent,
-    Finish,
-    FinishReason,
-    Sampling,
-    TextDelta,
-    TokenLogprob,
-    Usage,
-)
+from appliance.engines.base import ChatEvent, Finish, FinishReason, TextDelta, TokenLogprob, Usage
 from appliance.engines.llm.batch import TokenBatch
+from appliance.engines.llm.generation import (
+    Emit,
+    GenerationRequest,
+    Sampler,
+    SamplerFactory,
+    Slot,
+    StepReport,
+)
 from appliance.engines.llm.kv_reuse import PrefixReuse
 from appliance.engines.llm.logprobs import token_logprob
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.sampling import SamplerChain
 from appliance.engines.llm.textstream import TextAssembler
 from appliance.engines.round_robin import RoundRobin
-from appliance.errors import EngineFailure, InvalidRequest, Overloaded
+from appliance.errors import ApplianceError, EngineFailure, Overloaded
 
+__all__ = ["Emit", "GenerationRequest", "Sampler", "SamplerFactory", "Scheduler", "StepReport"]
 log = logging.getLogger("appliance.engines.llm")
-Emit = Callable[[ChatEvent | BaseException], None]
-
-
-@dataclass(eq=False)
-class GenerationRequest:
-    tokens: list[int]
-    max_tokens: int
-    stop: tuple[str, ...]
-    sampling: Sampling
-    cancel: CancelToken
-    emit: Emit
-    index: int = 0  # choice index, stamped on every event
-    shown_specials: frozenset[int] = frozenset()  # control tokens whose text is output
-    owner: str | None = None  # who asked (the API key): free slots go round-robin by owner
-    wait_until: float = math.inf  # monotonic time after which it is refused, still queued
-    generate_for: float = math.inf  # seconds it may generate once admitted; then "length"
-    # Set by the consumer when it has read all it needs (the tool parser saw a repeat):
-    # the choice then finishes as if it had stopped. One per choice, never shared.
-    enough: threading.Event = field(default_factory=threading.Event)
-    leader: GenerationRequest | None = None  # the sibling whose prompt KV this one copies
-    # Set by the decode thread: the slot holding this request's fully read prompt, and
-    # whether it has ended (then its slot's cache serves siblings by prefix reuse).
-    prompt_ready_in: _Slot | None = None
-    ended: bool = False
-
-
-@dataclass(frozen=True)
-class StepReport:
-    """What one decode step did: for metrics, and for tests of the batching policy."""
-
-    generating: int  # slots that decoded one token each
-    prefill_tokens: int  # prompt tokens decoded in this step
-    prefilling: int  # slots still reading their prompt after this step
-    waiting: int  # requests queued for a slot
-    seconds: float
-
-
-@dataclass
-class _Slot:
-    sequence: int
-    cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
-    last_used: float = 0.0
-    request: GenerationRequest | None = None
-    pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
-    next_token: int | None = None  # sampled, to be fed at the next step
-    sampler: SamplerChain | None = None
-    assembler: TextAssembler | None = None
-    produced: int = 0
-    reused: int = 0
-    admitted: float = 0.0
-    in_batch: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprob] = field(default_factory=list)  # tokens whose text is held
-    logits_at: int | None = None
 
 
 class Scheduler:
     def __init__(self, model: LoadedModel, *, model_id: str, slots: int, context_length: int,
                  threads: int, batch_size: int, stop_tokens: frozenset[int],
                  prompt_cache_bytes: int = 0,
-                 on_step: Callable[[StepReport], None] | None = None):
+                 on_step: Callable[[StepReport], None] | None = None,
+                 samplers: SamplerFactory = SamplerChain):
         self._model = model
         self._on_step = on_step
+        self._on_step_failed = False  # a broken metrics hook is logged once, not every step
+        self._samplers = samplers
         self._model_id = model_id
         self._context_length = context_length
         self._stop_tokens = stop_tokens
@@ -129,17 +81,20 @@ class Scheduler:
         llama_cpp.llama_memory_clear(self._memory, True)
         self._reuse = PrefixReuse(self._context, self._memory, prompt_cache_bytes)
         self._batch = TokenBatch(batch_size)
-        self._slots = [_Slot(sequence=i) for i in range(slots)]
+        self._slots = [Slot(sequence=i) for i in range(slots)]
         self._inbox: deque[GenerationRequest] = deque()  # filled by submit, any thread
         self._queue: list[GenerationRequest] = []  # owned by the decode thread
         self._turns = RoundRobin()  # which key's request gets the next free slot
         self._wake = threading.Condition()
         self._stopping = False
+        self._dead = False  # the decode thread ended without being asked to
         self._thread = threading.Thread(target=self._run, name=f"llm-{model_id}", daemon=True)
         self._thread.start()
 
     def submit(self, *requests: GenerationRequest) -> None:
         with self._wake:
+            if self._dead:
+                raise EngineFailure(f"The decode loop of model {self._model_id} has stopped.")
             self._inbox.extend(requests)
             self._wake.notify()
 
@@ -158,37 +113,64 @@ class Scheduler:
     # --- the decode thread ---
 
     def _run(self) -> None:
-        while True:
+        try:
+            while self._next_round():
+                try:
+                    self._drop_cancelled()
+                    self._admit()
+                    self._step()
+                except Exception:
+                    # Each stage fails the request at fault itself (see _fail, _reject); this
+                    # is a fault of the loop. Everything in flight fails with it, the queue
+                    # too: retrying the same state would fail the same way, forever.
+                    log.exception("the decode loop of model %s failed", self._model_id)
+                    self._fail_everything()
+        finally:
             with self._wake:
-                while not (self._stopping or self._inbox or self._queue or self._busy()):
-                    self._wake.wait()
-                if self._stopping:
-                    return
-                self._queue.extend(self._inbox)
-                self._inbox.clear()
-            try:
-                self._drop_cancelled()
-                self._admit()
-                self._step()
-            except Exception as exc:  # a bug must fail its requests, not the process
-                log.exception("scheduler step failed on model %s", self._model_id)
-                for slot in self._slots:
-                    if slot.request is not None:
-                        self._fail(slot, EngineFailure(
-                            f"Generation failed on model {self._model_id}: {exc}"))
+                self._dead = not self._stopping
+            if self._dead:  # a BaseException ended the thread: nobody would answer them
+                self._fail_everything()
+
+    def _next_round(self) -> bool:
+        """Waits for work; False once asked to stop."""
+        with self._wake:
+            while not (self._stopping or self._inbox or self._queue or self._busy()):
+                self._wake.wait()
+            if self._stopping:
+                return False
+            self._queue.extend(self._inbox)
+            self._inbox.clear()
+            return True
+
+    def _fail_everything(self) -> None:
+        with self._wake:
+            self._queue.extend(self._inbox)
+            self._inbox.clear()
+        for slot in self._slots:
+            if slot.request is not None:
+                self._reject(slot.request, None, "generating")
+                self._release(slot, forget=True)
+        for request in self._queue:
+            self._reject(request, None, "queueing")
+        self._queue = []
 
     def _busy(self) -> bool:
         return any(slot.request is not None for slot in self._slots)
 
     def _drop_cancelled(self) -> None:
         for slot in self._slots:
-            if slot.request is not None and slot.request.cancel.cancelled:
-                self._release(slot)
-            elif slot.request is not None and slot.request.enough.is_set():
-                self._finish(slot, "stop")
-            elif slot.request is not None and \
-                    time.monotonic() - slot.admitted > slot.request.generate_for:
-                self._finish(slot, "length")  # out of time: ends cleanly, as max_tokens does
+            request = slot.request
+            if request is None:
+                continue
+            try:
+                if request.cancel.cancelled:
+                    self._release(slot)
+                elif request.enough.is_set():
+                    self._finish(slot, "stop")
+                elif time.monotonic() - slot.admitted > request.generate_for:
+                    self._finish(slot, "length")  # out of time: ends cleanly, as max_tokens does
+            except Exception as exc:
+                self._fail(slot, exc, "finishing")
 
     def waiting(self) -> int:
         """Requests submitted and not yet in a slot (read from any thread; approximate)."""
@@ -220,45 +202,54 @@ class Scheduler:
             if request.wait_until < now and not request.cancel.cancelled:
                 request.ended = True
                 request.cancel.cancel()
-                request.emit(Overloaded(
+                self._emit(request, Overloaded(
                     f"The request waited too long for a free slot on model {self._model_id}; "
                     "try again shortly.", retry_after=1.0))
 
     def _admit(self) -> None:
         """Fills free slots in fair order (see _fair_order); a sibling choice waits until it
-        can copy its first choice's prompt."""
+        can copy its first choice's prompt. A request that cannot be set up fails alone."""
         self._refuse_overdue()
         self._queue = [r for r in self._queue if not r.cancel.cancelled]
-        admitted: list[GenerationRequest] = []
+        done: list[GenerationRequest] = []
         for request in self._fair_order():
             free = [slot for slot in self._slots if slot.request is None]
             if not free:
                 break
             leader = request.leader
-            if leader is not None and leader.prompt_ready_in is not None:
-                slot, reuse = self._reuse.place_sibling(request.tokens, leader.prompt_ready_in,
-                                                        free)
-            elif leader is None or leader.ended:
-                slot, reuse = self._reuse.place(request.tokens, free, self._slots)
-            else:
+            if leader is not None and leader.prompt_ready_in is None and not leader.ended:
                 continue  # the first choice is still reading the prompt
-            self._start(slot, request, reuse)
-            admitted.append(request)
+            done.append(request)
             self._turns.served(request.owner)
-        if admitted:
-            self._queue = [r for r in self._queue if r not in admitted]
+            if not request.tokens:
+                self._reject(request, EngineFailure("The prompt holds no tokens."), "admitting")
+                continue
+            try:
+                sampler = self._samplers(request.sampling, self._model, self._context_length)
+            except Exception as exc:
+                self._reject(request, exc, "setting up sampling for")
+                continue
+            try:
+                if leader is not None and leader.prompt_ready_in is not None:
+                    slot, reuse = self._reuse.place_sibling(request.tokens,
+                                                            leader.prompt_ready_in, free)
+                else:
+                    slot, reuse = self._reuse.place(request.tokens, free, self._slots)
+            except Exception as exc:
+                sampler.close()
+                self._reject(request, exc, "placing")
+                for unsure in free:  # a KV move may have stopped halfway: start those clean
+                    self._forget(unsure)
+                continue
+            self._start(slot, request, reuse, sampler)
+        if done:
+            self._queue = [r for r in self._queue if r not in done]
 
-    def _start(self, slot: _Slot, request: GenerationRequest, reuse: int) -> None:
-        try:
-            sampler = SamplerChain(request.sampling, self._model, self._context_length)
-        except (EngineFailure, InvalidRequest) as error:
-            request.ended = True
-            request.emit(error)
-            return
-        tokens = request.tokens
+    def _start(self, slot: Slot, request: GenerationRequest, reuse: int,
+               sampler: Sampler) -> None:
         slot.request = request
         slot.sampler = sampler
-        slot.pending = tokens[reuse:]
+        slot.pending = request.tokens[reuse:]
         slot.reused = reuse
         slot.produced = 0
         slot.next_token = None
@@ -268,7 +259,7 @@ class Scheduler:
     def _step(self) -> None:
         batch = self._batch
         batch.clear()
-        in_batch: list[_Slot] = []
+        in_batch: list[Slot] = []
         for slot in self._slots:
             if slot.request is not None and slot.next_token is not None:
                 slot.in_batch = [slot.next_token]
@@ -294,17 +285,26 @@ class Scheduler:
             slot.logits_at = index if finishes_prompt else None
             slot.in_batch = chunk
             in_batch.append(slot)
+        for slot in self._slots:
+            if slot.request is not None and slot not in in_batch and not slot.pending:
+                # Busy with nothing to decode would keep the loop awake for ever.
+                self._fail(slot, EngineFailure("The slot had nothing to decode."), "stepping")
         if batch.size == 0:
             return
         started = time.perf_counter()
         generating = sum(1 for slot in in_batch if not slot.pending)
-        status = llama_cpp.llama_decode(self._context, batch.handle)
+        fault: Exception | None = None
+        try:
+            status = llama_cpp.llama_decode(self._context, batch.handle)
+        except Exception as exc:  # the binding refused the call: nothing was decoded
+            status, fault = -1, exc
         self._reuse.decoded()
         if status != 0:
+            # The step is shared: every slot in it loses this step's KV, and its request.
             for slot in in_batch:
-                self._reuse.forget(slot)
-                self._fail(slot, EngineFailure(
-                    f"llama_decode failed with status {status} on model {self._model_id}"))
+                self._fail(slot, fault or EngineFailure(
+                    f"llama_decode failed with status {status} on model {self._model_id}"),
+                    "decoding", forget=True)
             return
         for slot in in_batch:
             slot.cached.extend(slot.in_batch)
@@ -312,24 +312,40 @@ class Scheduler:
                 del slot.pending[: len(slot.in_batch)]
                 if not slot.pending and slot.request is not None:
                     slot.request.prompt_ready_in = slot
-            if slot.logits_at is not None:
-                assert slot.sampler is not None and slot.request is not None
-                token = slot.sampler.sample(self._context, slot.logits_at)
-                alternatives = slot.request.sampling.logprobs
-                if alternatives is not None and not self._ends(token):
-                    slot.logprobs.append(token_logprob(
-                        self._context, slot.logits_at, self._model, token, alternatives))
-                self._accept(slot, token)
-        if self._on_step is not None:
-            self._on_step(StepReport(
-                generating=generating,
-                prefill_tokens=batch.size - generating,
-                prefilling=sum(1 for slot in self._slots if slot.request and slot.pending),
-                waiting=len(self._queue),
-                seconds=time.perf_counter() - started,
-            ))
+        for slot in in_batch:
+            if slot.logits_at is not None and slot.request is not None:
+                try:
+                    self._sample(slot, slot.logits_at)
+                except Exception as exc:
+                    self._fail(slot, exc, "sampling")
+        self._report(StepReport(
+            generating=generating,
+            prefill_tokens=batch.size - generating,
+            prefilling=sum(1 for slot in self._slots if slot.request and slot.pending),
+            waiting=len(self._queue),
+            seconds=time.perf_counter() - started,
+        ))
 
-    def _accept(self, slot: _Slot, token: int) -> None:
+    def _sample(self, slot: Slot, logits_at: int) -> None:
+        assert slot.sampler is not None and slot.request is not None
+        token = slot.sampler.sample(self._context, logits_at)
+        alternatives = slot.request.sampling.logprobs
+        if alternatives is not None and not self._ends(token):
+            slot.logprobs.append(token_logprob(
+                self._context, logits_at, self._model, token, alternatives))
+        self._accept(slot, token)
+
+    def _report(self, report: StepReport) -> None:
+        if self._on_step is None:
+            return
+        try:
+            self._on_step(report)
+        except Exception:
+            if not self._on_step_failed:
+                log.exception("the step observer of model %s failed", self._model_id)
+            self._on_step_failed = True
+
+    def _accept(self, slot: Slot, token: int) -> None:
         request = slot.request
         assert request is not None and slot.assembler is not None
         slot.next_token = None
@@ -339,7 +355,7 @@ class Scheduler:
         slot.produced += 1
         piece = slot.assembler.push(self._model.piece(token, token in request.shown_specials))
         if piece.text:
-            request.emit(TextDelta(piece.text, request.index, self._take_logprobs(slot)))
+            self._emit(request, TextDelta(piece.text, request.index, self._take_logprobs(slot)))
         if piece.stopped:
             self._finish(slot, "stop")
         elif slot.produced >= request.max_tokens or len(slot.cached) + 1 >= self._context_length:
@@ -351,36 +367,83 @@ class Scheduler:
         return token in self._stop_tokens or self._model.is_end_of_generation(token)
 
     @staticmethod
-    def _take_logprobs(slot: _Slot) -> tuple[TokenLogprob, ...]:
+    def _take_logprobs(slot: Slot) -> tuple[TokenLogprob, ...]:
         taken = tuple(slot.logprobs)
         slot.logprobs.clear()
         return taken
 
-    def _finish(self, slot: _Slot, reason: FinishReason) -> None:
+    def _finish(self, slot: Slot, reason: FinishReason) -> None:
         request = slot.request
         assert request is not None and slot.assembler is not None
         tail = slot.assembler.finish()
         if tail or (slot.logprobs and reason != "stop"):
             # Tokens that became a stop string are dropped with their text.
-            request.emit(TextDelta(tail, request.index, self._take_logprobs(slot)))
+            self._emit(request, TextDelta(tail, request.index, self._take_logprobs(slot)))
         usage = Usage(len(request.tokens), slot.produced, slot.reused)
-        request.emit(Finish(reason, usage, request.index))
+        self._emit(request, Finish(reason, usage, request.index))
         self._release(slot)
 
-    def _fail(self, slot: _Slot, error: EngineFailure) -> None:
+    def _fail(self, slot: Slot, error: BaseException, doing: str,
+              forget: bool = False) -> None:
+        """Fails the slot's request alone and frees the slot; ``forget`` drops its KV too
+        (when the KV may no longer match the tokens the slot lists)."""
         if slot.request is not None:
-            slot.request.emit(error)
-        self._release(slot)
+            self._reject(slot.request, error, doing)
+        self._release(slot, forget=forget)
 
-    def _release(self, slot: _Slot) -> None:
-        if slot.sampler is not None:
-            slot.sampler.close()
+    def _reject(self, request: GenerationRequest, error: BaseException | None,
+                doing: str) -> None:
+        """Ends one request with an error: logged once, here, and never retried. A sibling
+        choice shares the request's cancel token, so the other choices end with it."""
+        request.ended = True
+        if request.cancel.cancelled:
+            # Already answered (a sibling choice failed first) or nobody is waiting.
+            log.debug("model %s: a cancelled request failed while %s it", self._model_id, doing)
+            return
+        request.cancel.cancel()
+        if isinstance(error, ApplianceError):
+            log.info("model %s: request failed while %s it: %s", self._model_id, doing,
+                     error.message)
+            answer: ApplianceError = error
+        else:
+            if error is not None:
+                log.error("model %s: request failed while %s it", self._model_id, doing,
+                          exc_info=error)
+            answer = EngineFailure(f"The engine failed while {doing} this request on model "
+                                   f"{self._model_id}.")
+        self._emit(request, answer)
+
+    def _emit(self, request: GenerationRequest, event: ChatEvent | BaseException) -> None:
+        """Hands an event to the request's consumer; a consumer that cannot take it is
+        dropped at the next step, and nobody else notices."""
+        try:
+            request.emit(event)
+        except Exception:
+            if not request.cancel.cancelled:
+                log.exception("model %s: a request's consumer refused an event", self._model_id)
+            request.cancel.cancel()
+
+    def _forget(self, slot: Slot) -> None:
+        try:
+            self._reuse.forget(slot)
+        except Exception:
+            log.exception("model %s: could not clear slot %d", self._model_id, slot.sequence)
+            slot.cached = []
+
+    def _release(self, slot: Slot, forget: bool = False) -> None:
+        sampler, slot.sampler = slot.sampler, None
+        if sampler is not None:
+            try:
+                sampler.close()
+            except Exception:
+                log.exception("model %s: a sampler failed to close", self._model_id)
+        if forget:
+            self._forget(slot)
         if slot.request is not None:
             slot.request.prompt_ready_in = None
             slot.request.ended = True
         slot.request = None
         slot.logprobs = []
-        slot.sampler = None
         slot.assembler = None
         slot.pending = []
         slot.next_token = None

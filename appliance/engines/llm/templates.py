@@ -9,14 +9,14 @@ does not HTML-escape).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from appliance.engines.base import ChatMessage
+from appliance.engines.base import CancelToken, ChatMessage
 from appliance.errors import ConfigError, InvalidRequest
 
 
@@ -30,6 +30,20 @@ def _raise_exception(message: str) -> None:
 
 def _tojson(value: Any, indent: int | None = None, **_: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+class _Messages(list[dict[str, Any]]):
+    """The messages as the template reads them; a loop over them stops at the next message
+    once the request is cancelled (a client that left stops its prompt being rendered)."""
+
+    def __init__(self, messages: list[dict[str, Any]], cancel: CancelToken):
+        super().__init__(messages)
+        self._cancel = cancel
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for message in super().__iter__():
+            self._cancel.check()
+            yield message
 
 
 class ChatTemplate:
@@ -49,12 +63,15 @@ class ChatTemplate:
         self._model_id = model_id
 
     def render(self, messages: Sequence[ChatMessage],
-               tools: list[dict[str, Any]] | None = None) -> str:
-        """The prompt; ``tools`` (OpenAI's request shape) only for templates that use them."""
+               tools: list[dict[str, Any]] | None = None,
+               cancel: CancelToken | None = None) -> str:
+        """The prompt; ``tools`` (OpenAI's request shape) only for templates that use them.
+        Raises Cancelled (base.py) if ``cancel`` is set while the messages are rendered."""
         extra: dict[str, Any] = {} if tools is None else {"tools": tools}
+        shown = [_message_json(m) for m in messages]
         try:
             return self._template.render(
-                messages=[_message_json(m) for m in messages],
+                messages=shown if cancel is None else _Messages(shown, cancel),
                 add_generation_prompt=True,
                 bos_token=self._bos,
                 eos_token=self._eos,

@@ -103,25 +103,30 @@ def instructions(use: ToolUse, dialect: ToolDialect) -> str:
 def rewrite_for_prompt(messages: tuple[ChatMessage, ...], use: ToolUse | None,
                        dialect: ToolDialect) -> tuple[ChatMessage, ...]:
     """The conversation in plain system/user/assistant turns any template renders: tool
-    instructions in the system turn, calls as text in the dialect, results as user turns."""
+    instructions in the system turn, calls as text in the dialect, results as user turns
+    (consecutive results share one turn). Linear in the conversation's size."""
     out: list[ChatMessage] = []
+    results: list[str] = []  # consecutive tool results, joined into one user turn at its end
+
+    def end_results() -> None:
+        if results:
+            out.append(ChatMessage("user", "\n".join(results)))
+            results.clear()
+
     for message in messages:
         if message.role == "tool":
             response = json.dumps({"name": message.name, "content": message.content},
                                   ensure_ascii=False) if message.name else message.content
-            text = f"<tool_response>\n{response}\n</tool_response>"
-            previous = out[-1] if out else None
-            if previous is not None and previous.role == "user" \
-                    and previous.content.endswith("</tool_response>"):
-                out[-1] = replace(previous, content=f"{previous.content}\n{text}")
-            else:
-                out.append(ChatMessage("user", text))
-        elif message.tool_calls:
+            results.append(f"<tool_response>\n{response}\n</tool_response>")
+            continue
+        end_results()
+        if message.tool_calls:
             text = "\n".join(part for part in (message.content, dialect.block(message.tool_calls))
                              if part)
             out.append(ChatMessage("assistant", text))
         else:
             out.append(message)
+    end_results()
     if use is not None and use.choice != "none":
         text = instructions(use, dialect)
         if out and out[0].role == "system":
