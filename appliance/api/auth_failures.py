@@ -3,13 +3,16 @@ keys, or knocking without one, from one address is slowed to a crawl and cannot 
 ledger or the log.
 
 Every 401 answered to an address counts against it (no key, a malformed, unknown, revoked or
-expired one, on any route), and so does a URL over ``RequestBounds.max_url_bytes`` (refused
-here, before routing and auth, with a 400). More than ``max_failures`` within ``window_s``
-and that address gets 429s with ``retry-after`` (right key or not) until its oldest failure
-leaves the window. Those 429s are *quiet*: no ledger row and no access line each (the note
-says so), only one warning when an address is shut out, itself throttled. So an address
-hammering the server adds at most ``max_failures`` ledger rows and access lines per window,
-each with a path cut to ``request_context.RECORDED_PATH_CHARS``.
+expired one, on any route), and so does a URL over ``RequestBounds.max_url_bytes`` or a head
+(request line and headers) over ``max_header_bytes``: both refused here, before routing and
+auth, with a 400. (h11 refuses a head over that size only while it is incomplete; one that
+arrives whole in a single read, up to asyncio's 256 KiB, reaches this check.) More than
+``max_failures`` within ``window_s`` and that address gets 429s with ``retry-after`` (right
+key or not) until its oldest failure leaves the window. Those 429s are *quiet*: no ledger
+row and no access line each (the note says so), only one warning when an address is shut
+out, itself throttled. So an address hammering the server adds at most ``max_failures``
+ledger rows and access lines per window, each with a path cut to
+``request_context.RECORDED_PATH_CHARS``.
 
 The address is the TCP peer's: ``X-Forwarded-For`` counts only from the proxies an operator
 names in ``[server] trusted_proxies`` (uvicorn's proxy-header middleware then puts the
@@ -99,10 +102,12 @@ class FailedAuthGate:
     """The outermost check of a request (inside the request context): the address's
     allowance, then the URL's length; then it counts the request if it ends in a 401."""
 
-    def __init__(self, app: ASGIApp, failures: FailedAuthLimiter, max_url_bytes: int):
+    def __init__(self, app: ASGIApp, failures: FailedAuthLimiter, max_url_bytes: int,
+                 max_header_bytes: int):
         self.app = app
         self.failures = failures
         self.max_url_bytes = max_url_bytes
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,12 +125,9 @@ class FailedAuthGate:
                 await error_response(refused, retry_headers(refused.retry_after))(
                     scope, receive, send)
                 return
-        url_bytes = url_length(scope)
-        if url_bytes > self.max_url_bytes:
+        error = self._oversized(scope)
+        if error is not None:
             self.failures.failed(address)
-            error = InvalidRequest(
-                f"The request URL (path and query string) is {url_bytes} bytes long; the "
-                f"limit is {self.max_url_bytes} bytes.", param="url", code="url_too_long")
             if note is not None:
                 note.error_code = error.code
             await error_response(error)(scope, receive, send)
@@ -137,6 +139,22 @@ class FailedAuthGate:
             await send(message)
 
         await self.app(scope, receive, send_counting_401)
+
+
+    def _oversized(self, scope: Scope) -> InvalidRequest | None:
+        url_bytes = url_length(scope)
+        if url_bytes > self.max_url_bytes:
+            return InvalidRequest(
+                f"The request URL (path and query string) is {url_bytes} bytes long; the "
+                f"limit is {self.max_url_bytes} bytes.", param="url", code="url_too_long")
+        # As sent: "name: value\r\n" per header.
+        head_bytes = url_bytes + sum(len(name) + len(value) + 4
+                                     for name, value in scope.get("headers", ()))
+        if head_bytes > self.max_header_bytes:
+            return InvalidRequest(
+                f"The request's headers are {head_bytes} bytes long with its URL; the limit is "
+                f"{self.max_header_bytes} bytes.", param="headers", code="headers_too_large")
+        return None
 
 
 def url_length(scope: Scope) -> int:

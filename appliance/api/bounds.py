@@ -15,8 +15,8 @@ from dataclasses import dataclass
 class RequestBounds:
     # HTTP
     max_url_bytes: int = 8 * 1024  # path + query; longer is a 414-free 400 before routing
-    # request line + headers, enforced by h11 (uvicorn answers a larger one with a 400 and
-    # closes the connection): also what bounds the number of headers
+    # request line + headers: a 400 before routing (h11 closes a connection whose head grows
+    # past it unfinished); also what bounds the number of headers
     max_header_bytes: int = 16 * 1024
     # Chat and legacy completions
     max_messages: int = 2048

@@ -11,9 +11,9 @@ answers only after a request's headers are in, with a plain-text 503. Here, per 
 - while a body is arriving, no pause between two of its pieces may last ``body_timeout_s``
   (pauses the server causes, when the app is behind and reading stopped, do not count);
 - past ``max_connections`` open connections, a new one is answered, as soon as its headers
-  are in, with a 503 in OpenAI's envelope (``retry-after``; the SDKs retry it) and closed;
-  past twice that, it is closed at once without reading anything (file descriptors are
-  finite).
+  are in, with a 503 in OpenAI's envelope (``retry-after``; the SDKs retry it) and closed
+  (``/health`` is still answered, then closed: the process is alive); past twice that, it is
+  closed at once without reading anything (file descriptors are finite).
 
 A connection that misses a deadline is closed; a request whose body stalled sees the client
 as gone (its ledger row says ``cancelled``). Each kind of close is logged at most a few times
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import h11
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from appliance.api.errors import error_response
@@ -46,6 +46,7 @@ log = logging.getLogger("appliance.connections")
 _RETRY_AFTER_S = 2.0
 # Files the process holds besides connections: model files, SQLite, logs, pipes.
 _OTHER_FILES = 256
+ALWAYS_ANSWERED = ("/health",)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,15 @@ def edge_protocol(limits: EdgeLimits) -> type[H11Protocol]:
     edge_log = _EdgeLog()
     hard_cap = 2 * limits.max_connections
 
-    async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
+    def over_capacity(app: ASGIApp) -> ASGIApp:
+        async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope.get("path") in ALWAYS_ANSWERED:
+                await app(scope, receive, _closing(send))
+            else:
+                await _refuse(scope, receive, send)
+        return refuse
+
+    async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
         error = Overloaded(
             f"The server has more than {limits.max_connections} connections open (its "
             "max_connections); retry shortly.", retry_after=_RETRY_AFTER_S)
@@ -103,7 +112,7 @@ def edge_protocol(limits: EdgeLimits) -> type[H11Protocol]:
             if open_now > limits.max_connections:
                 edge_log.note("cap", "%d connections open: answering new ones with 503 "
                               "(max_connections = %d)", open_now, limits.max_connections)
-                self.app = over_capacity
+                self.app = over_capacity(self.app)
             self._watch(data_arrived=False)
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -164,6 +173,15 @@ def edge_protocol(limits: EdgeLimits) -> type[H11Protocol]:
             self.transport.close()
 
     return EdgeProtocol
+
+
+def _closing(send: Send) -> Send:
+    async def send_and_close(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []),
+                                              (b"connection", b"close")]}
+        await send(message)
+    return send_and_close
 
 
 def _peer(client: tuple[str, int] | None) -> str:

@@ -1,10 +1,10 @@
 """Wires keys, limits and the ledger into an app: the middleware stack and the admin routes.
 
 Outer to inner: request context (id, durable ledger row, catch-all 500) -> failed-auth gate
-(an address over its allowance of 401s gets a quiet 429; a URL over its bound a 400; every
-401 counts) -> drain (503 while shutting down) -> bearer auth (unknown, malformed, revoked,
-expired keys) -> admission (audience, quota, concurrency, rate, "started" row, the key's
-model list) -> router. ``create_app`` calls these three functions.
+(an address over its allowance of 401s gets a quiet 429; a URL or head over its bound a
+400; every 401 counts) -> drain (503 while shutting down) -> bearer auth (unknown,
+malformed, revoked, expired keys) -> admission (audience, quota, concurrency, rate,
+"started" row, the key's model list) -> router. ``create_app`` calls these three functions.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def gate_middleware(services: Services) -> list[Middleware]:
         # Before anything that costs: a flooding address is turned away here. Inside the
         # request context, so its refusals still carry a request id.
         Middleware(FailedAuthGate, failures=services.auth_failures,
-                   max_url_bytes=services.bounds.max_url_bytes),
+                   max_url_bytes=services.bounds.max_url_bytes,
+                   max_header_bytes=services.bounds.max_header_bytes),
         # Inside the request context: a request refused while draining still gets its id
         # and ledger row.
         Middleware(DrainMiddleware, state=services.drain),

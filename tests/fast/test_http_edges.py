@@ -147,6 +147,15 @@ async def test_a_url_over_the_bound_is_a_400_before_auth_and_counts(edge: Edge) 
     assert (await edge.http.get("/v1/models", headers=bearer(edge.user))).status_code == 429
 
 
+async def test_a_head_over_the_bound_is_a_400_naming_headers(edge: Edge) -> None:
+    many = {f"x-h{i}": "v" * 100 for i in range(200)}  # about 21 KB
+    answer = await edge.http.get("/v1/models", headers={**bearer(edge.user), **many})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] == "headers" and "16384 bytes" in error["message"]
+    assert (await edge.http.get("/v1/models", headers=bearer(edge.user))).status_code == 200
+
+
 async def test_nosniff_on_every_response(edge: Edge) -> None:
     for path in ("/health", "/v1/models", "/files/images/nothing.png"):
         answer = await edge.http.get(path, headers=bearer(edge.user))
@@ -357,8 +366,8 @@ def _free_port() -> int:
 @contextmanager
 def serving(limits: EdgeLimits, tls_dir: Path | None = None) -> Iterator[Running]:
     """uvicorn with the edge protocol in a thread, serving GET /hello and POST /upload."""
-    app = Starlette(routes=[Route("/hello", _hello), Route("/upload", _upload,
-                                                         methods=["POST"])])
+    app = Starlette(routes=[Route("/hello", _hello), Route("/health", _hello),
+                            Route("/upload", _upload, methods=["POST"])])
     gone = threading.Event()
     app.state.gone = gone
     port = _free_port()
@@ -457,6 +466,10 @@ def test_past_the_cap_a_503_with_retry_after_and_past_twice_the_cap_a_close() ->
         assert head.startswith(b"HTTP/1.1 503")
         assert b"retry-after: 2" in head and b"connection: close" in head
         assert json.loads(body)["error"]["code"] == "overloaded"
+        probe = running.connect()  # /health is answered still, then the connection closed
+        probe.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _closed_within(probe, 2.0).startswith(b"HTTP/1.1 200")
+        probe.close()
         more = [running.connect() for _ in range(4)]  # 7 open: past twice the cap
         time.sleep(0.1)
         assert _closed_within(more[-1], 0.5) == b""
