@@ -18,15 +18,24 @@ class RequestBounds:
     # request line + headers: a 400 before routing (h11 closes a connection whose head grows
     # past it unfinished); also what bounds the number of headers
     max_header_bytes: int = 16 * 1024
-    # Chat and legacy completions
+    # Chat and legacy completions (checked on the parsed JSON, before validation: see
+    # api/generation_bounds.py; the schemas' own bounds are engines/llm/schema_bounds.py)
     max_messages: int = 2048
-    max_message_chars: int = 1_000_000  # text of one message (all its parts)
-    max_total_chars: int = 4_000_000  # text of all messages together
+    max_message_chars: int = 1_000_000  # text of one message (all its parts), or one prompt
+    max_total_chars: int = 4_000_000  # text of all messages (or prompts) together
+    max_message_parts: int = 8192  # content parts and tool calls of all messages together
     max_tools: int = 128  # OpenAI's own limit on functions per request
-    max_tool_schema_bytes: int = 64 * 1024  # one function's `parameters`, as JSON
+    max_tool_schema_bytes: int = 64 * 1024  # one tool's definition, as JSON (413 past it)
+    max_response_schema_bytes: int = 64 * 1024  # response_format's json_schema (413 past it)
     max_stop_chars: int = 256  # one stop string
-    max_prompts: int = 64  # legacy completions: prompts in one request
-    max_choice_tokens: int = 65_536  # n x max_tokens
+    max_prompts: int = 16  # legacy completions: prompts in one request
+    max_prompt_token_ids: int = 131_072  # legacy completions: one prompt given as token ids
+    max_choice_tokens: int = 65_536  # n x max_tokens (x prompts), when more than one choice
+    max_logit_bias: int = 300  # OpenAI's limit on logit_bias entries
+    max_metadata_pairs: int = 16  # OpenAI's limits on metadata
+    max_metadata_key_chars: int = 64
+    max_metadata_value_chars: int = 512
+    max_name_chars: int = 256  # model, user, names and ids: labels, never text to work on
     # Embeddings: OpenAI's 2,048 inputs. Tokens per input (the model's context) and per
     # request (models.toml max_request_tokens, OpenAI's 300,000 by default) need the model's
     # tokenizer, so the embedding engine checks them.

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from appliance.api.chat_wire import ChatCompletionRequest, to_chat_params
 from appliance.api.disconnect import ClientGone, unless_disconnected
 from appliance.api.errors import mid_stream_failure
+from appliance.api.generation_bounds import check_chat, check_choice_tokens
 from appliance.api.note import RequestNote
 from appliance.api.services import Services
 from appliance.api.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
@@ -126,10 +127,14 @@ def _record_usage(note: RequestNote, usage: Usage) -> None:
 async def create_chat_completion(request: Request) -> Response:
     services: Services = request.app.state.services
     note = _note(request)
-    body = await parse_json(request, ChatCompletionRequest, services.limits.max_body_bytes)
+    bounds = services.bounds
+    body = await parse_json(request, ChatCompletionRequest, services.limits.max_body_bytes,
+                            lambda data: check_chat(data, bounds))
     note.stream = bool(body.stream)
     engine = services.catalog.chat(body.model)
     note.model = engine.info.id
+    check_choice_tokens(body.n or 1, body.max_completion_tokens or body.max_tokens
+                        or engine.info.context_length, bounds)
     params = replace(to_chat_params(body), owner=note.key_id)  # slots are shared per key
     cancel = CancelToken()
     events = engine.chat(params, cancel)

@@ -20,9 +20,11 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from appliance.api.bounds import RequestBounds
 from appliance.api.chat import SYSTEM_FINGERPRINT, total_usage, usage_json
 from appliance.api.disconnect import ClientGone, unless_disconnected
 from appliance.api.errors import mid_stream_failure
+from appliance.api.generation_bounds import check_choice_tokens, check_completion
 from appliance.api.generation_wire import GenerationFields, check_stream_options, stops, to_sampling
 from appliance.api.inputs import texts_or_token_lists
 from appliance.api.note import RequestNote
@@ -41,7 +43,6 @@ from appliance.engines.base import (
 )
 from appliance.errors import EngineFailure, InvalidRequest
 
-MAX_PROMPTS = 16
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
 MAX_LOGPROBS = 5  # OpenAI's limit for this endpoint
 Tagged = tuple[int, ChatEvent]  # (prompt index, event)
@@ -60,7 +61,7 @@ def _refuse(param: str, why: str) -> InvalidRequest:
     return InvalidRequest(f"'{param}' {why}.", param=param, code="unsupported_parameter")
 
 
-def _params(body: CompletionRequest) -> list[ChatParams]:
+def _params(body: CompletionRequest, bounds: RequestBounds) -> list[ChatParams]:
     if body.suffix:
         raise _refuse("suffix", "needs a model that can fill in the middle; none is served")
     if body.logprobs is not None and not 0 <= body.logprobs <= MAX_LOGPROBS:
@@ -72,9 +73,15 @@ def _params(body: CompletionRequest) -> list[ChatParams]:
     if body.best_of not in (None, 1):
         raise _refuse("best_of", "above 1 is not supported by this server")
     check_stream_options(body)
-    prompts = texts_or_token_lists(body.prompt, "prompt", MAX_PROMPTS, allow_empty_text=True)
+    # check_completion bounded the prompts and token ids already; the helper's own count
+    # would take one prompt's token ids for prompts.
+    prompts = texts_or_token_lists(body.prompt, "prompt", bounds.max_prompt_token_ids,
+                                   allow_empty_text=True)
     if body.echo and not isinstance(prompts[0], str):
         raise _refuse("echo", "works with text prompts only on this server")
+    # Every prompt gets n choices: the tokens they may ask for add up across both.
+    check_choice_tokens(len(prompts) * (body.n or 1), body.max_tokens or DEFAULT_MAX_TOKENS,
+                        bounds, "n" if len(prompts) == 1 else "prompt")
     base = ChatParams(messages=(), max_tokens=body.max_tokens or DEFAULT_MAX_TOKENS,
                       stop=stops(body.stop), n=body.n or 1,
                       sampling=replace(to_sampling(body), logprobs=body.logprobs))
@@ -174,11 +181,14 @@ def _usage(prompt_tokens: int, finishes: list[Finish]) -> Usage:
 async def create_completion(request: Request) -> Response:
     services: Services = request.app.state.services
     note: RequestNote = request.scope["state"]["note"]
-    body = await parse_json(request, CompletionRequest, services.limits.max_body_bytes)
+    bounds = services.bounds
+    body = await parse_json(request, CompletionRequest, services.limits.max_body_bytes,
+                            lambda data: check_completion(data, bounds))
     note.stream = bool(body.stream)
     engine = services.catalog.chat(body.model)
     note.model = engine.info.id
-    params = [replace(p, owner=note.key_id) for p in _params(body)]  # slots shared per key
+    # Slots are shared per key.
+    params = [replace(p, owner=note.key_id) for p in _params(body, bounds)]
     # A token per prompt: each prompt's generator cancels its own token when it ends, and a
     # shared one would stop the other prompts still generating.
     cancel = _CancelAll([CancelToken() for _ in params])

@@ -13,6 +13,7 @@ from appliance.errors import InvalidRequest
 
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 16
+MAX_TOP_K = 2**31 - 1  # llama.cpp takes an int32; any k past the vocabulary keeps every token
 
 
 class StreamOptions(BaseModel):
@@ -37,7 +38,7 @@ class GenerationFields(BaseModel):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     # Extensions (llama.cpp samplers OpenAI does not have); documented in the README.
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
     repeat_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
 

@@ -2,7 +2,8 @@
 legacy ``functions`` / ``function_call``, and tool turns in the history.
 
 Legacy functions become tools here (and the response maps back, see chat.py), so the engine
-knows one kind of tool. Every malformed field is a 400 naming it, as OpenAI does.
+knows one kind of tool. Every malformed field is a 400 naming it, as OpenAI does. Their count
+and sizes were bounded before validation (generation_bounds.py); each pass here is linear.
 """
 
 from __future__ import annotations
@@ -59,11 +60,12 @@ def _specs(tools: Sequence[Any], legacy: bool) -> tuple[ToolSpec, ...]:
             raise _invalid(f"{where}.type", f"Invalid value for '{where}.type': {kind!r}. This "
                            "server supports tools of type 'function' only.")
         specs.append(_function_spec(tool.get("function"), f"{where}.function"))
-    names = [spec.name for spec in specs]
-    for position, name in enumerate(names):
-        if name in names[:position]:
-            raise _invalid(field, f"Invalid '{field}': the function name {name!r} is used "
-                           "twice.")
+    seen: set[str] = set()  # one pass: a list scan per name was quadratic on the loop
+    for spec in specs:
+        if spec.name in seen:
+            raise _invalid(field, f"Invalid '{field}': the function name "
+                           f"{spec.name!r} is used twice.")
+        seen.add(spec.name)
     return tuple(specs)
 
 

@@ -3,7 +3,9 @@
 ``json_object`` is a hand-written grammar for one JSON object. ``json_schema`` goes through
 llama-cpp-python's schema converter; before that, every keyword of the schema is checked
 against what the converter really enforces, so a strict request never runs looser than it
-asked (an unsupported keyword is a 400 naming it and where it sits).
+asked (an unsupported keyword is a 400 naming it and where it sits). Every schema is held to
+the bounds in schema_bounds.py before conversion, and the grammar to its size and nesting
+before llama.cpp parses it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from llama_cpp.llama_grammar import SchemaConverter
 
 from appliance.engines.base import OutputFormat
+from appliance.engines.llm.schema_bounds import SchemaBudget, check_grammar
 from appliance.errors import InvalidRequest
 
 # Whitespace is bounded: an unbounded `ws` lets a small model pad forever.
@@ -37,6 +40,8 @@ ENFORCED = {"type", "properties", "required", "additionalProperties", "items", "
             "pattern", "format", "minLength", "maxLength"}
 FORMATS = {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
 TYPES = {"string", "number", "integer", "boolean", "null", "object", "array"}
+# The converter's messages can quote the whole schema back; an error names the place instead.
+_REASON_CHARS = 200
 
 
 def grammar_for(output: OutputFormat) -> str:
@@ -44,11 +49,12 @@ def grammar_for(output: OutputFormat) -> str:
         return JSON_OBJECT_GBNF
     schema = dict(output.schema or {})
     where = "response_format.json_schema.schema"
+    SchemaBudget().check(schema, where)
     if output.strict:
         check_enforceable(schema, where)
     converter = new_converter()
     visit(converter, schema, "", where)
-    return finish(converter)
+    return finish(converter, "response_format")
 
 
 def new_converter(prop_order: Mapping[str, int] | None = None) -> SchemaConverter:
@@ -58,22 +64,36 @@ def new_converter(prop_order: Mapping[str, int] | None = None) -> SchemaConverte
 
 def visit(converter: SchemaConverter, schema: Mapping[str, Any], rule: str, where: str) -> str:
     """Adds the rules for ``schema`` to the converter; returns the name of its rule. Its $refs
-    resolve against the schema itself, under keys made unique by ``where``."""
+    resolve against the schema itself, under keys made unique by ``where``. The schema must
+    have passed a ``SchemaBudget`` first."""
     try:
-        resolved = converter.resolve_refs(copy.deepcopy(dict(schema)), where)
+        resolved = copy.deepcopy(dict(schema))
+        root_ref = resolved.pop("$ref", None)
+        # The converter resolves no $ref below one it resolved, so a root $ref (what pydantic
+        # writes for a recursive model) left those in its $defs unknown: resolve them first.
+        converter.resolve_refs(resolved, where)
+        if root_ref is not None:
+            resolved["$ref"] = root_ref
+            converter.resolve_refs(resolved, where)
         return str(converter.visit(resolved, rule))  # type: ignore[no-untyped-call]
     except Exception as exc:  # the converter asserts on shapes and refs it does not know
+        reason = str(exc)
+        if len(reason) > _REASON_CHARS:
+            reason = reason[:_REASON_CHARS] + "..."
         raise InvalidRequest(f"Invalid schema at '{where}': it cannot be turned into an "
-                             f"output constraint ({exc}).", param=where,
+                             f"output constraint ({reason}).", param=where,
                              code="invalid_json_schema") from None
 
 
-def finish(converter: SchemaConverter, *extra_rules: str) -> str:
+def finish(converter: SchemaConverter, param: str, *extra_rules: str) -> str:
+    """The grammar text, checked against its bounds (a 400 naming ``param``)."""
     # The converter's string character allows raw control characters, which JSON forbids
     # inside strings (a model then emits a newline in a string and the output cannot parse).
     grammar = converter.format_grammar()  # type: ignore[no-untyped-call]
     grammar = grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
-    return "\n".join((*extra_rules, grammar))
+    grammar = "\n".join((*extra_rules, grammar))
+    check_grammar(grammar, param)
+    return grammar
 
 
 def check_enforceable(node: Any, where: str) -> None:

@@ -4,7 +4,8 @@ One rule per offered function: its name as a literal, then its arguments under t
 own JSON Schema. The dialect decides what wraps the calls. With ``tool_choice`` required or
 named the grammar holds from the first token; with ``auto`` it is armed lazily, when the
 model writes the dialect's start marker (see sampling.py), so a model that answers in prose
-is not constrained, and one that calls a tool cannot call it wrongly.
+is not constrained, and one that calls a tool cannot call it wrongly. All the schemas that go
+into one grammar share one budget (schema_bounds.py): its totals are per request.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 
 from appliance.engines.base import OutputFormat, ToolUse
 from appliance.engines.llm.grammar import check_enforceable, finish, new_converter, visit
+from appliance.engines.llm.schema_bounds import SchemaBudget
 from appliance.engines.llm.tool_dialects import ToolDialect
 
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
@@ -29,6 +31,7 @@ def tool_call_grammar(use: ToolUse, dialect: ToolDialect,
     """Tool calls only; or, with ``output`` under ``auto``, either tool calls or a reply in
     that format (then the grammar holds from the first token)."""
     converter = new_converter({"name": 0, dialect.args_key: 1})
+    budget = SchemaBudget()
     named = use.named()
     alternatives: list[str] = []
     for position, tool in enumerate(use.tools):
@@ -36,6 +39,7 @@ def tool_call_grammar(use: ToolUse, dialect: ToolDialect,
             continue
         where = f"tools[{position}].function.parameters"
         parameters = tool.parameters or EMPTY_PARAMETERS
+        budget.check(parameters, where)
         if tool.strict:
             check_enforceable(parameters, where)
         arguments = visit(converter, parameters, f"tool-{position}-arguments", where)
@@ -62,9 +66,10 @@ def tool_call_grammar(use: ToolUse, dialect: ToolDialect,
     if output is not None and not use.forced:
         where = "response_format.json_schema.schema"
         schema = dict(output.schema or {}) if output.kind == "json_schema" else {"type": "object"}
+        budget.check(schema, where)
         if output.strict:
             check_enforceable(schema, where)
         reply = visit(converter, schema, "reply", where)
         rules.append(root.replace("root ::=", "tool-calls ::=", 1))
         root = f"root ::= {reply} | tool-calls"
-    return finish(converter, root, *rules)
+    return finish(converter, "tools", root, *rules)

@@ -1,0 +1,390 @@
+"""Bounds on chat and completions inputs, on schemas and grammars, and strict wire types.
+
+Over fakes (the grammar tests call the converter directly): every bound is a 400 (413 for
+bytes) naming the parameter and the bound, checked before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from appliance.api.app import create_app
+from appliance.api.bounds import RequestBounds
+from appliance.api.services import Limits, Services
+from appliance.api.tools_wire import tool_use
+from appliance.engines.base import OutputFormat, ToolSpec, ToolUse
+from appliance.engines.catalog import Catalog
+from appliance.engines.llm.grammar import grammar_for
+from appliance.engines.llm.schema_bounds import SCHEMA_BOUNDS, SchemaBudget, check_grammar
+from appliance.engines.llm.tool_dialects import detect
+from appliance.engines.llm.tool_grammar import tool_call_grammar
+from appliance.errors import InvalidRequest
+from appliance.ledger import KeyStore
+from tests.fakes import FakeChatEngine, FakeEmbeddingEngine, FakeImageEngine, ListLedger
+
+USER = [{"role": "user", "content": "Hi"}]
+CHAT = {"model": "gpt-4o-mini", "messages": USER}
+SMALL = RequestBounds(max_messages=8, max_message_chars=100, max_total_chars=250,
+                      max_message_parts=10, max_tools=4, max_tool_schema_bytes=400,
+                      max_response_schema_bytes=400, max_stop_chars=8, max_prompts=3,
+                      max_prompt_token_ids=20, max_choice_tokens=100, max_logit_bias=3,
+                      max_metadata_pairs=2, max_metadata_key_chars=4,
+                      max_metadata_value_chars=6, max_name_chars=12)
+WHERE = "response_format.json_schema.schema"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def http(tmp_path: Path) -> AsyncIterator[httpx2.AsyncClient]:
+    """An app with small bounds (so each is cheap to pass) and a real key store, whose admin
+    key rides along in a header of the client's own (the app ignores it)."""
+    with KeyStore(tmp_path / "keys.sqlite") as keys:
+        services = Services(
+            catalog=Catalog([(FakeChatEngine(), ("gpt-4o-mini",))],
+                            [(FakeEmbeddingEngine(), ("text-embedding-3-small",))],
+                            image=[(FakeImageEngine(), ("dall-e-2",))]),
+            ledger=ListLedger(), keys=keys, key_admin=keys,
+            limits=Limits(max_body_bytes=1024 * 1024), bounds=SMALL)
+        user, admin = keys.create("tester")[1], keys.create("ops", admin=True)[1]
+        client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=create_app(services)),
+                                    base_url="http://appliance.test",
+                                    headers={"Authorization": f"Bearer {user}",
+                                             "X-Test-Admin-Key": admin})
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+
+def _error(response: httpx2.Response, status: int = 400) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+# -- strict types ---------------------------------------------------------------------------
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/chat/completions", {**CHAT, "stream": "yes"}, "stream"),
+    ("/v1/chat/completions", {**CHAT, "temperature": "1"}, "temperature"),
+    ("/v1/chat/completions", {**CHAT, "n": 1.0}, "n"),
+    ("/v1/chat/completions", {**CHAT, "seed": True}, "seed"),
+    ("/v1/chat/completions", {**CHAT, "model": 5}, "model"),
+    ("/v1/chat/completions", {**CHAT, "stop": 5}, "stop"),
+    ("/v1/chat/completions", {**CHAT, "logprobs": 1}, "logprobs"),
+    ("/v1/chat/completions", {"model": "gpt-4o-mini",
+                              "messages": [{"role": "user", "content": 5}]},
+     "messages[0].content"),
+    ("/v1/completions", {"model": "gpt-4o-mini", "prompt": "x", "max_tokens": "4"},
+     "max_tokens"),
+    ("/v1/completions", {"model": "gpt-4o-mini", "prompt": "x", "echo": "true"}, "echo"),
+    ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "x", "dimensions": "8"},
+     "dimensions"),
+    ("/v1/images/generations", {"prompt": "a cat", "n": "1"}, "n"),
+])
+async def test_wrong_json_types_are_400_naming_the_field(
+        http: httpx2.AsyncClient, path: str, body: dict[str, Any], param: str) -> None:
+    error = _error(await http.post(path, json=body))
+    assert (error["param"], error["code"]) == (param, "invalid_type"), error
+    assert error["message"].startswith(f"Invalid type for '{param}': expected ")
+
+
+@pytest.mark.anyio
+async def test_admin_key_fields_are_strict(http: httpx2.AsyncClient) -> None:
+    admin = {"Authorization": f"Bearer {http.headers['X-Test-Admin-Key']}"}
+    answer = await http.post("/v1/organization/api_keys", headers=admin,
+                             json={"name": "bob", "rpm": "5"})
+    error = _error(answer)
+    assert (error["param"], error["code"]) == ("rpm", "invalid_type")
+    ok = await http.post("/v1/organization/api_keys", headers=admin,
+                         json={"name": "bob", "rpm": 5, "monthly_budget": 2})
+    assert ok.status_code == 201, ok.text
+
+
+@pytest.mark.anyio
+async def test_an_integer_is_still_a_number(http: httpx2.AsyncClient) -> None:
+    answer = await http.post("/v1/chat/completions", json={**CHAT, "temperature": 1,
+                                                          "top_p": 1, "stream": False})
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("raw", [b'{"model": "m", "temperature": NaN}',
+                                 b'{"model": "m", "seed": ' + b"1" * 5000 + b"}"])
+async def test_nan_and_endless_integers_are_not_json(http: httpx2.AsyncClient,
+                                                      raw: bytes) -> None:
+    answer = await http.post("/v1/chat/completions", content=raw,
+                             headers={"Content-Type": "application/json"})
+    assert "could not parse the JSON body" in _error(answer)["message"]
+
+
+@pytest.mark.anyio
+async def test_too_many_fields_and_a_short_log_line(http: httpx2.AsyncClient,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    many = {f"x{i}": 1 for i in range(300)}
+    assert "at most 256" in _error(await http.post("/v1/chat/completions",
+                                                   json={**CHAT, **many}))["message"]
+    caplog.set_level(logging.INFO, "appliance.api")
+    some = {("y" * 1000) + str(i): 1 for i in range(50)}
+    assert (await http.post("/v1/chat/completions", json={**CHAT, **some})).status_code == 200
+    line = next(r.getMessage() for r in caplog.records if "unknown request fields" in
+                r.getMessage())
+    assert len(line) < 1000 and line.endswith("and 42 more")
+
+
+# -- chat bounds ----------------------------------------------------------------------------
+
+def _text_parts(count: int) -> list[dict[str, str]]:
+    return [{"type": "text", "text": "a"} for _ in range(count)]
+
+
+FUNCTION = {"type": "function", "function": {"name": "f"}}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("extra", "param", "bound"), [
+    ({"messages": USER * 9}, "messages", "at most 8"),
+    ({"messages": [{"role": "user", "content": "a" * 101}]}, "messages[0].content",
+     "at most 100"),
+    ({"messages": [{"role": "user", "content": "a" * 90}] * 3}, "messages[2].content",
+     "more than 250"),
+    ({"messages": [{"role": "user", "content": _text_parts(11)}]}, "messages[0].content",
+     "more than 10"),
+    ({"messages": [{"role": "user", "content": [
+        *_text_parts(2), {"type": "text", "text": "a" * 99}]}]}, "messages[0].content",
+     "at most 100"),
+    ({"messages": [{"role": "user", "content": "hi", "name": "n" * 13}]}, "messages[0].name",
+     "at most 12"),
+    ({"messages": [USER[0], {"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "x" * 101}}]}]},
+     "messages[1].content", "at most 100"),
+    ({"tools": [FUNCTION] * 5}, "tools", "at most 4"),
+    ({"functions": [{"name": "f"}] * 5}, "functions", "at most 4"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+    ({"stop": "a" * 9}, "stop", "at most 8"),
+    ({"stop": ["a", "b" * 9]}, "stop[1]", "at most 8"),
+    ({"logit_bias": {"1": 1, "2": 1, "3": 1, "4": 1}}, "logit_bias", "at most 3"),
+    ({"metadata": {"a": "1", "b": "2", "c": "3"}}, "metadata", "at most 2"),
+    ({"metadata": {"abcde": "1"}}, "metadata", "at most 4"),
+    ({"metadata": {"a": "1234567"}}, "metadata.a", "at most 6"),
+    ({"model": "m" * 13}, "model", "at most 12"),
+    ({"user": "u" * 13}, "user", "at most 12"),
+    ({"modalities": ["text"] * 9}, "modalities", "at most 8"),
+    ({"n": 3, "max_tokens": 34}, "n", "at most 100"),
+    ({"n": 2}, "n", "at most 100"),  # the fake's context (64) stands in for max_tokens
+])
+async def test_chat_bounds_are_400s_naming_the_param(
+        http: httpx2.AsyncClient, extra: dict[str, Any], param: str, bound: str) -> None:
+    error = _error(await http.post("/v1/chat/completions", json={**CHAT, **extra}))
+    assert error["param"] == param, error
+    assert bound in error["message"], error
+
+
+@pytest.mark.anyio
+async def test_schema_and_tool_sizes_are_413s(http: httpx2.AsyncClient) -> None:
+    big = {"type": "object", "description": "d" * 400}
+    tool = {"type": "function", "function": {"name": "f", "parameters": big}}
+    error = _error(await http.post("/v1/chat/completions", json={**CHAT, "tools": [tool]}), 413)
+    assert error["param"] == "tools[0]" and "at most 400" in error["message"]
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": big}}
+    error = _error(await http.post("/v1/chat/completions",
+                                   json={**CHAT, "response_format": fmt}), 413)
+    assert error["param"] == WHERE and "at most 400" in error["message"]
+
+
+@pytest.mark.anyio
+async def test_just_inside_the_chat_bounds_is_served(http: httpx2.AsyncClient) -> None:
+    body = {**CHAT, "messages": [{"role": "user", "content": "a" * 100}, *USER * 7],
+            "tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(4)],
+            "stop": ["a" * 8, "b", "c", "d"], "logit_bias": {"1": 1, "2": 1, "3": 1},
+            "metadata": {"abcd": "123456", "b": "c"}, "n": 2, "max_tokens": 50,
+            "user": "u" * 12}
+    answer = await http.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+
+
+# -- legacy completions ---------------------------------------------------------------------
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("prompt", "extra", "param", "bound"), [
+    (["a", "b", "c", "d"], {}, "prompt", "at most 3"),
+    ("a" * 101, {}, "prompt", "at most 100"),
+    (["a" * 90, "b" * 90, "c" * 90], {}, "prompt[2]", "more than 250"),
+    (list(range(21)), {}, "prompt", "at most 20"),
+    ([[1, 2], list(range(21))], {}, "prompt[1]", "at most 20"),
+    (["a", "b", "c"], {"n": 2, "max_tokens": 17}, "prompt", "at most 100"),
+    ("a", {"n": 7}, "n", "at most 100"),  # 7 x the default 16 tokens
+])
+async def test_completion_bounds_are_400s_naming_the_param(
+        http: httpx2.AsyncClient, prompt: Any, extra: dict[str, Any], param: str,
+        bound: str) -> None:
+    body = {"model": "gpt-4o-mini", "prompt": prompt, **extra}
+    error = _error(await http.post("/v1/completions", json=body))
+    assert error["param"] == param, error
+    assert bound in error["message"], error
+
+
+@pytest.mark.anyio
+async def test_just_inside_the_completion_bounds_is_served(http: httpx2.AsyncClient) -> None:
+    for prompt in (["a" * 100, "b", "c"], list(range(20)), [[1], [2], list(range(20))]):
+        answer = await http.post("/v1/completions", json={
+            "model": "gpt-4o-mini", "prompt": prompt, "max_tokens": 16, "n": 2})
+        assert answer.status_code == 200, answer.text
+
+
+# -- tools ----------------------------------------------------------------------------------
+
+def test_duplicate_tool_names_are_found_in_one_pass() -> None:
+    tools: list[dict[str, Any]] = [{"type": "function", "function": {"name": f"f{i}"}}
+                                   for i in range(50_000)]
+    started = time.monotonic()
+    assert tool_use(tools, None, None, None, None) is not None
+    with pytest.raises(InvalidRequest, match="used twice"):
+        tool_use([*tools, tools[-1]], None, None, None, None)
+    assert time.monotonic() - started < 2.0  # the quadratic check took minutes here
+
+
+# -- schemas --------------------------------------------------------------------------------
+
+def _refused(schema: dict[str, Any], strict: bool = False) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as caught:
+        grammar_for(OutputFormat("json_schema", schema, strict))
+    return caught.value
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels - 1):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+NESTED_PATTERN = "^((a{0,10}){0,10}){0,10}$"
+
+
+@pytest.mark.parametrize(("schema", "param", "bound"), [
+    ({"type": "string", "maxLength": 100_000}, f"{WHERE}.maxLength", "at most 1000"),
+    ({"type": "string", "minLength": 1001}, f"{WHERE}.minLength", "at most 1000"),
+    ({"type": "array", "items": {"type": "integer"}, "maxItems": 100_000},
+     f"{WHERE}.maxItems", "at most 1000"),
+    ({"type": "object", "properties": {"x": {"type": "string", "maxLength": 1001}}},
+     f"{WHERE}.properties.x.maxLength", "at most 1000"),
+    ({"type": "string", "pattern": "^a{0,100000}$"}, f"{WHERE}.pattern", "at most 1000"),
+    ({"type": "string", "pattern": NESTED_PATTERN}, f"{WHERE}.pattern", "at most 128"),
+    ({"type": "string", "pattern": "^((a{0,10}){0,10})*$"}, f"{WHERE}.pattern",
+     "at most 128"),
+    ({"type": "string", "pattern": "^" + "a" * 1001 + "$"}, f"{WHERE}.pattern",
+     "at most 1000"),
+    ({"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 1000}
+                                       for i in range(11)},
+      "required": [f"p{i}" for i in range(11)]}, f"{WHERE}.properties.p10.maxLength",
+     "more than 10000"),
+    ({"enum": list(range(1001))}, f"{WHERE}.enum", "more than 1000"),
+    ({"anyOf": [{"type": "integer"}] * 257}, f"{WHERE}.anyOf", "at most 256"),
+    ({"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(257)},
+      "required": [f"p{i}" for i in range(257)]}, f"{WHERE}.properties", "at most 256"),
+    ({"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(65)}},
+     f"{WHERE}.properties", "at most 64"),
+    (_nested(33), f"{WHERE}" + ".items" * 32, "more than 32 levels"),
+    ({"type": "object", "properties": {"x": {"const": json.loads("[" * 40 + "]" * 40)}}},
+     f"{WHERE}.properties.x.const" + "[0]" * 30, "more than 32 levels"),
+    ({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, f"{WHERE}.$ref",
+     "refers back to itself"),
+    ({"$defs": {"a": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/b"}]},
+                "b": {"oneOf": [{"$ref": "#/$defs/a"}]}},
+      "type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}},
+     f"{WHERE}.$defs.a.anyOf[1].$ref", "refers back to itself"),
+    ({"type": "string", "minLength": 5, "maxLength": 2}, f"{WHERE}.minLength", "greater"),
+    ({"type": "string", "maxLength": "5"}, f"{WHERE}.maxLength", "non-negative integer"),
+])
+@pytest.mark.parametrize("strict", [False, True])
+def test_schema_bounds_name_the_keyword(schema: dict[str, Any], param: str, bound: str,
+                                        strict: bool) -> None:
+    if strict and param.endswith("properties") and "at most 64" in bound:
+        return  # strict has nothing to say about optional properties: the bound does
+    refused = _refused(schema, strict)
+    assert refused.param == param, refused
+    assert bound in refused.message, refused
+
+
+def test_all_the_schemas_of_a_request_share_one_budget() -> None:
+    parameters = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 900}},
+                  "required": ["s"]}
+    tools = tuple(ToolSpec(f"f{i}", None, parameters, False) for i in range(12))
+    dialect = detect("{{ messages }}").dialect
+    with pytest.raises(InvalidRequest) as caught:
+        tool_call_grammar(ToolUse(tools, "required"), dialect)
+    assert caught.value.param == "tools[11].function.parameters.properties.s.maxLength"
+    assert "more than 10000" in caught.value.message
+    assert tool_call_grammar(ToolUse(tools[:11], "required"), dialect)
+
+
+def test_the_node_count_is_bounded() -> None:
+    budget = SchemaBudget()
+    schema = {"anyOf": [{"type": "integer"}] * 250}  # 251 objects
+    for i in range(39):
+        budget.check(schema, f"tools[{i}].function.parameters")
+    with pytest.raises(InvalidRequest, match="more than 10000 objects") as caught:
+        for i in range(39, 41):
+            budget.check(schema, f"tools[{i}].function.parameters")
+    assert caught.value.param is not None
+    assert caught.value.param.startswith("tools[39].function.parameters.anyOf[")
+
+
+def test_just_inside_the_schema_bounds_converts() -> None:
+    strings = {f"s{i}": {"type": "string", "maxLength": 1000} for i in range(9)}
+    schema = {"type": "object", "additionalProperties": False,
+              "properties": {**strings,
+                             "items": {"type": "array", "items": {"type": "integer"},
+                                       "minItems": 1, "maxItems": 900},
+                             "ip": {"type": "string", "pattern": "^(\\d{1,3}\\.){3}\\d{1,3}$"},
+                             "code": {"type": "string", "pattern": "^((a{0,3}){0,3}){0,3}$"},
+                             "kind": {"enum": [f"k{i}" for i in range(900)]},
+                             "deep": _nested(30)},
+              "required": [*strings, "items", "ip", "code", "kind", "deep"]}
+    grammar = grammar_for(OutputFormat("json_schema", schema, strict=True))
+    check_grammar(grammar, "response_format")  # also done inside; here for its own sake
+    assert "root ::=" in grammar
+
+
+def test_a_self_recursive_schema_through_properties_converts() -> None:
+    # What pydantic writes for a recursive model: a root $ref into $defs.
+    schema = {"$defs": {"Node": {"type": "object", "properties": {
+        "value": {"type": "integer"},
+        "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}, "maxItems": 3}},
+        "required": ["value", "children"], "additionalProperties": False}},
+        "$ref": "#/$defs/Node"}
+    grammar = grammar_for(OutputFormat("json_schema", schema, strict=True))
+    assert "root ::= Node" in grammar
+
+
+def test_converter_errors_do_not_quote_the_schema_back() -> None:
+    schema = {"$ref": "#/$defs/missing", "$defs": {"other": {"description": "d" * 5000}}}
+    refused = _refused(schema)
+    assert refused.param == WHERE and len(refused.message) < 400
+
+
+def test_the_grammar_itself_is_bounded() -> None:
+    deep = "root ::= " + "(" * (SCHEMA_BOUNDS.max_grammar_nesting + 1) + '"a"' + \
+        ")" * (SCHEMA_BOUNDS.max_grammar_nesting + 1)
+    with pytest.raises(InvalidRequest, match="nest more than 1024 groups"):
+        check_grammar(deep, "tools")
+    # Parentheses inside literals and character classes are text, not groups.
+    check_grammar('root ::= "' + "(" * 5000 + '" [(]', "tools")
+    with pytest.raises(InvalidRequest, match="repeats a part 1001 times"):
+        check_grammar("root ::= [a-z]{0,1001}", "tools")
+    with pytest.raises(InvalidRequest, match="bytes"):
+        check_grammar('root ::= "' + "a" * SCHEMA_BOUNDS.max_grammar_bytes + '"', "tools")
