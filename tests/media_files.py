@@ -15,7 +15,8 @@ FLAC_MAX_BLOCK = 65_535
 def flac(path: Path, rate: int, seconds: float, *, block: int = 4096, tone: bool = False,
          layout: str = "mono") -> Path:
     """FLAC of silence (or a 440 Hz tone) in blocks of ``block`` samples: silence in the
-    largest blocks is a few bytes per block, so an hour at 8 kHz is 14 KB."""
+    largest blocks is a few bytes per block, so an hour at 8 kHz is 14 KB. (Frames go in by
+    the second's worth; the encoder cuts them into blocks.)"""
     channels = len(av.AudioLayout(layout).channels)
     total = int(rate * seconds)
     with av.open(str(path), "w", format="flac") as out:
@@ -23,7 +24,7 @@ def flac(path: Path, rate: int, seconds: float, *, block: int = 4096, tone: bool
         stream.codec_context.options = {"frame_size": str(block)}
         done = 0
         while done < total:
-            count = min(block, total - done)
+            count = min(max(block, 65_536), total - done)
             if tone:
                 wave = 8000 * np.sin(2 * np.pi * 440 * np.arange(done, done + count) / rate)
                 samples = np.repeat(wave.astype(np.int16), channels)[None, :]
