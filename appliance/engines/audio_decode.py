@@ -188,9 +188,9 @@ class _Buffer:
         self._filled = needed
 
     def samples(self) -> Samples:
-        if self._filled == self._data.shape[0]:
-            return self._data
-        return self._data[:self._filled].copy()  # the spare room goes back now
+        # Shrunk in place (a realloc, no copy): nothing else holds the array.
+        self._data.resize(self._filled, refcheck=False)
+        return self._data
 
 
 def decode(source: Path | BinaryIO, found: Probe, bounds: AudioBounds,

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from faster_whisper import decode_audio
 
-from appliance.config import ModelConfig
+from appliance.config import ModelConfig, load_config
 from appliance.engines.audio_decode import SAMPLE_RATE, AudioBounds, Cancelled, Probe, decode, load
 from appliance.engines.image_bounds import max_images
 from appliance.engines.llm.embedder import LlamaEmbeddingEngine
-from appliance.errors import InvalidRequest
+from appliance.errors import ConfigError, InvalidRequest
 from tests.conftest import API_KEY, FastStack
 from tests.media_files import (
     FLAC_MAX_BLOCK,
@@ -258,3 +258,33 @@ async def test_audio_text_fields_are_bounded(stack: FastStack, field: str, value
                                      files={"file": ("a.wav", b"RIFF0000WAVE", "audio/wav")})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == field
+
+
+# -- models.toml keys ----------------------------------------------------------------------------
+
+
+def _models(tmp_path: Path, table: str) -> Path:
+    tmp_path.mkdir()
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "whisper").mkdir()
+    config = tmp_path / "models.toml"
+    config.write_text(f"[[models]]\n{table}\n", encoding="utf-8")
+    return config
+
+
+def test_max_audio_s_and_max_request_tokens_are_per_kind_keys(tmp_path: Path) -> None:
+    whisper = load_config(_models(tmp_path / "a", 'id = "w"\nkind = "transcription"\n'
+                                                  'path = "whisper"\nmax_audio_s = 600'))
+    assert whisper.models[0].max_audio_s == 600.0
+    embed = load_config(_models(tmp_path / "b", 'id = "e"\nkind = "embedding"\n'
+                                                'path = "m.gguf"\nmax_request_tokens = 5000'))
+    assert embed.models[0].max_request_tokens == 5000
+    assert load_config(_models(tmp_path / "c", 'id = "w"\nkind = "transcription"\n'
+                                               'path = "whisper"')).models[0].max_audio_s == 1800
+    for table, key in [('id = "c"\npath = "m.gguf"\nmax_audio_s = 60', "max_audio_s"),
+                       ('id = "c"\npath = "m.gguf"\nmax_request_tokens = 9', "max_request_tokens"),
+                       ('id = "w"\nkind = "transcription"\npath = "whisper"\nmax_audio_s = 0',
+                        "max_audio_s")]:
+        folder = tmp_path / f"bad-{key}-{len(table)}"
+        with pytest.raises(ConfigError, match=key):
+            load_config(_models(folder, table))
