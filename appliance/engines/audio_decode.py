@@ -141,7 +141,7 @@ def probe(source: Path | BinaryIO, bounds: AudioBounds,
         time_base = float(stream.time_base or 0)
         ticks = 0
         for packet in _packets(container, stream, bounds, cancelled):
-            ticks += packet.duration or 0
+            ticks += max(0, packet.duration or 0)  # a negative one must not buy room
             if ticks * time_base > bounds.max_seconds:
                 raise _too_long(bounds, ticks * time_base)
         return Probe(ticks * time_base)
