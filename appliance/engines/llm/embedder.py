@@ -33,8 +33,9 @@ POOLING = {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "cls": llama_cpp.LLAMA_POO
            "last": llama_cpp.LLAMA_POOLING_TYPE_LAST}
 MAX_SEQUENCES = 16  # inputs embedded together in one decode
 # Tokens of inputs embedded together in one decode (an input longer than this has a decode of
-# its own). A decode cannot be interrupted, so this is how long a cancelled request may keep
-# the model: about a second of CPU for a small model. Batching more buys little on a CPU.
+# its own). A decode cannot be interrupted, so this bounds how long a cancelled request keeps
+# the model: one decode (SmolLM2-135M, 512 tokens, two busy CPU cores: 2-8 s). Batching more
+# buys little on a CPU.
 MAX_BATCH_TOKENS = 512
 
 
