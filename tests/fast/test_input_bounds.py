@@ -23,6 +23,7 @@ from appliance.api.tools_wire import tool_use
 from appliance.engines.base import OutputFormat, ToolSpec, ToolUse
 from appliance.engines.catalog import Catalog
 from appliance.engines.llm.grammar import grammar_for
+from appliance.engines.llm.regex_gbnf import gbnf_pattern
 from appliance.engines.llm.schema_bounds import SCHEMA_BOUNDS, SchemaBudget, check_grammar
 from appliance.engines.llm.tool_dialects import detect
 from appliance.engines.llm.tool_grammar import tool_call_grammar
@@ -388,3 +389,26 @@ def test_the_grammar_itself_is_bounded() -> None:
         check_grammar("root ::= [a-z]{0,1001}", "tools")
     with pytest.raises(InvalidRequest, match="bytes"):
         check_grammar('root ::= "' + "a" * SCHEMA_BOUNDS.max_grammar_bytes + '"', "tools")
+
+
+@pytest.mark.parametrize(("pattern", "rewritten"), [
+    ("^\\d{3}-\\d{4}$", "^[0-9]{3}-[0-9]{4}$"),
+    ("^(\\d{1,3}\\.){3}$", "^([0-9]{1,3}[\\x2E]){3}$"),
+    ("^[\\w.-]+$", "^[a-zA-Z0-9_.-]+$"),
+    ("^\\S\\s[\\-\\]]$", "^[^ \\t\\n\\r\\x0B\\x0C][ \\t\\n\\r\\x0B\\x0C][\\x2D\\x5D]$"),
+    ("^\\x41\\u00e9\\t$", "^[\\x41][\\u00e9][\\t]$"),
+])
+def test_pattern_escapes_become_what_gbnf_parses(pattern: str, rewritten: str) -> None:
+    # llama.cpp cannot parse "\\d" or "\\." in a grammar: it printed the whole grammar to
+    # stderr and constrained nothing.
+    grammar = grammar_for(OutputFormat("json_schema", {"type": "string", "pattern": pattern}))
+    assert "\\d" not in grammar and "\\." not in grammar and "\\S" not in grammar
+    assert gbnf_pattern(pattern, "p") == rewritten
+
+
+@pytest.mark.parametrize("pattern", ["^\\bword$", "^(a)\\1$", "^\\p{L}$", "^[\\D]$", "^a\\"])
+def test_pattern_escapes_without_a_grammar_form_are_refused(pattern: str) -> None:
+    schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": pattern}}}
+    refused = _refused(schema)
+    assert refused.param == f"{WHERE}.properties.x.pattern"
+    assert refused.code == "unsupported_schema"

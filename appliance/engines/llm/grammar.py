@@ -17,7 +17,8 @@ from typing import Any
 from llama_cpp.llama_grammar import SchemaConverter
 
 from appliance.engines.base import OutputFormat
-from appliance.engines.llm.schema_bounds import SchemaBudget, check_grammar
+from appliance.engines.llm.regex_gbnf import gbnf_pattern
+from appliance.engines.llm.schema_bounds import SchemaBudget, check_grammar, subschemas
 from appliance.errors import InvalidRequest
 
 # Whitespace is bounded: an unbounded `ws` lets a small model pad forever.
@@ -66,8 +67,11 @@ def visit(converter: SchemaConverter, schema: Mapping[str, Any], rule: str, wher
     """Adds the rules for ``schema`` to the converter; returns the name of its rule. Its $refs
     resolve against the schema itself, under keys made unique by ``where``. The schema must
     have passed a ``SchemaBudget`` first."""
+    resolved = copy.deepcopy(dict(schema))
+    for node, at in subschemas(resolved, where):
+        if isinstance(node.get("pattern"), str):
+            node["pattern"] = gbnf_pattern(node["pattern"], f"{at}.pattern")
     try:
-        resolved = copy.deepcopy(dict(schema))
         root_ref = resolved.pop("$ref", None)
         # The converter resolves no $ref below one it resolved, so a root $ref (what pydantic
         # writes for a recursive model) left those in its $defs unknown: resolve them first.

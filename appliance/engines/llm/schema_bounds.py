@@ -219,6 +219,24 @@ class SchemaBudget:
             self._spend(count, where)
 
 
+def subschemas(schema: dict[str, Any], where: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """Every schema object in ``schema`` (itself included) with where it sits; JSON values
+    (enum, const, default ...) are not schemas. For a schema that passed a budget."""
+    stack = [(schema, where)]
+    while stack:
+        node, at = stack.pop()
+        yield node, at
+        for key, value in node.items():
+            if key in _NAMED_SCHEMAS and isinstance(value, dict):
+                stack.extend((child, f"{at}.{key}.{_name(name)}")
+                             for name, child in value.items() if isinstance(child, dict))
+            elif (key in _LISTED_SCHEMAS or key == "items") and isinstance(value, list):
+                stack.extend((child, f"{at}.{key}[{i}]")
+                             for i, child in enumerate(value) if isinstance(child, dict))
+            elif (key in _ONE_SCHEMA or key == "items") and isinstance(value, dict):
+                stack.append((value, f"{at}.{key}"))
+
+
 _QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(,?)\s*(\d*)\s*\}")
 
 
