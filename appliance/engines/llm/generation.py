@@ -1,5 +1,5 @@
-"""What the decode loop works on: requests for a generation, the slots that run them, and
-what each step did.
+"""What the decode loop works on: requests for a generation, the slots that run them, the
+order requests get slots in, and what each step did.
 
 Plain data shared by the scheduler (which owns them on its thread) and the engine (which builds
 requests); the scheduler's policy lives in scheduler.py.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -16,6 +17,7 @@ from typing import Protocol
 from appliance.engines.base import CancelToken, ChatEvent, Sampling, TokenLogprob
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.textstream import TextAssembler
+from appliance.engines.round_robin import RoundRobin
 
 Emit = Callable[[ChatEvent | BaseException], None]
 
@@ -82,3 +84,22 @@ class Slot:
     in_batch: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # tokens whose text is held
     logits_at: int | None = None
+
+
+def fair_order(queue: list[GenerationRequest], turns: RoundRobin) -> list[GenerationRequest]:
+    """The queue taken round-robin across owners (API keys), starting after the owner served
+    last, each owner's requests in arrival order: one key's burst of 50 does not make another
+    key's single request wait behind all of them."""
+    by_owner: dict[str | None, deque[GenerationRequest]] = {}
+    for request in queue:
+        by_owner.setdefault(request.owner, deque()).append(request)
+    owners = turns.rotation(by_owner)
+    order: list[GenerationRequest] = []
+    while by_owner:
+        for owner in owners:
+            pending = by_owner.get(owner)
+            if pending:
+                order.append(pending.popleft())
+                if not pending:
+                    del by_owner[owner]
+    return order

@@ -33,6 +33,7 @@ from appliance.engines.llm.generation import (
     SamplerFactory,
     Slot,
     StepReport,
+    fair_order,
 )
 from appliance.engines.llm.kv_reuse import PrefixReuse
 from appliance.engines.llm.logprobs import token_logprob
@@ -177,24 +178,6 @@ class Scheduler:
         with self._wake:
             return len(self._inbox) + len(self._queue)
 
-    def _fair_order(self) -> list[GenerationRequest]:
-        """The queue taken round-robin across owners (API keys), starting after the owner
-        served last, each owner's requests in arrival order: one key's burst of 50 does not
-        make another key's single request wait behind all of them."""
-        by_owner: dict[str | None, deque[GenerationRequest]] = {}
-        for request in self._queue:
-            by_owner.setdefault(request.owner, deque()).append(request)
-        owners = self._turns.rotation(by_owner)
-        order: list[GenerationRequest] = []
-        while by_owner:
-            for owner in owners:
-                pending = by_owner.get(owner)
-                if pending:
-                    order.append(pending.popleft())
-                    if not pending:
-                        del by_owner[owner]
-        return order
-
     def _refuse_overdue(self) -> None:
         """Requests that waited past their deadline end before any work, with a retry hint."""
         now = time.monotonic()
@@ -207,12 +190,12 @@ class Scheduler:
                     "try again shortly.", retry_after=1.0))
 
     def _admit(self) -> None:
-        """Fills free slots in fair order (see _fair_order); a sibling choice waits until it
+        """Fills free slots in fair order (see fair_order); a sibling choice waits until it
         can copy its first choice's prompt. A request that cannot be set up fails alone."""
         self._refuse_overdue()
         self._queue = [r for r in self._queue if not r.cancel.cancelled]
         done: list[GenerationRequest] = []
-        for request in self._fair_order():
+        for request in fair_order(self._queue, self._turns):
             free = [slot for slot in self._slots if slot.request is None]
             if not free:
                 break
