@@ -176,3 +176,20 @@ def test_a_failing_step_observer_is_logged_once(
     finally:
         running.close()
     assert len(_failures(caplog)) == 1
+
+
+def test_a_fault_of_the_loop_itself_fails_what_is_in_flight_and_the_loop_goes_on(
+        scheduler: Scheduler, model: LoadedModel, steps: list[StepReport],
+        caplog: pytest.LogCaptureFixture) -> None:
+    # An owner that cannot be a dict key breaks the fair ordering of the whole queue: no
+    # single request's stage can catch that. The queued request fails (it would break the
+    # same way at every retry), once; the loop then waits and serves the next request.
+    broken, after = _Seen(), _Seen()
+    request = _request(model, broken)
+    request.owner = ["not", "hashable"]  # type: ignore[assignment]
+    scheduler.submit(request)
+    assert broken.done.wait(10) and isinstance(broken.errors[0], EngineFailure)
+    time.sleep(0.3)
+    assert len(_failures(caplog)) == 1 and not steps
+    scheduler.submit(_request(model, after))
+    assert after.done.wait(30) and isinstance(after.events[-1], Finish)

@@ -65,6 +65,7 @@ class LlamaChatEngine:
                  tool_support: ToolSupport,
                  on_step: Callable[[StepReport], None] | None = None,
                  samplers: SamplerFactory = SamplerChain):
+        """``samplers`` builds each request's sampler (tests pass ones that fail)."""
         self._config = config
         self._model = model
         self._template = template
