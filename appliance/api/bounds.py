@@ -14,7 +14,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class RequestBounds:
     # HTTP
-    max_url_bytes: int = 8 * 1024  # path + query; longer is a 414-free 400 before routing
+    max_url_bytes: int = 8 * 1024  # path + query; longer is a 400 before routing and auth
     # request line + headers: a 400 before routing (h11 closes a connection whose head grows
     # past it unfinished); also what bounds the number of headers
     max_header_bytes: int = 16 * 1024

@@ -139,7 +139,14 @@ async def create_chat_completion(request: Request) -> Response:
     cancel = CancelToken()
     events = engine.chat(params, cancel)
     try:
-        started = await anext(events)  # errors before generation become plain 4xx/5xx
+        # Errors before generation become plain 4xx/5xx; a client that leaves while its prompt
+        # is prepared or queued stops that work and gives its place up.
+        started = await unless_disconnected(request.receive, anext(events))
+    except ClientGone:
+        note.client_gone = True
+        cancel.cancel()
+        await events.aclose()
+        return Response(status_code=499)  # nobody reads it; the ledger says "cancelled"
     except BaseException:
         cancel.cancel()
         await events.aclose()

@@ -73,9 +73,8 @@ def _params(body: CompletionRequest, bounds: RequestBounds) -> list[ChatParams]:
     if body.best_of not in (None, 1):
         raise _refuse("best_of", "above 1 is not supported by this server")
     check_stream_options(body)
-    # check_completion bounded the prompts and token ids already; the helper's own count
-    # would take one prompt's token ids for prompts.
-    prompts = texts_or_token_lists(body.prompt, "prompt", bounds.max_prompt_token_ids,
+    # check_completion bounded the prompts and each prompt's token ids already.
+    prompts = texts_or_token_lists(body.prompt, "prompt", bounds.max_prompts,
                                    allow_empty_text=True)
     if body.echo and not isinstance(prompts[0], str):
         raise _refuse("echo", "works with text prompts only on this server")
@@ -196,9 +195,16 @@ async def create_completion(request: Request) -> Response:
     prompt_tokens = 0
     try:
         for events in generators:
-            started = await anext(events)
+            # A client that leaves while a prompt is prepared or queued stops that work.
+            started = await unless_disconnected(request.receive, anext(events))
             assert isinstance(started, Started)
             prompt_tokens += started.prompt_tokens
+    except ClientGone:
+        note.client_gone = True
+        cancel.cancel()
+        for events in generators:
+            await events.aclose()
+        return Response(status_code=499)
     except BaseException:
         cancel.cancel()
         for events in generators:

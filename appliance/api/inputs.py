@@ -21,6 +21,10 @@ def texts_or_token_lists(raw: str | list[Any], param: str, max_items: int,
         raw = [raw]
     if not raw:
         raise InvalidRequest(f"'{param}' must not be empty.", param=param, code="invalid_value")
+    # A flat list of token ids is one item, however long (its length is the engine's to
+    # bound: it knows the context), so the count is checked once the shape is known.
+    if _is_token_list(raw):
+        return [list(raw)]
     if len(raw) > max_items:
         raise InvalidRequest(f"'{param}' takes at most {max_items} items.", param=param,
                              code="invalid_value")
@@ -29,8 +33,6 @@ def texts_or_token_lists(raw: str | list[Any], param: str, max_items: int,
             raise InvalidRequest(f"'{param}' strings must not be empty.", param=param,
                                  code="invalid_value")
         return list(raw)
-    if _is_token_list(raw):
-        return [list(raw)]
     if all(_is_token_list(item) for item in raw):
         return [list(item) for item in raw]
     raise InvalidRequest(f"'{param}' must be a string, a list of strings, a list of token ids "

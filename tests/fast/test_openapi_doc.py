@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from appliance.api.app import create_app
+from appliance.api.auth_failures import FailedAuthLimiter
 from appliance.api.services import Services
 from appliance.engines.catalog import Catalog
 from tests.fakes import FakeChatEngine, FakeKeys, ListLedger
@@ -34,8 +35,10 @@ def _document() -> dict[str, Any]:
 
 
 def _app() -> Starlette:
+    # Every keyless probe below is a failed authentication: allow all of them.
     return create_app(Services(catalog=Catalog([(FakeChatEngine(), ("gpt-4o-mini",))]),
-                               ledger=ListLedger(), keys=FakeKeys()))
+                               ledger=ListLedger(), keys=FakeKeys(),
+                               auth_failures=FailedAuthLimiter(max_failures=1000)))
 
 
 def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:

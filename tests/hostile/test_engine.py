@@ -192,10 +192,6 @@ def test_a_burst_of_context_sized_prompts_starves_nothing(hostile: HostileServer
     assert models_latencies and max(models_latencies) < 1.0, models_latencies
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "api/chat.py and api/completions.py await the first event (the prompt being prepared) "
-    "without watching the client: nothing cancels the work when it leaves. The engine stops "
-    "when its task is cancelled (test_a_cancelled_request_stops_preparing_its_prompt)."))
 def test_clients_that_leave_while_their_prompt_is_prepared_free_the_work(
         hostile: HostileServer) -> None:
     # Each prompt costs the tokenizer about half a second, then is refused as too long.

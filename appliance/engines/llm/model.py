@@ -8,6 +8,7 @@ carries. Contexts (KV caches) are made from it by the scheduler.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -125,7 +126,22 @@ class LoadedModel:
         if sampler is None:
             raise InvalidRequest("The output constraint could not be compiled.",
                                  param="response_format")
-        llama_cpp.llama_sampler_free(sampler)
+        try:
+            # This llama.cpp build answers a grammar it cannot parse with a sampler that
+            # constrains nothing. None of our grammars accepts an empty output, so a sampler
+            # that lets the end of generation come first is one that failed to parse.
+            end = int(llama_cpp.llama_vocab_eos(self.vocab))
+            candidate = (llama_cpp.llama_token_data * 1)()
+            candidate[0].id = end  # type: ignore[assignment]
+            candidate[0].logit = 0.0
+            candidate[0].p = 0.0
+            array = llama_cpp.llama_token_data_array(candidate, 1, -1, False)
+            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+            if end >= 0 and math.isfinite(candidate[0].logit):
+                raise InvalidRequest("The output constraint could not be compiled.",
+                                     param="response_format", code="invalid_json_schema")
+        finally:
+            llama_cpp.llama_sampler_free(sampler)
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
