@@ -33,7 +33,7 @@ def _config(args: argparse.Namespace) -> ApplianceConfig:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from appliance.api.logging_setup import configure_logging
+    from appliance.api.telemetry.logs import configure_logging
     from appliance.server import serve
 
     config = _config(args)

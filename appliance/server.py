@@ -15,11 +15,11 @@ import time
 import uvicorn
 
 from appliance.api.app import create_app
-from appliance.api.connections import EdgeLimits, edge_protocol, ensure_file_limit
-from appliance.api.images_files import ImageFiles
-from appliance.api.metrics import ApplianceMetrics
+from appliance.api.image_files import ImageFiles
+from appliance.api.middleware.connections import EdgeLimits, edge_protocol, ensure_file_limit
+from appliance.api.middleware.drain import DrainingServer, DrainState
 from appliance.api.services import Exposure, Limits, Pricing, Services
-from appliance.api.shutdown import DrainingServer, DrainState
+from appliance.api.telemetry.metrics import ApplianceMetrics
 from appliance.config import ApplianceConfig
 from appliance.engines.loader import load_catalog
 from appliance.ledger import KeyStore, LedgerReports, LedgerWriter

@@ -1,4 +1,4 @@
-"""Builds ``appliance/api/openapi_served.json``, the document ``GET /openapi.json`` serves.
+"""Builds ``appliance/api/routes/openapi_served.json``, what ``GET /openapi.json`` serves.
 
 The OpenAI routes keep OpenAI's own operations and schemas, cut from OpenAI's OpenAPI document
 (MIT licence, carried in third_party/openai_openapi/ with a sha256 check):
@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:  # run as a script: the carried spec is a package 
     sys.path.insert(0, str(ROOT))
 from third_party.openai_openapi import official_document  # noqa: E402
 
-SERVED = ROOT / "appliance" / "api" / "openapi_served.json"
+SERVED = ROOT / "appliance" / "api" / "routes" / "openapi_served.json"
 
 # Our path -> (OpenAI's path, methods): OpenAI's servers URL ends in /v1, ours is the root.
 OPENAI_OPERATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -93,7 +93,7 @@ def _path_param(name: str, description: str, **schema: Any) -> dict[str, Any]:
 
 
 KEY_ID = _path_param("key_id", "The key's id (`key_...`).")
-MAX_INTEGER = 2**53  # appliance/api/admin_keys.py
+MAX_INTEGER = 2**53  # appliance/api/routes/admin_keys.py
 KEY_LIMITS = {
     "models": {"type": ["array", "null"], "items": {"type": "string"},
                "description": "Models the key may call; null: every model."},

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from appliance.api.app import create_app
-from appliance.api.images_files import ImageFiles
+from appliance.api.image_files import ImageFiles
 from appliance.api.services import Limits, Pricing, Services
 from appliance.engines.catalog import Catalog
 from tests.fake_audio import FakeTranscriptionEngine

@@ -20,21 +20,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from appliance.api.audio import create_transcription, create_translation
-from appliance.api.chat import create_chat_completion
-from appliance.api.completions import create_completion
-from appliance.api.embeddings import create_embeddings
 from appliance.api.errors import handle_appliance_error, handle_http_exception
 from appliance.api.gatekeeping import admin_routes, gate_middleware, with_key_scope
-from appliance.api.images import IMAGE_FILE_ROUTE, create_image, image_file, not_served
-from appliance.api.images_files import sweeping
-from appliance.api.key_usage import key_usage
-from appliance.api.metrics_route import metrics
-from appliance.api.models import list_models, retrieve_model
-from appliance.api.openapi_route import openapi_endpoint
+from appliance.api.image_files import sweeping
+from appliance.api.routes.audio import create_transcription, create_translation
+from appliance.api.routes.chat import create_chat_completion
+from appliance.api.routes.completions import create_completion
+from appliance.api.routes.embeddings import create_embeddings
+from appliance.api.routes.images import IMAGE_FILE_ROUTE, create_image, image_file, not_served
+from appliance.api.routes.key_usage import key_usage
+from appliance.api.routes.models import list_models, retrieve_model
+from appliance.api.routes.openapi import openapi_endpoint
+from appliance.api.routes.ops import metrics
+from appliance.api.routes.web import web_routes
 from appliance.api.services import Services
 from appliance.api.warmup import warm_request_path
-from appliance.api.web import web_routes
 from appliance.errors import ApplianceError
 
 

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from appliance.api.limits import retry_headers
+from appliance.api.middleware.key_rate import retry_headers
 from appliance.api.note import RequestNote
 from appliance.errors import (
     ApplianceError,

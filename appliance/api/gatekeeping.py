@@ -14,18 +14,24 @@ import dataclasses
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from appliance.api.admin_keys import create_key, list_keys, retrieve_key, revoke_key, update_key
-from appliance.api.admission import AdmissionMiddleware
-from appliance.api.auth import BearerAuthMiddleware
-from appliance.api.auth_failures import FailedAuthGate
-from appliance.api.key_scope import KeyScopedCatalog
-from appliance.api.limits import ConcurrencyGate, RequestRate
-from appliance.api.metrics import each
-from appliance.api.org_usage import organization_costs, organization_usage
-from appliance.api.quota import QuotaBook
-from appliance.api.request_context import RequestContextMiddleware
+from appliance.api.middleware.auth import BearerAuthMiddleware
+from appliance.api.middleware.drain import DrainMiddleware
+from appliance.api.middleware.failed_auth import FailedAuthGate
+from appliance.api.middleware.key_policy import AdmissionMiddleware
+from appliance.api.middleware.key_quota import QuotaBook
+from appliance.api.middleware.key_rate import ConcurrencyGate, RequestRate
+from appliance.api.middleware.key_scope import KeyScopedCatalog
+from appliance.api.middleware.request_context import RequestContextMiddleware
+from appliance.api.routes.admin_keys import (
+    create_key,
+    list_keys,
+    retrieve_key,
+    revoke_key,
+    update_key,
+)
+from appliance.api.routes.org_usage import organization_costs, organization_usage
 from appliance.api.services import Services
-from appliance.api.shutdown import DrainMiddleware
+from appliance.api.telemetry.metrics import each
 
 
 def with_key_scope(services: Services) -> Services:

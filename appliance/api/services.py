@@ -11,11 +11,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from appliance.api.auth_failures import FailedAuthLimiter
 from appliance.api.bounds import RequestBounds
-from appliance.api.images_files import ImageFiles
-from appliance.api.metrics import ApplianceMetrics
-from appliance.api.shutdown import DrainState
+from appliance.api.image_files import ImageFiles
+from appliance.api.middleware.drain import DrainState
+from appliance.api.middleware.failed_auth import FailedAuthLimiter
+from appliance.api.telemetry.metrics import ApplianceMetrics
 from appliance.engines.catalog import Catalog
 from appliance.ledger import (
     BucketQuery,

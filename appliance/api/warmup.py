@@ -13,8 +13,8 @@ import time
 
 import anyio.to_thread
 
-from appliance.api.chat_wire import ChatCompletionRequest, to_chat_params
 from appliance.api.services import Services
+from appliance.api.wire.chat import ChatCompletionRequest, to_chat_params
 from appliance.engines.base import CancelToken
 
 log = logging.getLogger("appliance.api")

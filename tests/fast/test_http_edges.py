@@ -30,17 +30,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from appliance.api.app import create_app
-from appliance.api.auth_failures import FailedAuthLimiter
-from appliance.api.connections import EdgeLimits, edge_protocol
-from appliance.api.images_files import ImageFiles
-from appliance.api.logging_setup import (
+from appliance.api.image_files import ImageFiles
+from appliance.api.middleware.connections import EdgeLimits, edge_protocol
+from appliance.api.middleware.failed_auth import FailedAuthLimiter
+from appliance.api.middleware.request_context import RECORDED_PATH_CHARS
+from appliance.api.services import Services
+from appliance.api.telemetry.logs import (
     MAX_MESSAGE_CHARS,
     Throttle,
     ThrottleFilter,
     log_handler,
 )
-from appliance.api.request_context import RECORDED_PATH_CHARS
-from appliance.api.services import Services
 from appliance.config import load_config
 from appliance.engines.catalog import Catalog
 from appliance.errors import ConfigError

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from appliance.api.app import create_app
-from appliance.api.images_files import ImageFiles
+from appliance.api.image_files import ImageFiles
 from appliance.api.services import Services
 from appliance.config import load_config
 from appliance.engines.catalog import Catalog

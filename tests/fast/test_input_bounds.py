@@ -19,7 +19,7 @@ import pytest
 from appliance.api.app import create_app
 from appliance.api.bounds import RequestBounds
 from appliance.api.services import Limits, Services
-from appliance.api.tools_wire import tool_use
+from appliance.api.wire.tools import tool_use
 from appliance.engines.base import OutputFormat, ToolSpec, ToolUse
 from appliance.engines.catalog import Catalog
 from appliance.engines.llm.grammar import grammar_for

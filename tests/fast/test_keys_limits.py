@@ -21,8 +21,8 @@ import openai
 import pytest
 
 from appliance.api.app import create_app
-from appliance.api.key_scope import KeyScopedCatalog
-from appliance.api.limits import go_duration
+from appliance.api.middleware.key_rate import go_duration
+from appliance.api.middleware.key_scope import KeyScopedCatalog
 from appliance.api.services import Limits, Pricing, Services
 from appliance.engines.base import CancelToken, ChatEvent, ChatParams
 from appliance.engines.catalog import Catalog

@@ -18,10 +18,10 @@ import pytest
 from starlette.types import Message
 
 from appliance.api.app import create_app
-from appliance.api.auth_failures import FailedAuthLimiter
-from appliance.api.logging_setup import log_handler
-from appliance.api.metrics import ApplianceMetrics
+from appliance.api.middleware.failed_auth import FailedAuthLimiter
 from appliance.api.services import Exposure, Pricing, Services
+from appliance.api.telemetry.logs import log_handler
+from appliance.api.telemetry.metrics import ApplianceMetrics
 from appliance.engines.catalog import Catalog
 from tests.fakes import FakeChatEngine, FakeEmbeddingEngine, FakeKeys, ListLedger
 

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from appliance.api.app import create_app
-from appliance.api.auth_failures import FailedAuthLimiter
+from appliance.api.middleware.failed_auth import FailedAuthLimiter
 from appliance.api.services import Services
 from appliance.engines.catalog import Catalog
 from tests.fakes import FakeChatEngine, FakeKeys, ListLedger
@@ -29,7 +29,7 @@ METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
 def _document() -> dict[str, Any]:
-    text = resources.files("appliance.api").joinpath("openapi_served.json").read_text()
+    text = resources.files("appliance.api.routes").joinpath("openapi_served.json").read_text()
     document: dict[str, Any] = json.loads(text)
     return document
 
@@ -117,5 +117,7 @@ def _build_script() -> ModuleType:
 def test_the_committed_document_is_what_the_script_builds() -> None:
     script = _build_script()
     built = script.render(script.build())
-    committed = (ROOT / "appliance" / "api" / "openapi_served.json").read_text(encoding="utf-8")
-    assert built == committed, "stale appliance/api/openapi_served.json: run scripts/build-openapi"
+    committed = (ROOT / "appliance" / "api" / "routes" / "openapi_served.json").read_text(
+        encoding="utf-8")
+    assert built == committed, ("stale appliance/api/routes/openapi_served.json: "
+                                "run scripts/build-openapi")

@@ -34,7 +34,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from appliance.api.app import create_app
-from appliance.api.images_files import ImageFiles
+from appliance.api.image_files import ImageFiles
 from appliance.api.services import Limits, Pricing, Services
 from appliance.engines.catalog import Catalog
 from appliance.ledger import KeyStore, LedgerReports, LedgerWriter
@@ -43,7 +43,8 @@ from tests.fakes import FakeChatEngine, FakeEmbeddingEngine, FakeImageEngine
 from tests.openapi_cases import draw_case, modes, needs_admin, openai_error_envelope, prepare
 
 BASE_URL = "http://appliance.test"
-DOCUMENT = resources.files("appliance.api").joinpath("openapi_served.json")  # GET /openapi.json
+# What GET /openapi.json serves
+DOCUMENT = resources.files("appliance.api.routes").joinpath("openapi_served.json")
 SCHEMA = schemathesis.openapi.from_dict(json.loads(DOCUMENT.read_text(encoding="utf-8")))
 OPERATIONS = {result.ok().label: result.ok() for result in SCHEMA.get_all_operations()}
 # Served names, so that generated requests also get past the model lookup to the engines.

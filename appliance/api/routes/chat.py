@@ -18,14 +18,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from appliance.api.chat_wire import ChatCompletionRequest, to_chat_params
-from appliance.api.disconnect import ClientGone, unless_disconnected
 from appliance.api.errors import mid_stream_failure
-from appliance.api.generation_bounds import check_chat, check_choice_tokens
 from appliance.api.note import RequestNote
+from appliance.api.routes.disconnect import ClientGone, unless_disconnected
 from appliance.api.services import Services
-from appliance.api.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
-from appliance.api.validation import parse_json
+from appliance.api.wire.chat import ChatCompletionRequest, to_chat_params
+from appliance.api.wire.generation_bounds import check_chat, check_choice_tokens
+from appliance.api.wire.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
+from appliance.api.wire.validation import parse_json
 from appliance.engines.base import (
     CancelToken,
     ChatEvent,

@@ -19,10 +19,11 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from appliance.api.disconnect import ClientGone, unless_disconnected
-from appliance.api.images_encoding import MEDIA_TYPES, encode
-from appliance.api.images_files import ImageFiles
-from appliance.api.images_wire import (
+from appliance.api.image_files import ImageFiles
+from appliance.api.note import RequestNote
+from appliance.api.routes.disconnect import ClientGone, unless_disconnected
+from appliance.api.services import Services
+from appliance.api.wire.images import (
     DEFAULT_MODEL,
     ImageGenerationRequest,
     ImageOutput,
@@ -30,9 +31,8 @@ from appliance.api.images_wire import (
     output_of,
     to_image_params,
 )
-from appliance.api.note import RequestNote
-from appliance.api.services import Services
-from appliance.api.validation import parse_json
+from appliance.api.wire.images_encoding import MEDIA_TYPES, encode
+from appliance.api.wire.validation import parse_json
 from appliance.engines.base import CancelToken, ImageEngine, ImageResult
 from appliance.errors import InvalidRequest, ModelNotFound, NotFound
 

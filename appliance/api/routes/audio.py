@@ -15,13 +15,13 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from appliance.api.audio_formats import Transcript, render
-from appliance.api.audio_wire import Task, read_form, to_audio_request
-from appliance.api.disconnect import ClientGone, unless_disconnected
 from appliance.api.errors import mid_stream_failure
 from appliance.api.note import RequestNote
+from appliance.api.routes.disconnect import ClientGone, unless_disconnected
 from appliance.api.services import Services
-from appliance.api.sse import SSE_HEADERS, SSE_MEDIA_TYPE, frame
+from appliance.api.wire.audio import Task, read_form, to_audio_request
+from appliance.api.wire.audio_formats import Transcript, render
+from appliance.api.wire.sse import SSE_HEADERS, SSE_MEDIA_TYPE, frame
 from appliance.engines.base import (
     CancelToken,
     Segment,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from appliance.api.bounds import RequestBounds
-from appliance.api.generation_wire import MAX_STOP_SEQUENCES
+from appliance.api.wire.generation import MAX_STOP_SEQUENCES
 from appliance.errors import InvalidRequest, PayloadTooLarge
 
 MAX_MODALITIES = 8  # OpenAI knows two

@@ -30,9 +30,9 @@ import anyio
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from appliance.api.logging_setup import CURRENT_REQUEST_ID, shown
 from appliance.api.note import RequestNote
 from appliance.api.services import LedgerSink, Pricing
+from appliance.api.telemetry.logs import CURRENT_REQUEST_ID, shown
 from appliance.errors import EngineFailure
 from appliance.ledger import RequestRecord, RequestStatus
 

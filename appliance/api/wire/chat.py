@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from appliance.api.generation_wire import GenerationFields, check_stream_options, stops, to_sampling
-from appliance.api.tools_wire import history_calls, legacy_call, tool_use
+from appliance.api.wire.generation import GenerationFields, check_stream_options, stops, to_sampling
+from appliance.api.wire.tools import history_calls, legacy_call, tool_use
 from appliance.engines.base import ChatMessage, ChatParams, OutputFormat, Role, ToolCall
 from appliance.errors import InvalidRequest
 

@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import BaseRoute, Route
 
-from appliance.api.model_health import ModelHealth
+from appliance.api.telemetry.model_health import ModelHealth
 from appliance.ledger import RequestRecord
 
 IDLE_AFTER_S = 1.0

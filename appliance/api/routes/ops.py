@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from appliance.api.errors import error_response
-from appliance.api.limits import retry_headers
+from appliance.api.middleware.key_rate import retry_headers
 from appliance.api.services import Services
 from appliance.errors import ApplianceError, AuthenticationFailed, PermissionDenied, RateLimited
 

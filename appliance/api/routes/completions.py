@@ -21,16 +21,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from appliance.api.bounds import RequestBounds
-from appliance.api.chat import SYSTEM_FINGERPRINT, total_usage, usage_json
-from appliance.api.disconnect import ClientGone, unless_disconnected
 from appliance.api.errors import mid_stream_failure
-from appliance.api.generation_bounds import check_choice_tokens, check_completion
-from appliance.api.generation_wire import GenerationFields, check_stream_options, stops, to_sampling
-from appliance.api.inputs import texts_or_token_lists
 from appliance.api.note import RequestNote
+from appliance.api.routes.chat import SYSTEM_FINGERPRINT, total_usage, usage_json
+from appliance.api.routes.disconnect import ClientGone, unless_disconnected
 from appliance.api.services import Services
-from appliance.api.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
-from appliance.api.validation import parse_json
+from appliance.api.wire.generation import GenerationFields, check_stream_options, stops, to_sampling
+from appliance.api.wire.generation_bounds import check_choice_tokens, check_completion
+from appliance.api.wire.inputs import texts_or_token_lists
+from appliance.api.wire.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
+from appliance.api.wire.validation import parse_json
 from appliance.engines.base import (
     CancelToken,
     ChatEvent,

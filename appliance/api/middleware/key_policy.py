@@ -13,11 +13,16 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.api.errors import error_response
-from appliance.api.key_scope import KeyScopedCatalog
-from appliance.api.limits import ConcurrencyGate, RateLimitedWithState, RequestRate, retry_headers
+from appliance.api.middleware.key_quota import QuotaBook
+from appliance.api.middleware.key_rate import (
+    ConcurrencyGate,
+    RateLimitedWithState,
+    RequestRate,
+    retry_headers,
+)
+from appliance.api.middleware.key_scope import KeyScopedCatalog
+from appliance.api.middleware.request_context import commit_row, ledger_row
 from appliance.api.note import RequestNote
-from appliance.api.quota import QuotaBook
-from appliance.api.request_context import commit_row, ledger_row
 from appliance.api.services import LedgerSink
 from appliance.errors import ApplianceError, InsufficientQuota, PermissionDenied, RateLimited
 from appliance.ledger import KeyRecord

@@ -20,7 +20,7 @@ DOCUMENT = "openapi_served.json"
 
 def openapi_endpoint() -> Callable[[Request], Awaitable[Response]]:
     """The endpoint, holding the document's bytes (a closure: no module-level state)."""
-    body = resources.files("appliance.api").joinpath(DOCUMENT).read_bytes()
+    body = resources.files("appliance.api.routes").joinpath(DOCUMENT).read_bytes()
 
     async def openapi(request: Request) -> Response:
         return Response(body, media_type="application/json")

@@ -31,9 +31,9 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.api.errors import error_response
-from appliance.api.limits import retry_headers
-from appliance.api.logging_setup import Throttle
+from appliance.api.middleware.key_rate import retry_headers
 from appliance.api.note import RequestNote
+from appliance.api.telemetry.logs import Throttle
 from appliance.errors import InvalidRequest, RateLimited
 
 log = logging.getLogger("appliance.auth")

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from appliance.api.services import KeyAdmin, Services
-from appliance.api.validation import parse_json
+from appliance.api.wire.validation import parse_json
 from appliance.errors import InvalidRequest, ModelNotFound, NotFound
 from appliance.ledger import KeyLimits, KeyRecord
 

@@ -35,8 +35,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from appliance.api.errors import error_response
-from appliance.api.limits import retry_headers
-from appliance.api.logging_setup import Throttle
+from appliance.api.middleware.key_rate import retry_headers
+from appliance.api.telemetry.logs import Throttle
 from appliance.errors import Overloaded
 
 log = logging.getLogger("appliance.connections")

@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from appliance.api.disconnect import ClientGone, unless_disconnected
-from appliance.api.inputs import texts_or_token_lists
 from appliance.api.note import RequestNote
+from appliance.api.routes.disconnect import ClientGone, unless_disconnected
 from appliance.api.services import Services
-from appliance.api.validation import parse_json
+from appliance.api.wire.inputs import texts_or_token_lists
+from appliance.api.wire.validation import parse_json
 from appliance.errors import InvalidRequest
 
 

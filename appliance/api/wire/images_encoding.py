@@ -14,7 +14,7 @@ import io
 
 from PIL import Image
 
-from appliance.api.images_wire import OutputFormat
+from appliance.api.wire.images import OutputFormat
 from appliance.engines.base import RGBImage
 
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
