@@ -1,8 +1,8 @@
 """Text-to-image on diffusers: any pipeline ``AutoPipelineForText2Image`` loads from a folder.
 
 Owns loading the folder on its device and dtype (``diffusion_device``), the sizes a request
-may ask for, and a pool of ``workers`` threads: requests wait for a free worker at a
-``FairGate`` (bounded, round-robin across keys), each worker runs whole requests on its own
+may ask for, and a pool of ``workers`` threads: requests wait for a free worker in a
+``WorkerPool`` (bounded, round-robin across keys), each worker runs whole requests on its own
 copy of the pipeline (shared weights, private scheduler and tokenizers), and the event loop
 only awaits the result. A cancelled request leaves the queue at once, or stops between two
 denoising steps if it is already running.
@@ -19,7 +19,6 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -48,8 +47,9 @@ from appliance.engines.diffusion_pipeline import (
     run,
     worker_copy,
 )
-from appliance.engines.fair_gate import FairGate, Occupancy, OccupancyReport
 from appliance.engines.image_bounds import MAX_BATCH_IMAGES, MAX_WORK_IMAGES, max_images
+from appliance.engines.runtime.fair_gate import Occupancy, OccupancyReport
+from appliance.engines.runtime.worker_pool import PoolClosed, WorkerPool
 from appliance.errors import ConfigError, EngineFailure, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger("appliance.engines.diffusion")
@@ -86,10 +86,10 @@ class DiffusionEngine:
         for pipeline in pipelines:
             self._idle.put(pipeline)
         self._closing = threading.Event()
-        self._gate = FairGate(config.id, slots=len(pipelines), queue_limit=config.queue_limit,
-                              queue_timeout_s=config.queue_timeout_s, report=report)
-        self._pool = ThreadPoolExecutor(max_workers=len(pipelines),
-                                        thread_name_prefix=f"diffusion-{config.id}")
+        self._pool = WorkerPool(config.id, workers=len(pipelines),
+                                queue_limit=config.queue_limit,
+                                queue_timeout_s=config.queue_timeout_s,
+                                thread_name=f"diffusion-{config.id}", report=report)
         self._info = ModelInfo(id=config.id, kind="image", context_length=0,
                                owned_by=config.owned_by, created=int(time.time()))
 
@@ -136,7 +136,7 @@ class DiffusionEngine:
 
     @property
     def occupancy(self) -> Occupancy:
-        return self._gate.occupancy
+        return self._pool.occupancy
 
     def warm_up(self) -> None:
         """One short generation at the default size: the first request pays no first-use
@@ -148,7 +148,7 @@ class DiffusionEngine:
 
     def close(self) -> None:
         self._closing.set()  # running requests stop at their next step
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.close(wait=True)
         while not self._idle.empty():
             self._idle.get()
         if self._placement.device == "cuda":
@@ -156,18 +156,13 @@ class DiffusionEngine:
 
     async def generate(self, params: ImageParams, cancel: CancelToken) -> ImageResult:
         self._check(params)
-        await self._gate.acquire(params.owner)
         try:
-            future = self._pool.submit(self._work, params, cancel)
-        except RuntimeError:  # the pool is shut down
-            self._gate.release()
+            # A cancelled one still ends its current step, holding its worker until then.
+            return await self._pool.run(params.owner, self._work, params, cancel)
+        except PoolClosed:
             raise ServiceUnavailable("The image model is shutting down.") from None
-        self._gate.release_when_done(future)  # a cancelled one still ends its current step
-        try:
-            return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             cancel.cancel()  # stops it between steps if it is already running
-            future.cancel()  # takes it out of the pool's queue if it is not
             raise
         except Stopped:
             if self._closing.is_set():

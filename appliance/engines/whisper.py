@@ -2,8 +2,8 @@
 
 Owns loading a whisper folder on the right device (CUDA + float16 when CTranslate2 sees a GPU,
 int8 on CPU, unless models.toml says otherwise), a pool of ``workers`` threads so several
-transcriptions run at once without touching the event loop (requests wait for a worker at a
-``FairGate``: bounded, round-robin across keys), and turning faster-whisper's
+transcriptions run at once without touching the event loop (requests wait for a worker in a
+``WorkerPool``: bounded, round-robin across keys), and turning faster-whisper's
 lazy segment generator into events: decoding happens segment by segment, so a cancelled
 request stops at the next segment. Uploads are read within the model's bounds
 (``audio_decode``: duration, sample rate, channels, streams, packets) before any decoding.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import ctranslate2
 import numpy as np
@@ -31,8 +30,9 @@ from appliance.engines.base import (
     TranscriptionStarted,
     Word,
 )
-from appliance.engines.fair_gate import FairGate, Occupancy, OccupancyReport
-from appliance.engines.thread_events import ThreadEvents
+from appliance.engines.runtime.fair_gate import Occupancy, OccupancyReport
+from appliance.engines.runtime.thread_events import ThreadEvents
+from appliance.engines.runtime.worker_pool import WorkerPool
 from appliance.engines.whisper_languages import LANGUAGE_NAMES
 from appliance.errors import InvalidRequest
 
@@ -67,10 +67,9 @@ class WhisperEngine:
         self._model = model
         self._device = device
         self._bounds = AudioBounds(max_seconds=config.max_audio_s)
-        self._gate = FairGate(config.id, slots=config.workers, queue_limit=config.queue_limit,
-                              queue_timeout_s=config.queue_timeout_s, report=report)
-        self._pool = ThreadPoolExecutor(max_workers=config.workers,
-                                        thread_name_prefix=f"whisper-{config.id}")
+        self._pool = WorkerPool(config.id, workers=config.workers, queue_limit=config.queue_limit,
+                                queue_timeout_s=config.queue_timeout_s,
+                                thread_name=f"whisper-{config.id}", report=report)
         self._info = ModelInfo(id=config.id, kind=config.kind, context_length=0,
                                owned_by=config.owned_by, created=int(time.time()))
 
@@ -97,7 +96,7 @@ class WhisperEngine:
 
     @property
     def occupancy(self) -> Occupancy:
-        return self._gate.occupancy
+        return self._pool.occupancy
 
     @property
     def multilingual(self) -> bool:
@@ -112,19 +111,14 @@ class WhisperEngine:
             pass
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.close(wait=False)
 
     async def transcribe(self, params: TranscriptionParams,
                          cancel: CancelToken) -> AsyncGenerator[TranscriptionEvent, None]:
         self._check(params)
-        await self._gate.acquire(params.owner)
         events: ThreadEvents[TranscriptionEvent | None] = ThreadEvents(cancel)
-        try:
-            work = self._pool.submit(self._work, params, cancel, events.emit)
-        except BaseException:
-            self._gate.release()
-            raise
-        self._gate.release_when_done(work)
+        # The worker stays taken until _work returns, after the client may have left.
+        await self._pool.submit(params.owner, self._work, params, cancel, events.emit)
         try:
             while (event := await events.next()) is not None:  # None: the work is over
                 yield event

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from appliance.engines.fair_gate import FairGate
+from appliance.engines.runtime.fair_gate import FairGate
 from appliance.errors import Overloaded
 
 pytestmark = pytest.mark.anyio

@@ -2,8 +2,8 @@
 
 Owns a context made for embeddings (pooling on, one sequence per input of a batch) and one
 worker thread, so embedding work never runs on the event loop and never shares a context
-with generation; requests wait for it at a ``FairGate`` (bounded, round-robin across keys).
-The slot is held until the worker is done with a request, not until its client leaves, and
+with generation; requests wait for it in a ``WorkerPool`` (bounded, round-robin across keys).
+The pool holds the worker until it is done with a request, not until its client leaves, and
 a cancelled request stops between two inputs (tokenizing) or two batches (decoding).
 
 Bounds, each a 400 before the work they guard: an input longer than the context is refused
@@ -14,19 +14,18 @@ hold ids of the vocabulary; all inputs together take at most ``max_request_token
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import llama_cpp
 
 from appliance.config import ModelConfig
 from appliance.engines.base import CancelToken, Embeddings, ModelInfo
-from appliance.engines.fair_gate import FairGate, Occupancy, OccupancyReport
 from appliance.engines.llm.batch import TokenBatch
 from appliance.engines.llm.model import LoadedModel, default_threads
+from appliance.engines.runtime.fair_gate import Occupancy, OccupancyReport
+from appliance.engines.runtime.worker_pool import PoolClosed, WorkerPool
 from appliance.errors import EngineFailure, InvalidRequest, ServiceUnavailable
 
 POOLING = {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
@@ -69,9 +68,9 @@ class LlamaEmbeddingEngine:
         # so a text of more characters than context x this cannot fit: refused untokenized.
         self._longest_piece = max((len(model.piece(token)) for token in range(model.n_vocab)),
                                   default=1) or 1
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{config.id}")
-        self._gate = FairGate(config.id, slots=1, queue_limit=config.queue_limit,
-                              queue_timeout_s=config.queue_timeout_s, report=report)
+        self._worker = WorkerPool(config.id, workers=1, queue_limit=config.queue_limit,
+                                  queue_timeout_s=config.queue_timeout_s,
+                                  thread_name=f"embed-{config.id}", report=report)
         self._info = ModelInfo(id=config.id, kind="embedding",
                                context_length=config.context_length,
                                owned_by=config.owned_by, created=int(time.time()))
@@ -96,13 +95,13 @@ class LlamaEmbeddingEngine:
 
     @property
     def occupancy(self) -> Occupancy:
-        return self._gate.occupancy
+        return self._worker.occupancy
 
     def warm_up(self) -> None:
         self._embed_all(["Hello"], CancelToken())
 
     def close(self) -> None:
-        self._worker.shutdown(wait=True)
+        self._worker.close(wait=True)
         self._batch.close()
         if self._context is not None:
             llama_cpp.llama_free(self._context)
@@ -112,16 +111,12 @@ class LlamaEmbeddingEngine:
     async def embed(self, inputs: list[str] | list[list[int]],
                     owner: str | None = None) -> Embeddings:
         self._check(inputs)
-        await self._gate.acquire(owner)
         cancel = CancelToken()
         try:
-            work = self._worker.submit(self._embed_all, inputs, cancel)
-        except RuntimeError:  # the worker is shut down
-            self._gate.release()
+            # A cancelled one still ends its current batch, holding the worker until then.
+            return await self._worker.run(owner, self._embed_all, inputs, cancel)
+        except PoolClosed:
             raise ServiceUnavailable("The embedding model is shutting down.") from None
-        self._gate.release_when_done(work)  # a cancelled one still ends its current batch
-        try:
-            return await asyncio.wrap_future(work)
         finally:
             cancel.cancel()  # the client left (or the work is over): stop at the next batch
 

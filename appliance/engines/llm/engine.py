@@ -50,7 +50,7 @@ from appliance.engines.llm.tool_dialects import ToolSupport, rewrite_for_prompt,
 from appliance.engines.llm.tool_dialects import detect as detect_tool_support
 from appliance.engines.llm.tool_grammar import tool_call_grammar
 from appliance.engines.llm.tool_parser import ToolCallParser
-from appliance.engines.thread_events import ThreadEvents
+from appliance.engines.runtime.thread_events import ThreadEvents
 from appliance.errors import ConfigError, ContextLengthExceeded, InvalidRequest, Overloaded
 
 log = logging.getLogger("appliance.engines.llm")

@@ -17,7 +17,7 @@ from typing import Protocol
 from appliance.engines.base import CancelToken, ChatEvent, Sampling, TokenLogprob
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.textstream import TextAssembler
-from appliance.engines.round_robin import RoundRobin
+from appliance.engines.runtime.round_robin import RoundRobin
 
 Emit = Callable[[ChatEvent | BaseException], None]
 

@@ -40,7 +40,7 @@ from appliance.engines.llm.logprobs import token_logprob
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.sampling import SamplerChain
 from appliance.engines.llm.textstream import TextAssembler
-from appliance.engines.round_robin import RoundRobin
+from appliance.engines.runtime.round_robin import RoundRobin
 from appliance.errors import ApplianceError, EngineFailure, Overloaded
 
 __all__ = ["Emit", "GenerationRequest", "Sampler", "SamplerFactory", "Scheduler", "StepReport"]

@@ -1,4 +1,4 @@
-"""Fair admission to an engine's worker pool (whisper, diffusion): who runs next, how many wait.
+"""The queue in front of an engine's worker pool (WorkerPool): who runs next, how many wait.
 
 A pool of ``slots`` workers, a bounded queue in front of it, and round-robin across owners
 (API keys): when a slot frees, it goes to the next owner after the one served last that has
@@ -6,6 +6,7 @@ work waiting, each owner's requests in arrival order, so one key's burst of 50 u
 not make another key's single request wait behind all of them. A full queue is a 503
 ``overloaded`` with a retry hint, as is a request that waited past ``queue_timeout_s``, before
 any work is done. The chat scheduler applies the same policy to its sequence slots itself.
+Engines use it through WorkerPool, which gives a slot back when its thread's work is done.
 
 Lives on the event loop: every method is called from the loop's thread (request coroutines),
 so no lock is needed; the occupancy report may be read from any thread.
@@ -22,7 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.engines.round_robin import RoundRobin
+from appliance.engines.runtime.round_robin import RoundRobin
 from appliance.errors import Overloaded
 
 RETRY_AFTER_S = 1.0

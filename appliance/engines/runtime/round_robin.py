@@ -1,9 +1,9 @@
 """Whose turn it is: owners (API keys) served in a fixed ring, starting after the last served.
 
-Shared by the chat scheduler (sequence slots) and the worker-pool gate (whisper, images). The
-ring keeps every owner ever seen in order of first arrival (one entry per API key: bounded),
-so the turn after an owner whose queue just emptied still goes to the owner after it, not
-back to the oldest. Not thread-safe: each user calls it from one thread.
+Shared by the chat scheduler (sequence slots) and the worker pools' FairGate (whisper, images,
+embeddings). The ring keeps every owner ever seen in order of first arrival (one entry per API
+key: bounded), so the turn after an owner whose queue just emptied still goes to the owner
+after it, not back to the oldest. Not thread-safe: each user calls it from one thread.
 """
 
 from __future__ import annotations

@@ -1,0 +1,3 @@
+"""What the engines share at run time: the fair queue in front of a pool of workers
+(FairGate, RoundRobin, WorkerPool) and the bridge from a worker thread to the event loop
+(ThreadEvents). Below every engine module, above catalog and base."""
