@@ -1,5 +1,5 @@
-"""What the decode loop works on: requests for a generation, the slots that run them, the
-order requests get slots in, and what each step did.
+"""What the decode loop works on: requests for a generation, the slots that run them (and the
+states a slot moves through), the order requests get slots in, and what each step did.
 
 Plain data shared by the scheduler (which owns them on its thread) and the engine (which builds
 requests); the scheduler's policy lives in scheduler.py.
@@ -7,6 +7,7 @@ requests); the scheduler's policy lives in scheduler.py.
 
 from __future__ import annotations
 
+import enum
 import math
 import threading
 from collections import deque
@@ -46,7 +47,7 @@ class GenerationRequest:
     shown_specials: frozenset[int] = frozenset()  # control tokens whose text is output
     owner: str | None = None  # who asked (the API key): free slots go round-robin by owner
     wait_until: float = math.inf  # monotonic time after which it is refused, still queued
-    generate_for: float = math.inf  # seconds it may generate once admitted; then "length"
+    generate_for: float = math.inf  # seconds it may generate once seated; then "length"
     # Set by the consumer when it has read all it needs (the tool parser saw a repeat):
     # the choice then finishes as if it had stopped. One per choice, never shared.
     enough: threading.Event = field(default_factory=threading.Event)
@@ -68,11 +69,34 @@ class StepReport:
     seconds: float
 
 
-@dataclass
+class SlotState(enum.Enum):
+    FREE = "free"  # no request; its KV stays cached for the prefixes of later prompts
+    PREFILLING = "prefilling"  # reading the rest of its prompt, a chunk per step
+    DECODING = "decoding"  # the prompt is read: one sampled token per step
+    FINISHING = "finishing"  # sending its last events; free once they are sent
+
+
+# Every move a slot may make. Seating takes a free slot; a request ends from any busy state
+# (finished, failed, cancelled), and ``clear`` on a free slot (closing) changes nothing.
+MOVES: dict[SlotState, frozenset[SlotState]] = {
+    SlotState.FREE: frozenset({SlotState.PREFILLING, SlotState.FREE}),
+    SlotState.PREFILLING: frozenset({SlotState.DECODING, SlotState.FINISHING, SlotState.FREE}),
+    SlotState.DECODING: frozenset({SlotState.FINISHING, SlotState.FREE}),
+    SlotState.FINISHING: frozenset({SlotState.FREE}),
+}
+
+
+@dataclass(eq=False)
 class Slot:
+    """One KV sequence of the context, and the request it runs. Its ``state`` changes only
+    through the methods below, each of which checks the move and the fields the new state
+    needs: a slot in an impossible state fails loudly (AssertionError) where it goes wrong,
+    not steps later."""
+
     sequence: int
     cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
     last_used: float = 0.0
+    state: SlotState = SlotState.FREE
     request: GenerationRequest | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     next_token: int | None = None  # sampled, to be fed at the next step
@@ -80,10 +104,76 @@ class Slot:
     assembler: TextAssembler | None = None
     produced: int = 0
     reused: int = 0
-    admitted: float = 0.0
+    seated_at: float = 0.0
     in_batch: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # tokens whose text is held
     logits_at: int | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.state is not SlotState.FREE
+
+    def seat(self, request: GenerationRequest, sampler: Sampler, reused: int,
+             now: float) -> None:
+        """A free slot takes a request whose first ``reused`` tokens it holds already."""
+        self._move(SlotState.PREFILLING)
+        self.request = request
+        self.sampler = sampler
+        self.pending = request.tokens[reused:]
+        self.reused = reused
+        self.produced = 0
+        self.next_token = None
+        self.seated_at = now
+        self.assembler = TextAssembler(request.stop)
+        self._check()
+
+    def prompt_read(self) -> None:
+        """The last chunk of the prompt was decoded: the slot generates from now on."""
+        self._move(SlotState.DECODING)
+        self._check()
+
+    def finishing(self) -> None:
+        self._move(SlotState.FINISHING)
+        self._check()
+
+    def clear(self, now: float) -> Sampler | None:
+        """Frees the slot (its KV stays); returns the request's sampler, for the caller to
+        close. The request is marked ended, so its siblings stop waiting for its prompt."""
+        self._move(SlotState.FREE)
+        sampler, self.sampler = self.sampler, None
+        if self.request is not None:
+            self.request.prompt_ready_in = None
+            self.request.ended = True
+        self.request = None
+        self.logprobs = []
+        self.assembler = None
+        self.pending = []
+        self.next_token = None
+        self.logits_at = None
+        self.last_used = now
+        self._check()
+        return sampler
+
+    def _move(self, to: SlotState) -> None:
+        assert to in MOVES[self.state], \
+            f"slot {self.sequence}: no move from {self.state.value} to {to.value}"
+        self.state = to
+
+    def _check(self) -> None:
+        """The fields each state needs, and those it must not have."""
+        if self.state is SlotState.FREE:
+            assert self.request is None and self.sampler is None and self.assembler is None \
+                and not self.pending and self.next_token is None, \
+                f"slot {self.sequence}: free, yet holding a request's state"
+            return
+        assert self.request is not None and self.assembler is not None, \
+            f"slot {self.sequence}: {self.state.value} without a request"
+        if self.state is SlotState.PREFILLING:
+            assert self.sampler is not None and self.pending and self.next_token is None, \
+                f"slot {self.sequence}: prefilling with no prompt left to read"
+        elif self.state is SlotState.DECODING:
+            assert self.sampler is not None and not self.pending, \
+                f"slot {self.sequence}: decoding with prompt tokens still unread"
 
 
 def fair_order(queue: list[GenerationRequest], turns: RoundRobin) -> list[GenerationRequest]:

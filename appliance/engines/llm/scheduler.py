@@ -9,7 +9,7 @@ next step; requests beyond the slots wait in order and are never dropped. The ch
 ``n > 1`` request share the prompt: once the first choice has read it, the others copy its KV
 sequence and only decode the prompt's last token themselves.
 
-An exception while admitting, stepping or finishing one request fails that request alone (an
+An exception while seating, stepping or finishing one request fails that request alone (an
 EngineFailure, logged once with its traceback) and the loop goes on with the others; only a
 fault in the loop itself fails everything in flight, so that no state can be retried forever.
 """
@@ -32,6 +32,7 @@ from appliance.engines.llm.generation import (
     Sampler,
     SamplerFactory,
     Slot,
+    SlotState,
     StepReport,
     fair_order,
 )
@@ -39,7 +40,6 @@ from appliance.engines.llm.kv_reuse import PrefixReuse
 from appliance.engines.llm.logprobs import token_logprob
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.sampling import SamplerChain
-from appliance.engines.llm.textstream import TextAssembler
 from appliance.engines.runtime.round_robin import RoundRobin
 from appliance.errors import ApplianceError, EngineFailure, Overloaded
 
@@ -118,7 +118,7 @@ class Scheduler:
             while self._next_round():
                 try:
                     self._drop_cancelled()
-                    self._admit()
+                    self._seat_queued()
                     self._step()
                 except Exception:
                     # Each stage fails the request at fault itself (see _fail, _reject); this
@@ -148,27 +148,28 @@ class Scheduler:
             self._queue.extend(self._inbox)
             self._inbox.clear()
         for slot in self._slots:
-            if slot.request is not None:
-                self._reject(slot.request, None, "generating")
+            if slot.busy:
+                if slot.request is not None:
+                    self._reject(slot.request, None, "generating")
                 self._release(slot, forget=True)
         for request in self._queue:
             self._reject(request, None, "queueing")
         self._queue = []
 
     def _busy(self) -> bool:
-        return any(slot.request is not None for slot in self._slots)
+        return any(slot.busy for slot in self._slots)
 
     def _drop_cancelled(self) -> None:
         for slot in self._slots:
             request = slot.request
-            if request is None:
+            if not slot.busy or request is None:
                 continue
             try:
                 if request.cancel.cancelled:
                     self._release(slot)
                 elif request.enough.is_set():
                     self._finish(slot, "stop")
-                elif time.monotonic() - slot.admitted > request.generate_for:
+                elif time.monotonic() - slot.seated_at > request.generate_for:
                     self._finish(slot, "length")  # out of time: ends cleanly, as max_tokens does
             except Exception as exc:
                 self._fail(slot, exc, "finishing")
@@ -189,14 +190,14 @@ class Scheduler:
                     f"The request waited too long for a free slot on model {self._model_id}; "
                     "try again shortly.", retry_after=1.0))
 
-    def _admit(self) -> None:
+    def _seat_queued(self) -> None:
         """Fills free slots in fair order (see fair_order); a sibling choice waits until it
         can copy its first choice's prompt. A request that cannot be set up fails alone."""
         self._refuse_overdue()
         self._queue = [r for r in self._queue if not r.cancel.cancelled]
         done: list[GenerationRequest] = []
         for request in fair_order(self._queue, self._turns):
-            free = [slot for slot in self._slots if slot.request is None]
+            free = [slot for slot in self._slots if not slot.busy]
             if not free:
                 break
             leader = request.leader
@@ -205,7 +206,7 @@ class Scheduler:
             done.append(request)
             self._turns.served(request.owner)
             if not request.tokens:
-                self._reject(request, EngineFailure("The prompt holds no tokens."), "admitting")
+                self._reject(request, EngineFailure("The prompt holds no tokens."), "seating")
                 continue
             try:
                 sampler = self._samplers(request.sampling, self._model, self._context_length)
@@ -224,32 +225,21 @@ class Scheduler:
                 for unsure in free:  # a KV move may have stopped halfway: start those clean
                     self._forget(unsure)
                 continue
-            self._start(slot, request, reuse, sampler)
+            slot.seat(request, sampler, reuse, time.monotonic())
         if done:
             self._queue = [r for r in self._queue if r not in done]
-
-    def _start(self, slot: Slot, request: GenerationRequest, reuse: int,
-               sampler: Sampler) -> None:
-        slot.request = request
-        slot.sampler = sampler
-        slot.pending = request.tokens[reuse:]
-        slot.reused = reuse
-        slot.produced = 0
-        slot.next_token = None
-        slot.admitted = time.monotonic()
-        slot.assembler = TextAssembler(request.stop)
 
     def _step(self) -> None:
         batch = self._batch
         batch.clear()
         in_batch: list[Slot] = []
         for slot in self._slots:
-            if slot.request is not None and slot.next_token is not None:
+            if slot.state is SlotState.DECODING and slot.next_token is not None:
                 slot.in_batch = [slot.next_token]
                 slot.logits_at = batch.add(slot.next_token, len(slot.cached), slot.sequence, True)
                 in_batch.append(slot)
-        prefilling = sorted((s for s in self._slots if s.request is not None and s.pending),
-                            key=lambda s: s.admitted)
+        prefilling = sorted((s for s in self._slots if s.state is SlotState.PREFILLING),
+                            key=lambda s: s.seated_at)
         for slot in prefilling:
             take = min(batch.free, len(slot.pending))
             if take == len(slot.pending) > 1:
@@ -269,7 +259,7 @@ class Scheduler:
             slot.in_batch = chunk
             in_batch.append(slot)
         for slot in self._slots:
-            if slot.request is not None and slot not in in_batch and not slot.pending:
+            if slot.state is SlotState.DECODING and slot not in in_batch:
                 # Busy with nothing to decode would keep the loop awake for ever.
                 self._fail(slot, EngineFailure("The slot had nothing to decode."), "stepping")
         if batch.size == 0:
@@ -291,12 +281,13 @@ class Scheduler:
             return
         for slot in in_batch:
             slot.cached.extend(slot.in_batch)
-            if slot.pending:  # a prefill chunk (a generating slot has no pending prompt)
+            if slot.state is SlotState.PREFILLING:  # a chunk of the prompt
                 del slot.pending[: len(slot.in_batch)]
                 if not slot.pending and slot.request is not None:
+                    slot.prompt_read()
                     slot.request.prompt_ready_in = slot
         for slot in in_batch:
-            if slot.logits_at is not None and slot.request is not None:
+            if slot.logits_at is not None and slot.state is SlotState.DECODING:
                 try:
                     self._sample(slot, slot.logits_at)
                 except Exception as exc:
@@ -304,7 +295,7 @@ class Scheduler:
         self._report(StepReport(
             generating=generating,
             prefill_tokens=batch.size - generating,
-            prefilling=sum(1 for slot in self._slots if slot.request and slot.pending),
+            prefilling=sum(1 for slot in self._slots if slot.state is SlotState.PREFILLING),
             waiting=len(self._queue),
             seconds=time.perf_counter() - started,
         ))
@@ -356,6 +347,7 @@ class Scheduler:
         return taken
 
     def _finish(self, slot: Slot, reason: FinishReason) -> None:
+        slot.finishing()
         request = slot.request
         assert request is not None and slot.assembler is not None
         tail = slot.assembler.finish()
@@ -414,7 +406,7 @@ class Scheduler:
             slot.cached = []
 
     def _release(self, slot: Slot, forget: bool = False) -> None:
-        sampler, slot.sampler = slot.sampler, None
+        sampler = slot.clear(time.monotonic())
         if sampler is not None:
             try:
                 sampler.close()
@@ -422,13 +414,3 @@ class Scheduler:
                 log.exception("model %s: a sampler failed to close", self._model_id)
         if forget:
             self._forget(slot)
-        if slot.request is not None:
-            slot.request.prompt_ready_in = None
-            slot.request.ended = True
-        slot.request = None
-        slot.logprobs = []
-        slot.assembler = None
-        slot.pending = []
-        slot.next_token = None
-        slot.logits_at = None
-        slot.last_used = time.monotonic()
