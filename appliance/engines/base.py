@@ -128,7 +128,7 @@ class Usage:
 
 @dataclass(frozen=True)
 class Started:
-    """The request is admitted: the prompt fits and is queued for generation."""
+    """The request is accepted: the prompt fits and is queued for generation."""
 
     prompt_tokens: int
 

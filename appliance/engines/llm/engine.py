@@ -112,7 +112,7 @@ class LlamaChatEngine:
         return self._info
 
     def waiting(self) -> int:
-        """Requests queued for a slot (for admission, metrics and tests)."""
+        """Requests queued for a slot (for the queue limit, metrics and tests)."""
         return self._scheduler.waiting()
 
     def warm_up(self) -> None:

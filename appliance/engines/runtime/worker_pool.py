@@ -1,7 +1,7 @@
 """A pool of worker threads behind a FairGate: the one way an engine runs blocking work.
 
 Whisper, diffusion and the embedder each run whole requests on threads of their own. Each
-request waits its turn at the gate (bounded, round-robin across owners), then its work goes
+request waits its turn in a FairGate (bounded, round-robin across owners), then its work goes
 to a worker thread, and the worker's place is given back when that thread is done with the
 work -- not when the request's client leaves. A cancelled request still finishes its current
 step (a decode, a segment, a denoising step) and until then the worker is busy: the next
@@ -9,7 +9,7 @@ request and the metrics must see it, or the next request would queue, unseen, be
 rest of the abandoned one. Holding the place in ``submit`` itself makes that true for every
 engine, not for each by its own care.
 
-Lives on the event loop, as the gate does; the work runs on the pool's threads.
+Lives on the event loop, as its FairGate does; the work runs on the pool's threads.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ class WorkerPool:
     def __init__(self, model_id: str, *, workers: int, queue_limit: int,
                  queue_timeout_s: float, thread_name: str,
                  report: OccupancyReport | None = None):
-        self._gate = FairGate(model_id, slots=workers, queue_limit=queue_limit,
+        self._queue = FairGate(model_id, slots=workers, queue_limit=queue_limit,
                               queue_timeout_s=queue_timeout_s, report=report)
         self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name)
 
     @property
     def occupancy(self) -> Occupancy:
-        return self._gate.occupancy
+        return self._queue.occupancy
 
     async def submit(self, owner: str | None, work: Callable[P, T], *args: P.args,
                      **kwargs: P.kwargs) -> concurrent.futures.Future[T]:
@@ -49,16 +49,16 @@ class WorkerPool:
         out), then starts ``work`` on a worker thread. The worker's place is given back when
         the returned future is done: the work returned, raised, or was cancelled before it
         began (``future.cancel()``, or the pool's shutdown)."""
-        await self._gate.acquire(owner)
+        await self._queue.acquire(owner)
         try:
             future = self._threads.submit(work, *args, **kwargs)
         except RuntimeError:  # shut down between the turn and the start
-            self._gate.release()
+            self._queue.release()
             raise PoolClosed from None
         except BaseException:
-            self._gate.release()
+            self._queue.release()
             raise
-        self._gate.release_when_done(future)
+        self._queue.release_when_done(future)
         return future
 
     async def run(self, owner: str | None, work: Callable[P, T], *args: P.args,
