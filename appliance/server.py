@@ -2,9 +2,10 @@
 
 Models load and warm before the socket opens, so the first request the server accepts is
 served as fast as the hundredth. uvicorn serves through the appliance's own h11 protocol
-(``api/connections.py``: connection cap, header and body deadlines), and trusts proxy headers
-only from ``[server] trusted_proxies``: its default trusts ``X-Forwarded-For`` from loopback,
-which would let any local client pick the address its failed authentications count against.
+(``api/middleware/connections.py``: connection cap, header and body deadlines), and trusts
+proxy headers only from ``[server] trusted_proxies``: its default trusts ``X-Forwarded-For``
+from loopback, which would let any local client pick the address its failed authentications
+count against.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import time
 import uvicorn
 
 from appliance.api.app import create_app
+from appliance.api.bounds import RequestBounds
 from appliance.api.image_files import ImageFiles
-from appliance.api.middleware.connections import EdgeLimits, edge_protocol, ensure_file_limit
+from appliance.api.middleware.connections import EdgeBounds, edge_protocol, ensure_file_limit
 from appliance.api.middleware.drain import DrainingServer, DrainState
-from appliance.api.services import Exposure, Limits, Pricing, Services
+from appliance.api.services import Exposure, Pricing, Services
 from appliance.api.telemetry.metrics import ApplianceMetrics
 from appliance.config import ApplianceConfig
 from appliance.engines.loader import load_catalog
@@ -50,11 +52,11 @@ def serve(config: ApplianceConfig) -> None:
                     per_request={m.id: m.price_per_request for m in config.models},
                     currency=server_config.currency,
                 ),
-                limits=Limits(
+                bounds=RequestBounds(
                     max_body_bytes=server_config.max_body_mb * 1024 * 1024,
                     max_upload_bytes=max((m.max_upload_mb * 1024 * 1024 for m in config.models
                                           if m.kind == "transcription"),
-                                         default=Limits().max_upload_bytes)),
+                                         default=RequestBounds().max_upload_bytes)),
                 image_files=ImageFiles(server_config.data_dir / "images",
                                        ttl_s=server_config.image_url_ttl_s,
                                        public_url=server_config.public_url),
@@ -72,7 +74,7 @@ def serve(config: ApplianceConfig) -> None:
             # log_config=None: uvicorn's lines go through the handler configure_logging set up
             # (text or JSON, with request ids). Its own graceful timeout only has to cancel
             # what outlived our drain (DrainingServer), so it is short.
-            edge = EdgeLimits(max_connections=server_config.max_connections,
+            edge = EdgeBounds(max_connections=server_config.max_connections,
                               header_timeout_s=server_config.header_timeout_s,
                               body_timeout_s=server_config.body_timeout_s)
             ensure_file_limit(edge)

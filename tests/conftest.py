@@ -11,8 +11,9 @@ import openai
 import pytest
 
 from appliance.api.app import create_app
+from appliance.api.bounds import RequestBounds
 from appliance.api.image_files import ImageFiles
-from appliance.api.services import Limits, Pricing, Services
+from appliance.api.services import Pricing, Services
 from appliance.engines.catalog import Catalog
 from tests.fake_audio import FakeTranscriptionEngine
 from tests.fakes import (
@@ -59,7 +60,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[FastStack]:
         ledger=ledger,
         keys=keys,
         pricing=Pricing(per_request={"fake-chat": 0.25, "fake-image": 0.04}, currency="USD"),
-        limits=Limits(max_body_bytes=64 * 1024, max_upload_bytes=2048),
+        bounds=RequestBounds(max_body_bytes=64 * 1024, max_upload_bytes=2048),
         image_files=image_files,
     )
     transport = httpx2.ASGITransport(app=create_app(services))

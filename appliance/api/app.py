@@ -1,14 +1,17 @@
-"""The Starlette application: routes, middleware order and error handlers.
+"""The Starlette application: the route table, the middleware order and the error handlers.
 
 Outer to inner: CORS (only when configured) -> request context (id, durable ledger row,
-catch-all 500) -> drain (503 while shutting down) -> bearer auth -> admission (limits,
-quotas, the key's models) -> router; see ``gatekeeping.py``.
+catch-all 500) -> failed-auth gate (an address over its allowance of 401s gets a quiet 429; a
+URL or head over its bound a 400; every 401 counts) -> drain (503 while shutting down) ->
+bearer auth (unknown, malformed, revoked, expired keys) -> key policy (audience, quota,
+concurrency, rate, "started" row, the key's model list) -> router.
 Engines, ledger and keys arrive through ``Services``; nothing here is module-global, so tests
 build as many apps as they like.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,13 +19,26 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from appliance.api.errors import handle_appliance_error, handle_http_exception
-from appliance.api.gatekeeping import admin_routes, gate_middleware, with_key_scope
 from appliance.api.image_files import sweeping
+from appliance.api.middleware.auth import BearerAuthMiddleware
+from appliance.api.middleware.drain import DrainMiddleware
+from appliance.api.middleware.failed_auth import FailedAuthGate
+from appliance.api.middleware.key_concurrency import KeyConcurrency
+from appliance.api.middleware.key_policy import KeyPolicyMiddleware
+from appliance.api.middleware.key_quota import KeyQuota
+from appliance.api.middleware.key_rate import KeyRate
+from appliance.api.middleware.key_scope import KeyScopedCatalog
+from appliance.api.middleware.request_context import RequestContextMiddleware
+from appliance.api.routes.admin_keys import (
+    create_key,
+    list_keys,
+    retrieve_key,
+    revoke_key,
+    update_key,
+)
 from appliance.api.routes.audio import create_transcription, create_translation
 from appliance.api.routes.chat import create_chat_completion
 from appliance.api.routes.completions import create_completion
@@ -30,32 +46,13 @@ from appliance.api.routes.embeddings import create_embeddings
 from appliance.api.routes.images import IMAGE_FILE_ROUTE, create_image, image_file, not_served
 from appliance.api.routes.key_usage import key_usage
 from appliance.api.routes.models import list_models, retrieve_model
-from appliance.api.routes.openapi import openapi_endpoint
-from appliance.api.routes.ops import metrics
+from appliance.api.routes.ops import health, metrics, openapi_endpoint, ready
+from appliance.api.routes.org_usage import organization_costs, organization_usage
 from appliance.api.routes.web import web_routes
 from appliance.api.services import Services
+from appliance.api.telemetry.metrics import each
 from appliance.api.warmup import warm_request_path
 from appliance.errors import ApplianceError
-
-
-async def health(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
-
-
-async def ready(request: Request) -> Response:
-    """200 once every model is loaded and warm (503 while draining, see shutdown.py). A model
-    failing at run time leaves the others serving: still 200, ``status: "degraded"``, and the
-    failing models named under ``failing``."""
-    services: Services = request.app.state.services
-    models = [info.id for info in services.catalog.models()]
-    failing = services.metrics.health.failing()
-    return JSONResponse({
-        "status": "degraded" if failing else "ready",
-        "models": models,
-        "failing": {model: {"consecutive_failures": f.failures, "since": int(f.since),
-                            "last_error_code": f.last_code}
-                    for model, f in sorted(failing.items())},
-    })
 
 
 def create_app(services: Services) -> Starlette:
@@ -78,12 +75,19 @@ def create_app(services: Services) -> Starlette:
         Route("/files/images/{name}", image_file, methods=["GET"], name=IMAGE_FILE_ROUTE),
         Route("/v1/usage", key_usage, methods=["GET"]),
         *web_routes(),  # the browser playground: outside /v1, served without a key
+        # Admin keys only (the key policy's audience check).
+        Route("/v1/organization/api_keys", list_keys, methods=["GET"]),
+        Route("/v1/organization/api_keys", create_key, methods=["POST"]),
+        Route("/v1/organization/api_keys/{key_id}", retrieve_key, methods=["GET"]),
+        Route("/v1/organization/api_keys/{key_id}", update_key, methods=["POST"]),
+        Route("/v1/organization/api_keys/{key_id}", revoke_key, methods=["DELETE"]),
+        Route("/v1/organization/usage/{kind}", organization_usage, methods=["GET"]),
+        Route("/v1/organization/costs", organization_costs, methods=["GET"]),
     ]
-    routes += admin_routes()
-    services = with_key_scope(services)
+    services = _with_key_scope(services)
     services.metrics.routes.bind(routes)
     services.metrics.health.track(info.id for info in services.catalog.models())
-    middleware = _cors(services.exposure.cors_origins) + gate_middleware(services)
+    middleware = _cors(services.exposure.cors_origins) + _middleware(services)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -102,6 +106,38 @@ def create_app(services: Services) -> Starlette:
     )
     app.state.services = services
     return app
+
+
+def _with_key_scope(services: Services) -> Services:
+    """The services with a catalog that shows each key only its own models."""
+    if isinstance(services.catalog, KeyScopedCatalog):
+        return services
+    return dataclasses.replace(services, catalog=KeyScopedCatalog(services.catalog))
+
+
+def _middleware(services: Services) -> list[Middleware]:
+    """Outer to inner, inside CORS. Needs the services ``_with_key_scope`` returned."""
+    assert isinstance(services.catalog, KeyScopedCatalog)
+    quota = KeyQuota(services.reports, services.pricing.currency, services.wall_clock)
+    return [
+        Middleware(RequestContextMiddleware, ledger=services.ledger, pricing=services.pricing,
+                   commit_wait=services.commit_wait_seconds,
+                   on_final_row=each(quota.charge, services.metrics.observe)),
+        # Before anything that costs: a flooding address is turned away here. Inside the
+        # request context, so its refusals still carry a request id.
+        Middleware(FailedAuthGate, failures=services.auth_failures,
+                   max_url_bytes=services.bounds.max_url_bytes,
+                   max_header_bytes=services.bounds.max_header_bytes),
+        # Inside the request context: a request refused while draining still gets its id
+        # and ledger row.
+        Middleware(DrainMiddleware, state=services.drain),
+        Middleware(BearerAuthMiddleware, keys=services.keys, wall_clock=services.wall_clock),
+        Middleware(KeyPolicyMiddleware,
+                   rate=KeyRate(services.rate_window_seconds, services.clock),
+                   concurrency=KeyConcurrency(), quota=quota, catalog=services.catalog,
+                   ledger=services.ledger, currency=services.pricing.currency,
+                   commit_wait=services.commit_wait_seconds),
+    ]
 
 
 def _cors(origins: tuple[str, ...]) -> list[Middleware]:

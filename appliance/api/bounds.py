@@ -14,12 +14,14 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class RequestBounds:
     # HTTP
+    max_body_bytes: int = 8 * 1024 * 1024  # JSON bodies (413 past it)
+    max_upload_bytes: int = 25 * 1024 * 1024  # audio uploads (the largest any model accepts)
     max_url_bytes: int = 8 * 1024  # path + query; longer is a 400 before routing and auth
     # request line + headers: a 400 before routing (h11 closes a connection whose head grows
     # past it unfinished); also what bounds the number of headers
     max_header_bytes: int = 16 * 1024
     # Chat and legacy completions (checked on the parsed JSON, before validation: see
-    # api/generation_bounds.py; the schemas' own bounds are engines/llm/schema_bounds.py)
+    # api/wire/generation_bounds.py; the schemas' own bounds are engines/llm/schema_bounds.py)
     max_messages: int = 2048
     max_message_chars: int = 1_000_000  # text of one message (all its parts), or one prompt
     max_total_chars: int = 4_000_000  # text of all messages (or prompts) together

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from appliance.api.middleware.key_rate import retry_headers
 from appliance.api.note import RequestNote
 from appliance.errors import (
     ApplianceError,
@@ -25,6 +25,15 @@ from appliance.errors import (
 )
 
 log = logging.getLogger("appliance.api")
+
+
+def retry_headers(retry_after: float) -> dict[str, str]:
+    """``retry-after`` in whole seconds (HTTP), ``retry-after-ms`` for clients that read it
+    (the OpenAI SDKs prefer it), both rounded up so a retry never comes too early."""
+    return {
+        "retry-after": str(max(1, math.ceil(retry_after))),
+        "retry-after-ms": str(max(1, math.ceil(retry_after * 1000))),
+    }
 
 
 def error_response(error: ApplianceError, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -32,7 +32,7 @@ class RequestNote:
     audio_seconds: float = 0.0
     images: int = 0
     # A refusal of an address over its failed-auth allowance: no ledger row, no access line
-    # (auth_failures.py), so a flood from one address cannot grow either.
+    # (middleware/failed_auth.py), so a flood from one address cannot grow either.
     quiet: bool = False
 
     def mark_first_token(self) -> None:

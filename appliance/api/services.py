@@ -66,15 +66,6 @@ class Pricing:
 
 
 @dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 8 * 1024 * 1024  # JSON bodies
-    max_upload_bytes: int = 25 * 1024 * 1024  # audio uploads (the largest any model accepts)
-    rate_window_seconds: float = 60.0  # the "minute" of a key's rpm (tests shorten it)
-    # A response's last byte waits for its ledger row to be on disk, at most this long.
-    commit_wait_seconds: float = 5.0
-
-
-@dataclass(frozen=True)
 class Exposure:
     """How the service faces its network ([server] in models.toml)."""
 
@@ -88,13 +79,15 @@ class Services:
     ledger: LedgerSink
     keys: KeyLookup
     pricing: Pricing = field(default_factory=Pricing)
-    limits: Limits = field(default_factory=Limits)
     bounds: RequestBounds = field(default_factory=RequestBounds)  # sizes and counts of inputs
     image_files: ImageFiles | None = None  # None: no `response_format: "url"` images
     key_admin: KeyAdmin | None = None  # None: the admin key routes answer 404
     reports: LedgerReader | None = None  # None: usage endpoints report nothing, quotas start at 0
     clock: Callable[[], float] = time.monotonic  # rate windows (tests freeze it)
     wall_clock: Callable[[], float] = time.time  # key expiry, calendar months
+    rate_window_seconds: float = 60.0  # the "minute" of a key's rpm (tests shorten it)
+    # A response's last byte waits for its ledger row to be on disk, at most this long.
+    commit_wait_seconds: float = 5.0
     exposure: Exposure = field(default_factory=Exposure)
     metrics: ApplianceMetrics = field(default_factory=ApplianceMetrics)
     auth_failures: FailedAuthLimiter = field(default_factory=FailedAuthLimiter)

@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from appliance.api.app import create_app
 from appliance.api.image_files import ImageFiles
-from appliance.api.middleware.connections import EdgeLimits, edge_protocol
+from appliance.api.middleware.connections import EdgeBounds, edge_protocol
 from appliance.api.middleware.failed_auth import FailedAuthLimiter
 from appliance.api.middleware.request_context import RECORDED_PATH_CHARS
 from appliance.api.services import Services
@@ -364,7 +364,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serving(limits: EdgeLimits, tls_dir: Path | None = None) -> Iterator[Running]:
+def serving(limits: EdgeBounds, tls_dir: Path | None = None) -> Iterator[Running]:
     """uvicorn with the edge protocol in a thread, serving GET /hello and POST /upload."""
     app = Starlette(routes=[Route("/hello", _hello), Route("/health", _hello),
                             Route("/upload", _upload, methods=["POST"])])
@@ -408,7 +408,7 @@ def _get(running: Running) -> httpx2.Response:
     return httpx2.get(f"http://127.0.0.1:{running.port}/hello", timeout=5)
 
 
-FAST = EdgeLimits(max_connections=8, header_timeout_s=0.5, body_timeout_s=0.5)
+FAST = EdgeBounds(max_connections=8, header_timeout_s=0.5, body_timeout_s=0.5)
 
 
 def test_headers_that_trickle_are_cut_at_the_deadline_while_others_are_served() -> None:
@@ -456,7 +456,7 @@ def test_a_stalled_body_is_cut_and_the_app_sees_the_client_gone() -> None:
 
 
 def test_past_the_cap_a_503_with_retry_after_and_past_twice_the_cap_a_close() -> None:
-    with serving(EdgeLimits(max_connections=3, header_timeout_s=1.0)) as running:
+    with serving(EdgeBounds(max_connections=3, header_timeout_s=1.0)) as running:
         idle = [running.connect() for _ in range(3)]
         time.sleep(0.1)
         over = running.connect()

@@ -18,7 +18,7 @@ import pytest
 
 from appliance.api.app import create_app
 from appliance.api.bounds import RequestBounds
-from appliance.api.services import Limits, Services
+from appliance.api.services import Services
 from appliance.api.wire.tools import tool_use
 from appliance.engines.base import OutputFormat, ToolSpec, ToolUse
 from appliance.engines.catalog import Catalog
@@ -33,7 +33,8 @@ from tests.fakes import FakeChatEngine, FakeEmbeddingEngine, FakeImageEngine, Li
 
 USER = [{"role": "user", "content": "Hi"}]
 CHAT = {"model": "gpt-4o-mini", "messages": USER}
-SMALL = RequestBounds(max_messages=8, max_message_chars=100, max_total_chars=250,
+SMALL = RequestBounds(max_body_bytes=1024 * 1024,
+                      max_messages=8, max_message_chars=100, max_total_chars=250,
                       max_message_parts=10, max_tools=4, max_tool_schema_bytes=400,
                       max_response_schema_bytes=400, max_stop_chars=8, max_prompts=3,
                       max_prompt_token_ids=20, max_choice_tokens=100, max_logit_bias=3,
@@ -57,7 +58,7 @@ async def http(tmp_path: Path) -> AsyncIterator[httpx2.AsyncClient]:
                             [(FakeEmbeddingEngine(), ("text-embedding-3-small",))],
                             image=[(FakeImageEngine(), ("dall-e-2",))]),
             ledger=ListLedger(), keys=keys, key_admin=keys,
-            limits=Limits(max_body_bytes=1024 * 1024), bounds=SMALL)
+            bounds=SMALL)
         user, admin = keys.create("tester")[1], keys.create("ops", admin=True)[1]
         client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=create_app(services)),
                                     base_url="http://appliance.test",

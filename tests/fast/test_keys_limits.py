@@ -23,7 +23,7 @@ import pytest
 from appliance.api.app import create_app
 from appliance.api.middleware.key_rate import go_duration
 from appliance.api.middleware.key_scope import KeyScopedCatalog
-from appliance.api.services import Limits, Pricing, Services
+from appliance.api.services import Pricing, Services
 from appliance.engines.base import CancelToken, ChatEvent, ChatParams
 from appliance.engines.catalog import Catalog
 from appliance.ledger import KeyLimits, KeyStore, LedgerReports, LedgerWriter, RequestRecord
@@ -64,7 +64,7 @@ class Appliance:
             ledger=self.ledger, keys=self.keys, key_admin=self.keys,
             reports=LedgerReports(self.path / "ledger.sqlite"),
             pricing=Pricing(per_request={"fake-chat": 0.25}, currency="USD"),
-            limits=Limits(rate_window_seconds=self.window), clock=lambda: self.clock[0],
+            rate_window_seconds=self.window, clock=lambda: self.clock[0],
         )
         http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=create_app(services)),
                                   base_url="http://appliance.test")

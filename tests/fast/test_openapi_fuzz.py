@@ -34,8 +34,9 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from appliance.api.app import create_app
+from appliance.api.bounds import RequestBounds
 from appliance.api.image_files import ImageFiles
-from appliance.api.services import Limits, Pricing, Services
+from appliance.api.services import Pricing, Services
 from appliance.engines.catalog import Catalog
 from appliance.ledger import KeyStore, LedgerReports, LedgerWriter
 from tests.fake_audio import FakeTranscriptionEngine
@@ -77,8 +78,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
             ledger=ledger, keys=keys, key_admin=keys,
             reports=LedgerReports(tmp_path / "ledger.sqlite"),
             pricing=Pricing(per_request={"fake-chat": 0.25}, currency="USD"),
-            limits=Limits(max_body_bytes=256 * 1024, max_upload_bytes=64 * 1024,
-                          commit_wait_seconds=0.5),
+            bounds=RequestBounds(max_body_bytes=256 * 1024, max_upload_bytes=64 * 1024),
+            commit_wait_seconds=0.5,
             image_files=ImageFiles(tmp_path / "images"),
         )
         user = keys.create("fuzz")[1]

@@ -2,7 +2,7 @@
 
 Missing, malformed, unknown, revoked and expired keys get OpenAI's 401 (the SDKs raise
 AuthenticationError) with a message that says which. Every 401 counts against the client's
-address (``auth_failures.FailedAuthGate``, which runs first): past the allowance, that
+address (``failed_auth.FailedAuthGate``, which runs first): past the allowance, that
 address gets 429s. Each request looks its key up in SQLite, off the event loop (an indexed
 read of one row; there is no cache), so a key revoked or changed through the admin API or
 the CLI is refused from the very next request.

@@ -34,8 +34,7 @@ import h11
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from appliance.api.errors import error_response
-from appliance.api.middleware.key_rate import retry_headers
+from appliance.api.errors import error_response, retry_headers
 from appliance.api.telemetry.logs import Throttle
 from appliance.errors import Overloaded
 
@@ -50,7 +49,7 @@ ALWAYS_ANSWERED = ("/health",)
 
 
 @dataclass(frozen=True)
-class EdgeLimits:
+class EdgeBounds:
     max_connections: int = 512
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
@@ -70,14 +69,14 @@ class _EdgeLog:
             log.warning(message + suffix, *args)
 
 
-def edge_protocol(limits: EdgeLimits) -> type[H11Protocol]:
-    """uvicorn's h11 protocol class with ``limits`` (pass it as ``uvicorn.Config(http=...)``).
+def edge_protocol(bounds: EdgeBounds) -> type[H11Protocol]:
+    """uvicorn's h11 protocol class with ``bounds`` (pass it as ``uvicorn.Config(http=...)``).
 
     A class per server: what its connections share (the log throttles) lives in this closure,
     not in a module global.
     """
     edge_log = _EdgeLog()
-    hard_cap = 2 * limits.max_connections
+    hard_cap = 2 * bounds.max_connections
 
     def over_capacity(app: ASGIApp) -> ASGIApp:
         async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
@@ -89,7 +88,7 @@ def edge_protocol(limits: EdgeLimits) -> type[H11Protocol]:
 
     async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
         error = Overloaded(
-            f"The server has more than {limits.max_connections} connections open (its "
+            f"The server has more than {bounds.max_connections} connections open (its "
             "max_connections); retry shortly.", retry_after=_RETRY_AFTER_S)
         headers = {**retry_headers(_RETRY_AFTER_S), "connection": "close",
                    "x-content-type-options": "nosniff"}
@@ -106,12 +105,12 @@ def edge_protocol(limits: EdgeLimits) -> type[H11Protocol]:
             open_now = len(self.connections)
             if open_now > hard_cap:
                 edge_log.note("hard_cap", "%d connections open: closing new ones unanswered "
-                              "(max_connections = %d)", open_now, limits.max_connections)
+                              "(max_connections = %d)", open_now, bounds.max_connections)
                 transport.close()
                 return
-            if open_now > limits.max_connections:
+            if open_now > bounds.max_connections:
                 edge_log.note("cap", "%d connections open: answering new ones with 503 "
-                              "(max_connections = %d)", open_now, limits.max_connections)
+                              "(max_connections = %d)", open_now, bounds.max_connections)
                 self.app = over_capacity(self.app)
             self._watch(data_arrived=False)
 
@@ -135,10 +134,10 @@ def edge_protocol(limits: EdgeLimits) -> type[H11Protocol]:
             state = self.conn.their_state
             if state is h11.IDLE:  # waiting for (the rest of) a request's headers
                 if self._phase != "headers":
-                    self._arm("headers", limits.header_timeout_s, self._headers_late)
+                    self._arm("headers", bounds.header_timeout_s, self._headers_late)
             elif state is h11.SEND_BODY:
                 if self._phase != "body" or data_arrived:
-                    self._arm("body", limits.body_timeout_s, self._body_stalled)
+                    self._arm("body", bounds.body_timeout_s, self._body_stalled)
             else:  # the request is in: the app takes as long as it takes
                 self._cancel()
 
@@ -158,7 +157,7 @@ def edge_protocol(limits: EdgeLimits) -> type[H11Protocol]:
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 edge_log.note("headers", "closed a connection from %s: its request headers "
                               "were not complete within %gs", _peer(self.client),
-                              limits.header_timeout_s)
+                              bounds.header_timeout_s)
                 self.transport.close()
 
         def _body_stalled(self) -> None:
@@ -166,10 +165,10 @@ def edge_protocol(limits: EdgeLimits) -> type[H11Protocol]:
             if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
                 return
             if self.flow.read_paused:  # the app is behind, not the client
-                self._arm("body", limits.body_timeout_s, self._body_stalled)
+                self._arm("body", bounds.body_timeout_s, self._body_stalled)
                 return
             edge_log.note("body", "closed a connection from %s: its request body paused "
-                          "for over %gs", _peer(self.client), limits.body_timeout_s)
+                          "for over %gs", _peer(self.client), bounds.body_timeout_s)
             self.transport.close()
 
     return EdgeProtocol
@@ -188,14 +187,14 @@ def _peer(client: tuple[str, int] | None) -> str:
     return f"{client[0]}:{client[1]}" if client else "an unknown address"
 
 
-def ensure_file_limit(limits: EdgeLimits) -> None:
+def ensure_file_limit(bounds: EdgeBounds) -> None:
     """Raises the process's soft limit on open files so that twice the connection cap (and
     the models, the ledger and the logs) fit; warns when the hard limit does not allow it."""
     try:
         import resource
     except ImportError:  # not on this platform (Windows): nothing to raise
         return
-    needed = 2 * limits.max_connections + _OTHER_FILES
+    needed = 2 * bounds.max_connections + _OTHER_FILES
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return
@@ -204,4 +203,4 @@ def ensure_file_limit(limits: EdgeLimits) -> None:
     if target < needed:
         log.warning("open-file limit %d is below the %d that max_connections = %d needs; "
                     "lower max_connections or raise the limit (ulimit -n)", target, needed,
-                    limits.max_connections)
+                    bounds.max_connections)

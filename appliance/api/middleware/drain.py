@@ -25,8 +25,7 @@ from types import FrameType
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from appliance.api.errors import error_frame, error_response
-from appliance.api.middleware.key_rate import retry_headers
+from appliance.api.errors import error_frame, error_response, retry_headers
 from appliance.api.note import RequestNote
 from appliance.api.wire.sse import DONE, SSE_MEDIA_TYPE
 from appliance.errors import ServiceUnavailable

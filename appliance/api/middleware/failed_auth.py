@@ -30,8 +30,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from appliance.api.errors import error_response
-from appliance.api.middleware.key_rate import retry_headers
+from appliance.api.errors import error_response, retry_headers
 from appliance.api.note import RequestNote
 from appliance.api.telemetry.logs import Throttle
 from appliance.errors import InvalidRequest, RateLimited

@@ -1,25 +1,23 @@
-"""Admission: what an authenticated key may do, checked before a /v1 request runs.
+"""A key's policy: what an authenticated key may do, checked before a /v1 request runs.
 
 In order: the route's audience (admin keys manage keys and read usage, other keys call
-models; the wrong one is a 403), the key's month (quota and budget: a permanent 429 with
-``x-should-retry: false``), its concurrency and its rate (transient 429s with ``retry-after``).
-An admitted request gets a durable "started" ledger row, its key's model list for the
-catalog, and ``x-ratelimit-*-requests`` headers on its response (keys with an rpm limit: every
-response, refusals included).
+models; the wrong one is a 403), the key's month (quota and budget, ``key_quota``: a
+permanent 429 with ``x-should-retry: false``), its concurrency (``key_concurrency``) and its
+rate (``key_rate``; transient 429s with ``retry-after``). A request that passes gets a
+durable "started" ledger row, its key's model list for the catalog (``key_scope``), and
+``x-ratelimit-*-requests`` headers on its response (keys with an rpm limit: every response,
+refusals included). (The engines' schedulers have an admission of their own: which queued
+request gets a slot. This is not it.)
 """
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from appliance.api.errors import error_response
-from appliance.api.middleware.key_quota import QuotaBook
-from appliance.api.middleware.key_rate import (
-    ConcurrencyGate,
-    RateLimitedWithState,
-    RequestRate,
-    retry_headers,
-)
+from appliance.api.errors import error_response, retry_headers
+from appliance.api.middleware.key_concurrency import KeyConcurrency
+from appliance.api.middleware.key_quota import KeyQuota
+from appliance.api.middleware.key_rate import KeyRate, RateLimitedWithState
 from appliance.api.middleware.key_scope import KeyScopedCatalog
 from appliance.api.middleware.request_context import commit_row, ledger_row
 from appliance.api.note import RequestNote
@@ -30,13 +28,13 @@ from appliance.ledger import KeyRecord
 ADMIN_PREFIX = "/v1/organization/"
 
 
-class AdmissionMiddleware:
-    def __init__(self, app: ASGIApp, *, rate: RequestRate, gate: ConcurrencyGate,
-                 quota: QuotaBook, catalog: KeyScopedCatalog, ledger: LedgerSink,
+class KeyPolicyMiddleware:
+    def __init__(self, app: ASGIApp, *, rate: KeyRate, concurrency: KeyConcurrency,
+                 quota: KeyQuota, catalog: KeyScopedCatalog, ledger: LedgerSink,
                  currency: str, commit_wait: float, protected_prefix: str = "/v1"):
         self.app = app
         self.rate = rate
-        self.gate = gate
+        self.concurrency = concurrency
         self.quota = quota
         self.catalog = catalog
         self.ledger = ledger
@@ -56,8 +54,8 @@ class AdmissionMiddleware:
             await self._refuse(note, wrong_audience, {}, scope, receive, send)
             return
         try:
-            count_month = await self.quota.admit(key)
-            self.gate.enter(key)
+            count_month = await self.quota.check(key)
+            self.concurrency.enter(key)
         except InsufficientQuota as error:
             # Permanent until the month turns or the limit is raised: tell the SDKs not to retry.
             headers = {"x-should-retry": "false", **_rate_headers(self.rate, key)}
@@ -69,7 +67,7 @@ class AdmissionMiddleware:
             return
         try:
             try:
-                rate_state = self.rate.admit(key)
+                rate_state = self.rate.take(key)
             except RateLimitedWithState as error:
                 headers = {**error.state.headers(), **retry_headers(error.retry_after)}
                 await self._refuse(note, error, headers, scope, receive, send)
@@ -79,7 +77,7 @@ class AdmissionMiddleware:
             extra = rate_state.headers() if rate_state is not None else {}
             await self._run(key, note, extra, scope, receive, send)
         finally:
-            self.gate.leave(key)
+            self.concurrency.leave(key)
 
     async def _run(self, key: KeyRecord, note: RequestNote, extra: dict[str, str],
                    scope: Scope, receive: Receive, send: Send) -> None:
@@ -105,7 +103,7 @@ class AdmissionMiddleware:
         await error_response(error, headers)(scope, receive, send)
 
 
-def _rate_headers(rate: RequestRate, key: KeyRecord) -> dict[str, str]:
+def _rate_headers(rate: KeyRate, key: KeyRecord) -> dict[str, str]:
     state = rate.peek(key)
     return state.headers() if state is not None else {}
 

@@ -3,8 +3,9 @@
 Owns the month-to-date counters of keys that have a monthly limit. The first request of such
 a key in a month reads the key's month so far from the ledger (off the event loop; concurrent
 requests of the key wait for that one read); from then on the counters live in memory: a
-request is counted when admitted, its price when its final ledger row is written. A month
-that is used up is a permanent refusal (``insufficient_quota``), so the SDKs do not retry.
+request is counted once it passes every check of its key's policy, its price when its final
+ledger row is written. A month that is used up is a permanent refusal
+(``insufficient_quota``), so the SDKs do not retry.
 
 Spending is checked before a request runs, and its price is known only after it ends, so a
 budget can be overrun by the price of the requests already in flight when it runs out.
@@ -45,7 +46,7 @@ def _next_month(start: float) -> str:
     return following.strftime("%Y-%m-%d 00:00 UTC")
 
 
-class QuotaBook:
+class KeyQuota:
     def __init__(self, reader: MonthReader | None, currency: str,
                  wall_clock: Callable[[], float]):
         self._reader = reader
@@ -54,7 +55,7 @@ class QuotaBook:
         self._months: dict[tuple[str, float], _Month] = {}
         self._loading: dict[tuple[str, float], anyio.Event] = {}
 
-    async def admit(self, key: KeyRecord) -> Callable[[], None] | None:
+    async def check(self, key: KeyRecord) -> Callable[[], None] | None:
         """Raises InsufficientQuota when ``key``'s month is used up. Otherwise returns the
         function that counts the request (call it once every other check has passed), or
         None for a key without monthly limits."""

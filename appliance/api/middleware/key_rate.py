@@ -1,11 +1,11 @@
-"""Per-key request rate and concurrency limits, and OpenAI's ``x-ratelimit-*`` headers.
+"""A key's request rate (its ``rpm``), and OpenAI's ``x-ratelimit-*-requests`` headers.
 
 Owns the in-memory counters (one server process serves a ledger, so memory is the truth for
 what happened in the last minute). Checks and counts happen on the event loop with no await
 in between, so concurrent requests cannot both take the last slot.
 
-The rate is a sliding window: a key with ``rpm`` N is admitted when fewer than N of its
-requests were admitted in the last ``window`` seconds; the refusal says exactly when the
+The rate is a sliding window: a key with ``rpm`` N may start a request when fewer than N of
+its requests started in the last ``window`` seconds; the refusal says exactly when the
 oldest of them leaves the window (``retry-after``), so the SDKs' automatic retry waits the
 right time.
 """
@@ -47,34 +47,25 @@ def go_duration(seconds: float) -> str:
     return f"{int(minutes)}m{text}" if minutes else text
 
 
-def retry_headers(retry_after: float) -> dict[str, str]:
-    """``retry-after`` in whole seconds (HTTP), ``retry-after-ms`` for clients that read it
-    (the OpenAI SDKs prefer it), both rounded up so a retry never comes too early."""
-    return {
-        "retry-after": str(max(1, math.ceil(retry_after))),
-        "retry-after-ms": str(max(1, math.ceil(retry_after * 1000))),
-    }
-
-
-class RequestRate:
+class KeyRate:
     """Sliding-window request counts per key."""
 
     def __init__(self, window: float, clock: Callable[[], float]):
         self._window = window
         self._clock = clock
-        self._admitted: dict[str, deque[float]] = {}
+        self._started: dict[str, deque[float]] = {}
 
-    def admit(self, key: KeyRecord) -> RateState | None:
+    def take(self, key: KeyRecord) -> RateState | None:
         """Counts one request of ``key``; None for a key without an rpm limit.
 
         Raises RateLimited (with the state in ``state``) when the window is full.
         """
         limit = key.limits.rpm
         if limit is None:
-            self._admitted.pop(key.id, None)
+            self._started.pop(key.id, None)
             return None
         now = self._clock()
-        times = self._admitted.setdefault(key.id, deque())
+        times = self._started.setdefault(key.id, deque())
         while times and times[0] <= now - self._window:
             times.popleft()
         if len(times) >= limit:
@@ -93,7 +84,7 @@ class RequestRate:
     def peek(self, key: KeyRecord) -> RateState | None:
         """The state without counting a request (for responses refused for another reason)."""
         limit = key.limits.rpm
-        times = self._admitted.get(key.id)
+        times = self._started.get(key.id)
         if limit is None:
             return None
         if not times:
@@ -110,30 +101,3 @@ class RateLimitedWithState(RateLimited):
     def __init__(self, message: str, *, retry_after: float, state: RateState):
         super().__init__(message, retry_after=retry_after)
         self.state = state
-
-
-class ConcurrencyGate:
-    """Requests in flight per key, for ``max_concurrent``."""
-
-    def __init__(self) -> None:
-        self._in_flight: dict[str, int] = {}
-
-    def enter(self, key: KeyRecord) -> None:
-        limit = key.limits.max_concurrent
-        current = self._in_flight.get(key.id, 0)
-        if limit is not None and current >= limit:
-            # When a running request ends is unknown; a second is a fair first guess and the
-            # SDKs back off further on repeated refusals.
-            raise RateLimited(
-                f"Too many concurrent requests for key {key.name!r}: limit {limit}. "
-                "Please retry when one of them has finished.",
-                retry_after=1.0,
-            )
-        self._in_flight[key.id] = current + 1
-
-    def leave(self, key: KeyRecord) -> None:
-        left = self._in_flight.get(key.id, 1) - 1
-        if left > 0:
-            self._in_flight[key.id] = left
-        else:
-            self._in_flight.pop(key.id, None)

@@ -6,14 +6,14 @@ row says ``cancelled``.
 
 The final row is written before the response's last byte is sent, and the last byte waits
 until the row is committed (``commit_row``): a client that got a complete response can count
-on its row surviving a crash of the server a moment later. The admission middleware writes a
+on its row surviving a crash of the server a moment later. The key-policy middleware writes a
 "started" row the same way before a request runs, so a crash mid-request leaves evidence that
 the next start marks "interrupted".
 
 What the row and the access line keep of the client's path is bounded: its first
 ``RECORDED_PATH_CHARS`` characters, control characters escaped (a 401 row needs the route
 that was knocked on, not a 60,000-character path). Refusals the failed-auth gate marks quiet
-get neither (``auth_failures.py``). Every response says ``X-Content-Type-Options: nosniff``:
+get neither (``failed_auth.py``). Every response says ``X-Content-Type-Options: nosniff``:
 a browser must not guess a type for an image file or an error body.
 """
 
@@ -111,7 +111,7 @@ class RequestContextMiddleware:
             path=shown(scope["path"], RECORDED_PATH_CHARS),
         )
         scope.setdefault("state", {})["note"] = note
-        # Every line logged while this request runs names it (logging_setup.RequestIdFilter).
+        # Every line logged while this request runs names it (telemetry/logs.RequestIdFilter).
         id_token = CURRENT_REQUEST_ID.set(note.request_id)
         ledgered = scope["path"].startswith("/v1")
         status = 0

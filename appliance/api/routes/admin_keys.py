@@ -127,7 +127,7 @@ def _check_future(services: Services, expires_at: int | None) -> None:
 
 async def create_key(request: Request) -> Response:
     services, keys = _admin(request)
-    body = await parse_json(request, CreateKey, services.limits.max_body_bytes)
+    body = await parse_json(request, CreateKey, services.bounds.max_body_bytes)
     _check_future(services, body.expires_at)
     limits = KeyLimits(
         models=_canonical_models(services, body.models), rpm=body.rpm,
@@ -151,7 +151,7 @@ async def retrieve_key(request: Request) -> Response:
 async def update_key(request: Request) -> Response:
     services, keys = _admin(request)
     record = await _find(keys, request.path_params["key_id"])
-    body = await parse_json(request, KeyFields, services.limits.max_body_bytes)
+    body = await parse_json(request, KeyFields, services.bounds.max_body_bytes)
     changes: dict[str, Any] = {}
     for name in body.model_fields_set:
         value = getattr(body, name)

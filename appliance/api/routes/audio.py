@@ -43,7 +43,7 @@ async def create_translation(request: Request) -> Response:
 async def _serve(request: Request, task: Task) -> Response:
     services: Services = request.app.state.services
     note: RequestNote = request.scope["state"]["note"]
-    form = await read_form(request, services.limits.max_upload_bytes)
+    form = await read_form(request, services.bounds.max_upload_bytes)
     handed_to_stream = False
     try:
         audio = to_audio_request(form, task)

@@ -23,6 +23,11 @@ from appliance.api.note import RequestNote
 from appliance.api.routes.disconnect import ClientGone, unless_disconnected
 from appliance.api.services import Services
 from appliance.api.wire.chat import ChatCompletionRequest, to_chat_params
+from appliance.api.wire.generation import (
+    SYSTEM_FINGERPRINT,
+    token_usage_json,
+    total_token_usage,
+)
 from appliance.api.wire.generation_bounds import check_chat, check_choice_tokens
 from appliance.api.wire.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
 from appliance.api.wire.validation import parse_json
@@ -38,23 +43,6 @@ from appliance.engines.base import (
     Usage,
 )
 from appliance.errors import EngineFailure
-
-SYSTEM_FINGERPRINT = "fp_appliance"
-
-
-def usage_json(usage: Usage) -> dict[str, Any]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": 0,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
 
 
 class _Identity:
@@ -118,7 +106,7 @@ def _note(request: Request) -> RequestNote:
     return note
 
 
-def _record_usage(note: RequestNote, usage: Usage) -> None:
+def _record_tokens(note: RequestNote, usage: Usage) -> None:
     note.prompt_tokens = usage.prompt_tokens
     note.completion_tokens = usage.completion_tokens
     note.cached_tokens = usage.cached_tokens
@@ -128,7 +116,7 @@ async def create_chat_completion(request: Request) -> Response:
     services: Services = request.app.state.services
     note = _note(request)
     bounds = services.bounds
-    body = await parse_json(request, ChatCompletionRequest, services.limits.max_body_bytes,
+    body = await parse_json(request, ChatCompletionRequest, services.bounds.max_body_bytes,
                             lambda data: check_chat(data, bounds))
     note.stream = bool(body.stream)
     engine = services.catalog.chat(body.model)
@@ -183,13 +171,6 @@ def logprobs_json(entries: Iterable[TokenLogprob]) -> dict[str, Any]:
                         for e in entries], "refusal": None}
 
 
-def total_usage(finishes: list[Finish]) -> Usage:
-    """Every choice read the same prompt once; completion tokens add up across choices."""
-    first = min(finishes, key=lambda finish: finish.index).usage
-    return Usage(first.prompt_tokens, sum(f.usage.completion_tokens for f in finishes),
-                 first.cached_tokens)
-
-
 def _message(text: str, calls: list[dict[str, Any]], shape: _CallShape) -> dict[str, Any]:
     # OpenAI's content is null when the assistant only called tools.
     content = None if calls and not text.strip() else text
@@ -224,8 +205,8 @@ async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken
         cancel.cancel()
     if not finishes:
         raise EngineFailure("The engine stopped without finishing the completion.")
-    usage = total_usage(list(finishes.values()))
-    _record_usage(note, usage)
+    usage = total_token_usage(list(finishes.values()))
+    _record_tokens(note, usage)
     return JSONResponse({
         "id": identity.id,
         "object": "chat.completion",
@@ -239,7 +220,7 @@ async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken
             "logprobs": logprobs_json(logprobs.get(index, [])) if wants_logprobs else None,
             "finish_reason": shape.finish_reason(finishes[index].reason),
         } for index in sorted(finishes)],
-        "usage": usage_json(usage),
+        "usage": token_usage_json(usage),
     })
 
 
@@ -279,12 +260,12 @@ async def _stream(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
                                                with_usage=include_usage))
                 elif isinstance(event, Finish):
                     finishes.append(event)
-                    _record_usage(note, total_usage(finishes))
+                    _record_tokens(note, total_token_usage(finishes))
                     yield frame(identity.chunk(
                         [choice(event.index, {}, shape.finish_reason(event.reason))],
                         with_usage=include_usage))
         if include_usage and finishes:
-            yield frame(identity.chunk([], usage_json(total_usage(finishes)), True))
+            yield frame(identity.chunk([], token_usage_json(total_token_usage(finishes)), True))
     except Exception as exc:
         yield mid_stream_failure(note, exc, "generating the completion")
     finally:

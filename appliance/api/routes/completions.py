@@ -23,10 +23,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from appliance.api.bounds import RequestBounds
 from appliance.api.errors import mid_stream_failure
 from appliance.api.note import RequestNote
-from appliance.api.routes.chat import SYSTEM_FINGERPRINT, total_usage, usage_json
 from appliance.api.routes.disconnect import ClientGone, unless_disconnected
 from appliance.api.services import Services
-from appliance.api.wire.generation import GenerationFields, check_stream_options, stops, to_sampling
+from appliance.api.wire.generation import (
+    SYSTEM_FINGERPRINT,
+    GenerationFields,
+    check_stream_options,
+    stops,
+    to_sampling,
+    token_usage_json,
+    total_token_usage,
+)
 from appliance.api.wire.generation_bounds import check_choice_tokens, check_completion
 from appliance.api.wire.inputs import texts_or_token_lists
 from appliance.api.wire.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
@@ -172,7 +179,7 @@ class _LegacyLogprobs:
 
 
 def _usage(prompt_tokens: int, finishes: list[Finish]) -> Usage:
-    completion = total_usage(finishes).completion_tokens if finishes else 0
+    completion = total_token_usage(finishes).completion_tokens if finishes else 0
     cached = sum(f.usage.cached_tokens for f in finishes if f.index == 0)
     return Usage(prompt_tokens, completion, cached)
 
@@ -181,7 +188,7 @@ async def create_completion(request: Request) -> Response:
     services: Services = request.app.state.services
     note: RequestNote = request.scope["state"]["note"]
     bounds = services.bounds
-    body = await parse_json(request, CompletionRequest, services.limits.max_body_bytes,
+    body = await parse_json(request, CompletionRequest, services.bounds.max_body_bytes,
                             lambda data: check_completion(data, bounds))
     note.stream = bool(body.stream)
     engine = services.catalog.chat(body.model)
@@ -250,7 +257,7 @@ async def _complete(generators: list[AsyncGenerator[ChatEvent, None]], cancel: _
                        finishes[i].reason,
                        _LegacyLogprobs(0).take(logprobs.get(i, []))
                        if completion.logprobs else None) for i in sorted(finishes)]
-    return JSONResponse(completion.body(choices, usage=usage_json(usage)))
+    return JSONResponse(completion.body(choices, usage=token_usage_json(usage)))
 
 
 async def _stream(generators: list[AsyncGenerator[ChatEvent, None]], cancel: _CancelAll,
@@ -280,7 +287,8 @@ async def _stream(generators: list[AsyncGenerator[ChatEvent, None]], cancel: _Ca
                 yield frame(completion.body(
                     [_choice(completion.index(prompt, event.index), "", event.reason)], **extra))
         if include_usage:
-            yield frame(completion.body([], usage=usage_json(_usage(prompt_tokens, finishes))))
+            usage = _usage(prompt_tokens, finishes)
+            yield frame(completion.body([], usage=token_usage_json(usage)))
     except Exception as exc:
         yield mid_stream_failure(note, exc, "generating the completion")
     finally:

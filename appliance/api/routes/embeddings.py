@@ -51,7 +51,7 @@ def _encoded(vector: list[float], encoding: str) -> list[float] | str:
 async def create_embeddings(request: Request) -> Response:
     services: Services = request.app.state.services
     note: RequestNote = request.scope["state"]["note"]
-    body = await parse_json(request, EmbeddingRequest, services.limits.max_body_bytes)
+    body = await parse_json(request, EmbeddingRequest, services.bounds.max_body_bytes)
     engine = services.catalog.embedding(body.model)
     note.model = engine.info.id
     if body.dimensions is not None and body.dimensions > engine.dimensions:

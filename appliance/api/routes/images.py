@@ -1,11 +1,11 @@
 """POST /v1/images/generations: OpenAI's ImagesResponse, with base64 images or URLs.
 
-The body is validated and translated (``images_wire``) before anything is queued; the engine
+The body is validated and translated (``wire/images``) before anything is queued; the engine
 works off the event loop; encoding and file writes run in a worker thread. A client that
 leaves while its images are being made stops the work at the next denoising step (the row
 says ``cancelled``, not charged). /v1/images/edits and /v1/images/variations answer a 400
 saying they are not served. GET /files/images/{name} serves the files behind ``url`` responses
-(``images_files``): outside /v1, so fetching a URL takes no key.
+(``image_files``): outside /v1, so fetching a URL takes no key.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _usage(prompt_tokens: int) -> dict[str, Any]:
 async def create_image(request: Request) -> Response:
     services: Services = request.app.state.services
     note: RequestNote = request.scope["state"]["note"]
-    body = await parse_json(request, ImageGenerationRequest, services.limits.max_body_bytes)
+    body = await parse_json(request, ImageGenerationRequest, services.bounds.max_body_bytes)
     engine = _engine(services, body.model)
     note.model = engine.info.id
     check_unserved(body)

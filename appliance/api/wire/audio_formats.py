@@ -22,7 +22,8 @@ class Transcript:
         return "".join(segment.text for segment in self.segments).strip()
 
 
-def usage_json(seconds: float) -> dict[str, Any]:
+def duration_usage_json(seconds: float) -> dict[str, Any]:
+    """OpenAI's ``usage`` object of a transcription: the seconds of audio it heard."""
     return {"type": "duration", "seconds": round(seconds, 3)}
 
 
@@ -64,7 +65,7 @@ def verbose_json(transcript: Transcript, granularities: tuple[str, ...]) -> dict
         body["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end}
                          for s in transcript.segments for w in s.words]
     if transcript.task == "transcribe":
-        body["usage"] = usage_json(transcript.started.duration)
+        body["usage"] = duration_usage_json(transcript.started.duration)
     return body
 
 
@@ -81,4 +82,4 @@ def render(transcript: Transcript, response_format: str,
     if transcript.task == "translate":
         return JSONResponse({"text": transcript.text})  # OpenAI's translation JSON: text only
     return JSONResponse({"text": transcript.text,
-                         "usage": usage_json(transcript.started.duration)})
+                         "usage": duration_usage_json(transcript.started.duration)})

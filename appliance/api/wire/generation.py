@@ -1,19 +1,21 @@
-"""Request fields every text-generation resource shares (chat and legacy completions), and
-their one translation into the engine's Sampling.
+"""Request fields every text-generation resource shares (chat and legacy completions), their
+one translation into the engine's Sampling, and the response pieces both send alike (the
+system fingerprint, the token ``usage`` object).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from appliance.engines.base import Sampling
+from appliance.engines.base import Finish, Sampling, Usage
 from appliance.errors import InvalidRequest
 
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 16
 MAX_TOP_K = 2**31 - 1  # llama.cpp takes an int32; any k past the vocabulary keeps every token
+SYSTEM_FINGERPRINT = "fp_appliance"
 
 
 class StreamOptions(BaseModel):
@@ -89,3 +91,26 @@ def to_sampling(body: GenerationFields) -> Sampling:
         repeat_penalty=body.repeat_penalty or 1.0,
         logit_bias=_logit_bias(body.logit_bias),
     )
+
+
+def token_usage_json(usage: Usage) -> dict[str, Any]:
+    """OpenAI's ``usage`` object of a chat or legacy completion: its token counts."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def total_token_usage(finishes: list[Finish]) -> Usage:
+    """Every choice read the same prompt once; completion tokens add up across choices."""
+    first = min(finishes, key=lambda finish: finish.index).usage
+    return Usage(first.prompt_tokens, sum(f.usage.completion_tokens for f in finishes),
+                 first.cached_tokens)

@@ -1,9 +1,10 @@
 """OpenAI's tool fields on the wire: ``tools``, ``tool_choice``, ``parallel_tool_calls``, the
 legacy ``functions`` / ``function_call``, and tool turns in the history.
 
-Legacy functions become tools here (and the response maps back, see chat.py), so the engine
-knows one kind of tool. Every malformed field is a 400 naming it, as OpenAI does. Their count
-and sizes were bounded before validation (generation_bounds.py); each pass here is linear.
+Legacy functions become tools here (and the response maps back, see routes/chat.py), so the
+engine knows one kind of tool. Every malformed field is a 400 naming it, as OpenAI does. Their
+count and sizes were bounded before validation (generation_bounds.py); each pass here is
+linear.
 """
 
 from __future__ import annotations
