@@ -3,7 +3,7 @@
 Outer to inner: CORS (only when configured) -> request context (id, durable ledger row,
 catch-all 500) -> failed-auth gate (an address over its allowance of 401s gets a quiet 429; a
 URL or head over its bound a 400; every 401 counts) -> drain (503 while shutting down) ->
-bearer auth (unknown, malformed, revoked, expired keys) -> key policy (audience, quota,
+bearer auth (unknown, malformed, revoked, expired keys) -> admission (audience, quota,
 concurrency, rate, "started" row, the key's model list) -> router.
 Engines, ledger and keys arrive through ``Services``; nothing here is module-global, so tests
 build as many apps as they like.
@@ -23,11 +23,11 @@ from starlette.routing import Route
 
 from appliance.api.errors import handle_appliance_error, handle_http_exception
 from appliance.api.image_files import sweeping
+from appliance.api.middleware.admission import AdmissionMiddleware
 from appliance.api.middleware.auth import BearerAuthMiddleware
 from appliance.api.middleware.drain import DrainMiddleware
 from appliance.api.middleware.failed_auth import FailedAuthGate
 from appliance.api.middleware.key_concurrency import KeyConcurrency
-from appliance.api.middleware.key_policy import KeyPolicyMiddleware
 from appliance.api.middleware.key_quota import KeyQuota
 from appliance.api.middleware.key_rate import KeyRate
 from appliance.api.middleware.key_scope import KeyScopedCatalog
@@ -75,7 +75,7 @@ def create_app(services: Services) -> Starlette:
         Route("/files/images/{name}", image_file, methods=["GET"], name=IMAGE_FILE_ROUTE),
         Route("/v1/usage", key_usage, methods=["GET"]),
         *web_routes(),  # the browser playground: outside /v1, served without a key
-        # Admin keys only (the key policy's audience check).
+        # Admin keys only (admission checks the audience).
         Route("/v1/organization/api_keys", list_keys, methods=["GET"]),
         Route("/v1/organization/api_keys", create_key, methods=["POST"]),
         Route("/v1/organization/api_keys/{key_id}", retrieve_key, methods=["GET"]),
@@ -132,7 +132,7 @@ def _middleware(services: Services) -> list[Middleware]:
         # and ledger row.
         Middleware(DrainMiddleware, state=services.drain),
         Middleware(BearerAuthMiddleware, keys=services.keys, wall_clock=services.wall_clock),
-        Middleware(KeyPolicyMiddleware,
+        Middleware(AdmissionMiddleware,
                    rate=KeyRate(services.rate_window_seconds, services.clock),
                    concurrency=KeyConcurrency(), quota=quota, catalog=services.catalog,
                    ledger=services.ledger, currency=services.pricing.currency,

@@ -3,9 +3,8 @@
 Owns the month-to-date counters of keys that have a monthly limit. The first request of such
 a key in a month reads the key's month so far from the ledger (off the event loop; concurrent
 requests of the key wait for that one read); from then on the counters live in memory: a
-request is counted once it passes every check of its key's policy, its price when its final
-ledger row is written. A month that is used up is a permanent refusal
-(``insufficient_quota``), so the SDKs do not retry.
+request is counted when admitted, its price when its final ledger row is written. A month
+that is used up is a permanent refusal (``insufficient_quota``), so the SDKs do not retry.
 
 Spending is checked before a request runs, and its price is known only after it ends, so a
 budget can be overrun by the price of the requests already in flight when it runs out.
@@ -55,7 +54,7 @@ class KeyQuota:
         self._months: dict[tuple[str, float], _Month] = {}
         self._loading: dict[tuple[str, float], anyio.Event] = {}
 
-    async def check(self, key: KeyRecord) -> Callable[[], None] | None:
+    async def admit(self, key: KeyRecord) -> Callable[[], None] | None:
         """Raises InsufficientQuota when ``key``'s month is used up. Otherwise returns the
         function that counts the request (call it once every other check has passed), or
         None for a key without monthly limits."""

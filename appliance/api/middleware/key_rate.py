@@ -4,8 +4,8 @@ Owns the in-memory counters (one server process serves a ledger, so memory is th
 what happened in the last minute). Checks and counts happen on the event loop with no await
 in between, so concurrent requests cannot both take the last slot.
 
-The rate is a sliding window: a key with ``rpm`` N may start a request when fewer than N of
-its requests started in the last ``window`` seconds; the refusal says exactly when the
+The rate is a sliding window: a key with ``rpm`` N is admitted when fewer than N of its
+requests were admitted in the last ``window`` seconds; the refusal says exactly when the
 oldest of them leaves the window (``retry-after``), so the SDKs' automatic retry waits the
 right time.
 """
@@ -53,19 +53,19 @@ class KeyRate:
     def __init__(self, window: float, clock: Callable[[], float]):
         self._window = window
         self._clock = clock
-        self._started: dict[str, deque[float]] = {}
+        self._admitted: dict[str, deque[float]] = {}
 
-    def take(self, key: KeyRecord) -> RateState | None:
+    def admit(self, key: KeyRecord) -> RateState | None:
         """Counts one request of ``key``; None for a key without an rpm limit.
 
         Raises RateLimited (with the state in ``state``) when the window is full.
         """
         limit = key.limits.rpm
         if limit is None:
-            self._started.pop(key.id, None)
+            self._admitted.pop(key.id, None)
             return None
         now = self._clock()
-        times = self._started.setdefault(key.id, deque())
+        times = self._admitted.setdefault(key.id, deque())
         while times and times[0] <= now - self._window:
             times.popleft()
         if len(times) >= limit:
@@ -84,7 +84,7 @@ class KeyRate:
     def peek(self, key: KeyRecord) -> RateState | None:
         """The state without counting a request (for responses refused for another reason)."""
         limit = key.limits.rpm
-        times = self._started.get(key.id)
+        times = self._admitted.get(key.id)
         if limit is None:
             return None
         if not times:

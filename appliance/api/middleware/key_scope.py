@@ -1,6 +1,6 @@
 """A key's model list: models outside it do not exist for that key.
 
-``KeyScopedCatalog`` wraps the real catalog for the api. The key-policy middleware sets the
+``KeyScopedCatalog`` wraps the real catalog for the api. The admission middleware sets the
 current key's allowed ids in a context variable for the duration of the request, so every
 handler's ``catalog.chat(name)`` (and ``/v1/models``) sees only the key's models without
 knowing about keys. A model outside the list gets the same 404 as an unknown one: the answer

@@ -6,7 +6,7 @@ row says ``cancelled``.
 
 The final row is written before the response's last byte is sent, and the last byte waits
 until the row is committed (``commit_row``): a client that got a complete response can count
-on its row surviving a crash of the server a moment later. The key-policy middleware writes a
+on its row surviving a crash of the server a moment later. The admission middleware writes a
 "started" row the same way before a request runs, so a crash mid-request leaves evidence that
 the next start marks "interrupted".
 

@@ -1,13 +1,13 @@
-"""A key's policy: what an authenticated key may do, checked before a /v1 request runs.
+"""Admission: what an authenticated key may do, checked before a /v1 request runs.
 
 In order: the route's audience (admin keys manage keys and read usage, other keys call
 models; the wrong one is a 403), the key's month (quota and budget, ``key_quota``: a
 permanent 429 with ``x-should-retry: false``), its concurrency (``key_concurrency``) and its
-rate (``key_rate``; transient 429s with ``retry-after``). A request that passes gets a
-durable "started" ledger row, its key's model list for the catalog (``key_scope``), and
+rate (``key_rate``; transient 429s with ``retry-after``). An admitted request gets a durable
+"started" ledger row, its key's model list for the catalog (``key_scope``), and
 ``x-ratelimit-*-requests`` headers on its response (keys with an rpm limit: every response,
-refusals included). (The engines' schedulers have an admission of their own: which queued
-request gets a slot. This is not it.)
+refusals included). Admission is this door alone: an engine accepts or queues what it is
+handed, it does not admit.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from appliance.ledger import KeyRecord
 ADMIN_PREFIX = "/v1/organization/"
 
 
-class KeyPolicyMiddleware:
+class AdmissionMiddleware:
     def __init__(self, app: ASGIApp, *, rate: KeyRate, concurrency: KeyConcurrency,
                  quota: KeyQuota, catalog: KeyScopedCatalog, ledger: LedgerSink,
                  currency: str, commit_wait: float, protected_prefix: str = "/v1"):
@@ -54,7 +54,7 @@ class KeyPolicyMiddleware:
             await self._refuse(note, wrong_audience, {}, scope, receive, send)
             return
         try:
-            count_month = await self.quota.check(key)
+            count_month = await self.quota.admit(key)
             self.concurrency.enter(key)
         except InsufficientQuota as error:
             # Permanent until the month turns or the limit is raised: tell the SDKs not to retry.
@@ -67,7 +67,7 @@ class KeyPolicyMiddleware:
             return
         try:
             try:
-                rate_state = self.rate.take(key)
+                rate_state = self.rate.admit(key)
             except RateLimitedWithState as error:
                 headers = {**error.state.headers(), **retry_headers(error.retry_after)}
                 await self._refuse(note, error, headers, scope, receive, send)
