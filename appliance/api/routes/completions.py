@@ -14,28 +14,18 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from appliance.api.bounds import RequestBounds
 from appliance.api.errors import mid_stream_failure
 from appliance.api.note import RequestNote
 from appliance.api.routes.disconnect import ClientGone, unless_disconnected
 from appliance.api.services import Services
-from appliance.api.wire.generation import (
-    SYSTEM_FINGERPRINT,
-    GenerationFields,
-    check_stream_options,
-    stops,
-    to_sampling,
-    token_usage_json,
-    total_token_usage,
-)
-from appliance.api.wire.generation_bounds import check_choice_tokens, check_completion
-from appliance.api.wire.inputs import texts_or_token_lists
+from appliance.api.wire.completions import CompletionRequest, to_completion_params
+from appliance.api.wire.generation import SYSTEM_FINGERPRINT, token_usage_json, total_token_usage
+from appliance.api.wire.generation_bounds import check_completion
 from appliance.api.wire.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
 from appliance.api.wire.validation import parse_json
 from appliance.engines.base import (
@@ -48,50 +38,9 @@ from appliance.engines.base import (
     TokenLogprob,
     Usage,
 )
-from appliance.errors import EngineFailure, InvalidRequest
+from appliance.errors import EngineFailure
 
-DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
-MAX_LOGPROBS = 5  # OpenAI's limit for this endpoint
 Tagged = tuple[int, ChatEvent]  # (prompt index, event)
-
-
-class CompletionRequest(GenerationFields):
-    prompt: str | list[Any]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    echo: bool | None = None
-    suffix: str | None = None
-    logprobs: int | None = None
-    best_of: int | None = None
-
-
-def _refuse(param: str, why: str) -> InvalidRequest:
-    return InvalidRequest(f"'{param}' {why}.", param=param, code="unsupported_parameter")
-
-
-def _params(body: CompletionRequest, bounds: RequestBounds) -> list[ChatParams]:
-    if body.suffix:
-        raise _refuse("suffix", "needs a model that can fill in the middle; none is served")
-    if body.logprobs is not None and not 0 <= body.logprobs <= MAX_LOGPROBS:
-        raise InvalidRequest(f"Invalid value for 'logprobs': it must be between 0 and "
-                             f"{MAX_LOGPROBS}.", param="logprobs", code="invalid_value")
-    if body.logprobs is not None and body.echo:
-        raise _refuse("logprobs", "with 'echo' would need the prompt's logprobs, which this "
-                      "server does not compute")
-    if body.best_of not in (None, 1):
-        raise _refuse("best_of", "above 1 is not supported by this server")
-    check_stream_options(body)
-    # check_completion bounded the prompts and each prompt's token ids already.
-    prompts = texts_or_token_lists(body.prompt, "prompt", bounds.max_prompts,
-                                   allow_empty_text=True)
-    if body.echo and not isinstance(prompts[0], str):
-        raise _refuse("echo", "works with text prompts only on this server")
-    # Every prompt gets n choices: the tokens they may ask for add up across both.
-    check_choice_tokens(len(prompts) * (body.n or 1), body.max_tokens or DEFAULT_MAX_TOKENS,
-                        bounds, "n" if len(prompts) == 1 else "prompt")
-    base = ChatParams(messages=(), max_tokens=body.max_tokens or DEFAULT_MAX_TOKENS,
-                      stop=stops(body.stop), n=body.n or 1,
-                      sampling=replace(to_sampling(body), logprobs=body.logprobs))
-    return [replace(base, prompt=p if isinstance(p, str) else tuple(p)) for p in prompts]
 
 
 class _CancelAll:
@@ -194,7 +143,7 @@ async def create_completion(request: Request) -> Response:
     engine = services.catalog.chat(body.model)
     note.model = engine.info.id
     # Slots are shared per key.
-    params = [replace(p, owner=note.key_id) for p in _params(body, bounds)]
+    params = [replace(p, owner=note.key_id) for p in to_completion_params(body, bounds)]
     # A token per prompt: each prompt's generator cancels its own token when it ends, and a
     # shared one would stop the other prompts still generating.
     cancel = _CancelAll([CancelToken() for _ in params])

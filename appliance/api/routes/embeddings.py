@@ -8,44 +8,16 @@ more than ``max_embedding_inputs`` inputs are a 400 before the engine sees them.
 
 from __future__ import annotations
 
-import base64
-import math
-import struct
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from appliance.api.note import RequestNote
 from appliance.api.routes.disconnect import ClientGone, unless_disconnected
 from appliance.api.services import Services
+from appliance.api.wire.embeddings import EmbeddingRequest, embedding_json
 from appliance.api.wire.inputs import texts_or_token_lists
 from appliance.api.wire.validation import parse_json
 from appliance.errors import InvalidRequest
-
-
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: Annotated[str, Field(min_length=1)]
-    input: str | list[Any]
-    encoding_format: Literal["float", "base64"] | None = None
-    dimensions: Annotated[int, Field(ge=1)] | None = None
-    user: str | None = None
-
-
-def _shaped(vector: tuple[float, ...], dimensions: int | None) -> list[float]:
-    if dimensions is None:
-        return list(vector)
-    cut = vector[:dimensions]
-    norm = math.sqrt(sum(v * v for v in cut)) or 1.0
-    return [v / norm for v in cut]
-
-
-def _encoded(vector: list[float], encoding: str) -> list[float] | str:
-    if encoding == "base64":
-        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-    return vector
 
 
 async def create_embeddings(request: Request) -> Response:
@@ -70,7 +42,7 @@ async def create_embeddings(request: Request) -> Response:
     return JSONResponse({
         "object": "list",
         "data": [{"object": "embedding", "index": index,
-                  "embedding": _encoded(_shaped(vector, body.dimensions), encoding)}
+                  "embedding": embedding_json(vector, body.dimensions, encoding)}
                  for index, vector in enumerate(result.vectors)],
         "model": engine.info.id,
         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
