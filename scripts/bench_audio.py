@@ -23,11 +23,10 @@ import openai
 from faster_whisper import WhisperModel, decode_audio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_chat import _toml, create_key, free_port, start_server, stop_server
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from bench_chat import start_server
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from appliance.engines.whisper import (  # noqa: E402  (the engine's own settings, not copies)
+from appliance.engines.whisper import (  # the engine's own settings, not copies
     BEAM_SIZE,
     FALLBACK_TEMPERATURES,
     SAMPLE_RATE,
@@ -35,6 +34,8 @@ from appliance.engines.whisper import (  # noqa: E402  (the engine's own setting
     choose_compute_type,
     choose_device,
 )
+from devtools import server_harness as harness
+from devtools.server_harness import WHISPER_TINY, create_key, free_port, toml_string
 
 TEXT = ("The appliance loads every model at boot and serves them through one API. "
         "Teams run it on a workstation, on a shared server, or on a laptop without a network. "
@@ -50,12 +51,9 @@ def speech(folder: Path) -> Path:
 
 
 def write_config(folder: Path, model: Path, port: int, workers: int) -> Path:
-    config = folder / "models.toml"
-    config.write_text("\n".join([
-        "[server]", 'host = "127.0.0.1"', f"port = {port}", 'data_dir = "data"', "",
+    return harness.write_config(folder, port, "\n".join([
         "[[models]]", 'id = "bench-whisper"', 'kind = "transcription"',
-        f"path = {_toml(str(model))}", f"workers = {workers}", ""]), encoding="utf-8")
-    return config
+        f"path = {toml_string(str(model))}", f"workers = {workers}", ""]))
 
 
 def in_process(whisper: WhisperModel, wav: Path) -> float:
@@ -79,7 +77,7 @@ def over_http(client: openai.OpenAI, wav: Path) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "whisper-tiny.en")
+    parser.add_argument("--model", type=Path, default=WHISPER_TINY)
     args = parser.parse_args()
     print("command:", " ".join(sys.argv))
     with tempfile.TemporaryDirectory(prefix="bench-audio-") as name:
@@ -92,8 +90,8 @@ def main() -> int:
         in_process(whisper, wav)  # warm, as the appliance warms at boot
         port = free_port()
         config = write_config(folder, args.model.resolve(), port, workers=4)
-        key = create_key(config)
-        process, _ = start_server(config, port)
+        key = create_key(config, "bench")
+        server = start_server(config, port)
         try:
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key,
                                    max_retries=0, timeout=600)
@@ -110,7 +108,7 @@ def main() -> int:
                     concurrent[width] = (time.perf_counter() - started) / (width * 2)
             client.close()
         finally:
-            stop_server(process)
+            server.stop()
     base, http = statistics.median(local), statistics.median(remote)
     print(f"\naudio: {seconds:.1f} s of speech, model {args.model.name} on {device}, "
           f"{args.runs} runs each, interleaved\n")

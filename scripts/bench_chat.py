@@ -29,20 +29,14 @@ Usage: .venv/bin/python scripts/bench_chat.py [--model smollm2|gemma|both] [--ru
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import tomllib
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +46,18 @@ import llama_cpp
 import openai
 from openai.types.chat import ChatCompletionUserMessageParam
 
-ROOT = Path(__file__).resolve().parents[1]
-PYTHON = ROOT / ".venv" / "bin" / "python"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root
+from devtools import server_harness as harness
+from devtools.server_harness import (
+    GEMMA,
+    ROOT,
+    SMOLLM2,
+    RunningServer,
+    create_key,
+    free_port,
+    toml_string,
+)
+
 CONTEXT = 2048
 TTFT_SERIES = 10  # requests right after ready: the first shows any cold start, the tenth not
 SERIES_MAX_TOKENS = 8  # the series only needs first tokens; short keeps it quick
@@ -61,7 +65,6 @@ READY_POLL_S = 0.05
 BOOT_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 300.0
 SETTLE_S = 0.2  # lets the other side's last bookkeeping (ledger write, threads) finish first
-STOP_GRACE_S = 20.0
 
 PROMPTS = (
     "Write a long story about a lighthouse keeper who finds a map inside a bottle.",
@@ -96,13 +99,12 @@ def gemma_spec() -> ModelSpec:
     """Template and stop strings come from models.toml, so the bench serves what users serve."""
     raw = tomllib.loads((ROOT / "models.toml").read_text(encoding="utf-8"))
     entry = next(m for m in raw["models"] if m["id"] == "gemma-3-270m")
-    return ModelSpec("gemma", "gemma-3-270m", ROOT / "models" / "gemma-3-270m-q4_k_m.gguf",
+    return ModelSpec("gemma", "gemma-3-270m", GEMMA,
                      chat_template=entry["chat_template"], stop=tuple(entry["stop"]))
 
 
 def specs(choice: str) -> list[ModelSpec]:
-    smollm2 = ModelSpec("smollm2", "smollm2-135m-instruct",
-                        ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    smollm2 = ModelSpec("smollm2", "smollm2-135m-instruct", SMOLLM2)
     chosen = {"smollm2": [smollm2], "gemma": [gemma_spec()], "both": [smollm2, gemma_spec()]}
     return chosen[choice]
 
@@ -172,87 +174,22 @@ def run_baseline(llm: llama_cpp.Llama, spec: ModelSpec, prompt: str, max_tokens:
 # --- the appliance: the real server in a subprocess ---
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def write_config(folder: Path, spec: ModelSpec, port: int, context: int = CONTEXT,
                  slots: int | None = None) -> Path:
-    lines = [
-        "[server]", 'host = "127.0.0.1"', f"port = {port}", 'data_dir = "data"', "",
-        "[[models]]", f"id = {_toml(spec.model_id)}", f"path = {_toml(str(spec.path))}",
-        f"context_length = {context}",
-    ]
+    lines = ["[[models]]", f"id = {toml_string(spec.model_id)}",
+             f"path = {toml_string(str(spec.path))}", f"context_length = {context}"]
     if slots is not None:
         lines.append(f"parallel = {slots}")
     if spec.chat_template is not None:
-        lines.append(f"chat_template = {_toml(spec.chat_template)}")
+        lines.append(f"chat_template = {toml_string(spec.chat_template)}")
     if spec.stop:
-        lines.append(f"stop = [{', '.join(_toml(s) for s in spec.stop)}]")
-    config = folder / "models.toml"
-    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return config
+        lines.append(f"stop = [{', '.join(toml_string(s) for s in spec.stop)}]")
+    return harness.write_config(folder, port, "\n".join(lines) + "\n")
 
 
-def _toml(text: str) -> str:
-    # A JSON string is a valid TOML basic string: TOML accepts every escape JSON writes.
-    return json.dumps(text, ensure_ascii=False)
-
-
-def create_key(config: Path) -> str:
-    done = subprocess.run(
-        [str(PYTHON), "-m", "appliance.cli", "keys", "create", "--name", "bench",
-         "--config", str(config)],
-        capture_output=True, text=True, check=True, cwd=config.parent, timeout=60,
-    )
-    return done.stdout.strip()
-
-
-def ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
-def start_server(config: Path, port: int) -> tuple[subprocess.Popen[bytes], float]:
-    """Starts `appliance serve`; returns the process and seconds from spawn to /ready 200."""
-    log = (config.parent / "server.log").open("wb")
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [str(PYTHON), "-m", "appliance.cli", "serve", "--config", str(config)],
-        cwd=config.parent, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}/ready"
-    for _ in range(int(BOOT_TIMEOUT_S / READY_POLL_S)):
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before ready:\n"
-                               + server_log(config))
-        if ready(url):
-            return process, time.perf_counter() - started
-        time.sleep(READY_POLL_S)
-    stop_server(process)
-    raise RuntimeError(f"server not ready after {BOOT_TIMEOUT_S:.0f}s:\n" + server_log(config))
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def server_log(config: Path) -> str:
-    return (config.parent / "server.log").read_text(encoding="utf-8", errors="replace")
+def start_server(config: Path, port: int) -> RunningServer:
+    """Starts `appliance serve`; its ``boot_s`` is the seconds from spawn to /ready 200."""
+    return harness.start_server(config, port, timeout=BOOT_TIMEOUT_S, poll_s=READY_POLL_S)
 
 
 def run_appliance(client: openai.OpenAI, spec: ModelSpec, prompt: str,
@@ -306,8 +243,8 @@ def bench_model(spec: ModelSpec, runs: int, max_tokens: int) -> ModelReport:
     with tempfile.TemporaryDirectory(prefix="bench-chat-") as tmp:
         port = free_port()
         config = write_config(Path(tmp), spec, port)
-        key = create_key(config)
-        process, boot_s = start_server(config, port)
+        key = create_key(config, "bench")
+        server = start_server(config, port)
         try:
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key,
                                    timeout=REQUEST_TIMEOUT_S, max_retries=0)
@@ -336,10 +273,11 @@ def bench_model(spec: ModelSpec, runs: int, max_tokens: int) -> ModelReport:
                 llm.close()
             client.close()
         finally:
-            stop_server(process)
-        problems = [line for line in server_log(config).splitlines()
+            server.stop()
+        problems = [line for line in server.log().splitlines()
                     if any(word in line for word in ("ERROR", "Traceback", "WARNING"))]
-    return ModelReport(spec, boot_s, series, load_s, cold.ttft_s, baseline, appliance, problems)
+    return ModelReport(spec, server.boot_s, series, load_s, cold.ttft_s, baseline, appliance,
+                       problems)
 
 
 # --- tables ---

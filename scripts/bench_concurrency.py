@@ -57,24 +57,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root
 import openai
 from bench_chat import (
-    PYTHON,
-    ROOT,
     ModelSpec,
-    create_key,
     decode_rate,
-    free_port,
     median,
     ms,
-    ready,
     run_baseline,
     specs,
-    stop_server,
     write_config,
 )
 from openai.types.chat import ChatCompletionMessageParam
 
+from devtools.server_harness import (
+    APPLIANCE,
+    ROOT,
+    create_key,
+    free_port,
+    spawn,
+    stop_process,
+    wait_ready,
+)
+
+PYTHON = ROOT / ".venv" / "bin" / "python"
 SIDES = ("inprocess", "appliance", "llama_server", "llama_cpp_server")
 CONTEXT = 4096  # tokens per slot on every side
 CPUS = os.cpu_count() or 1
@@ -304,30 +310,11 @@ async def measure_server(base_url: str, api_key: str, spec: ModelSpec, usage: bo
 
 def launch(argv: list[str], folder: Path, ready_url: str) -> tuple[subprocess.Popen[bytes], float]:
     """Starts a server with its output in folder/server.log; returns it and seconds to ready."""
-    log = (folder / "server.log").open("wb")
     started = time.perf_counter()
-    process = subprocess.Popen(argv, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    log.close()
-    deadline = started + BOOT_TIMEOUT_S
-    while time.perf_counter() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited with {process.returncode} before ready; "
-                               f"log tail:\n{log_tail(folder)}")
-        if ready(ready_url):
-            return process, time.perf_counter() - started
-        time.sleep(READY_POLL_S)
-    stop_server(process)
-    raise RuntimeError(f"not ready after {BOOT_TIMEOUT_S:.0f}s; log tail:\n{log_tail(folder)}")
-
-
-def log_tail(folder: Path, lines: int = 30) -> str:
-    path = folder / "server.log"
-    if not path.exists():
-        return "(no log)"
-    text = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    return "\n".join("    " + line for line in text[-lines:])
+    process = spawn(argv, folder)
+    wait_ready(process, ready_url, folder / "server.log", BOOT_TIMEOUT_S, READY_POLL_S,
+               tail_lines=30)
+    return process, time.perf_counter() - started
 
 
 def log_lines(folder: Path, words: tuple[str, ...]) -> list[str]:
@@ -361,7 +348,7 @@ def serve_and_measure(report: SideReport, spec: ModelSpec, plan: Plan, argv: lis
         asyncio.run(measure_server(f"http://127.0.0.1:{port}/v1", api_key, spec, usage,
                                    plan.levels, plan.per_level, plan.max_tokens, prefix, report))
     finally:
-        stop_server(process)
+        stop_process(process)
         report.log_lines = log_lines(folder, ("ERROR", "Traceback", "error:", "Exception"))
 
 
@@ -370,11 +357,11 @@ def run_appliance(spec: ModelSpec, plan: Plan, folder: Path) -> SideReport:
     port = free_port()
     config = write_config(folder, spec, port, CONTEXT, plan.slots)
     try:
-        key = create_key(config)
+        key = create_key(config, "bench")
     except subprocess.SubprocessError as exc:
         report.note = f"keys create failed: {exc}"
         return report
-    argv = [str(PYTHON), "-m", "appliance.cli", "serve", "--config", str(config)]
+    argv = [*APPLIANCE, "serve", "--config", str(config)]
     serve_and_measure(report, spec, plan, argv, folder, "/ready", port, key, True, True)
     return report
 

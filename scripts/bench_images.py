@@ -32,7 +32,6 @@ import base64
 import io
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,24 +40,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 import torch
 from diffusers import AutoPipelineForText2Image
 from PIL import Image, ImageChops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_chat import _toml, create_key, free_port, start_server, stop_server
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from bench_chat import start_server
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from appliance.config import ModelConfig  # noqa: E402  (the engine's own choices, not copies)
-from appliance.engines.diffusion_device import (  # noqa: E402
+from appliance.config import ModelConfig  # the engine's own choices, not copies
+from appliance.engines.diffusion_device import (
     Placement,
     choose_placement,
     pipeline_class_name,
     save_memory,
 )
+from devtools import server_harness as harness
+from devtools.server_harness import TINY_SD, build_tiny_sd, create_key, free_port, toml_string
 
 PROMPT = "a lighthouse on a cliff at dawn, oil painting"
 SEED = 1234
@@ -90,15 +90,13 @@ def timed(work: Callable[[], Any]) -> tuple[float, Any]:
 
 def write_config(folder: Path, model: Path, port: int, case: Case, threads: int | None) -> Path:
     lines = [
-        "[server]", 'host = "127.0.0.1"', f"port = {port}", 'data_dir = "data"', "",
-        "[[models]]", f"id = {_toml(MODEL_ID)}", 'kind = "image"', f"path = {_toml(str(model))}",
-        f"steps = {case.steps}", f"sizes = [{_toml(case.size)}]",
+        "[[models]]", f"id = {toml_string(MODEL_ID)}", 'kind = "image"',
+        f"path = {toml_string(str(model))}", f"steps = {case.steps}",
+        f"sizes = [{toml_string(case.size)}]",
     ]
     if threads is not None:
         lines.append(f"threads = {threads}")
-    config = folder / "models.toml"
-    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return config
+    return harness.write_config(folder, port, "\n".join(lines) + "\n")
 
 
 def load_inprocess(model: Path) -> tuple[Any, Placement]:
@@ -138,7 +136,7 @@ def run_b64(client: openai.OpenAI, case: Case) -> list[Image.Image]:
     return [Image.open(io.BytesIO(base64.b64decode(d.b64_json or ""))) for d in result.data or []]
 
 
-def run_url(client: openai.OpenAI, http: httpx.Client, case: Case) -> None:
+def run_url(client: openai.OpenAI, http: httpx2.Client, case: Case) -> None:
     result = client.images.generate(model=MODEL_ID, prompt=PROMPT, size=case.size, n=case.n,
                                     response_format="url", extra_body={"seed": SEED})
     for item in result.data or []:
@@ -150,12 +148,12 @@ def measure(case: Case, model: Path, runs: int, threads: int | None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-images-") as scratch:
         port = free_port()
         config = write_config(Path(scratch), model, port, case, threads)
-        key = create_key(config)
-        server, boot = start_server(config, port)
-        print(f"server ready in {boot:.1f}s", file=sys.stderr)
+        key = create_key(config, "bench")
+        server = start_server(config, port)
+        print(f"server ready in {server.boot_s:.1f}s", file=sys.stderr)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key,
                                max_retries=0, timeout=600)
-        http = httpx.Client()
+        http = httpx2.Client()
         try:
             # One untimed round each: first-call costs (SDK, allocator) out of the medians.
             run_plain(pipe, case)
@@ -183,7 +181,7 @@ def measure(case: Case, model: Path, runs: int, threads: int | None) -> None:
         finally:
             http.close()
             client.close()
-            stop_server(server)
+            server.stop()
 
 
 def print_table(cases: list[Case], runs: int) -> None:
@@ -207,7 +205,7 @@ def print_table(cases: list[Case], runs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "tiny-random-sd")
+    parser.add_argument("--model", type=Path, default=TINY_SD)
     parser.add_argument("--size", action="append", help="WxH; repeat for several cases "
                         "(default 256x256 and 512x512)")
     parser.add_argument("--steps", type=int, default=20)
@@ -220,8 +218,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model: Path = args.model.resolve()
     if not (model / "model_index.json").is_file():
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "build_tiny_sd.py"), str(model)],
-                       check=True)
+        build_tiny_sd(model, quiet=False)
     cases = []
     for size in args.size or ["256x256", "512x512"]:
         width, _, height = size.partition("x")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance.ledger import OnCommit, RequestRecord  # noqa: E402
+from devtools.server_harness import free_port, wait_ready  # noqa: E402
 
 
 class DroppingLedger:
@@ -62,27 +62,16 @@ def serve(kind: str, port: int, data: Path) -> None:
         keys.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def start(kind: str, data: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port),
                                 "--data", str(data)])
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx2.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx2.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"{kind} server did not start")
+    try:
+        wait_ready(process, f"{url}/health", None, timeout=30, poll_s=0.1)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{kind} server did not start: {exc}") from exc
+    return process, url
 
 
 async def load(url: str, secret: str, seconds: float, concurrency: int) -> float:

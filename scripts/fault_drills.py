@@ -53,16 +53,12 @@ from typing import Any
 import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from load_test import (
     CHAT_MODEL,
-    TINY_SD,
-    WHISPER_TINY,
     Checks,
-    Server,
     chat_model_toml,
-    create_key,
     engine_load,
-    free_port,
     integrity,
     ledger_rows,
     log_findings,
@@ -70,6 +66,8 @@ from load_test import (
     wait_engine_idle,
     write_config,
 )
+
+from devtools.server_harness import TINY_SD, WHISPER_TINY, RunningServer, free_port, make_key
 
 AUDIO_MODEL = "whisper"
 IMAGE_MODEL = "sd"
@@ -151,7 +149,7 @@ async def stream_chat(http: httpx2.AsyncClient, secret: str, body: dict[str, Any
     return result
 
 
-def rows_by_id(server: Server, ids: Iterable[str | None]) -> dict[str, dict[str, Any]]:
+def rows_by_id(server: RunningServer, ids: Iterable[str | None]) -> dict[str, dict[str, Any]]:
     wanted = [i for i in ids if i]
     if not wanted:
         return {}
@@ -160,11 +158,11 @@ def rows_by_id(server: Server, ids: Iterable[str | None]) -> dict[str, dict[str,
             for row in ledger_rows(server.ledger_path, f"request_id IN ({marks})", wanted)}
 
 
-def rows_of_key(server: Server, key_id: str) -> list[dict[str, Any]]:
+def rows_of_key(server: RunningServer, key_id: str) -> list[dict[str, Any]]:
     return ledger_rows(server.ledger_path, "key_id = ?", (key_id,))
 
 
-def wait_rows_final(server: Server, where: str, params: tuple[Any, ...], count: int,
+def wait_rows_final(server: RunningServer, where: str, params: tuple[Any, ...], count: int,
                     timeout: float = 10.0) -> list[dict[str, Any]]:
     """Final rows are written in the request's ``finally``: give the writer a moment."""
     deadline = time.monotonic() + timeout
@@ -283,7 +281,7 @@ class Drills:
         return self.keys[name][0]
 
 
-async def probe_capacity(server: Server, secret: str, parallel: int) -> tuple[bool, str]:
+async def probe_capacity(server: RunningServer, secret: str, parallel: int) -> tuple[bool, str]:
     """``parallel`` streams at once: every slot must be taken (no slot left leaked) and each
     stream must finish with [DONE]."""
     seen = 0.0
@@ -301,7 +299,7 @@ async def probe_capacity(server: Server, secret: str, parallel: int) -> tuple[bo
     return ok, f"probe: {finished}/{parallel} streams finished, max slots_busy {seen:g}"
 
 
-async def drill_a(d: Drills, server: Server) -> None:
+async def drill_a(d: Drills, server: RunningServer) -> None:
     name = "a disconnect storm"
     clients = 40
     results = [StreamResult() for _ in range(clients)]
@@ -342,7 +340,7 @@ async def drill_a(d: Drills, server: Server) -> None:
            f"after {idle_s:.2f} s; rows {statuses(rows)}; {probe}")
 
 
-async def drill_b(d: Drills, server: Server, port: int) -> None:
+async def drill_b(d: Drills, server: RunningServer, port: int) -> None:
     name = "b dropped uploads"
     audio = await asyncio.to_thread(speech_wav, d.folder, 12.0)
     body, content_type = multipart({"model": AUDIO_MODEL, "response_format": "json"}, audio)
@@ -433,7 +431,7 @@ async def drill_b(d: Drills, server: Server, port: int) -> None:
            f"{image_after_s:.2f} s (was {image_s:.2f})")
 
 
-async def start_streams(server: Server, secret: str, count: int, max_tokens: int,
+async def start_streams(server: RunningServer, secret: str, count: int, max_tokens: int,
                         generating: int) -> tuple[httpx2.AsyncClient, list[asyncio.Task[Any]],
                                                   list[StreamResult]]:
     """``count`` streams; returns once all have their headers and ``generating`` have content."""
@@ -453,7 +451,8 @@ async def start_streams(server: Server, secret: str, count: int, max_tokens: int
     return http, tasks, results
 
 
-async def drill_c(d: Drills, server: Server, chat_config: Path, port: int) -> Server | None:
+async def drill_c(d: Drills, server: RunningServer, chat_config: Path,
+                  port: int) -> RunningServer | None:
     name = "c kill -9 under load"
     http, tasks, results = await start_streams(server, d.secret("kill"), 16, 300, d.parallel)
     server.process.kill()
@@ -502,7 +501,7 @@ async def drill_c(d: Drills, server: Server, chat_config: Path, port: int) -> Se
     return restarted
 
 
-async def drill_sigterm(d: Drills, server: Server, name: str, grace: float, max_tokens: int,
+async def drill_sigterm(d: Drills, server: RunningServer, name: str, grace: float, max_tokens: int,
                         key: str, expect_finish: bool) -> tuple[bool, str]:
     """SIGTERM with 16 streams in flight; returns (ok, figures)."""
     http, tasks, results = await start_streams(server, d.secret(key), 16, max_tokens,
@@ -595,7 +594,7 @@ async def drill_sigterm(d: Drills, server: Server, name: str, grace: float, max_
     return all(checks), figures
 
 
-async def drill_d(d: Drills, server: Server, grace: float) -> None:
+async def drill_d(d: Drills, server: RunningServer, grace: float) -> None:
     name = "d SIGTERM, grace long enough"
     ok, figures = await drill_sigterm(d, server, name, grace, 24, "drain", True)
     d.line(name, ok, figures)
@@ -638,10 +637,10 @@ async def run_drills(args: argparse.Namespace, folder: Path) -> Drills:
                                f"shutdown_grace_s = {args.grace:g}\n", name="chat.toml")
     for key in ("storm", "probe", "upload", "vanish-audio", "vanish-image", "kill", "drain",
                 "late"):
-        d.keys[key] = await asyncio.to_thread(create_key, config, key)
+        d.keys[key] = await asyncio.to_thread(make_key, config, key)
     only = set(args.only.split(","))
     boot = time.monotonic()
-    server: Server | None = await asyncio.to_thread(start_server, config, port)
+    server: RunningServer | None = await asyncio.to_thread(start_server, config, port)
     print(f"server with chat + whisper + image models ready in {time.monotonic() - boot:.1f} s "
           f"(parallel = {args.parallel}; {folder})\n", flush=True)
     try:

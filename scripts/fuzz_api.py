@@ -6,7 +6,7 @@ model, whisper tiny.en, the tiny random-weights SD pipeline), makes a regular an
 with the CLI, fetches ``/openapi.json`` from the server (what clients see, not the file in the
 repo) and sends --examples cases per operation and mode over real HTTP, the admin key to
 ``/v1/organization/*`` and ``/metrics``. Cases, modes and the served-model swap are those of
-tests/fast/test_openapi_fuzz.py (tests/openapi_cases.py); that test runs on fake engines
+tests/fast/test_openapi_fuzz.py (devtools/openapi_cases.py); that test runs on fake engines
 through ASGI, this one reaches llama.cpp, faster-whisper, diffusers, uvicorn and the ledger.
 
 Every answer is checked, and the run goes on after a failure:
@@ -51,26 +51,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_test import (  # noqa: E402
-    SMOLLM2,
-    TINY_SD,
-    WHISPER_TINY,
     Checks,
-    Server,
-    create_key,
-    free_port,
     ledger_rows,
     log_findings,
     start_server,
     table,
 )
 
-from tests.openapi_cases import (  # noqa: E402
+from devtools.openapi_cases import (  # noqa: E402
     Wire,
     draw_case,
     envelope_problem,
     modes,
     needs_admin,
     prepare,
+)
+from devtools.server_harness import (  # noqa: E402
+    SMOLLM2,
+    TINY_SD,
+    WHISPER_TINY,
+    RunningServer,
+    create_key,
+    free_port,
 )
 
 CHAT = "smollm2-135m-instruct"
@@ -278,7 +280,7 @@ def _settle(base_url: str, admin: str) -> tuple[bool, float, str]:
         time.sleep(0.1)
 
 
-def _after_run(server: Server, admin: str, checks: Checks) -> None:
+def _after_run(server: RunningServer, admin: str, checks: Checks) -> None:
     checks.check("server alive after the run", server.alive(),
                  "" if server.alive() else f"exit {server.process.returncode}")
     try:
@@ -326,12 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="fuzz-api-"))
     checks = Checks()
     fuzzer: Fuzzer | None = None
-    server: Server | None = None
+    server: RunningServer | None = None
     try:
         port = free_port()
         config = _write_config(folder, port)
-        user = create_key(config, "fuzz")[1]
-        admin = create_key(config, "fuzz-admin", admin=True)[1]
+        user = create_key(config, "fuzz")
+        admin = create_key(config, "fuzz-admin", admin=True)
         server = start_server(config, port)
         boot = time.monotonic() - began
         document = httpx2.get(f"{server.base_url}/openapi.json", timeout=30).json()

@@ -46,7 +46,6 @@ import random
 import re
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,19 +58,11 @@ from typing import Any
 import httpx2
 import openai
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+# The servers are started as the real-tier tests start them (devtools/server_harness.py).
+from devtools import server_harness as harness
+from devtools.server_harness import SMOLLM2, RunningServer, free_port, make_key
 
-# The servers are started as the real-tier tests start them.
-from tests.real.harness import RunningServer as Server  # noqa: E402
-from tests.real.harness import free_port  # noqa: E402
-from tests.real.harness import start_server as start_test_server  # noqa: E402
-
-PYTHON = ROOT / ".venv" / "bin" / "python"
-APPLIANCE = [str(PYTHON), "-m", "appliance.cli"]
-SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-WHISPER_TINY = ROOT / "models" / "whisper-tiny.en"
-TINY_SD = ROOT / "models" / "tiny-random-sd"
 CHAT_MODEL = "smollm2"
 BOOT_TIMEOUT_S = 180.0
 PROMPTS = (
@@ -96,33 +87,18 @@ def chat_model_toml(parallel: int, context_length: int = 1024, extra: str = "") 
 
 def write_config(folder: Path, port: int, models: str, server_extra: str = "",
                  name: str = "models.toml") -> Path:
-    """A config in ``folder`` whose data dir is ``folder/data`` (shared by every config there)."""
-    config = folder / name
-    config.write_text(
-        f'[server]\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "data"\n'
-        f"metrics_public = true\n{server_extra}\n{models}",
-        encoding="utf-8",
-    )
-    return config
-
-
-def create_key(config: Path, name: str, admin: bool = False) -> tuple[str, str]:
-    """(key id, secret), made with the CLI."""
-    command = [*APPLIANCE, "keys", "create", "--name", name, "--config", str(config)]
-    if admin:
-        command.append("--admin")
-    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=config.parent)
-    found = re.search(r"created (?:admin )?key (\S+) named", done.stderr)
-    if found is None:
-        raise RuntimeError(f"cannot read the key id from: {done.stderr!r}")
-    return found.group(1), done.stdout.strip()
+    """A config in ``folder`` whose data dir is ``folder/data`` (shared by every config there),
+    /metrics open: the checks read its gauges without a key."""
+    return harness.write_config(folder, port, models, "metrics_public = true\n" + server_extra,
+                                name)
 
 
 def start_server(config: Path, port: int, log_name: str = "server.log",
-                 timeout: float = BOOT_TIMEOUT_S) -> Server:
+                 timeout: float = BOOT_TIMEOUT_S) -> RunningServer:
     """Starts ``appliance serve`` and waits for /ready; the log is appended to, so a restart
     on the same folder keeps the first server's lines."""
-    return start_test_server(config, port, timeout=timeout, log_name=log_name, append_log=True)
+    return harness.start_server(config, port, timeout=timeout, log_name=log_name,
+                                append_log=True)
 
 
 def ledger_rows(path: Path, where: str = "", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -448,7 +424,7 @@ def main() -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="appliance-load-"))
     checks = Checks()
-    server: Server | None = None
+    server: RunningServer | None = None
     try:
         port = free_port()
         extra = f"queue_limit = {args.queue_limit}\n" if args.queue_limit else ""
@@ -458,7 +434,7 @@ def main() -> int:
         for index, clients in enumerate(split_clients(args.clients, args.keys,
                                                       args.greedy_share)):
             name = chr(ord("A") + index)
-            key_id, secret = create_key(config, f"load-{name}")
+            key_id, secret = make_key(config, f"load-{name}")
             keys.append(KeyStats(name, key_id, secret, clients))
         boot = time.monotonic()
         server = start_server(config, port)

@@ -24,7 +24,10 @@ import jsonschema
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_chat import create_key, free_port, specs, start_server, stop_server, write_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+from bench_chat import specs, start_server, write_config
+
+from devtools.server_harness import create_key, free_port
 
 PET = {"type": "object", "additionalProperties": False,
        "required": ["name", "species", "age", "vaccinated"],
@@ -154,8 +157,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tally-") as folder:
         port = free_port()
         config = write_config(Path(folder), spec, port, 4096, 8)
-        key = create_key(config)
-        process, _ = start_server(config, port)
+        key = create_key(config, "bench")
+        server = start_server(config, port)
         try:
             client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key,
                                         max_retries=0, timeout=600)
@@ -164,7 +167,7 @@ def main() -> int:
             asyncio.run(tally_tools(client, spec.model_id, args.runs, args.max_tokens,
                                     args.only))
         finally:
-            stop_server(process)
+            server.stop()
     return 0
 
 

@@ -18,7 +18,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
 
-from tests.real.harness import ROOT
+from devtools.server_harness import ROOT
 from tests.real.session_server import RealServer
 from tests.real.speech import speak
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devtools.openapi_cases import envelope_problem
 from tests.conftest import API_KEY, FastStack
-from tests.openapi_cases import envelope_problem
 
 pytestmark = pytest.mark.anyio
 AUTH = {"authorization": f"Bearer {API_KEY}"}

@@ -10,7 +10,7 @@ import pytest
 from appliance.engines.llm.grammar import JSON_OBJECT_GBNF
 from appliance.engines.llm.model import LoadedModel
 from appliance.errors import InvalidRequest
-from tests.real.harness import SMOLLM2
+from devtools.server_harness import SMOLLM2
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from llama_cpp.llama_grammar import SchemaConverter
 from appliance.engines.base import Sampling
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.sampling import TOKEN_DATA, SamplerChain
-from tests.real.harness import ROOT, SMOLLM2
+from devtools.server_harness import ROOT, SMOLLM2
 
 VERSION = "0.3.36"
 ENGINES = ROOT / "appliance" / "engines"

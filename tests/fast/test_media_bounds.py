@@ -24,6 +24,7 @@ from appliance.engines.audio_decode import SAMPLE_RATE, AudioBounds, Cancelled, 
 from appliance.engines.image_bounds import max_images
 from appliance.engines.llm.embedder import LlamaEmbeddingEngine
 from appliance.errors import ConfigError, InvalidRequest
+from devtools.server_harness import SMOLLM2
 from tests.conftest import API_KEY, FastStack
 from tests.media_files import (
     FLAC_MAX_BLOCK,
@@ -33,7 +34,6 @@ from tests.media_files import (
     silence_u8,
     wav,
 )
-from tests.real.harness import SMOLLM2
 
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 BOUNDS = AudioBounds(max_seconds=1800)

@@ -39,9 +39,9 @@ from appliance.api.image_files import ImageFiles
 from appliance.api.services import Pricing, Services
 from appliance.engines.catalog import Catalog
 from appliance.ledger import KeyStore, LedgerReports, LedgerWriter
+from devtools.openapi_cases import draw_case, modes, needs_admin, openai_error_envelope, prepare
 from tests.fake_audio import FakeTranscriptionEngine
 from tests.fakes import FakeChatEngine, FakeEmbeddingEngine, FakeImageEngine
-from tests.openapi_cases import draw_case, modes, needs_admin, openai_error_envelope, prepare
 
 BASE_URL = "http://appliance.test"
 # What GET /openapi.json serves

@@ -25,7 +25,7 @@ from appliance.engines.llm.prompt_tokens import (
 )
 from appliance.engines.llm.templates import ChatTemplate
 from appliance.engines.llm.tool_dialects import HERMES_LIST, rewrite_for_prompt
-from tests.real.harness import GEMMA, ROOT, SMOLLM2
+from devtools.server_harness import GEMMA, ROOT, SMOLLM2
 
 IM_START, IM_END = 1, 2  # SmolLM2's ChatML control tokens
 NO_LIMIT = 10**9

@@ -22,7 +22,7 @@ from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.sampling import SamplerChain
 from appliance.engines.llm.scheduler import GenerationRequest, Sampler, Scheduler, StepReport
 from appliance.errors import EngineFailure
-from tests.real.harness import SMOLLM2
+from devtools.server_harness import SMOLLM2
 
 FAILS_AT_SETUP = 101  # seeds that mark the requests whose samplers fail
 FAILS_AT_THIRD_DRAW = 102

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile.harness import HostileServer
-from tests.real.harness import (
+from devtools.server_harness import (
     SMOLLM2,
     TINY_SD,
     WHISPER_TINY,
+    build_tiny_sd,
     create_key,
     free_port,
     start_server,
     write_config,
 )
-from tests.real.session_server import build_tiny_sd
+from tests.hostile.harness import HostileServer
 
 CHAT_MODEL = "smollm2-135m-instruct"
 MODELS = f"""

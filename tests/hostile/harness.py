@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx2
 
-from tests.real.harness import RunningServer
+from devtools.server_harness import RunningServer
 
 HEALTH_BOUND_S = 1.0
 MIB = 1024 * 1024

@@ -33,9 +33,9 @@ from appliance.engines.llm.sampling import SamplerChain
 from appliance.engines.llm.scheduler import Sampler
 from appliance.engines.llm.templates import ChatTemplate
 from appliance.engines.llm.tool_dialects import detect
+from devtools.server_harness import SMOLLM2
 from tests.fakes import FakeKeys, ListLedger
 from tests.hostile.harness import Bounds, HostileServer
-from tests.real.harness import SMOLLM2
 
 USER = [{"role": "user", "content": "Name three colours."}]
 

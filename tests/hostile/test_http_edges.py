@@ -26,9 +26,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.hostile.conftest import GROWTH_FILE_KEY
-from tests.hostile.harness import Bounds, HostileServer
-from tests.real.harness import (
+from devtools.server_harness import (
     APPLIANCE,
     SMOLLM2,
     create_key,
@@ -36,6 +34,8 @@ from tests.real.harness import (
     start_server,
     write_config,
 )
+from tests.hostile.conftest import GROWTH_FILE_KEY
+from tests.hostile.harness import Bounds, HostileServer
 
 CHAT = {"model": "smollm2-135m-instruct", "max_tokens": 4, "temperature": 0,
         "messages": [{"role": "user", "content": "Say hi"}]}

@@ -6,8 +6,6 @@ one server.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +13,14 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.real.harness import (
+from devtools.server_harness import (
     GEMMA,
-    ROOT,
     SMOLLM2,
     TINY_SD,
     WHISPER_BASE,
     WHISPER_TINY,
     RunningServer,
+    build_tiny_sd,
     create_key,
     free_port,
     start_server,
@@ -86,12 +84,6 @@ sizes = ["64x64", "128x64"]
 """
 # Short, so a test can watch a URL expire; fetches right after a response are far inside it.
 IMAGE_URL_TTL_S = 4
-
-
-def build_tiny_sd() -> None:
-    """The tiny random-weights pipeline, built offline once (kept while its recipe holds)."""
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_tiny_sd.py"), str(TINY_SD)],
-                   check=True, capture_output=True)
 
 
 @dataclass

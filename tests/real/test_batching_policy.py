@@ -15,7 +15,7 @@ from appliance.config import ModelConfig
 from appliance.engines.base import CancelToken, ChatMessage, ChatParams, Sampling, TextDelta
 from appliance.engines.llm.engine import BATCH_SIZE, LlamaChatEngine
 from appliance.engines.llm.scheduler import StepReport
-from tests.real.harness import SMOLLM2
+from devtools.server_harness import SMOLLM2
 
 pytestmark = pytest.mark.real
 

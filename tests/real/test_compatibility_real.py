@@ -24,10 +24,10 @@ import httpx2
 import pytest
 from PIL import Image
 
+from devtools.server_harness import GEMMA, SMOLLM2
 from tests.compatibility_rows import Row, form_fields, rows
 from tests.openapi_contract import validate
 from tests.real.conftest import RealServer
-from tests.real.harness import GEMMA, SMOLLM2
 from tests.real.speech import speak
 
 pytestmark = pytest.mark.real

@@ -20,7 +20,7 @@ from appliance.engines.base import (
 )
 from appliance.engines.llm.engine import LlamaChatEngine
 from appliance.errors import Overloaded
-from tests.real.harness import SMOLLM2
+from devtools.server_harness import SMOLLM2
 
 pytestmark = pytest.mark.real
 ASK = ChatParams(messages=(ChatMessage("user", "Count to three."),), max_tokens=6,

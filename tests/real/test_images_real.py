@@ -22,10 +22,10 @@ from PIL import Image
 from appliance.config import ModelConfig
 from appliance.engines.base import CancelToken, ImageParams
 from appliance.errors import EngineFailure
+from devtools.server_harness import TINY_SD, build_tiny_sd
 from tests.openapi_contract import validate
 from tests.real.conftest import RealServer
-from tests.real.harness import TINY_SD
-from tests.real.session_server import IMAGE_URL_TTL_S, build_tiny_sd
+from tests.real.session_server import IMAGE_URL_TTL_S
 from tests.real.test_chat_real import ledger_row
 
 pytestmark = pytest.mark.real

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from appliance.ledger import RequestRecord
-from tests.real.harness import SMOLLM2, create_key, free_port, start_server, write_config
+from devtools.server_harness import SMOLLM2, create_key, free_port, start_server, write_config
 
 pytestmark = pytest.mark.real
 

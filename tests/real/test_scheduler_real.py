@@ -102,7 +102,7 @@ def test_n_choices_share_the_prompt_and_sample_independently(real_server: RealSe
 def test_logit_bias_bans_a_token(real_server: RealServer) -> None:
     import llama_cpp
 
-    from tests.real.harness import SMOLLM2
+    from devtools.server_harness import SMOLLM2
 
     vocab = llama_cpp.Llama(str(SMOLLM2), vocab_only=True, verbose=False)
     # Ban the first token of "Paris" and " Paris": the model cannot begin the word.

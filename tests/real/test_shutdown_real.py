@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.real.harness import (
+from devtools.server_harness import (
     APPLIANCE,
     SMOLLM2,
     RunningServer,

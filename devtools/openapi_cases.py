@@ -15,8 +15,10 @@ from typing import Any
 
 import requests
 from hypothesis import strategies as st
-from schemathesis import Case, GenerationMode
-from schemathesis.specs.openapi.schemas import APIOperation
+from schemathesis import APIOperation, Case, GenerationMode
+
+# schemathesis' generic classes, with the type parameters this module never needs to name.
+Operation = APIOperation[Any, Any, Any, Any]
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class Wire:
 
     method: str
     url: str
-    headers: dict[str, str]
+    headers: dict[str, str | bytes]
     body: bytes | None
 
 
@@ -41,6 +43,7 @@ def prepare(kwargs: Mapping[str, Any]) -> Wire:
         json=kwargs.get("json"), cookies=kwargs.get("cookies")).prepare()
     body = prepared.body.encode() if isinstance(prepared.body, str) else prepared.body
     assert prepared.method is not None and prepared.url is not None
+    assert body is None or isinstance(body, bytes)  # prepare() encodes every body it builds
     return Wire(prepared.method, prepared.url, dict(prepared.headers), body)
 
 
@@ -77,19 +80,19 @@ def _breakable(parameter: Any) -> bool:
         "type"}
 
 
-def modes(operation: APIOperation) -> list[GenerationMode]:
+def modes(operation: Operation) -> list[GenerationMode]:
     """Positive always; negative where the operation has something to break."""
     if operation.body or any(map(_breakable, operation.iter_parameters())):
         return [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
     return [GenerationMode.POSITIVE]
 
 
-def needs_admin(operation: APIOperation) -> bool:
+def needs_admin(operation: Operation) -> bool:
     return operation.path.startswith("/v1/organization/") or operation.path == "/metrics"
 
 
-def draw_case(data: st.DataObject, operation: APIOperation, mode: GenerationMode, key: str,
-              models: Mapping[str, str]) -> Case:
+def draw_case(data: st.DataObject, operation: Operation, mode: GenerationMode, key: str,
+              models: Mapping[str, str]) -> Case[Any]:
     """A case with ``key`` as its bearer token. Half the JSON bodies of the operations in
     ``models`` (path -> a served name) get that name, so that generated requests also get past
     the model lookup to the engines."""
