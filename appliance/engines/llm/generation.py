@@ -11,8 +11,9 @@ import enum
 import math
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 from appliance.engines.base import CancelToken, ChatEvent, Sampling, TokenLogprob
@@ -78,12 +79,12 @@ class SlotState(enum.Enum):
 
 # Every move a slot may make. Seating takes a free slot; a request ends from any busy state
 # (finished, failed, cancelled), and ``clear`` on a free slot (closing) changes nothing.
-MOVES: dict[SlotState, frozenset[SlotState]] = {
+MOVES: Mapping[SlotState, frozenset[SlotState]] = MappingProxyType({
     SlotState.FREE: frozenset({SlotState.PREFILLING, SlotState.FREE}),
     SlotState.PREFILLING: frozenset({SlotState.DECODING, SlotState.FINISHING, SlotState.FREE}),
     SlotState.DECODING: frozenset({SlotState.FINISHING, SlotState.FREE}),
     SlotState.FINISHING: frozenset({SlotState.FREE}),
-}
+})
 
 
 @dataclass(eq=False)
