@@ -168,7 +168,9 @@ def test_control_characters_cannot_forge_a_log_line(hostile: HostileServer) -> N
         assert answer.status_code == 200
     log = hostile.server.log()
     assert not [line for line in log.splitlines() if line.startswith("2026-01-01")]
-    assert log.count("\\x0a" + FORGED) >= 2, log[-3000:]
+    # Once in the access line of the path, once in the unknown-field line (which keeps 64
+    # characters of a field name).
+    assert log.count("\\x0a" + FORGED[:40]) >= 2, log[-3000:]
 
 
 # -- image URLs and their files ------------------------------------------------------------------
