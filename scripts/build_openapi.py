@@ -93,7 +93,7 @@ def _path_param(name: str, description: str, **schema: Any) -> dict[str, Any]:
 
 
 KEY_ID = _path_param("key_id", "The key's id (`key_...`).")
-MAX_INTEGER = 2**53  # appliance/api/routes/admin_keys.py
+MAX_INTEGER = 2**53  # appliance/api/wire/keys.py
 KEY_LIMITS = {
     "models": {"type": ["array", "null"], "items": {"type": "string"},
                "description": "Models the key may call; null: every model."},

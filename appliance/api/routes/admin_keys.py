@@ -18,59 +18,14 @@ import dataclasses
 from typing import Any
 
 import anyio.to_thread
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from appliance.api.services import KeyAdmin, Services
+from appliance.api.wire.keys import CreateKey, KeyFields, key_json
 from appliance.api.wire.validation import parse_json
 from appliance.errors import InvalidRequest, ModelNotFound, NotFound
 from appliance.ledger import KeyLimits, KeyRecord
-
-_MAX_INTEGER = 2**53  # JSON clients round larger integers
-
-
-class KeyFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    models: list[str] | None = None
-    # The bounds keep numbers within SQLite's 64-bit integers (beyond, the key store failed
-    # with a 500; found by tests/fast/test_openapi_fuzz.py).
-    rpm: int | None = Field(default=None, ge=1, le=_MAX_INTEGER)
-    max_concurrent: int | None = Field(default=None, ge=1, le=_MAX_INTEGER)
-    monthly_requests: int | None = Field(default=None, ge=1, le=_MAX_INTEGER)
-    monthly_budget: float | None = Field(default=None, gt=0)
-    expires_at: int | None = Field(default=None, ge=0, le=_MAX_INTEGER)  # unix seconds
-
-
-class CreateKey(KeyFields):
-    name: str
-    admin: bool = False
-
-
-def key_json(record: KeyRecord) -> dict[str, Any]:
-    limits = record.limits
-    return {
-        "object": "organization.project.api_key",
-        "id": record.id,
-        "name": record.name,
-        "redacted_value": f"{record.prefix}...",
-        "created_at": int(record.created_at),
-        "last_used_at": None,  # not tracked: it would cost a key-table write per request
-        "owner_project_access": "active" if record.active else "inactive",
-        # Appliance keys belong to no person: OpenAI's closest owner is a service account.
-        "owner": {"type": "service_account", "service_account": {
-            "id": record.id, "name": record.name, "created_at": int(record.created_at),
-            "role": "owner" if record.admin else "member"}},
-        "revoked_at": None if record.revoked_at is None else int(record.revoked_at),
-        "expires_at": None if limits.expires_at is None else int(limits.expires_at),
-        "admin": record.admin,
-        "models": None if limits.models is None else list(limits.models),
-        "rpm": limits.rpm,
-        "max_concurrent": limits.max_concurrent,
-        "monthly_requests": limits.monthly_requests,
-        "monthly_budget": limits.monthly_budget,
-    }
 
 
 def _admin(request: Request) -> tuple[Services, KeyAdmin]:
