@@ -56,17 +56,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from load_test import (
     CHAT_MODEL,
-    Checks,
     chat_model_toml,
     engine_load,
-    integrity,
-    ledger_rows,
-    log_findings,
     start_server,
     wait_engine_idle,
     write_config,
 )
 
+from devtools.server_checks import Checks, integrity, ledger_rows, log_findings
 from devtools.server_harness import TINY_SD, WHISPER_TINY, RunningServer, free_port, make_key
 
 AUDIO_MODEL = "whisper"

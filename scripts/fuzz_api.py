@@ -50,13 +50,7 @@ from schemathesis.specs.openapi.schemas import APIOperation
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_test import (  # noqa: E402
-    Checks,
-    ledger_rows,
-    log_findings,
-    start_server,
-    table,
-)
+from load_test import start_server  # noqa: E402
 
 from devtools.openapi_cases import (  # noqa: E402
     Wire,
@@ -66,6 +60,7 @@ from devtools.openapi_cases import (  # noqa: E402
     needs_admin,
     prepare,
 )
+from devtools.server_checks import Checks, ledger_rows, log_findings, table  # noqa: E402
 from devtools.server_harness import (  # noqa: E402
     SMOLLM2,
     TINY_SD,
@@ -73,6 +68,7 @@ from devtools.server_harness import (  # noqa: E402
     RunningServer,
     create_key,
     free_port,
+    write_config,
 )
 
 CHAT = "smollm2-135m-instruct"
@@ -251,10 +247,7 @@ class Fuzzer:
 
 def _write_config(folder: Path, port: int) -> Path:
     # Not load_test.write_config: /metrics stays behind the admin key, as it ships.
-    config = folder / "models.toml"
-    config.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "data"\n'
-                      f"{MODELS_TOML}", encoding="utf-8")
-    return config
+    return write_config(folder, port, MODELS_TOML.lstrip("\n"))
 
 
 def _gauges(text: str, name: str) -> dict[str, float]:

@@ -43,14 +43,12 @@ import asyncio
 import contextlib
 import os
 import random
-import re
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +59,7 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 # The servers are started as the real-tier tests start them (devtools/server_harness.py).
 from devtools import server_harness as harness
+from devtools.server_checks import Checks, gauge, ledger_rows, log_findings, percentile, table
 from devtools.server_harness import SMOLLM2, RunningServer, free_port, make_key
 
 CHAT_MODEL = "smollm2"
@@ -101,24 +100,6 @@ def start_server(config: Path, port: int, log_name: str = "server.log",
                                 append_log=True)
 
 
-def ledger_rows(path: Path, where: str = "", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-    """Rows of the ``requests`` table (read-only; fine beside a running server: WAL)."""
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        conn.row_factory = sqlite3.Row
-        sql = "SELECT * FROM requests" + (f" WHERE {where}" if where else "")
-        return [dict(row) for row in conn.execute(sql, tuple(params))]
-
-
-def integrity(path: Path) -> str:
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
-
-
-def gauge(metrics_text: str, name: str, model: str) -> float | None:
-    found = re.search(rf'^{name}\{{model="{re.escape(model)}"\}} (\S+)$', metrics_text, re.M)
-    return float(found.group(1)) if found else None
-
-
 def engine_load(base_url: str, model: str = CHAT_MODEL) -> tuple[float | None, float | None]:
     """(slots busy, queue depth) from /metrics."""
     text = httpx2.get(f"{base_url}/metrics", timeout=10).text
@@ -139,56 +120,6 @@ def wait_engine_idle(base_url: str, timeout: float,
         if time.monotonic() - started > timeout:
             return False, time.monotonic() - started, reading
         time.sleep(0.05)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table, numbers right-aligned."""
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return "-" if value != value else f"{value:.2f}"
-        return str(value)
-
-    text = [[cell(v) for v in row] for row in rows]
-    right = [all(isinstance(row[i], int | float) for row in rows) if rows else False
-             for i in range(len(headers))]
-    lines = ["| " + " | ".join(headers) + " |",
-             "| " + " | ".join("---:" if r else "---" for r in right) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in text]
-    return "\n".join(lines)
-
-
-def log_findings(log: str, limit: int = 8) -> list[str]:
-    """Server log lines worth a look: tracebacks, errors, CancelledError."""
-    pattern = re.compile(r"Traceback|CancelledError|^\S+ \S+ (ERROR|CRITICAL) |\"level\": "
-                         r"\"(ERROR|CRITICAL)\"")
-    return [line for line in log.splitlines() if pattern.search(line)][:limit]
-
-
-class Checks:
-    def __init__(self) -> None:
-        self.results: list[tuple[str, bool, str]] = []
-
-    def check(self, name: str, ok: bool, detail: str = "") -> bool:
-        self.results.append((name, ok, detail))
-        return ok
-
-    @property
-    def failed(self) -> list[str]:
-        return [name for name, ok, _ in self.results if not ok]
-
-    def report(self) -> str:
-        return table(["check", "result", "figures"],
-                     [(name, "PASS" if ok else "FAIL", detail)
-                      for name, ok, detail in self.results])
 
 
 # ----------------------------------------------------------------------------------- the load
