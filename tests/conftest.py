@@ -14,6 +14,7 @@ from appliance.api.app import create_app
 from appliance.api.bounds import RequestBounds
 from appliance.api.image_files import ImageFiles
 from appliance.api.services import Pricing, Services
+from appliance.engines.base import CHAT, EMBEDDING, IMAGE, TRANSCRIPTION, Listing
 from appliance.engines.catalog import Catalog
 from tests.fake_audio import FakeTranscriptionEngine
 from tests.fakes import (
@@ -53,10 +54,10 @@ async def stack(tmp_path: Path) -> AsyncIterator[FastStack]:
     keys = FakeKeys()
     keys.add(API_KEY)
     services = Services(
-        catalog=Catalog([(engine, ("gpt-4o-mini",))],
-                        [(FakeEmbeddingEngine(), ("text-embedding-3-small",))],
-                        transcription=[(FakeTranscriptionEngine(), ("whisper-1",))],
-                        image=[(painter, ("dall-e-2",))]),
+        catalog=Catalog([Listing(CHAT, engine, ("gpt-4o-mini",)),
+                         Listing(EMBEDDING, FakeEmbeddingEngine(), ("text-embedding-3-small",)),
+                         Listing(TRANSCRIPTION, FakeTranscriptionEngine(), ("whisper-1",)),
+                         Listing(IMAGE, painter, ("dall-e-2",))]),
         ledger=ledger,
         keys=keys,
         pricing=Pricing(per_request={"fake-chat": 0.25, "fake-image": 0.04}, currency="USD"),

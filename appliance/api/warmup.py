@@ -15,7 +15,7 @@ import anyio.to_thread
 
 from appliance.api.services import Services
 from appliance.api.wire.chat import ChatCompletionRequest, to_chat_params
-from appliance.engines.base import CancelToken
+from appliance.engines.base import CHAT, CancelToken
 
 log = logging.getLogger("appliance.api")
 
@@ -23,7 +23,7 @@ log = logging.getLogger("appliance.api")
 async def warm_request_path(services: Services) -> None:
     started = time.perf_counter()
     await anyio.to_thread.run_sync(services.keys.lookup, "sk-app-warm-up-not-a-key")
-    for engine in services.catalog.chat_engines():
+    for engine in services.catalog.engines_of(CHAT):
         body = ChatCompletionRequest.model_validate({
             "model": engine.info.id,
             "messages": [{"role": "user", "content": "Hello"}],

@@ -9,7 +9,7 @@ import threading
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import Any, BinaryIO, Generic, Literal, Protocol, TypeVar
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 Role = Literal["system", "user", "assistant", "tool"]
@@ -394,3 +394,47 @@ class ImageEngine(Protocol):
     def warm_up(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+# -- kinds ---------------------------------------------------------------------------------
+
+
+class Engine(Protocol):
+    """What every loaded model does, whatever its kind: the server warms and closes it."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def warm_up(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+E = TypeVar("E", bound=Engine)
+
+
+@dataclass(frozen=True, eq=False)
+class Kind(Generic[E]):
+    """A kind of model. ``name`` is its word in models.toml and on /v1/models, ``serves`` what
+    a request of another resource is told the model does not support. The type parameter is
+    the Protocol the kind's engines implement, so ``catalog.get(CHAT, name)`` is known to be a
+    ChatEngine; each kind is one token (compared by identity)."""
+
+    name: str
+    serves: str
+
+
+CHAT: Kind[ChatEngine] = Kind("chat", "chat completions")
+EMBEDDING: Kind[EmbeddingEngine] = Kind("embedding", "embeddings")
+TRANSCRIPTION: Kind[TranscriptionEngine] = Kind("transcription",
+                                                "audio transcriptions and translations")
+IMAGE: Kind[ImageEngine] = Kind("image", "image generation")
+
+
+@dataclass(frozen=True)
+class Listing(Generic[E]):
+    """One loaded model as the catalog lists it: its kind, its engine and its aliases."""
+
+    kind: Kind[E]
+    engine: E
+    aliases: tuple[str, ...] = ()

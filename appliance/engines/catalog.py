@@ -1,106 +1,70 @@
-"""Model ids and aliases -> loaded engines, by capability.
+"""Model ids and aliases -> loaded engines, by kind.
 
 An unknown name is a ModelNotFound (404), never the default model; a known model asked for
-the wrong capability is a 400 naming ``model``. Aliases resolve to the canonical id, which is
+the wrong kind is a 400 naming ``model``. Aliases resolve to the canonical id, which is
 what responses report (as OpenAI reports a dated snapshot for an alias).
+
+One accessor serves every kind: ``get(CHAT, name)`` returns a ChatEngine, ``get(IMAGE,
+name)`` an ImageEngine; a new kind is a new token in engines/base.py, not a new method here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, cast
 
-from appliance.engines.base import (
-    ChatEngine,
-    EmbeddingEngine,
-    ImageEngine,
-    ModelInfo,
-    TranscriptionEngine,
-)
+from appliance.engines.base import E, Engine, Kind, Listing, ModelInfo
 from appliance.errors import InvalidRequest, ModelNotFound
 
-Engine = ChatEngine | EmbeddingEngine | TranscriptionEngine | ImageEngine
+__all__ = ["Catalog", "Engine"]
 
 
 class Catalog:
-    def __init__(self, chat: Iterable[tuple[ChatEngine, tuple[str, ...]]],
-                 embedding: Iterable[tuple[EmbeddingEngine, tuple[str, ...]]] = (),
-                 transcription: Iterable[tuple[TranscriptionEngine, tuple[str, ...]]] = (),
-                 image: Iterable[tuple[ImageEngine, tuple[str, ...]]] = ()):
-        """Takes each engine with its aliases; names are unique (config checked it)."""
-        self._chat: dict[str, ChatEngine] = {}
-        self._embedding: dict[str, EmbeddingEngine] = {}
-        self._transcription: dict[str, TranscriptionEngine] = {}
-        self._image: dict[str, ImageEngine] = {}
-        self._canonical: dict[str, str] = {}
+    def __init__(self, listings: Iterable[Listing[Any]]):
+        """Takes each engine with its kind and aliases; names are unique (config checked it)."""
+        self._listings: dict[str, Listing[Any]] = {}  # every id and alias -> its listing
         self._infos: dict[str, ModelInfo] = {}
-        self._engines: list[Engine] = []
-        for engine, aliases in chat:
-            self._add(engine, aliases)
-            self._chat.update({name: engine for name in (engine.info.id, *aliases)})
-        for embedder, aliases in embedding:
-            self._add(embedder, aliases)
-            self._embedding.update({name: embedder for name in (embedder.info.id, *aliases)})
-        for listener, aliases in transcription:
-            self._add(listener, aliases)
-            self._transcription.update({name: listener
-                                        for name in (listener.info.id, *aliases)})
-        for painter, aliases in image:
-            self._add(painter, aliases)
-            self._image.update({name: painter for name in (painter.info.id, *aliases)})
+        for listing in listings:
+            info = listing.engine.info
+            self._infos[info.id] = info
+            self._listings.update({name: listing for name in (info.id, *listing.aliases)})
 
-    def _add(self, engine: Engine, aliases: tuple[str, ...]) -> None:
-        info = engine.info
-        self._infos[info.id] = info
-        self._engines.append(engine)
-        for name in (info.id, *aliases):
-            self._canonical[name] = info.id
-
-    def chat(self, name: str) -> ChatEngine:
-        engine = self._chat.get(name)
-        if engine is None:
-            raise self._missing(name, "chat completions")
-        return engine
-
-    def embedding(self, name: str) -> EmbeddingEngine:
-        engine = self._embedding.get(name)
-        if engine is None:
-            raise self._missing(name, "embeddings")
-        return engine
-
-    def transcription(self, name: str) -> TranscriptionEngine:
-        engine = self._transcription.get(name)
-        if engine is None:
-            raise self._missing(name, "audio transcriptions and translations")
-        return engine
-
-    def image(self, name: str) -> ImageEngine:
-        engine = self._image.get(name)
-        if engine is None:
-            raise self._missing(name, "image generation")
-        return engine
-
-    def _missing(self, name: str, capability: str) -> Exception:
-        if name in self._canonical:
-            return InvalidRequest(f"The model `{name}` does not support {capability}.",
-                                  param="model", code="model_not_supported")
-        return ModelNotFound(name)
+    def get(self, kind: Kind[E], name: str) -> E:
+        listing = self._listings.get(name)
+        if listing is None:
+            raise ModelNotFound(name)
+        if listing.kind is not kind:
+            raise InvalidRequest(f"The model `{name}` does not support {kind.serves}.",
+                                 param="model", code="model_not_supported")
+        # The listing was built as Listing[E] for this very kind token (Listing ties the two
+        # together when it is made), so its engine is an E; the dict only forgot which E.
+        return cast(E, listing.engine)
 
     def resolve(self, name: str) -> ModelInfo:
         """The model behind an id or alias, whatever its kind."""
-        canonical = self._canonical.get(name)
-        if canonical is None:
+        listing = self._listings.get(name)
+        if listing is None:
             raise ModelNotFound(name, param=None)
-        return self._infos[canonical]
+        return self._infos[listing.engine.info.id]
+
+    def kind_of(self, name: str) -> Kind[Any]:
+        """The kind of the model behind an id or alias (for /v1/models)."""
+        listing = self._listings.get(name)
+        if listing is None:
+            raise ModelNotFound(name, param=None)
+        return listing.kind
 
     def models(self) -> list[ModelInfo]:
         return list(self._infos.values())
 
     def names(self) -> list[str]:
         """Every id and alias, for /v1/models (aliases listed so clients can discover them)."""
-        return list(self._canonical)
+        return list(self._listings)
 
-    def chat_engines(self) -> list[ChatEngine]:
-        return list({engine.info.id: engine for engine in self._chat.values()}.values())
+    def engines_of(self, kind: Kind[E]) -> list[E]:
+        """Every engine of one kind, once each."""
+        return [self.get(kind, model_id) for model_id in self._infos
+                if self._listings[model_id].kind is kind]
 
     def engines(self) -> list[Engine]:
-        return list(self._engines)
+        return [self._listings[model_id].engine for model_id in self._infos]

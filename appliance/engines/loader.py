@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 from appliance.config import ApplianceConfig, ModelConfig
-from appliance.engines.base import ChatEngine, EmbeddingEngine, ImageEngine, TranscriptionEngine
-from appliance.engines.catalog import Catalog, Engine
+from appliance.engines.base import (
+    CHAT,
+    EMBEDDING,
+    IMAGE,
+    TRANSCRIPTION,
+    ChatEngine,
+    EmbeddingEngine,
+    ImageEngine,
+    Listing,
+    TranscriptionEngine,
+)
+from appliance.engines.catalog import Catalog
 from appliance.engines.llm.embedder import LlamaEmbeddingEngine
 from appliance.engines.llm.engine import LlamaChatEngine
 from appliance.engines.llm.scheduler import StepReport
@@ -45,56 +58,71 @@ def _occupancy_reporter(model_id: str, observer: OccupancyObserver | None
     return lambda busy, waiting: observer(model_id, busy, waiting)
 
 
-def _load(model: ModelConfig, on_step: StepObserver | None = None,
-          on_occupancy: OccupancyObserver | None = None) -> Engine:
-    # Heavy libraries (faster-whisper, torch + diffusers) are imported only when a model
-    # needs them, so a chat-only appliance boots without paying for them.
-    if model.kind == "embedding":
-        return LlamaEmbeddingEngine.load(model, _occupancy_reporter(model.id, on_occupancy))
-    if model.kind == "transcription":
-        from appliance.engines.whisper import WhisperEngine
-        return WhisperEngine.load(model, _occupancy_reporter(model.id, on_occupancy))
-    if model.kind == "image":
-        from appliance.engines.diffusion import DiffusionEngine
-        return DiffusionEngine.load(model, _occupancy_reporter(model.id, on_occupancy))
-    return LlamaChatEngine.load(model, _step_reporter(model.id, on_step))
+@dataclass(frozen=True)
+class _Observers:
+    on_step: StepObserver | None
+    on_occupancy: OccupancyObserver | None
+
+
+# Heavy libraries (faster-whisper, torch + diffusers) are imported only when a model needs
+# them, so a chat-only appliance boots without paying for them.
+def _chat(model: ModelConfig, seen: _Observers) -> Listing[ChatEngine]:
+    engine = LlamaChatEngine.load(model, _step_reporter(model.id, seen.on_step))
+    return Listing(CHAT, engine, model.aliases)
+
+
+def _embedding(model: ModelConfig, seen: _Observers) -> Listing[EmbeddingEngine]:
+    engine = LlamaEmbeddingEngine.load(model, _occupancy_reporter(model.id, seen.on_occupancy))
+    return Listing(EMBEDDING, engine, model.aliases)
+
+
+def _transcription(model: ModelConfig, seen: _Observers) -> Listing[TranscriptionEngine]:
+    from appliance.engines.whisper import WhisperEngine
+    engine = WhisperEngine.load(model, _occupancy_reporter(model.id, seen.on_occupancy))
+    return Listing(TRANSCRIPTION, engine, model.aliases)
+
+
+def _image(model: ModelConfig, seen: _Observers) -> Listing[ImageEngine]:
+    from appliance.engines.diffusion import DiffusionEngine
+    engine = DiffusionEngine.load(model, _occupancy_reporter(model.id, seen.on_occupancy))
+    return Listing(IMAGE, engine, model.aliases)
+
+
+# models.toml's `kind` -> what builds it. Read-only: no module-level mutable state. Its order
+# is the order of /v1/models (chat models first, as before kinds were a table).
+BUILDERS: Mapping[str, Callable[[ModelConfig, _Observers], Listing[Any]]] = MappingProxyType({
+    CHAT.name: _chat,
+    EMBEDDING.name: _embedding,
+    TRANSCRIPTION.name: _transcription,
+    IMAGE.name: _image,
+})
 
 
 def load_catalog(config: ApplianceConfig, on_step: StepObserver | None = None,
                  on_occupancy: OccupancyObserver | None = None) -> Catalog:
-    chat: list[tuple[ChatEngine, tuple[str, ...]]] = []
-    embedding: list[tuple[EmbeddingEngine, tuple[str, ...]]] = []
-    transcription: list[tuple[TranscriptionEngine, tuple[str, ...]]] = []
-    image: list[tuple[ImageEngine, tuple[str, ...]]] = []
-    loaded: list[Engine] = []
+    seen = _Observers(on_step, on_occupancy)
+    loaded: list[Listing[Any]] = []
     try:
         for model in config.models:
             t0 = time.perf_counter()
             try:
-                engine = _load(model, on_step, on_occupancy)
+                listing = BUILDERS[model.kind](model, seen)
             except ApplianceError:
                 raise
             except Exception as exc:
                 raise ConfigError(f"model {model.id!r} failed to load from {model.path}: {exc}") \
                     from exc
-            loaded.append(engine)
-            if model.kind == "embedding":
-                embedding.append((engine, model.aliases))  # type: ignore[arg-type]
-            elif model.kind == "transcription":
-                transcription.append((engine, model.aliases))  # type: ignore[arg-type]
-            elif model.kind == "image":
-                image.append((engine, model.aliases))  # type: ignore[arg-type]
-            else:
-                chat.append((engine, model.aliases))  # type: ignore[arg-type]
+            loaded.append(listing)
             t1 = time.perf_counter()
             try:
-                engine.warm_up()
+                listing.engine.warm_up()
             except Exception as exc:
                 raise ConfigError(f"model {model.id!r} failed its warm-up: {exc}") from exc
             t2 = time.perf_counter()
             log.info("model %s loaded in %.2fs, warmed in %.2fs", model.id, t1 - t0, t2 - t1)
     except BaseException:
-        for engine in loaded:
-            engine.close()
+        for listing in loaded:
+            listing.engine.close()
         raise
-    return Catalog(chat, embedding, transcription, image)
+    order = list(BUILDERS)
+    return Catalog(sorted(loaded, key=lambda listing: order.index(listing.kind.name)))

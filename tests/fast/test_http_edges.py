@@ -42,6 +42,7 @@ from appliance.api.telemetry.logs import (
     log_handler,
 )
 from appliance.config import load_config
+from appliance.engines.base import CHAT, IMAGE, Listing
 from appliance.engines.catalog import Catalog
 from appliance.errors import ConfigError
 from appliance.ledger import KeyStore
@@ -69,7 +70,8 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
         user = keys.create("user")[1]
         admin = keys.create("ops", admin=True)[1]
         services = Services(
-            catalog=Catalog([(FakeChatEngine(), ())], [], image=[(FakeImageEngine(), ())]),
+            catalog=Catalog([Listing(CHAT, FakeChatEngine()),
+                             Listing(IMAGE, FakeImageEngine())]),
             ledger=ledger, keys=keys, key_admin=keys,
             image_files=ImageFiles(tmp_path / "images"),
             auth_failures=FailedAuthLimiter(max_failures=3, window_s=60.0,

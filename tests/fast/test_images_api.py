@@ -21,6 +21,7 @@ from appliance.api.app import create_app
 from appliance.api.image_files import ImageFiles
 from appliance.api.services import Services
 from appliance.config import load_config
+from appliance.engines.base import CHAT, IMAGE, Listing
 from appliance.engines.catalog import Catalog
 from appliance.errors import ConfigError
 from tests.conftest import API_KEY, FastStack
@@ -179,8 +180,8 @@ async def test_leaving_out_model_uses_openais_default_name(stack: FastStack) -> 
 
 
 async def test_leaving_out_model_without_a_default_alias_is_a_400(stack: FastStack) -> None:
-    services = Services(catalog=Catalog([(FakeChatEngine(), ())],
-                                        image=[(FakeImageEngine(), ())]),
+    services = Services(catalog=Catalog([Listing(CHAT, FakeChatEngine()),
+                                         Listing(IMAGE, FakeImageEngine())]),
                         ledger=ListLedger(), keys=stack.keys)
     app = create_app(services)
     async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app),

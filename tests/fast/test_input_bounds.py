@@ -20,7 +20,8 @@ from appliance.api.app import create_app
 from appliance.api.bounds import RequestBounds
 from appliance.api.services import Services
 from appliance.api.wire.tools import tool_use
-from appliance.engines.base import OutputFormat, ToolSpec, ToolUse
+from appliance.engines.base import CHAT as CHAT_KIND
+from appliance.engines.base import EMBEDDING, IMAGE, Listing, OutputFormat, ToolSpec, ToolUse
 from appliance.engines.catalog import Catalog
 from appliance.engines.llm.grammar import grammar_for
 from appliance.engines.llm.regex_gbnf import gbnf_pattern
@@ -54,9 +55,10 @@ async def http(tmp_path: Path) -> AsyncIterator[httpx2.AsyncClient]:
     key rides along in a header of the client's own (the app ignores it)."""
     with KeyStore(tmp_path / "keys.sqlite") as keys:
         services = Services(
-            catalog=Catalog([(FakeChatEngine(), ("gpt-4o-mini",))],
-                            [(FakeEmbeddingEngine(), ("text-embedding-3-small",))],
-                            image=[(FakeImageEngine(), ("dall-e-2",))]),
+            catalog=Catalog([
+                Listing(CHAT_KIND, FakeChatEngine(), ("gpt-4o-mini",)),
+                Listing(EMBEDDING, FakeEmbeddingEngine(), ("text-embedding-3-small",)),
+                Listing(IMAGE, FakeImageEngine(), ("dall-e-2",))]),
             ledger=ListLedger(), keys=keys, key_admin=keys,
             bounds=SMALL)
         user, admin = keys.create("tester")[1], keys.create("ops", admin=True)[1]

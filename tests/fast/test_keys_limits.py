@@ -24,7 +24,8 @@ from appliance.api.app import create_app
 from appliance.api.middleware.key_rate import go_duration
 from appliance.api.middleware.key_scope import KeyScopedCatalog
 from appliance.api.services import Pricing, Services
-from appliance.engines.base import CancelToken, ChatEvent, ChatParams
+from appliance.engines.base import CHAT as CHAT_KIND
+from appliance.engines.base import EMBEDDING, CancelToken, ChatEvent, ChatParams, Listing
 from appliance.engines.catalog import Catalog
 from appliance.ledger import KeyLimits, KeyStore, LedgerReports, LedgerWriter, RequestRecord
 from tests.fakes import FakeChatEngine, FakeEmbeddingEngine
@@ -59,8 +60,9 @@ class Appliance:
 
     def start(self) -> httpx2.AsyncClient:
         services = Services(
-            catalog=Catalog([(self.engine, ("gpt-4o-mini",))],
-                            [(FakeEmbeddingEngine(), ("text-embedding-3-small",))]),
+            catalog=Catalog([
+                Listing(CHAT_KIND, self.engine, ("gpt-4o-mini",)),
+                Listing(EMBEDDING, FakeEmbeddingEngine(), ("text-embedding-3-small",))]),
             ledger=self.ledger, keys=self.keys, key_admin=self.keys,
             reports=LedgerReports(self.path / "ledger.sqlite"),
             pricing=Pricing(per_request={"fake-chat": 0.25}, currency="USD"),

@@ -22,6 +22,8 @@ from appliance.api.middleware.failed_auth import FailedAuthLimiter
 from appliance.api.services import Exposure, Pricing, Services
 from appliance.api.telemetry.logs import log_handler
 from appliance.api.telemetry.metrics import ApplianceMetrics
+from appliance.engines.base import CHAT as CHAT_KIND
+from appliance.engines.base import EMBEDDING, Listing
 from appliance.engines.catalog import Catalog
 from tests.fakes import FakeChatEngine, FakeEmbeddingEngine, FakeKeys, ListLedger
 
@@ -49,7 +51,7 @@ def harness(**overrides: Any) -> Harness:
     keys.secrets[ADMIN_KEY] = dataclasses.replace(admin, admin=True)
     ledger = ListLedger()
     clock = [1000.0]
-    overrides.setdefault("catalog", Catalog([(FakeChatEngine(), ())], []))
+    overrides.setdefault("catalog", Catalog([Listing(CHAT_KIND, FakeChatEngine())]))
     services = Services(
         ledger=ledger, keys=keys, pricing=Pricing(per_request={"fake-chat": 0.25}),
         auth_failures=FailedAuthLimiter(max_failures=3, window_s=60.0, clock=lambda: clock[0]),
@@ -134,7 +136,8 @@ def test_worker_pool_occupancy_is_reported_as_it_changes_and_never_goes_stale() 
 
 async def test_a_failing_model_shows_in_ready_and_metrics_and_the_others_serve() -> None:
     broken = FakeChatEngine()
-    setup = harness(catalog=Catalog([(broken, ())], [(FakeEmbeddingEngine(), ())]),
+    setup = harness(catalog=Catalog([Listing(CHAT_KIND, broken),
+                                      Listing(EMBEDDING, FakeEmbeddingEngine())]),
                     exposure=Exposure(metrics_public=True))
     async with setup.client() as client:
         ready = await client.get("/ready")

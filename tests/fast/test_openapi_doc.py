@@ -21,6 +21,7 @@ from starlette.routing import Route
 from appliance.api.app import create_app
 from appliance.api.middleware.failed_auth import FailedAuthLimiter
 from appliance.api.services import Services
+from appliance.engines.base import CHAT, Listing
 from appliance.engines.catalog import Catalog
 from tests.fakes import FakeChatEngine, FakeKeys, ListLedger
 
@@ -36,7 +37,7 @@ def _document() -> dict[str, Any]:
 
 def _app() -> Starlette:
     # Every keyless probe below is a failed authentication: allow all of them.
-    return create_app(Services(catalog=Catalog([(FakeChatEngine(), ("gpt-4o-mini",))]),
+    return create_app(Services(catalog=Catalog([Listing(CHAT, FakeChatEngine(), ("gpt-4o-mini",))]),
                                ledger=ListLedger(), keys=FakeKeys(),
                                auth_failures=FailedAuthLimiter(max_failures=1000)))
 

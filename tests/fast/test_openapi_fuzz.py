@@ -37,6 +37,7 @@ from appliance.api.app import create_app
 from appliance.api.bounds import RequestBounds
 from appliance.api.image_files import ImageFiles
 from appliance.api.services import Pricing, Services
+from appliance.engines.base import CHAT, EMBEDDING, IMAGE, TRANSCRIPTION, Listing
 from appliance.engines.catalog import Catalog
 from appliance.ledger import KeyStore, LedgerReports, LedgerWriter
 from devtools.openapi_cases import draw_case, modes, needs_admin, openai_error_envelope, prepare
@@ -71,10 +72,11 @@ def served(tmp_path: Path) -> Iterator[Served]:
     with KeyStore(tmp_path / "keys.sqlite") as keys, \
             LedgerWriter(tmp_path / "ledger.sqlite") as ledger, asyncio.Runner() as loop:
         services = Services(
-            catalog=Catalog([(FakeChatEngine(), ("gpt-4o-mini",))],
-                            [(FakeEmbeddingEngine(), ("text-embedding-3-small",))],
-                            transcription=[(FakeTranscriptionEngine(), ("whisper-1",))],
-                            image=[(FakeImageEngine(), ("dall-e-2",))]),
+            catalog=Catalog([
+                Listing(CHAT, FakeChatEngine(), ("gpt-4o-mini",)),
+                Listing(EMBEDDING, FakeEmbeddingEngine(), ("text-embedding-3-small",)),
+                Listing(TRANSCRIPTION, FakeTranscriptionEngine(), ("whisper-1",)),
+                Listing(IMAGE, FakeImageEngine(), ("dall-e-2",))]),
             ledger=ledger, keys=keys, key_admin=keys,
             reports=LedgerReports(tmp_path / "ledger.sqlite"),
             pricing=Pricing(per_request={"fake-chat": 0.25}, currency="USD"),

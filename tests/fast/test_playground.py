@@ -12,6 +12,8 @@ import pytest
 
 from appliance.api.app import create_app
 from appliance.api.services import Pricing, Services
+from appliance.engines.base import CHAT as CHAT_KIND
+from appliance.engines.base import Listing
 from appliance.engines.catalog import Catalog
 from appliance.ledger import KeyLimits, KeyStore, LedgerReports, LedgerWriter
 from tests.fakes import FakeChatEngine
@@ -25,7 +27,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[httpx2.AsyncClient, KeyS
     with KeyStore(tmp_path / "keys.sqlite") as keys, \
             LedgerWriter(tmp_path / "ledger.sqlite") as ledger:
         services = Services(
-            catalog=Catalog([(FakeChatEngine(), ("gpt-4o-mini",))]),
+            catalog=Catalog([Listing(CHAT_KIND, FakeChatEngine(), ("gpt-4o-mini",))]),
             ledger=ledger, keys=keys, key_admin=keys,
             reports=LedgerReports(tmp_path / "ledger.sqlite"),
             pricing=Pricing(per_request={"fake-chat": 0.25}, currency="USD"),

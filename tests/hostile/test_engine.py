@@ -24,7 +24,7 @@ import pytest
 from appliance.api.app import create_app
 from appliance.api.services import Services
 from appliance.config import ModelConfig
-from appliance.engines.base import CancelToken, ChatMessage, ChatParams, Sampling
+from appliance.engines.base import CHAT, CancelToken, ChatMessage, ChatParams, Listing, Sampling
 from appliance.engines.catalog import Catalog
 from appliance.engines.llm.engine import PREPARE_THREADS, LlamaChatEngine
 from appliance.engines.llm.model import LoadedModel
@@ -263,7 +263,8 @@ def engine() -> Iterator[LlamaChatEngine]:
 async def http(engine: LlamaChatEngine) -> AsyncIterator[httpx2.AsyncClient]:
     keys = FakeKeys()
     keys.add(API_KEY)
-    services = Services(catalog=Catalog([(engine, ("smol",))]), ledger=ListLedger(), keys=keys)
+    services = Services(catalog=Catalog([Listing(CHAT, engine, ("smol",))]), ledger=ListLedger(),
+                        keys=keys)
     transport = httpx2.ASGITransport(app=create_app(services))
     async with httpx2.AsyncClient(transport=transport, base_url="http://appliance.test",
                                   headers={"Authorization": f"Bearer {API_KEY}"},

@@ -2,7 +2,7 @@
 
 ``KeyScopedCatalog`` wraps the real catalog for the api. The admission middleware sets the
 current key's allowed ids in a context variable for the duration of the request, so every
-handler's ``catalog.chat(name)`` (and ``/v1/models``) sees only the key's models without
+handler's ``catalog.get(CHAT, name)`` (and ``/v1/models``) sees only the key's models without
 knowing about keys. A model outside the list gets the same 404 as an unknown one: the answer
 must not reveal that it exists. The variable belongs to the instance (one per app), and its
 values to each request's task, so no state is shared between requests or apps.
@@ -14,14 +14,9 @@ cannot silently bypass the list.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from typing import Any
 
-from appliance.engines.base import (
-    ChatEngine,
-    EmbeddingEngine,
-    ImageEngine,
-    ModelInfo,
-    TranscriptionEngine,
-)
+from appliance.engines.base import E, Kind, ModelInfo
 from appliance.engines.catalog import Catalog, Engine
 from appliance.errors import ModelNotFound
 
@@ -46,27 +41,19 @@ class KeyScopedCatalog(Catalog):
         if not self._visible(info.id):
             raise ModelNotFound(name)
 
-    def chat(self, name: str) -> ChatEngine:
+    def get(self, kind: Kind[E], name: str) -> E:
         self._hide(name)
-        return self._inner.chat(name)
-
-    def embedding(self, name: str) -> EmbeddingEngine:
-        self._hide(name)
-        return self._inner.embedding(name)
-
-    def transcription(self, name: str) -> TranscriptionEngine:
-        self._hide(name)
-        return self._inner.transcription(name)
-
-    def image(self, name: str) -> ImageEngine:
-        self._hide(name)
-        return self._inner.image(name)
+        return self._inner.get(kind, name)
 
     def resolve(self, name: str) -> ModelInfo:
         info = self._inner.resolve(name)
         if not self._visible(info.id):
             raise ModelNotFound(name, param=None)
         return info
+
+    def kind_of(self, name: str) -> Kind[Any]:
+        self.resolve(name)
+        return self._inner.kind_of(name)
 
     def models(self) -> list[ModelInfo]:
         return [info for info in self._inner.models() if self._visible(info.id)]
@@ -76,8 +63,8 @@ class KeyScopedCatalog(Catalog):
                 if self._visible(self._inner.resolve(name).id)]
 
     # The server's own use (warm-up, shutdown): every engine, whoever asks.
-    def chat_engines(self) -> list[ChatEngine]:
-        return self._inner.chat_engines()
+    def engines_of(self, kind: Kind[E]) -> list[E]:
+        return self._inner.engines_of(kind)
 
     def engines(self) -> list[Engine]:
         return self._inner.engines()

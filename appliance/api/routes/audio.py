@@ -23,6 +23,7 @@ from appliance.api.wire.audio import Task, read_form, to_audio_request
 from appliance.api.wire.audio_formats import Transcript, render
 from appliance.api.wire.sse import SSE_HEADERS, SSE_MEDIA_TYPE, frame
 from appliance.engines.base import (
+    TRANSCRIPTION,
     CancelToken,
     Segment,
     TranscriptionEvent,
@@ -48,7 +49,7 @@ async def _serve(request: Request, task: Task) -> Response:
     try:
         audio = to_audio_request(form, task)
         note.stream = audio.stream
-        engine = services.catalog.transcription(audio.model)
+        engine = services.catalog.get(TRANSCRIPTION, audio.model)
         note.model = engine.info.id
         if audio.size > engine.max_upload_bytes:
             raise PayloadTooLarge(f"The audio file is larger than the limit of "

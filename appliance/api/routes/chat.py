@@ -32,6 +32,7 @@ from appliance.api.wire.generation_bounds import check_chat, check_choice_tokens
 from appliance.api.wire.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
 from appliance.api.wire.validation import parse_json
 from appliance.engines.base import (
+    CHAT,
     CancelToken,
     ChatEvent,
     Finish,
@@ -119,7 +120,7 @@ async def create_chat_completion(request: Request) -> Response:
     body = await parse_json(request, ChatCompletionRequest, services.bounds.max_body_bytes,
                             lambda data: check_chat(data, bounds))
     note.stream = bool(body.stream)
-    engine = services.catalog.chat(body.model)
+    engine = services.catalog.get(CHAT, body.model)
     note.model = engine.info.id
     check_choice_tokens(body.n or 1, body.max_completion_tokens or body.max_tokens
                         or engine.info.context_length, bounds)

@@ -29,6 +29,7 @@ from appliance.api.wire.generation_bounds import check_completion
 from appliance.api.wire.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
 from appliance.api.wire.validation import parse_json
 from appliance.engines.base import (
+    CHAT,
     CancelToken,
     ChatEvent,
     ChatParams,
@@ -140,7 +141,7 @@ async def create_completion(request: Request) -> Response:
     body = await parse_json(request, CompletionRequest, services.bounds.max_body_bytes,
                             lambda data: check_completion(data, bounds))
     note.stream = bool(body.stream)
-    engine = services.catalog.chat(body.model)
+    engine = services.catalog.get(CHAT, body.model)
     note.model = engine.info.id
     # Slots are shared per key.
     params = [replace(p, owner=note.key_id) for p in to_completion_params(body, bounds)]

@@ -17,6 +17,7 @@ from appliance.api.services import Services
 from appliance.api.wire.embeddings import EmbeddingRequest, embedding_json
 from appliance.api.wire.inputs import texts_or_token_lists
 from appliance.api.wire.validation import parse_json
+from appliance.engines.base import EMBEDDING
 from appliance.errors import InvalidRequest
 
 
@@ -24,7 +25,7 @@ async def create_embeddings(request: Request) -> Response:
     services: Services = request.app.state.services
     note: RequestNote = request.scope["state"]["note"]
     body = await parse_json(request, EmbeddingRequest, services.bounds.max_body_bytes)
-    engine = services.catalog.embedding(body.model)
+    engine = services.catalog.get(EMBEDDING, body.model)
     note.model = engine.info.id
     if body.dimensions is not None and body.dimensions > engine.dimensions:
         raise InvalidRequest(f"This model has {engine.dimensions} dimensions; 'dimensions' "

@@ -33,7 +33,7 @@ from appliance.api.wire.images import (
 )
 from appliance.api.wire.images_encoding import MEDIA_TYPES, encode
 from appliance.api.wire.validation import parse_json
-from appliance.engines.base import CancelToken, ImageEngine, ImageResult
+from appliance.engines.base import IMAGE, CancelToken, ImageEngine, ImageResult
 from appliance.errors import InvalidRequest, ModelNotFound, NotFound
 
 IMAGE_FILE_ROUTE = "image_file"
@@ -41,9 +41,9 @@ IMAGE_FILE_ROUTE = "image_file"
 
 def _engine(services: Services, model: str | None) -> ImageEngine:
     if model is not None:
-        return services.catalog.image(model)
+        return services.catalog.get(IMAGE, model)
     try:
-        return services.catalog.image(DEFAULT_MODEL)
+        return services.catalog.get(IMAGE, DEFAULT_MODEL)
     except ModelNotFound:
         raise InvalidRequest("You must provide a model parameter (no image model here is "
                              f"named `{DEFAULT_MODEL}`, OpenAI's default).", param="model",
