@@ -30,7 +30,7 @@ WHISPER_TINY = ROOT / "models" / "whisper-tiny.en"
 WHISPER_BASE = ROOT / "models" / "whisper-base"
 # Built (not fetched) by scripts/build_tiny_sd.py: see build_tiny_sd().
 TINY_SD = ROOT / "models" / "tiny-random-sd"
-APPLIANCE = [sys.executable, "-m", "appliance.cli"]
+APPLIANCE = (sys.executable, "-m", "appliance.cli")  # argv prefix: `appliance` in this venv
 
 READY_TIMEOUT_S = 120.0
 READY_POLL_S = 0.2
