@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
-from appliance.api.errors import mid_stream_failure
 from appliance.api.note import RequestNote
-from appliance.api.routes.disconnect import ClientGone, unless_disconnected
+from appliance.api.routes.engine_call import EngineCall, gone_is_499, note_of, owned
 from appliance.api.services import Services
 from appliance.api.wire.chat import ChatCompletionRequest, to_chat_params
 from appliance.api.wire.generation import (
@@ -29,7 +28,7 @@ from appliance.api.wire.generation import (
     total_token_usage,
 )
 from appliance.api.wire.generation_bounds import check_chat, check_choice_tokens
-from appliance.api.wire.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
+from appliance.api.wire.sse import frame
 from appliance.api.wire.validation import parse_json
 from appliance.engines.base import (
     CHAT,
@@ -102,20 +101,16 @@ class _CallShape:
         return {"tool_calls": [call]}
 
 
-def _note(request: Request) -> RequestNote:
-    note: RequestNote = request.scope["state"]["note"]
-    return note
-
-
 def _record_tokens(note: RequestNote, usage: Usage) -> None:
     note.prompt_tokens = usage.prompt_tokens
     note.completion_tokens = usage.completion_tokens
     note.cached_tokens = usage.cached_tokens
 
 
+@gone_is_499
 async def create_chat_completion(request: Request) -> Response:
     services: Services = request.app.state.services
-    note = _note(request)
+    note = note_of(request)
     bounds = services.bounds
     body = await parse_json(request, ChatCompletionRequest, services.bounds.max_body_bytes,
                             lambda data: check_chat(data, bounds))
@@ -124,43 +119,21 @@ async def create_chat_completion(request: Request) -> Response:
     note.model = engine.info.id
     check_choice_tokens(body.n or 1, body.max_completion_tokens or body.max_tokens
                         or engine.info.context_length, bounds)
-    params = replace(to_chat_params(body), owner=note.key_id)  # slots are shared per key
+    params = owned(to_chat_params(body), note)
     cancel = CancelToken()
     events = engine.chat(params, cancel)
-    try:
-        # Errors before generation become plain 4xx/5xx; a client that leaves while its prompt
-        # is prepared or queued stops that work and gives its place up.
-        started = await unless_disconnected(request.receive, anext(events))
-    except ClientGone:
-        note.client_gone = True
-        cancel.cancel()
-        await events.aclose()
-        return Response(status_code=499)  # nobody reads it; the ledger says "cancelled"
-    except BaseException:
-        cancel.cancel()
-        await events.aclose()
-        raise
-    if not isinstance(started, Started):
-        raise EngineFailure("The engine did not admit the request.")
+    call = EngineCall(request, note, cancel, [events])
+    [started] = await call.started(Started, "The engine did not admit the request.")
     note.prompt_tokens = started.prompt_tokens
     identity = _Identity(engine.info.id)
     calls = _CallShape(legacy=body.functions is not None or body.function_call is not None,
                        offered=params.tools is not None and params.tools.choice != "none")
     if body.stream:
-        return StreamingResponse(
-            _stream(events, cancel, identity, note, body.wants_usage_chunk, params.n, calls),
-            media_type=SSE_MEDIA_TYPE,
-            headers=SSE_HEADERS,
-        )
-    try:
-        return await unless_disconnected(request.receive,
-                                         _complete(events, cancel, identity, note,
-                                                   params.sampling.logprobs is not None,
-                                                   calls))
-    except ClientGone:
-        note.client_gone = True
-        cancel.cancel()
-        return Response(status_code=499)  # nobody reads it; the ledger says "cancelled"
+        return call.streamed(
+            _stream(events, identity, note, body.wants_usage_chunk, params.n, calls),
+            "generating the completion", done=True)
+    return await call.gathered(_complete(events, identity, note,
+                                         params.sampling.logprobs is not None, calls))
 
 
 def logprobs_json(entries: Iterable[TokenLogprob]) -> dict[str, Any]:
@@ -179,31 +152,27 @@ def _message(text: str, calls: list[dict[str, Any]], shape: _CallShape) -> dict[
             **shape.message_calls(calls)}
 
 
-async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
-                    identity: _Identity, note: RequestNote, wants_logprobs: bool,
-                    shape: _CallShape) -> Response:
+async def _complete(events: AsyncGenerator[ChatEvent, None], identity: _Identity,
+                    note: RequestNote, wants_logprobs: bool, shape: _CallShape) -> Response:
     parts: dict[int, list[str]] = {}
     logprobs: dict[int, list[TokenLogprob]] = {}
     calls: dict[int, list[dict[str, Any]]] = {}
     finishes: dict[int, Finish] = {}
-    try:
-        async with aclosing(events):
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    note.mark_first_token()
-                    parts.setdefault(event.index, []).append(event.text)
-                    logprobs.setdefault(event.index, []).extend(event.logprobs)
-                elif isinstance(event, ToolCallDelta):
-                    note.mark_first_token()
-                    made = calls.setdefault(event.index, [])
-                    if event.id is not None:
-                        made.append({"id": event.id, "type": "function",
-                                     "function": {"name": event.name, "arguments": ""}})
-                    made[event.call_index]["function"]["arguments"] += event.arguments
-                elif isinstance(event, Finish):
-                    finishes[event.index] = event
-    finally:
-        cancel.cancel()
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, TextDelta):
+                note.mark_first_token()
+                parts.setdefault(event.index, []).append(event.text)
+                logprobs.setdefault(event.index, []).extend(event.logprobs)
+            elif isinstance(event, ToolCallDelta):
+                note.mark_first_token()
+                made = calls.setdefault(event.index, [])
+                if event.id is not None:
+                    made.append({"id": event.id, "type": "function",
+                                 "function": {"name": event.name, "arguments": ""}})
+                made[event.call_index]["function"]["arguments"] += event.arguments
+            elif isinstance(event, Finish):
+                finishes[event.index] = event
     if not finishes:
         raise EngineFailure("The engine stopped without finishing the completion.")
     usage = total_token_usage(list(finishes.values()))
@@ -225,9 +194,9 @@ async def _complete(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken
     })
 
 
-async def _stream(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
-                  identity: _Identity, note: RequestNote, include_usage: bool,
-                  choices: int, shape: _CallShape) -> AsyncIterator[bytes]:
+async def _stream(events: AsyncGenerator[ChatEvent, None], identity: _Identity,
+                  note: RequestNote, include_usage: bool, choices: int,
+                  shape: _CallShape) -> AsyncGenerator[bytes, None]:
     def choice(index: int, delta: dict[str, Any], finish_reason: str | None = None,
                logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, Any]:
         return {"index": index, "delta": delta,
@@ -235,40 +204,34 @@ async def _stream(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken,
                 "finish_reason": finish_reason}
 
     finishes: list[Finish] = []
-    try:
-        # With tools the reply may be calls only, whose content is null (as OpenAI sends it).
-        opening = None if shape.offered else ""
-        for index in range(choices):
-            yield frame(identity.chunk([choice(index, {"role": "assistant", "content": opening,
-                                                       "refusal": None})],
-                                       with_usage=include_usage))
-        async with aclosing(events):
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    if not event.text and not event.logprobs:
-                        continue
-                    note.mark_first_token()
-                    note.completion_tokens += 1  # provisional count, until Finish says exactly
-                    yield frame(identity.chunk(
-                        [choice(event.index, {"content": event.text}, None, event.logprobs)],
-                        with_usage=include_usage))
-                elif isinstance(event, ToolCallDelta):
-                    delta = shape.delta(event)
-                    if delta is None:
-                        continue
-                    note.mark_first_token()
-                    yield frame(identity.chunk([choice(event.index, delta)],
-                                               with_usage=include_usage))
-                elif isinstance(event, Finish):
-                    finishes.append(event)
-                    _record_tokens(note, total_token_usage(finishes))
-                    yield frame(identity.chunk(
-                        [choice(event.index, {}, shape.finish_reason(event.reason))],
-                        with_usage=include_usage))
-        if include_usage and finishes:
-            yield frame(identity.chunk([], token_usage_json(total_token_usage(finishes)), True))
-    except Exception as exc:
-        yield mid_stream_failure(note, exc, "generating the completion")
-    finally:
-        cancel.cancel()
-    yield DONE
+    # With tools the reply may be calls only, whose content is null (as OpenAI sends it).
+    opening = None if shape.offered else ""
+    for index in range(choices):
+        yield frame(identity.chunk([choice(index, {"role": "assistant", "content": opening,
+                                                   "refusal": None})],
+                                   with_usage=include_usage))
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, TextDelta):
+                if not event.text and not event.logprobs:
+                    continue
+                note.mark_first_token()
+                note.completion_tokens += 1  # provisional count, until Finish says exactly
+                yield frame(identity.chunk(
+                    [choice(event.index, {"content": event.text}, None, event.logprobs)],
+                    with_usage=include_usage))
+            elif isinstance(event, ToolCallDelta):
+                delta = shape.delta(event)
+                if delta is None:
+                    continue
+                note.mark_first_token()
+                yield frame(identity.chunk([choice(event.index, delta)],
+                                           with_usage=include_usage))
+            elif isinstance(event, Finish):
+                finishes.append(event)
+                _record_tokens(note, total_token_usage(finishes))
+                yield frame(identity.chunk(
+                    [choice(event.index, {}, shape.finish_reason(event.reason))],
+                    with_usage=include_usage))
+    if include_usage and finishes:
+        yield frame(identity.chunk([], token_usage_json(total_token_usage(finishes)), True))
