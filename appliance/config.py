@@ -12,17 +12,16 @@ import ipaddress
 import os
 import tomllib
 import urllib.parse
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, overload
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, overload
 
 from appliance.errors import ConfigError
 
 ModelKind = Literal["chat", "embedding", "transcription", "image"]
-MODEL_KINDS: tuple[str, ...] = ("chat", "embedding", "transcription", "image")
-# Kinds whose `path` is a folder (a CTranslate2 whisper model, a diffusers pipeline), not a file.
-FOLDER_KINDS: tuple[str, ...] = ("transcription", "image")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 POOLING_KINDS: tuple[str, ...] = ("mean", "cls", "last")
 GPU_LAYERS_ALL = -1
@@ -53,45 +52,94 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For/-Proto count
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
+    """The keys every kind of model takes; each kind's own keys are in its subclass below.
+    A key that another kind takes is an error for this one, not silently unused."""
+
+    kind: ClassVar[ModelKind]
+    # What `path` must name: a file (GGUF) or a folder, and the words an error uses for it.
+    path_is_folder: ClassVar[bool] = False
+    path_names: ClassVar[str] = "GGUF file"
     id: str
-    kind: ModelKind
     path: Path
     aliases: tuple[str, ...] = ()
     price_per_request: float = 0.0
-    context_length: int = 4096
-    parallel: int | None = None  # None: chosen by the engine for the device
-    gpu_layers: int = GPU_LAYERS_ALL
     threads: int | None = None
-    chat_template: str | None = None
-    stop: tuple[str, ...] = ()
-    prompt_cache_mb: int = 256
+    owned_by: str = "appliance"
     # requests waiting for a slot or worker; more are a 503 with retry-after, as is waiting
     # longer than queue_timeout_s (before any work is done)
     queue_limit: int = 64
     queue_timeout_s: float = 120.0
-    generation_timeout_s: float | None = None  # chat: generating longer ends as "length"
-    pooling: str = "mean"  # embedding models: how token vectors become one
-    owned_by: str = "appliance"
-    # transcription and image models
+
+
+@dataclass(frozen=True, kw_only=True)
+class _LlamaModelConfig(ModelConfig):
+    """Keys of the GGUF models llama.cpp runs (chat and embedding)."""
+
+    context_length: int = 4096
+    gpu_layers: int = GPU_LAYERS_ALL
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatModelConfig(_LlamaModelConfig):
+    kind: ClassVar[ModelKind] = "chat"
+    parallel: int | None = None  # None: chosen by the engine for the device
+    chat_template: str | None = None
+    stop: tuple[str, ...] = ()
+    prompt_cache_mb: int = 256
+    generation_timeout_s: float | None = None  # generating longer ends as "length"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingModelConfig(_LlamaModelConfig):
+    kind: ClassVar[ModelKind] = "embedding"
+    pooling: str = "mean"  # how token vectors become one
+    max_request_tokens: int = 300_000  # all inputs of one request together
+
+
+@dataclass(frozen=True, kw_only=True)
+class _WorkerModelConfig(ModelConfig):
+    """Keys of the models served from a folder by a pool of workers (whisper, diffusers)."""
+
+    path_is_folder: ClassVar[bool] = True
     device: str = "auto"  # auto: CUDA when torch/CTranslate2 sees a GPU, else CPU
     compute_type: str = "auto"  # whisper: float16 on CUDA, int8 on CPU; images: the dtype
     workers: int = 2  # requests of this model worked on at once
-    max_upload_mb: int = 25  # transcription: largest accepted audio file
-    max_audio_s: float = 1800.0  # transcription: longest accepted audio, in seconds
-    max_request_tokens: int = 300_000  # embedding: all inputs of one request together
-    # image models: defaults a request may override, and the sizes it may ask for
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranscriptionModelConfig(_WorkerModelConfig):
+    kind: ClassVar[ModelKind] = "transcription"
+    path_names: ClassVar[str] = "CTranslate2 whisper folder"
+    max_upload_mb: int = 25  # largest accepted audio file
+    max_audio_s: float = 1800.0  # longest accepted audio, in seconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageModelConfig(_WorkerModelConfig):
+    kind: ClassVar[ModelKind] = "image"
+    path_names: ClassVar[str] = "diffusers pipeline folder"
+    # defaults a request may override, and the sizes it may ask for
     steps: int | None = None
     guidance: float | None = None
     sizes: tuple[str, ...] = ()
+
+
+AnyModelConfig = ChatModelConfig | EmbeddingModelConfig | TranscriptionModelConfig \
+    | ImageModelConfig
+# models.toml's `kind` -> its configuration; read-only (no module-level mutable state).
+MODEL_CONFIGS: Mapping[str, type[AnyModelConfig]] = MappingProxyType({
+    cls.kind: cls for cls in (ChatModelConfig, EmbeddingModelConfig, TranscriptionModelConfig,
+                              ImageModelConfig)})
+MODEL_KINDS: tuple[str, ...] = tuple(MODEL_CONFIGS)
 
 
 @dataclass(frozen=True)
 class ApplianceConfig:
     source: Path
     server: ServerConfig
-    models: tuple[ModelConfig, ...] = field(default_factory=tuple)
+    models: tuple[AnyModelConfig, ...] = field(default_factory=tuple)
 
 
 class _Where:
@@ -125,7 +173,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kinds)
 
 
-def _reject_unknown(where: _Where, table: Mapping[str, Any], known: set[str]) -> None:
+def _reject_unknown(where: _Where, table: Mapping[str, Any], known: AbstractSet[str]) -> None:
     for key in table:
         if key not in known:
             raise where.fail(key, f"unknown key (known keys: {', '.join(sorted(known))})")
@@ -137,25 +185,19 @@ _SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currenc
                 "max_connections", "header_timeout_s", "body_timeout_s", "public_url",
                 "trusted_proxies"}
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
-_MODEL_KEYS = {
-    "id", "kind", "path", "aliases", "price_per_request", "context_length", "parallel",
-    "gpu_layers", "threads", "chat_template", "stop", "owned_by", "prompt_cache_mb", "pooling",
-    "device", "compute_type", "workers", "max_upload_mb", "steps", "guidance", "sizes",
-    "queue_limit", "queue_timeout_s", "generation_timeout_s", "max_audio_s",
-    "max_request_tokens",
-}
-# Keys that mean something only for some kinds; elsewhere they are errors, not silently unused.
-_KIND_ONLY_KEYS = {
-    "chat_template": ("chat",), "stop": ("chat",), "prompt_cache_mb": ("chat",),
-    "parallel": ("chat",), "queue_limit": MODEL_KINDS, "queue_timeout_s": MODEL_KINDS,
-    "generation_timeout_s": ("chat",), "pooling": ("embedding",),
-    "context_length": ("chat", "embedding"),
-    "gpu_layers": ("chat", "embedding"),
-    "device": FOLDER_KINDS, "compute_type": FOLDER_KINDS, "workers": FOLDER_KINDS,
-    "max_upload_mb": ("transcription",), "max_audio_s": ("transcription",),
-    "max_request_tokens": ("embedding",), "steps": ("image",), "guidance": ("image",),
-    "sizes": ("image",),
-}
+
+
+def _keys(cls: type[ModelConfig]) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
+# The keys of every kind (`kind` itself is the table's one key that is no field), and, for a
+# key that not every kind takes, the kinds that do: both read from the dataclasses above.
+_MODEL_KEYS = frozenset({"kind"}).union(*(_keys(cls) for cls in MODEL_CONFIGS.values()))
+_KIND_ONLY_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    key: kinds for key in sorted(_MODEL_KEYS - _keys(ModelConfig) - {"kind"})
+    if len(kinds := tuple(k for k, cls in MODEL_CONFIGS.items() if key in _keys(cls)))
+    < len(MODEL_CONFIGS)})
 
 
 def _server(source: Path, raw: Mapping[str, Any], env: Mapping[str, str]) -> ServerConfig:
@@ -251,7 +293,7 @@ def _exposure(where: _Where, raw: Mapping[str, Any], base: Path) -> dict[str, An
     }
 
 
-def _model(source: Path, index: int, raw: Any) -> ModelConfig:
+def _model(source: Path, index: int, raw: Any) -> AnyModelConfig:
     where = _Where(source, f"models[{index}]")
     if not isinstance(raw, dict):
         raise where.fail(None, "each [[models]] entry must be a table")
@@ -261,78 +303,104 @@ def _model(source: Path, index: int, raw: Any) -> ModelConfig:
     where = _Where(source, f"models[{index}] (id {model_id!r})")
     _reject_unknown(where, raw, _MODEL_KEYS)
     kind = _take(where, raw, "kind", str, "chat")
-    if kind not in MODEL_KINDS:
+    if kind not in MODEL_CONFIGS:
         raise where.fail("kind", f"{kind!r} is not one of {', '.join(MODEL_KINDS)}")
     for key in raw:
         if key in _KIND_ONLY_KEYS and kind not in _KIND_ONLY_KEYS[key]:
             raise where.fail(key, f"applies only to models of kind "
                              f"{' or '.join(_KIND_ONLY_KEYS[key])}, not {kind!r}")
-    path = _model_path(where, source, raw, kind)
+    cls = MODEL_CONFIGS[kind]
+    path = _model_path(where, source, raw, cls)
     aliases = _string_list(where, raw, "aliases")
     price = _take(where, raw, "price_per_request", (int, float), 0.0)
     if price < 0:
         raise where.fail("price_per_request", "must not be negative")
-    context_length = _positive(where, raw, "context_length", 4096)
+    threads = _take(where, raw, "threads", int, None)
+    if threads is not None and threads < 1:
+        raise where.fail("threads", "must be at least 1")
+    return cls(
+        id=model_id,
+        path=path,
+        aliases=aliases,
+        price_per_request=float(price),
+        threads=threads,
+        queue_limit=_positive(where, raw, "queue_limit", 64),
+        queue_timeout_s=_seconds(where, raw, "queue_timeout_s", 120.0),
+        owned_by=_take(where, raw, "owned_by", str, "appliance"),
+        **_KIND_KEYS[kind](where, raw),
+    )
+
+
+def _llama_keys(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {"context_length": _positive(where, raw, "context_length", 4096),
+            "gpu_layers": _gpu_layers(where, raw)}
+
+
+def _chat_keys(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:
+    llama = _llama_keys(where, raw)
     parallel = _take(where, raw, "parallel", (int, str), "auto")
     if parallel == "auto":
         parallel = None
     elif not isinstance(parallel, int) or parallel < 1:
         raise where.fail("parallel", f"expected \"auto\" or a slot count >= 1, got {parallel!r}")
-    gpu_layers = _gpu_layers(where, raw)
-    threads = _take(where, raw, "threads", int, None)
-    if threads is not None and threads < 1:
-        raise where.fail("threads", "must be at least 1")
+    return {**llama, "parallel": parallel,
+            "chat_template": _take(where, raw, "chat_template", str, None),
+            "stop": _string_list(where, raw, "stop"),
+            "prompt_cache_mb": _non_negative(where, raw, "prompt_cache_mb", 256),
+            "generation_timeout_s": _seconds(where, raw, "generation_timeout_s", None)}
+
+
+def _embedding_keys(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:
+    llama = _llama_keys(where, raw)
     pooling = _take(where, raw, "pooling", str, "mean")
     if pooling not in POOLING_KINDS:
         raise where.fail("pooling", f"{pooling!r} is not one of {', '.join(POOLING_KINDS)}")
+    return {**llama, "pooling": pooling,
+            "max_request_tokens": _positive(where, raw, "max_request_tokens", 300_000)}
+
+
+def _worker_keys(where: _Where, raw: Mapping[str, Any], workers: int) -> dict[str, Any]:
     device = _take(where, raw, "device", str, "auto")
     if device not in DEVICES:
         raise where.fail("device", f"{device!r} is not one of {', '.join(DEVICES)}")
+    return {"device": device, "compute_type": _take(where, raw, "compute_type", str, "auto"),
+            "workers": _positive(where, raw, "workers", workers)}
+
+
+def _transcription_keys(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {**_worker_keys(where, raw, workers=2),
+            "max_upload_mb": _positive(where, raw, "max_upload_mb", 25),
+            "max_audio_s": _seconds(where, raw, "max_audio_s", 1800.0)}
+
+
+def _image_keys(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:
+    worker = _worker_keys(where, raw, workers=1)
     guidance = _take(where, raw, "guidance", (int, float), None)
     if guidance is not None and guidance < 0:
         raise where.fail("guidance", "must not be negative")
     steps = _take(where, raw, "steps", int, None)
     if steps is not None and steps < 1:
         raise where.fail("steps", "must be at least 1")
-    return ModelConfig(
-        id=model_id,
-        kind=kind,
-        device=device,
-        compute_type=_take(where, raw, "compute_type", str, "auto"),
-        workers=_positive(where, raw, "workers", 2 if kind == "transcription" else 1),
-        max_upload_mb=_positive(where, raw, "max_upload_mb", 25),
-        max_audio_s=_seconds(where, raw, "max_audio_s", 1800.0),
-        max_request_tokens=_positive(where, raw, "max_request_tokens", 300_000),
-        steps=steps,
-        guidance=None if guidance is None else float(guidance),
-        sizes=_sizes(where, raw),
-        pooling=pooling,
-        path=path,
-        aliases=aliases,
-        price_per_request=float(price),
-        context_length=context_length,
-        parallel=parallel,
-        gpu_layers=gpu_layers,
-        threads=threads,
-        chat_template=_take(where, raw, "chat_template", str, None),
-        stop=_string_list(where, raw, "stop"),
-        prompt_cache_mb=_non_negative(where, raw, "prompt_cache_mb", 256),
-        queue_limit=_positive(where, raw, "queue_limit", 64),
-        queue_timeout_s=_seconds(where, raw, "queue_timeout_s", 120.0),
-        generation_timeout_s=_seconds(where, raw, "generation_timeout_s", None),
-        owned_by=_take(where, raw, "owned_by", str, "appliance"),
-    )
+    return {**worker, "steps": steps, "guidance": None if guidance is None else float(guidance),
+            "sizes": _sizes(where, raw)}
 
 
-def _model_path(where: _Where, source: Path, raw: Mapping[str, Any], kind: str) -> Path:
-    folder = kind in FOLDER_KINDS
-    what = {"transcription": "CTranslate2 whisper folder",
-            "image": "diffusers pipeline folder"}.get(kind, "GGUF file")
+# Each kind's own keys, read and checked; the keys they may set are the fields of its class.
+_KIND_KEYS: Mapping[str, Callable[[_Where, Mapping[str, Any]], dict[str, Any]]] = \
+    MappingProxyType({ChatModelConfig.kind: _chat_keys,
+                      EmbeddingModelConfig.kind: _embedding_keys,
+                      TranscriptionModelConfig.kind: _transcription_keys,
+                      ImageModelConfig.kind: _image_keys})
+
+
+def _model_path(where: _Where, source: Path, raw: Mapping[str, Any],
+                cls: type[ModelConfig]) -> Path:
+    what = cls.path_names
     path_text = _take(where, raw, "path", str, None)
     if path_text is None:
         raise where.fail("path", f"missing: the model's {what}")
     path: Path = (source.parent / path_text).resolve()
-    if not (path.is_dir() if folder else path.is_file()):
+    if not (path.is_dir() if cls.path_is_folder else path.is_file()):
         raise where.fail("path", f"{what} {path} does not exist (run scripts/fetch-models for "
                          "the defaults)")
     return path
@@ -395,7 +463,7 @@ def _gpu_layers(where: _Where, raw: Mapping[str, Any]) -> int:
     raise where.fail("gpu_layers", f"expected \"all\" or a layer count >= 0, got {value!r}")
 
 
-def _check_names_unique(source: Path, models: tuple[ModelConfig, ...]) -> None:
+def _check_names_unique(source: Path, models: tuple[AnyModelConfig, ...]) -> None:
     owner: dict[str, str] = {}
     for index, model in enumerate(models):
         for key, name in [("id", model.id)] + [("aliases", a) for a in model.aliases]:

@@ -22,7 +22,7 @@ from appliance.api.middleware.connections import EdgeBounds, edge_protocol, ensu
 from appliance.api.middleware.drain import DrainingServer, DrainState
 from appliance.api.services import Exposure, Pricing, Services
 from appliance.api.telemetry.metrics import ApplianceMetrics
-from appliance.config import ApplianceConfig
+from appliance.config import ApplianceConfig, TranscriptionModelConfig
 from appliance.engines.loader import load_catalog
 from appliance.ledger import KeyStore, LedgerReports, LedgerWriter
 
@@ -55,7 +55,7 @@ def serve(config: ApplianceConfig) -> None:
                 bounds=RequestBounds(
                     max_body_bytes=server_config.max_body_mb * 1024 * 1024,
                     max_upload_bytes=max((m.max_upload_mb * 1024 * 1024 for m in config.models
-                                          if m.kind == "transcription"),
+                                          if isinstance(m, TranscriptionModelConfig)),
                                          default=RequestBounds().max_upload_bytes)),
                 image_files=ImageFiles(server_config.data_dir / "images",
                                        ttl_s=server_config.image_url_ttl_s,

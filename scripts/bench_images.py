@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from bench_chat import start_server
 
-from appliance.config import ModelConfig  # the engine's own choices, not copies
+from appliance.config import ImageModelConfig  # the engine's own choices, not copies
 from appliance.engines.diffusion_device import (
     Placement,
     choose_placement,
@@ -100,7 +100,7 @@ def write_config(folder: Path, model: Path, port: int, case: Case, threads: int 
 
 
 def load_inprocess(model: Path) -> tuple[Any, Placement]:
-    placement = choose_placement(ModelConfig(id=MODEL_ID, kind="image", path=model),
+    placement = choose_placement(ImageModelConfig(id=MODEL_ID, path=model),
                                  pipeline_class_name(model))
     pipe = AutoPipelineForText2Image.from_pretrained(str(model), dtype=placement.dtype,
                                                      local_files_only=True)

@@ -26,7 +26,7 @@ import transformers
 from diffusers import AutoPipelineForText2Image
 from diffusers.utils import logging as diffusers_logging
 
-from appliance.config import ModelConfig
+from appliance.config import ImageModelConfig
 from appliance.engines.base import (
     CancelToken,
     ImageDefaults,
@@ -56,7 +56,7 @@ log = logging.getLogger("appliance.engines.diffusion")
 WARM_UP_STEPS = 2
 
 
-def parse_sizes(config: ModelConfig, traits: PipelineTraits) -> tuple[tuple[int, int], ...]:
+def parse_sizes(config: ImageModelConfig, traits: PipelineTraits) -> tuple[tuple[int, int], ...]:
     """models.toml ``sizes`` as (width, height); none configured: the model's native square."""
     if not config.sizes:
         return ((traits.native_size, traits.native_size),)
@@ -74,7 +74,7 @@ def parse_sizes(config: ModelConfig, traits: PipelineTraits) -> tuple[tuple[int,
 
 
 class DiffusionEngine:
-    def __init__(self, config: ModelConfig, pipelines: list[Any], traits: PipelineTraits,
+    def __init__(self, config: ImageModelConfig, pipelines: list[Any], traits: PipelineTraits,
                  placement: Placement, report: OccupancyReport | None = None):
         self._config = config
         self._traits = traits
@@ -94,7 +94,7 @@ class DiffusionEngine:
                                owned_by=config.owned_by, created=int(time.time()))
 
     @classmethod
-    def load(cls, config: ModelConfig,
+    def load(cls, config: ImageModelConfig,
              report: OccupancyReport | None = None) -> DiffusionEngine:
         if config.threads is not None:
             torch.set_num_threads(config.threads)  # torch's pool is per process

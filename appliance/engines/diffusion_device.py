@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from appliance.config import ModelConfig
+from appliance.config import ImageModelConfig
 from appliance.errors import ConfigError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -53,7 +53,7 @@ def pipeline_class_name(folder: Path) -> str:
     return name
 
 
-def choose_placement(config: ModelConfig, pipeline_class: str) -> Placement:
+def choose_placement(config: ImageModelConfig, pipeline_class: str) -> Placement:
     cuda = torch.cuda.is_available()
     if config.device == "cuda" and not cuda:
         raise ConfigError(f"model {config.id!r}: device = \"cuda\" but torch sees no CUDA GPU "

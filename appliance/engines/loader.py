@@ -11,9 +11,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from appliance.config import ApplianceConfig, ModelConfig
+from appliance.config import (
+    ApplianceConfig,
+    ChatModelConfig,
+    EmbeddingModelConfig,
+    ImageModelConfig,
+    ModelConfig,
+    TranscriptionModelConfig,
+)
 from appliance.engines.base import (
     CHAT,
     EMBEDDING,
@@ -66,35 +73,53 @@ class _Observers:
 
 # Heavy libraries (faster-whisper, torch + diffusers) are imported only when a model needs
 # them, so a chat-only appliance boots without paying for them.
-def _chat(model: ModelConfig, seen: _Observers) -> Listing[ChatEngine]:
+def _chat(model: ChatModelConfig, seen: _Observers) -> Listing[ChatEngine]:
     engine = LlamaChatEngine.load(model, _step_reporter(model.id, seen.on_step))
     return Listing(CHAT, engine, model.aliases)
 
 
-def _embedding(model: ModelConfig, seen: _Observers) -> Listing[EmbeddingEngine]:
+def _embedding(model: EmbeddingModelConfig, seen: _Observers) -> Listing[EmbeddingEngine]:
     engine = LlamaEmbeddingEngine.load(model, _occupancy_reporter(model.id, seen.on_occupancy))
     return Listing(EMBEDDING, engine, model.aliases)
 
 
-def _transcription(model: ModelConfig, seen: _Observers) -> Listing[TranscriptionEngine]:
+def _transcription(model: TranscriptionModelConfig,
+                   seen: _Observers) -> Listing[TranscriptionEngine]:
     from appliance.engines.whisper import WhisperEngine
     engine = WhisperEngine.load(model, _occupancy_reporter(model.id, seen.on_occupancy))
     return Listing(TRANSCRIPTION, engine, model.aliases)
 
 
-def _image(model: ModelConfig, seen: _Observers) -> Listing[ImageEngine]:
+def _image(model: ImageModelConfig, seen: _Observers) -> Listing[ImageEngine]:
     from appliance.engines.diffusion import DiffusionEngine
     engine = DiffusionEngine.load(model, _occupancy_reporter(model.id, seen.on_occupancy))
     return Listing(IMAGE, engine, model.aliases)
 
 
+C = TypeVar("C", bound=ModelConfig)
+
+
+@dataclass(frozen=True)
+class _Builder(Generic[C]):
+    """Builds the engine of one kind from that kind's configuration class."""
+
+    config: type[C]
+    build: Callable[[C, _Observers], Listing[Any]]
+
+    def __call__(self, model: ModelConfig, seen: _Observers) -> Listing[Any]:
+        if not isinstance(model, self.config):
+            raise TypeError(f"model {model.id!r}: a {type(model).__name__} is no "
+                            f"{self.config.__name__}")
+        return self.build(model, seen)
+
+
 # models.toml's `kind` -> what builds it. Read-only: no module-level mutable state. Its order
 # is the order of /v1/models (chat models first, as before kinds were a table).
-BUILDERS: Mapping[str, Callable[[ModelConfig, _Observers], Listing[Any]]] = MappingProxyType({
-    CHAT.name: _chat,
-    EMBEDDING.name: _embedding,
-    TRANSCRIPTION.name: _transcription,
-    IMAGE.name: _image,
+BUILDERS: Mapping[str, _Builder[Any]] = MappingProxyType({
+    CHAT.name: _Builder(ChatModelConfig, _chat),
+    EMBEDDING.name: _Builder(EmbeddingModelConfig, _embedding),
+    TRANSCRIPTION.name: _Builder(TranscriptionModelConfig, _transcription),
+    IMAGE.name: _Builder(ImageModelConfig, _image),
 })
 
 

@@ -19,7 +19,7 @@ import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
 
-from appliance.config import ModelConfig
+from appliance.config import TranscriptionModelConfig
 from appliance.engines.audio_decode import SAMPLE_RATE, AudioBounds, Cancelled, load
 from appliance.engines.base import (
     CancelToken,
@@ -61,7 +61,7 @@ def choose_compute_type(configured: str, device: str) -> str:
 
 
 class WhisperEngine:
-    def __init__(self, config: ModelConfig, model: WhisperModel, device: str,
+    def __init__(self, config: TranscriptionModelConfig, model: WhisperModel, device: str,
                  report: OccupancyReport | None = None):
         self._config = config
         self._model = model
@@ -74,7 +74,7 @@ class WhisperEngine:
                                owned_by=config.owned_by, created=int(time.time()))
 
     @classmethod
-    def load(cls, config: ModelConfig,
+    def load(cls, config: TranscriptionModelConfig,
              report: OccupancyReport | None = None) -> WhisperEngine:
         # faster-whisper logs every request at INFO; our own log says what matters.
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from faster_whisper import decode_audio
 
-from appliance.config import ModelConfig, load_config
+from appliance.config import EmbeddingModelConfig, load_config
 from appliance.engines.audio_decode import SAMPLE_RATE, AudioBounds, Cancelled, Probe, decode, load
 from appliance.engines.image_bounds import max_images
 from appliance.engines.llm.embedder import LlamaEmbeddingEngine
@@ -157,8 +157,8 @@ SENTENCE = "The quick brown fox jumps over the lazy dog. "
 
 @pytest.fixture(scope="module")
 def embedder() -> Iterator[LlamaEmbeddingEngine]:
-    engine = LlamaEmbeddingEngine.load(ModelConfig(
-        id="smollm2-embed", kind="embedding", path=SMOLLM2, context_length=64, threads=1,
+    engine = LlamaEmbeddingEngine.load(EmbeddingModelConfig(
+        id="smollm2-embed", path=SMOLLM2, context_length=64, threads=1,
         max_request_tokens=3000))
     try:
         yield engine

@@ -23,7 +23,7 @@ import pytest
 
 from appliance.api.app import create_app
 from appliance.api.services import Services
-from appliance.config import ModelConfig
+from appliance.config import ChatModelConfig
 from appliance.engines.base import CHAT, CancelToken, ChatMessage, ChatParams, Listing, Sampling
 from appliance.engines.catalog import Catalog
 from appliance.engines.llm.engine import PREPARE_THREADS, LlamaChatEngine
@@ -248,8 +248,8 @@ def _samplers(sampling: Sampling, model: LoadedModel, window: int) -> Sampler:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[LlamaChatEngine]:
-    config = ModelConfig(id="smol", kind="chat", path=SMOLLM2, context_length=2048,
-                         parallel=2, threads=1)
+    config = ChatModelConfig(id="smol", path=SMOLLM2, context_length=2048,
+                             parallel=2, threads=1)
     model = LoadedModel(SMOLLM2, 0)
     assert model.chat_template is not None
     template = ChatTemplate(model.chat_template, model.bos_text, model.eos_text, "smol")

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from appliance.config import ModelConfig
+from appliance.config import ChatModelConfig
 from appliance.engines.base import CancelToken, ChatMessage, ChatParams, Sampling, TextDelta
 from appliance.engines.llm.engine import BATCH_SIZE, LlamaChatEngine
 from appliance.engines.llm.scheduler import StepReport
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.real
 
 def test_long_prompt_is_chunked_and_never_stalls_a_running_stream() -> None:
     steps: list[StepReport] = []
-    config = ModelConfig(id="smol", kind="chat", path=SMOLLM2, context_length=4096, parallel=2)
+    config = ChatModelConfig(id="smol", path=SMOLLM2, context_length=4096, parallel=2)
     engine = LlamaChatEngine.load(config, on_step=steps.append)
     try:
         engine.warm_up()

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from appliance.config import ModelConfig
+from appliance.config import ChatModelConfig
 from appliance.engines.base import (
     CancelToken,
     ChatMessage,
@@ -29,9 +29,9 @@ ASK = ChatParams(messages=(ChatMessage("user", "Count to three."),), max_tokens=
 
 def one_slot_engine(queue_limit: int = 64, queue_timeout_s: float = 120.0,
                     generation_timeout_s: float | None = None) -> LlamaChatEngine:
-    config = ModelConfig(id="smol", kind="chat", path=SMOLLM2, context_length=2048, parallel=1,
-                         queue_limit=queue_limit, queue_timeout_s=queue_timeout_s,
-                         generation_timeout_s=generation_timeout_s)
+    config = ChatModelConfig(id="smol", path=SMOLLM2, context_length=2048, parallel=1,
+                             queue_limit=queue_limit, queue_timeout_s=queue_timeout_s,
+                             generation_timeout_s=generation_timeout_s)
     engine = LlamaChatEngine.load(config)
     engine.warm_up()
     return engine

@@ -19,7 +19,7 @@ import openai
 import pytest
 from PIL import Image
 
-from appliance.config import ModelConfig
+from appliance.config import ImageModelConfig
 from appliance.engines.base import CancelToken, ImageParams
 from appliance.errors import EngineFailure
 from devtools.server_harness import TINY_SD, build_tiny_sd
@@ -212,8 +212,8 @@ def engine() -> Iterator[Any]:
     from appliance.engines.diffusion import DiffusionEngine
 
     build_tiny_sd()
-    loaded = DiffusionEngine.load(ModelConfig(id=MODEL, kind="image", path=TINY_SD, steps=2,
-                                              sizes=("64x64",), workers=1))
+    loaded = DiffusionEngine.load(ImageModelConfig(id=MODEL, path=TINY_SD, steps=2,
+                                                   sizes=("64x64",), workers=1))
     try:
         loaded.warm_up()
         yield loaded

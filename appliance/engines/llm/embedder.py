@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import llama_cpp
 
-from appliance.config import ModelConfig
+from appliance.config import EmbeddingModelConfig
 from appliance.engines.base import CancelToken, Embeddings, ModelInfo
 from appliance.engines.llm.batch import TokenBatch
 from appliance.engines.llm.model import LoadedModel, default_threads
@@ -43,7 +43,7 @@ class Stopped(Exception):
 
 
 class LlamaEmbeddingEngine:
-    def __init__(self, config: ModelConfig, model: LoadedModel,
+    def __init__(self, config: EmbeddingModelConfig, model: LoadedModel,
                  report: OccupancyReport | None = None):
         self._config = config
         self._model = model
@@ -76,7 +76,7 @@ class LlamaEmbeddingEngine:
                                owned_by=config.owned_by, created=int(time.time()))
 
     @classmethod
-    def load(cls, config: ModelConfig,
+    def load(cls, config: EmbeddingModelConfig,
              report: OccupancyReport | None = None) -> LlamaEmbeddingEngine:
         model = LoadedModel(config.path, config.gpu_layers)
         try:

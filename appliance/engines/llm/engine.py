@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from appliance.config import ModelConfig
+from appliance.config import ChatModelConfig
 from appliance.engines.base import (
     Cancelled,
     CancelToken,
@@ -61,7 +61,7 @@ PREPARE_THREADS = 2
 
 
 class LlamaChatEngine:
-    def __init__(self, config: ModelConfig, model: LoadedModel, template: ChatTemplate,
+    def __init__(self, config: ChatModelConfig, model: LoadedModel, template: ChatTemplate,
                  tool_support: ToolSupport,
                  on_step: Callable[[StepReport], None] | None = None,
                  samplers: SamplerFactory = SamplerChain):
@@ -93,7 +93,7 @@ class LlamaChatEngine:
         self._preparing = 0  # requests queued for or in the prompt threads
 
     @classmethod
-    def load(cls, config: ModelConfig,
+    def load(cls, config: ChatModelConfig,
              on_step: Callable[[StepReport], None] | None = None) -> LlamaChatEngine:
         model = LoadedModel(config.path, config.gpu_layers)
         try:
