@@ -17,16 +17,15 @@ from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
-from appliance.api.errors import mid_stream_failure
 from appliance.api.note import RequestNote
-from appliance.api.routes.disconnect import ClientGone, unless_disconnected
+from appliance.api.routes.engine_call import EngineCall, gone_is_499, note_of, owned
 from appliance.api.services import Services
 from appliance.api.wire.completions import CompletionRequest, to_completion_params
 from appliance.api.wire.generation import SYSTEM_FINGERPRINT, token_usage_json, total_token_usage
 from appliance.api.wire.generation_bounds import check_completion
-from appliance.api.wire.sse import DONE, SSE_HEADERS, SSE_MEDIA_TYPE, frame
+from appliance.api.wire.sse import frame
 from appliance.api.wire.validation import parse_json
 from appliance.engines.base import (
     CHAT,
@@ -134,71 +133,47 @@ def _usage(prompt_tokens: int, finishes: list[Finish]) -> Usage:
     return Usage(prompt_tokens, completion, cached)
 
 
+@gone_is_499
 async def create_completion(request: Request) -> Response:
     services: Services = request.app.state.services
-    note: RequestNote = request.scope["state"]["note"]
+    note = note_of(request)
     bounds = services.bounds
     body = await parse_json(request, CompletionRequest, services.bounds.max_body_bytes,
                             lambda data: check_completion(data, bounds))
     note.stream = bool(body.stream)
     engine = services.catalog.get(CHAT, body.model)
     note.model = engine.info.id
-    # Slots are shared per key.
-    params = [replace(p, owner=note.key_id) for p in to_completion_params(body, bounds)]
+    params = [owned(p, note) for p in to_completion_params(body, bounds)]
     # A token per prompt: each prompt's generator cancels its own token when it ends, and a
     # shared one would stop the other prompts still generating.
     cancel = _CancelAll([CancelToken() for _ in params])
     generators = [engine.chat(p, token) for p, token in zip(params, cancel.tokens, strict=True)]
-    prompt_tokens = 0
-    try:
-        for events in generators:
-            # A client that leaves while a prompt is prepared or queued stops that work.
-            started = await unless_disconnected(request.receive, anext(events))
-            assert isinstance(started, Started)
-            prompt_tokens += started.prompt_tokens
-    except ClientGone:
-        note.client_gone = True
-        cancel.cancel()
-        for events in generators:
-            await events.aclose()
-        return Response(status_code=499)
-    except BaseException:
-        cancel.cancel()
-        for events in generators:
-            await events.aclose()
-        raise
+    call = EngineCall(request, note, cancel, generators)
+    started = await call.started(Started, "The engine did not admit the request.")
+    prompt_tokens = sum(s.prompt_tokens for s in started)
     note.prompt_tokens = prompt_tokens
     completion = _Completion(engine.info.id, params, bool(body.echo), body.logprobs is not None)
     if body.stream:
-        return StreamingResponse(
-            _stream(generators, cancel, completion, note, prompt_tokens, body.wants_usage_chunk),
-            media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
-    try:
-        return await unless_disconnected(
-            request.receive, _complete(generators, cancel, completion, note, prompt_tokens))
-    except ClientGone:
-        note.client_gone = True
-        cancel.cancel()
-        return Response(status_code=499)
+        return call.streamed(
+            _stream(generators, completion, note, prompt_tokens, body.wants_usage_chunk),
+            "generating the completion", done=True)
+    return await call.gathered(_complete(generators, completion, note, prompt_tokens))
 
 
-async def _complete(generators: list[AsyncGenerator[ChatEvent, None]], cancel: _CancelAll,
-                    completion: _Completion, note: RequestNote, prompt_tokens: int) -> Response:
+async def _complete(generators: list[AsyncGenerator[ChatEvent, None]], completion: _Completion,
+                    note: RequestNote, prompt_tokens: int) -> Response:
     texts: dict[int, list[str]] = {}
     logprobs: dict[int, list[TokenLogprob]] = {}
     finishes: dict[int, Finish] = {}
-    try:
-        async for prompt, event in _merged(generators):
-            index = completion.index(prompt, event.index) \
-                if isinstance(event, TextDelta | Finish) else -1
-            if isinstance(event, TextDelta):
-                note.mark_first_token()
-                texts.setdefault(index, [completion.echoes[prompt]]).append(event.text)
-                logprobs.setdefault(index, []).extend(event.logprobs)
-            elif isinstance(event, Finish):
-                finishes[index] = replace(event, index=index % completion.n)
-    finally:
-        cancel.cancel()
+    async for prompt, event in _merged(generators):
+        index = completion.index(prompt, event.index) \
+            if isinstance(event, TextDelta | Finish) else -1
+        if isinstance(event, TextDelta):
+            note.mark_first_token()
+            texts.setdefault(index, [completion.echoes[prompt]]).append(event.text)
+            logprobs.setdefault(index, []).extend(event.logprobs)
+        elif isinstance(event, Finish):
+            finishes[index] = replace(event, index=index % completion.n)
     if len(finishes) != len(completion.echoes) * completion.n:
         raise EngineFailure("The engine stopped without finishing the completion.")
     usage = _usage(prompt_tokens, list(finishes.values()))
@@ -210,37 +185,31 @@ async def _complete(generators: list[AsyncGenerator[ChatEvent, None]], cancel: _
     return JSONResponse(completion.body(choices, usage=token_usage_json(usage)))
 
 
-async def _stream(generators: list[AsyncGenerator[ChatEvent, None]], cancel: _CancelAll,
-                  completion: _Completion, note: RequestNote, prompt_tokens: int,
-                  include_usage: bool) -> AsyncIterator[bytes]:
+async def _stream(generators: list[AsyncGenerator[ChatEvent, None]], completion: _Completion,
+                  note: RequestNote, prompt_tokens: int,
+                  include_usage: bool) -> AsyncGenerator[bytes, None]:
     extra: dict[str, Any] = {}  # usage comes only in the last chunk (the spec has no null)
     finishes: list[Finish] = []
     offsets: dict[int, _LegacyLogprobs] = {}
-    try:
-        for prompt, echo in enumerate(completion.echoes):
-            for choice in range(completion.n) if echo else ():
-                yield frame(completion.body(
-                    [_choice(completion.index(prompt, choice), echo, None)], **extra))
-        async for prompt, event in _merged(generators):
-            if isinstance(event, TextDelta) and (event.text or event.logprobs):
-                note.mark_first_token()
-                note.completion_tokens += 1
-                index = completion.index(prompt, event.index)
-                counter = offsets.setdefault(index, _LegacyLogprobs(0))
-                yield frame(completion.body(
-                    [_choice(index, event.text, None,
-                             counter.take(event.logprobs) if completion.logprobs else None)],
-                    **extra))
-            elif isinstance(event, Finish):
-                finishes.append(event)
-                note.completion_tokens = _usage(prompt_tokens, finishes).completion_tokens
-                yield frame(completion.body(
-                    [_choice(completion.index(prompt, event.index), "", event.reason)], **extra))
-        if include_usage:
-            usage = _usage(prompt_tokens, finishes)
-            yield frame(completion.body([], usage=token_usage_json(usage)))
-    except Exception as exc:
-        yield mid_stream_failure(note, exc, "generating the completion")
-    finally:
-        cancel.cancel()
-    yield DONE
+    for prompt, echo in enumerate(completion.echoes):
+        for choice in range(completion.n) if echo else ():
+            yield frame(completion.body(
+                [_choice(completion.index(prompt, choice), echo, None)], **extra))
+    async for prompt, event in _merged(generators):
+        if isinstance(event, TextDelta) and (event.text or event.logprobs):
+            note.mark_first_token()
+            note.completion_tokens += 1
+            index = completion.index(prompt, event.index)
+            counter = offsets.setdefault(index, _LegacyLogprobs(0))
+            yield frame(completion.body(
+                [_choice(index, event.text, None,
+                         counter.take(event.logprobs) if completion.logprobs else None)],
+                **extra))
+        elif isinstance(event, Finish):
+            finishes.append(event)
+            note.completion_tokens = _usage(prompt_tokens, finishes).completion_tokens
+            yield frame(completion.body(
+                [_choice(completion.index(prompt, event.index), "", event.reason)], **extra))
+    if include_usage:
+        usage = _usage(prompt_tokens, finishes)
+        yield frame(completion.body([], usage=token_usage_json(usage)))
