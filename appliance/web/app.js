@@ -57,12 +57,9 @@ function setupTabs() {
 }
 
 // ---- models ----
-function kindOf(id) {
-  if (/whisper/i.test(id)) return "transcribe";
-  if (/(^|-)sd($|-)|dall-e|diffusion|flux/i.test(id)) return "images";
-  if (/embed/i.test(id)) return "embed";
-  return "chat";
-}
+// /v1/models says each model's kind; the menus offer the models of their kind.
+const MENUS = [["chat", "chat-model"], ["transcription", "transcribe-model"],
+               ["image", "images-model"]];
 
 function fill(select, ids) {
   const previous = select.value;
@@ -73,9 +70,8 @@ function fill(select, ids) {
 async function loadModels() {
   const body = await (await api("/v1/models")).json();
   const ids = body.data.map((m) => m.id);
-  for (const [kind, select] of [["chat", "chat-model"], ["transcribe", "transcribe-model"],
-                                ["images", "images-model"]]) {
-    const matching = ids.filter((id) => kindOf(id) === kind);
+  for (const [kind, select] of MENUS) {
+    const matching = body.data.filter((m) => m.kind === kind).map((m) => m.id);
     fill($(select), matching.length ? matching : ids);
   }
   say(`Key accepted: ${ids.length} model names.`);

@@ -3,6 +3,10 @@
 Aliases are listed as models of their own (owned by the same owner) so that clients which
 check ``models.list()`` before using a familiar name find it; retrieving an alias returns it
 under the name asked for, as OpenAI does for its alias names.
+
+Each model also says its ``kind`` (chat, embedding, transcription, image), a field OpenAI's
+Model schema does not have and allows (it forbids no extra fields): the playground fills its
+model menus from it instead of guessing from names.
 """
 
 from __future__ import annotations
@@ -13,17 +17,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from appliance.api.services import Services
-from appliance.engines.base import ModelInfo
+from appliance.engines.base import Kind, ModelInfo
 
 
-def _model_json(name: str, info: ModelInfo) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": info.created, "owned_by": info.owned_by}
+def _model_json(name: str, info: ModelInfo, kind: Kind[Any]) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": info.created, "owned_by": info.owned_by,
+            "kind": kind.name}
 
 
 async def list_models(request: Request) -> Response:
     services: Services = request.app.state.services
     catalog = services.catalog
-    data = [_model_json(name, catalog.resolve(name)) for name in catalog.names()]
+    data = [_model_json(name, catalog.resolve(name), catalog.kind_of(name))
+            for name in catalog.names()]
     return JSONResponse({"object": "list", "data": data})
 
 
@@ -31,4 +37,4 @@ async def retrieve_model(request: Request) -> Response:
     services: Services = request.app.state.services
     name = request.path_params["model"]
     info = services.catalog.resolve(name)
-    return JSONResponse(_model_json(name, info))
+    return JSONResponse(_model_json(name, info, services.catalog.kind_of(name)))
