@@ -8,20 +8,18 @@ A non-streaming request whose client leaves stops the engine at its next segment
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
-from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
-from appliance.api.errors import mid_stream_failure
 from appliance.api.note import RequestNote
-from appliance.api.routes.disconnect import ClientGone, unless_disconnected
+from appliance.api.routes.engine_call import EngineCall, Lease, gone_is_499, note_of
 from appliance.api.services import Services
 from appliance.api.wire.audio import Task, read_form, to_audio_request
 from appliance.api.wire.audio_formats import Transcript, render
-from appliance.api.wire.sse import SSE_HEADERS, SSE_MEDIA_TYPE, frame
+from appliance.api.wire.sse import frame
 from appliance.engines.base import (
     TRANSCRIPTION,
     CancelToken,
@@ -30,23 +28,24 @@ from appliance.engines.base import (
     TranscriptionParams,
     TranscriptionStarted,
 )
-from appliance.errors import EngineFailure, PayloadTooLarge
+from appliance.errors import PayloadTooLarge
 
 
+@gone_is_499
 async def create_transcription(request: Request) -> Response:
     return await _serve(request, "transcribe")
 
 
+@gone_is_499
 async def create_translation(request: Request) -> Response:
     return await _serve(request, "translate")
 
 
 async def _serve(request: Request, task: Task) -> Response:
     services: Services = request.app.state.services
-    note: RequestNote = request.scope["state"]["note"]
+    note = note_of(request)
     form = await read_form(request, services.bounds.max_upload_bytes)
-    handed_to_stream = False
-    try:
+    async with Lease(form.close) as upload:
         audio = to_audio_request(form, task)
         note.stream = audio.stream
         engine = services.catalog.get(TRANSCRIPTION, audio.model)
@@ -62,68 +61,38 @@ async def _serve(request: Request, task: Task) -> Response:
                                      owner=note.key_id)  # workers are shared per key
         cancel = CancelToken()
         events = engine.transcribe(params, cancel)
-        try:
-            # Waits for a worker, then decodes: undecodable audio is a plain 400 here, a full
-            # queue a 503, and a client that leaves while queued gives its place up.
-            started = await unless_disconnected(request.receive, anext(events))
-        except ClientGone:
-            note.client_gone = True
-            cancel.cancel()
-            await events.aclose()
-            return Response(status_code=499)  # nobody reads it; the ledger says "cancelled"
-        except BaseException:
-            cancel.cancel()
-            await events.aclose()
-            raise
-        if not isinstance(started, TranscriptionStarted):
-            raise EngineFailure("The engine did not start the transcription.")
+        call = EngineCall(request, note, cancel, [events])
+        # Waits for a worker, then decodes: undecodable audio is a plain 400 here, a full
+        # queue a 503.
+        [started] = await call.started(TranscriptionStarted,
+                                       "The engine did not start the transcription.")
         note.audio_seconds = started.duration
         if audio.stream:
-            handed_to_stream = True
-            return StreamingResponse(_stream(events, cancel, note, form),
-                                     media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
-        try:
-            transcript = await unless_disconnected(
-                request.receive, _collect(events, cancel, task, started))
-        except ClientGone:
-            note.client_gone = True
-            cancel.cancel()
-            return Response(status_code=499)  # nobody reads it; the ledger says "cancelled"
+            return call.streamed(_stream(events, note), "transcribing the audio", done=False,
+                                 after=upload.hand_to_stream())
+        transcript = await call.gathered(_collect(events, task, started))
         return render(transcript, audio.response_format, audio.granularities)
-    finally:
-        if not handed_to_stream:
-            await form.close()
 
 
-async def _collect(events: AsyncGenerator[TranscriptionEvent, None], cancel: CancelToken,
-                   task: Task, started: TranscriptionStarted) -> Transcript:
+async def _collect(events: AsyncGenerator[TranscriptionEvent, None], task: Task,
+                   started: TranscriptionStarted) -> Transcript:
     segments: list[Segment] = []
-    try:
-        async with aclosing(events):
-            async for event in events:
-                if isinstance(event, Segment):
-                    segments.append(event)
-    finally:
-        cancel.cancel()
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, Segment):
+                segments.append(event)
     return Transcript(task, started, tuple(segments))
 
 
-async def _stream(events: AsyncGenerator[TranscriptionEvent, None], cancel: CancelToken,
-                  note: RequestNote, form: FormData) -> AsyncIterator[bytes]:
+async def _stream(events: AsyncGenerator[TranscriptionEvent, None],
+                  note: RequestNote) -> AsyncGenerator[bytes, None]:
     parts: list[str] = []
-    try:
-        async with aclosing(events):
-            async for event in events:
-                if not isinstance(event, Segment) or not event.text.strip():
-                    continue
-                note.mark_first_token()
-                delta = event.text if parts else event.text.lstrip()
-                parts.append(delta)
-                yield frame({"type": "transcript.text.delta", "delta": delta})
-        yield frame({"type": "transcript.text.done", "text": "".join(parts).strip()})
-    except Exception as exc:
-        yield mid_stream_failure(note, exc, "transcribing the audio")
-    finally:
-        cancel.cancel()
-        await form.close()
-
+    async with aclosing(events):
+        async for event in events:
+            if not isinstance(event, Segment) or not event.text.strip():
+                continue
+            note.mark_first_token()
+            delta = event.text if parts else event.text.lstrip()
+            parts.append(delta)
+            yield frame({"type": "transcript.text.delta", "delta": delta})
+    yield frame({"type": "transcript.text.done", "text": "".join(parts).strip()})
