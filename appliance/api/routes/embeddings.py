@@ -11,8 +11,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from appliance.api.note import RequestNote
-from appliance.api.routes.disconnect import ClientGone, unless_disconnected
+from appliance.api.routes.engine_call import gone_is_499, note_of, watched
 from appliance.api.services import Services
 from appliance.api.wire.embeddings import EmbeddingRequest, embedding_json
 from appliance.api.wire.inputs import texts_or_token_lists
@@ -21,9 +20,10 @@ from appliance.engines.base import EMBEDDING
 from appliance.errors import InvalidRequest
 
 
+@gone_is_499
 async def create_embeddings(request: Request) -> Response:
     services: Services = request.app.state.services
-    note: RequestNote = request.scope["state"]["note"]
+    note = note_of(request)
     body = await parse_json(request, EmbeddingRequest, services.bounds.max_body_bytes)
     engine = services.catalog.get(EMBEDDING, body.model)
     note.model = engine.info.id
@@ -32,12 +32,8 @@ async def create_embeddings(request: Request) -> Response:
                              f"must be from 1 to {engine.dimensions}, not {body.dimensions}.",
                              param="dimensions", code="invalid_value")
     inputs = texts_or_token_lists(body.input, "input", services.bounds.max_embedding_inputs)
-    try:  # the model is shared per key; a client that leaves while queued gives its place up
-        result = await unless_disconnected(request.receive,
-                                           engine.embed(inputs, owner=note.key_id))
-    except ClientGone:
-        note.client_gone = True
-        return Response(status_code=499)  # nobody reads it; the ledger says "cancelled"
+    # The model is shared per key; a client that leaves while queued gives its place up.
+    result = await watched(request, engine.embed(inputs, owner=note.key_id))
     note.prompt_tokens = result.prompt_tokens
     encoding = body.encoding_format or "float"
     return JSONResponse({
