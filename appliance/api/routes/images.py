@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import replace
 from typing import Any
 
 import anyio.to_thread
@@ -20,8 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from appliance.api.image_files import ImageFiles
-from appliance.api.note import RequestNote
-from appliance.api.routes.disconnect import ClientGone, unless_disconnected
+from appliance.api.routes.engine_call import gone_is_499, note_of, owned, watched
 from appliance.api.services import Services
 from appliance.api.wire.images import (
     DEFAULT_MODEL,
@@ -56,9 +54,10 @@ def _usage(prompt_tokens: int) -> dict[str, Any]:
             "input_tokens_details": {"text_tokens": prompt_tokens, "image_tokens": 0}}
 
 
+@gone_is_499
 async def create_image(request: Request) -> Response:
     services: Services = request.app.state.services
-    note: RequestNote = request.scope["state"]["note"]
+    note = note_of(request)
     body = await parse_json(request, ImageGenerationRequest, services.bounds.max_body_bytes)
     engine = _engine(services, body.model)
     note.model = engine.info.id
@@ -69,15 +68,9 @@ async def create_image(request: Request) -> Response:
         raise InvalidRequest("This server keeps no image files: ask for "
                              "'response_format': 'b64_json'.", param="response_format",
                              code="invalid_value")
-    params = replace(to_image_params(body, engine), owner=note.key_id)  # workers per key
+    params = owned(to_image_params(body, engine), note)
     cancel = CancelToken()
-    try:
-        result = await unless_disconnected(request.receive, engine.generate(params, cancel))
-    except ClientGone:
-        note.client_gone = True
-        return Response(status_code=499)  # nobody reads it; the ledger says "cancelled"
-    finally:
-        cancel.cancel()
+    result = await watched(request, engine.generate(params, cancel), cancel)
     note.prompt_tokens = result.prompt_tokens
     if files is not None and output.response_format == "url":
         names = await anyio.to_thread.run_sync(_store, result, output, files)
