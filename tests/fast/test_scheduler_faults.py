@@ -19,37 +19,10 @@ import pytest
 
 from appliance.engines.base import CancelToken, ChatEvent, Finish, Sampling, TextDelta
 from appliance.engines.llm.model import LoadedModel
-from appliance.engines.llm.sampling import SamplerChain
-from appliance.engines.llm.scheduler import GenerationRequest, Sampler, Scheduler, StepReport
+from appliance.engines.llm.scheduler import GenerationRequest, Scheduler, StepReport
 from appliance.errors import EngineFailure
 from devtools.server_harness import SMOLLM2
-
-FAILS_AT_SETUP = 101  # seeds that mark the requests whose samplers fail
-FAILS_AT_THIRD_DRAW = 102
-
-
-class _FailingDraws:
-    """A real sampler that raises on its ``fail_at``-th draw."""
-
-    def __init__(self, inner: SamplerChain, fail_at: int):
-        self._inner = inner
-        self._left = fail_at
-
-    def sample(self, context: object, batch_index: int) -> int:
-        self._left -= 1
-        if self._left == 0:
-            raise RuntimeError("injected sampling failure")
-        return self._inner.sample(context, batch_index)
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-def _samplers(sampling: Sampling, model: LoadedModel, window: int) -> Sampler:
-    if sampling.seed == FAILS_AT_SETUP:
-        raise TypeError("injected: this function takes 5 positional arguments but 4 were given")
-    chain = SamplerChain(sampling, model, window)
-    return _FailingDraws(chain, 3) if sampling.seed == FAILS_AT_THIRD_DRAW else chain
+from tests.injected_faults import FAILS_AT_SETUP, FAILS_MID_STREAM, injected_samplers
 
 
 @dataclass
@@ -87,7 +60,7 @@ def steps() -> list[StepReport]:
 def scheduler(model: LoadedModel, steps: list[StepReport]) -> Iterator[Scheduler]:
     running = Scheduler(model, model_id="smol", slots=2, context_length=256, threads=1,
                         batch_size=64, stop_tokens=frozenset(), on_step=steps.append,
-                        samplers=_samplers)
+                        samplers=injected_samplers)
     yield running
     running.close()
 
@@ -130,7 +103,7 @@ def test_a_sampler_failing_at_admission_fails_that_request_once(
 def test_a_sampler_failing_mid_stream_leaves_its_neighbour_streaming(
         scheduler: Scheduler, model: LoadedModel, caplog: pytest.LogCaptureFixture) -> None:
     bad, good = _Seen(), _Seen()
-    scheduler.submit(_request(model, bad, seed=FAILS_AT_THIRD_DRAW),
+    scheduler.submit(_request(model, bad, seed=FAILS_MID_STREAM),
                      _request(model, good, max_tokens=30))
     assert bad.done.wait(30) and good.done.wait(30)
     assert len(bad.deltas) == 2 and len(bad.errors) == 1  # two tokens, then the failure

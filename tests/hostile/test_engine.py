@@ -29,13 +29,12 @@ from appliance.engines.catalog import Catalog
 from appliance.engines.llm.engine import PREPARE_THREADS, LlamaChatEngine
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.prompt_tokens import PromptTokenizer, RequestText
-from appliance.engines.llm.sampling import SamplerChain
-from appliance.engines.llm.scheduler import Sampler
 from appliance.engines.llm.templates import ChatTemplate
 from appliance.engines.llm.tool_dialects import detect
 from devtools.server_harness import SMOLLM2
 from tests.fakes import FakeKeys, ListLedger
 from tests.hostile.harness import Bounds, HostileServer
+from tests.injected_faults import FAILS_AT_SETUP, FAILS_MID_STREAM, injected_samplers
 
 USER = [{"role": "user", "content": "Name three colours."}]
 
@@ -220,30 +219,7 @@ def test_clients_that_leave_while_their_prompt_is_prepared_free_the_work(
 
 # -- in-process, real model: one request's failure, its neighbour, and cancellation -----
 
-FAILS_AT_SETUP = 101  # seeds that mark the requests whose samplers fail on purpose
-FAILS_MID_STREAM = 102
 API_KEY = "sk-app-hostile-engine-0123456789"
-
-
-class _FailsOnDraw:
-    def __init__(self, inner: SamplerChain, fail_at: int):
-        self._inner, self._left = inner, fail_at
-
-    def sample(self, context: object, batch_index: int) -> int:
-        self._left -= 1
-        if self._left == 0:
-            raise RuntimeError("injected sampling failure")
-        return self._inner.sample(context, batch_index)
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-def _samplers(sampling: Sampling, model: LoadedModel, window: int) -> Sampler:
-    if sampling.seed == FAILS_AT_SETUP:
-        raise TypeError("injected: a binding took another argument")
-    chain = SamplerChain(sampling, model, window)
-    return _FailsOnDraw(chain, 4) if sampling.seed == FAILS_MID_STREAM else chain
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +230,7 @@ def engine() -> Iterator[LlamaChatEngine]:
     assert model.chat_template is not None
     template = ChatTemplate(model.chat_template, model.bos_text, model.eos_text, "smol")
     running = LlamaChatEngine(config, model, template, detect(model.chat_template),
-                              samplers=_samplers)
+                              samplers=injected_samplers)
     yield running
     running.close()
 

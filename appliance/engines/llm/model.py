@@ -131,13 +131,7 @@ class LoadedModel:
             # constrains nothing. None of our grammars accepts an empty output, so a sampler
             # that lets the end of generation come first is one that failed to parse.
             end = int(llama_cpp.llama_vocab_eos(self.vocab))
-            candidate = (llama_cpp.llama_token_data * 1)()
-            candidate[0].id = end  # type: ignore[assignment]
-            candidate[0].logit = 0.0
-            candidate[0].p = 0.0
-            array = llama_cpp.llama_token_data_array(candidate, 1, -1, False)
-            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
-            if end >= 0 and math.isfinite(candidate[0].logit):
+            if end >= 0 and grammar_allows(sampler, end):
                 raise InvalidRequest("The output constraint could not be compiled.",
                                      param="response_format", code="invalid_json_schema")
         finally:
@@ -166,6 +160,17 @@ class LoadedModel:
 
     def close(self) -> None:
         self._model.close()  # type: ignore[no-untyped-call]
+
+
+def grammar_allows(grammar: object, token: int) -> bool:
+    """Whether a grammar sampler, in its current state, lets ``token`` come next."""
+    candidate = (llama_cpp.llama_token_data * 1)()
+    candidate[0].id = token  # type: ignore[assignment]
+    candidate[0].logit = 0.0
+    candidate[0].p = 0.0
+    array = llama_cpp.llama_token_data_array(candidate, 1, -1, False)
+    llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
+    return bool(math.isfinite(candidate[0].logit))
 
 
 def default_threads(configured: int | None) -> int:

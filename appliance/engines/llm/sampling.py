@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import math
 import random
 from typing import Any
 
@@ -17,7 +16,7 @@ import llama_cpp
 import numpy as np
 
 from appliance.engines.base import Sampling
-from appliance.engines.llm.model import LoadedModel
+from appliance.engines.llm.model import LoadedModel, grammar_allows
 from appliance.errors import EngineFailure, InvalidRequest
 
 log = logging.getLogger("appliance.engines.llm")
@@ -117,7 +116,7 @@ class SamplerChain:
                 self._watch(token)
             return token
         token = self._draw(context, batch_index, constrained=False)
-        if not _allows(self._grammar, token):
+        if not grammar_allows(self._grammar, token):
             token = self._draw(context, batch_index, constrained=True)
         llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self.handle, token)
@@ -156,7 +155,7 @@ class SamplerChain:
         # model left the format on its own and the rest stays free (the parser then gives
         # the text back as content), rather than failing the request.
         for piece_token in self._model.tokenize(constrained, add_bos=False, special=False):
-            if not _allows(grammar, piece_token):
+            if not grammar_allows(grammar, piece_token):
                 log.debug("lazy grammar not armed: output left the tool-call format")
                 llama_cpp.llama_sampler_free(grammar)
                 return
@@ -170,14 +169,3 @@ class SamplerChain:
         if self._grammar is not None:
             llama_cpp.llama_sampler_free(self._grammar)
             self._grammar = None
-
-
-def _allows(grammar: object, token: int) -> bool:
-    """Whether the grammar, in its current state, lets ``token`` come next."""
-    candidate = (llama_cpp.llama_token_data * 1)()
-    candidate[0].id = token  # type: ignore[assignment]
-    candidate[0].logit = 0.0
-    candidate[0].p = 0.0
-    array = llama_cpp.llama_token_data_array(candidate, 1, -1, False)
-    llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
-    return bool(math.isfinite(candidate[0].logit))
