@@ -15,6 +15,7 @@ from appliance.api.bounds import RequestBounds
 from appliance.api.image_files import ImageFiles
 from appliance.api.middleware.drain import DrainState
 from appliance.api.middleware.failed_auth import FailedAuthLimiter
+from appliance.api.stored_state import StateStore
 from appliance.api.telemetry.metrics import ApplianceMetrics
 from appliance.engines.catalog import Catalog
 from appliance.ledger import (
@@ -83,6 +84,9 @@ class Services:
     image_files: ImageFiles | None = None  # None: no `response_format: "url"` images
     key_admin: KeyAdmin | None = None  # None: the admin key routes answer 404
     reports: LedgerReader | None = None  # None: usage endpoints report nothing, quotas start at 0
+    # Stored responses, conversations and stored chat completions. None: `store: true` is a 400
+    # naming `store`, and the stored-state routes answer 404.
+    state: StateStore | None = None
     clock: Callable[[], float] = time.monotonic  # rate windows (tests freeze it)
     wall_clock: Callable[[], float] = time.time  # key expiry, calendar months
     rate_window_seconds: float = 60.0  # the "minute" of a key's rpm (tests shorten it)

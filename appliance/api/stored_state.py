@@ -1,0 +1,110 @@
+"""What the api keeps between requests: stored responses, conversations, stored chat completions.
+
+The seam between the routes that produce state (``routes/responses.py``, ``routes/chat.py``
+with ``store: true``) and the routes that read it back (``routes/stored_*``), and the durable
+store behind both (``appliance.store``, SQLite in the data dir). Everything a caller reads is
+scoped by ``owner`` (the key id; ``None`` when the server runs without keys): an id owned by
+another key, expired, or deleted is ``None`` here and a 404 on the wire, exactly as an unknown
+id. Items and bodies are the JSON objects as they go on the wire (``dict``), so the store never
+needs to know the Responses API's shapes.
+
+Every method is async and does its SQL off the event loop; writes are durable when they return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+JSON = dict[str, Any]
+Order = Literal["asc", "desc"]
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    id: str  # "resp_..."
+    owner: str | None
+    created_at: float  # unix seconds
+    model: str
+    previous_response_id: str | None
+    conversation_id: str | None
+    input_items: tuple[JSON, ...]  # this turn's input items, each with its own "id"
+    body: JSON  # the response object as last returned (status, output, usage, echoed fields)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: str  # "conv_..."
+    owner: str | None
+    created_at: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredCompletion:
+    id: str  # "chatcmpl-..."
+    owner: str | None
+    created_at: float
+    model: str
+    metadata: dict[str, str]
+    messages: tuple[JSON, ...]  # the request's messages, each given an "id"
+    body: JSON  # the chat.completion object as returned
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list: its items and whether more follow."""
+
+    items: tuple[JSON, ...]
+    has_more: bool
+
+
+class ResponseStore(Protocol):
+    async def put_response(self, response: StoredResponse) -> None:
+        """Insert, or replace by id (a background response is written again as it finishes)."""
+    async def get_response(self, owner: str | None, response_id: str) -> StoredResponse | None: ...
+    async def delete_response(self, owner: str | None, response_id: str) -> bool: ...
+    async def input_items(self, owner: str | None, response_id: str, *, order: Order,
+                          after: str | None, limit: int) -> Page | None: ...
+    async def chain(self, owner: str | None, response_id: str,
+                    max_turns: int) -> list[StoredResponse] | None:
+        """The response and its ``previous_response_id`` ancestors, oldest first; ``None`` if
+        any link is missing or not this owner's. More than ``max_turns`` links: ``None``."""
+
+
+class ConversationStore(Protocol):
+    async def create_conversation(self, owner: str | None, metadata: dict[str, str],
+                                  items: list[JSON]) -> Conversation: ...
+    async def get_conversation(self, owner: str | None, conv_id: str) -> Conversation | None: ...
+    async def update_conversation(self, owner: str | None, conv_id: str,
+                                  metadata: dict[str, str]) -> Conversation | None: ...
+    async def delete_conversation(self, owner: str | None, conv_id: str) -> bool: ...
+    async def append_items(self, owner: str | None, conv_id: str,
+                           items: list[JSON]) -> bool:
+        """Appends in order; False when the conversation is not this owner's."""
+    async def all_items(self, owner: str | None, conv_id: str,
+                        max_items: int) -> list[JSON] | None:
+        """Every item, oldest first (what a response made with ``conversation`` continues)."""
+    async def list_items(self, owner: str | None, conv_id: str, *, order: Order,
+                         after: str | None, limit: int) -> Page | None: ...
+    async def get_item(self, owner: str | None, conv_id: str, item_id: str) -> JSON | None: ...
+    async def delete_item(self, owner: str | None, conv_id: str, item_id: str) -> bool: ...
+
+
+class CompletionStore(Protocol):
+    async def put_completion(self, completion: StoredCompletion) -> None: ...
+    async def get_completion(self, owner: str | None,
+                             completion_id: str) -> StoredCompletion | None: ...
+    async def list_completions(self, owner: str | None, *, model: str | None,
+                               metadata: dict[str, str], order: Order, after: str | None,
+                               limit: int) -> Page | None: ...
+    async def update_completion(self, owner: str | None, completion_id: str,
+                                metadata: dict[str, str]) -> StoredCompletion | None: ...
+    async def delete_completion(self, owner: str | None, completion_id: str) -> bool: ...
+    async def completion_messages(self, owner: str | None, completion_id: str, *,
+                                  order: Order, after: str | None,
+                                  limit: int) -> Page | None: ...
+
+
+class StateStore(ResponseStore, ConversationStore, CompletionStore, Protocol):
+    """All three, as one SQLite file provides them."""
