@@ -1,5 +1,10 @@
 """The Starlette application: the route table, the middleware order and the error handlers.
 
+Each route carries its policy (``route_policy.RoutePolicy``: who may call it, whether it is
+ledgered, the kind of model it serves, how a cut stream ends, whether it is a probe): the
+middlewares, the drain and the usage reports read it, so no path string is matched anywhere
+else.
+
 Outer to inner: CORS (only when configured) -> request context (id, durable ledger row,
 catch-all 500) -> failed-auth gate (an address over its allowance of 401s gets a quiet 429; a
 URL or head over its bound a 400; every 401 counts) -> drain (503 while shutting down) ->
@@ -19,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Route
+from starlette.routing import BaseRoute
 
 from appliance.api.errors import handle_appliance_error, handle_http_exception
 from appliance.api.image_files import sweeping
@@ -32,6 +37,19 @@ from appliance.api.middleware.key_quota import KeyQuota
 from appliance.api.middleware.key_rate import KeyRate
 from appliance.api.middleware.key_scope import KeyScopedCatalog
 from appliance.api.middleware.request_context import RequestContextMiddleware
+from appliance.api.route_policy import (
+    ADMIN,
+    KEYED,
+    LIVENESS,
+    OPEN,
+    READINESS,
+    Access,
+    RoutePolicy,
+    RouteTable,
+    route,
+    serving,
+    with_policy,
+)
 from appliance.api.routes.admin_keys import (
     create_key,
     list_keys,
@@ -52,42 +70,51 @@ from appliance.api.routes.web import web_routes
 from appliance.api.services import Services
 from appliance.api.telemetry.metrics import each
 from appliance.api.warmup import warm_request_path
+from appliance.engines.base import CHAT, EMBEDDING, IMAGE, TRANSCRIPTION
 from appliance.errors import ApplianceError
 
 
 def create_app(services: Services) -> Starlette:
-    routes = [
-        Route("/health", health, methods=["GET"]),
-        Route("/ready", ready, methods=["GET"]),
-        Route("/openapi.json", openapi_endpoint(), methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
-        Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
-        Route("/v1/completions", create_completion, methods=["POST"]),
-        Route("/v1/embeddings", create_embeddings, methods=["POST"]),
-        Route("/v1/audio/transcriptions", create_transcription, methods=["POST"]),
-        Route("/v1/audio/translations", create_translation, methods=["POST"]),
-        Route("/v1/images/generations", create_image, methods=["POST"]),
-        Route("/v1/images/edits", not_served, methods=["POST"]),
-        Route("/v1/images/variations", not_served, methods=["POST"]),
-        # Outside /v1: image URLs are fetched without a key (the unguessable name is the key).
-        Route("/files/images/{name}", image_file, methods=["GET"], name=IMAGE_FILE_ROUTE),
-        Route("/v1/usage", key_usage, methods=["GET"]),
-        *web_routes(),  # the browser playground: outside /v1, served without a key
-        # Admin keys only (admission checks the audience).
-        Route("/v1/organization/api_keys", list_keys, methods=["GET"]),
-        Route("/v1/organization/api_keys", create_key, methods=["POST"]),
-        Route("/v1/organization/api_keys/{key_id}", retrieve_key, methods=["GET"]),
-        Route("/v1/organization/api_keys/{key_id}", update_key, methods=["POST"]),
-        Route("/v1/organization/api_keys/{key_id}", revoke_key, methods=["DELETE"]),
-        Route("/v1/organization/usage/{kind}", organization_usage, methods=["GET"]),
-        Route("/v1/organization/costs", organization_costs, methods=["GET"]),
+    chat, embedding = serving(CHAT.name, ends_with_done=True), serving(EMBEDDING.name)
+    transcription, image = serving(TRANSCRIPTION.name), serving(IMAGE.name)
+    # Prometheus scrapes a bare path: an admin key unless the operator made it public. Not
+    # ledgered: a scrape every few seconds is no usage.
+    scrape = OPEN if services.exposure.metrics_public else RoutePolicy(Access.ADMIN,
+                                                                        ledgered=False)
+    routes: list[BaseRoute] = [
+        route("/health", health, "GET", LIVENESS),
+        route("/ready", ready, "GET", READINESS),
+        route("/openapi.json", openapi_endpoint(), "GET", OPEN),
+        route("/metrics", metrics, "GET", scrape),
+        route("/v1/models", list_models, "GET", KEYED),
+        route("/v1/models/{model:path}", retrieve_model, "GET", KEYED),
+        route("/v1/chat/completions", create_chat_completion, "POST", chat),
+        route("/v1/completions", create_completion, "POST", chat),
+        route("/v1/embeddings", create_embeddings, "POST", embedding),
+        route("/v1/audio/transcriptions", create_transcription, "POST", transcription),
+        route("/v1/audio/translations", create_translation, "POST", transcription),
+        route("/v1/images/generations", create_image, "POST", image),
+        route("/v1/images/edits", not_served, "POST", image),
+        route("/v1/images/variations", not_served, "POST", image),
+        # Image URLs are fetched without a key (the unguessable name is the key).
+        route("/files/images/{name}", image_file, "GET", OPEN, name=IMAGE_FILE_ROUTE),
+        route("/v1/usage", key_usage, "GET", KEYED),
+        *with_policy(web_routes(), OPEN),  # the browser playground, served without a key
+        route("/v1/organization/api_keys", list_keys, "GET", ADMIN),
+        route("/v1/organization/api_keys", create_key, "POST", ADMIN),
+        route("/v1/organization/api_keys/{key_id}", retrieve_key, "GET", ADMIN),
+        route("/v1/organization/api_keys/{key_id}", update_key, "POST", ADMIN),
+        route("/v1/organization/api_keys/{key_id}", revoke_key, "DELETE", ADMIN),
+        route("/v1/organization/usage/{kind}", organization_usage, "GET", ADMIN),
+        route("/v1/organization/costs", organization_costs, "GET", ADMIN),
     ]
+    # A path no route has: under /v1 it is still knocked on with a key (401 before 404, and
+    # a ledger row); elsewhere it is a plain 404.
+    table = RouteTable(routes, lambda path: KEYED if path.startswith("/v1/") else OPEN)
     services = _with_key_scope(services)
     services.metrics.routes.bind(routes)
     services.metrics.health.track(info.id for info in services.catalog.models())
-    middleware = _cors(services.exposure.cors_origins) + _middleware(services)
+    middleware = _cors(services.exposure.cors_origins) + _middleware(services, table)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -115,12 +142,13 @@ def _with_key_scope(services: Services) -> Services:
     return dataclasses.replace(services, catalog=KeyScopedCatalog(services.catalog))
 
 
-def _middleware(services: Services) -> list[Middleware]:
+def _middleware(services: Services, table: RouteTable) -> list[Middleware]:
     """Outer to inner, inside CORS. Needs the services ``_with_key_scope`` returned."""
     assert isinstance(services.catalog, KeyScopedCatalog)
     quota = KeyQuota(services.reports, services.pricing.currency, services.wall_clock)
     return [
         Middleware(RequestContextMiddleware, ledger=services.ledger, pricing=services.pricing,
+                   table=table,
                    commit_wait=services.commit_wait_seconds,
                    on_final_row=each(quota.charge, services.metrics.observe)),
         # Before anything that costs: a flooding address is turned away here. Inside the

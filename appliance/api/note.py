@@ -21,6 +21,7 @@ class RequestNote:
     started_perf: float = field(default_factory=time.perf_counter)
     key_id: str | None = None
     model: str | None = None
+    kind: str | None = None  # the kind of model its route serves (route_policy.RoutePolicy)
     stream: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0

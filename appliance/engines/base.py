@@ -429,6 +429,8 @@ EMBEDDING: Kind[EmbeddingEngine] = Kind("embedding", "embeddings")
 TRANSCRIPTION: Kind[TranscriptionEngine] = Kind("transcription",
                                                 "audio transcriptions and translations")
 IMAGE: Kind[ImageEngine] = Kind("image", "image generation")
+# Every kind, once: a new kind adds its token here (the usage reports count its rows).
+KINDS: tuple[Kind[Any], ...] = (CHAT, EMBEDDING, TRANSCRIPTION, IMAGE)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ class BucketQuery:
     width: int  # seconds per bucket
     start: float  # rows started in [start, end)
     end: float
-    endpoints: tuple[str, ...] | None = None  # None: every endpoint
+    kinds: tuple[str, ...] | None = None  # model kinds (RequestRecord.kind); None: every row
     key_ids: tuple[str, ...] | None = None
     models: tuple[str, ...] | None = None
     # Usage counts requests that reached a model and delivered (ok, or a cancelled stream);
@@ -49,7 +49,7 @@ SELECT CAST((started_at - :origin) / :width AS INTEGER) AS bucket, key_id, model
        sum(images), total(price), currency
 FROM requests
 WHERE started_at >= :start AND started_at < :end
-  AND (:endpoints IS NULL OR endpoint IN (SELECT value FROM json_each(:endpoints)))
+  AND (:kinds IS NULL OR kind IN (SELECT value FROM json_each(:kinds)))
   AND (:key_ids IS NULL OR key_id IN (SELECT value FROM json_each(:key_ids)))
   AND (:models IS NULL OR model IN (SELECT value FROM json_each(:models)))
   AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses)))
@@ -68,7 +68,7 @@ def bucket_totals(path: Path, query: BucketQuery) -> list[BucketTotal]:
         return []
     params = {
         "origin": query.origin, "width": query.width, "start": query.start, "end": query.end,
-        "endpoints": _json(query.endpoints), "key_ids": _json(query.key_ids),
+        "kinds": _json(query.kinds), "key_ids": _json(query.key_ids),
         "models": _json(query.models), "statuses": _json(query.statuses),
     }
     with read_only(path) as conn:

@@ -102,10 +102,31 @@ def m005_request_lookups(db: Database) -> None:
     db.execute("CREATE INDEX idx_requests_key_started ON requests (key_id, started_at)")
 
 
+
+def m006_request_kind(db: Database) -> None:
+    # The kind of model a request's route serves, so that usage reports select rows by kind
+    # rather than by lists of paths. Rows written before this migration get theirs from the
+    # paths that served each kind then (the only place those paths are still spelled).
+    db.execute("ALTER TABLE requests ADD COLUMN kind TEXT")
+    db.execute(
+        """
+        UPDATE requests SET kind = CASE
+            WHEN endpoint IN ('/v1/chat/completions', '/v1/completions') THEN 'chat'
+            WHEN endpoint = '/v1/embeddings' THEN 'embedding'
+            WHEN endpoint IN ('/v1/audio/transcriptions', '/v1/audio/translations')
+                THEN 'transcription'
+            WHEN endpoint IN ('/v1/images/generations', '/v1/images/edits',
+                              '/v1/images/variations') THEN 'image'
+        END
+        """
+    )
+    db.execute("CREATE INDEX idx_requests_kind_started ON requests (kind, started_at)")
+
+
 # Append only.
 _STEPS: tuple[Callable[[Database], None], ...] = (m001_requests, m002_api_keys,
                                                   m003_media_units, m004_key_limits,
-                                                  m005_request_lookups)
+                                                  m005_request_lookups, m006_request_kind)
 
 
 def migrations() -> Migrations:

@@ -49,6 +49,7 @@ EXPECTED_REQUESTS = [
     ("stream", "INTEGER", 1, "0", 0),
     ("audio_seconds", "REAL", 1, "0", 0),
     ("images", "INTEGER", 1, "0", 0),
+    ("kind", "TEXT", 0, None, 0),
 ]
 EXPECTED_API_KEYS = [
     ("id", "TEXT", 0, None, 1),
@@ -73,6 +74,7 @@ EXPECTED_INDEXES = {
         ("idx_requests_model", 0, ("model",)),
         ("idx_requests_in_flight", 0, ("status",)),
         ("idx_requests_key_started", 0, ("key_id", "started_at")),
+        ("idx_requests_kind_started", 0, ("kind", "started_at")),
         ("sqlite_autoindex_requests_1", 1, ("request_id",)),
     },
     "api_keys": {
@@ -82,7 +84,7 @@ EXPECTED_INDEXES = {
     },
 }
 EXPECTED_MIGRATIONS = ["m001_requests", "m002_api_keys", "m003_media_units",
-                       "m004_key_limits", "m005_request_lookups"]
+                       "m004_key_limits", "m005_request_lookups", "m006_request_kind"]
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[object, ...]]:
@@ -351,6 +353,29 @@ def test_an_old_ledger_upgrades_in_place(tmp_path: Path) -> None:
     with closing(sqlite3.connect(path)) as conn:
         assert _columns(conn, "api_keys") == EXPECTED_API_KEYS
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_rows_from_before_the_kind_column_get_their_kind_from_their_path(
+        tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    old = Migrations(MIGRATION_SET)
+    for step in (m001_requests, m002_api_keys, m003_media_units):
+        old(name=step.__name__)(step)
+    served = {"chat": "/v1/chat/completions", "legacy": "/v1/completions",
+              "embed": "/v1/embeddings", "speech": "/v1/audio/translations",
+              "image": "/v1/images/edits", "list": "/v1/models"}
+    with closing(sqlite3.connect(path)) as conn:
+        old.apply(Database(conn))
+        for request_id, endpoint in served.items():
+            conn.execute("INSERT INTO requests (request_id, started_at, endpoint, method, "
+                         "status, http_status) VALUES (?, 1, ?, 'POST', 'ok', 200)",
+                         [request_id, endpoint])
+        conn.commit()
+    with LedgerWriter(path):
+        pass
+    kinds = {rid: RequestRecord(*row).kind for rid, row in _read(path).items()}
+    assert kinds == {"chat": "chat", "legacy": "chat", "embed": "embedding",
+                     "speech": "transcription", "image": "image", "list": None}
 
 
 def test_key_limits_round_trip_and_validation(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
-"""Admission: what an authenticated key may do, checked before a /v1 request runs.
+"""Admission: what an authenticated key may do, checked before a keyed request runs.
 
-In order: the route's audience (admin keys manage keys and read usage, other keys call
-models; the wrong one is a 403), the key's month (quota and budget, ``key_quota``: a
-permanent 429 with ``x-should-retry: false``), its concurrency (``key_concurrency``) and its
-rate (``key_rate``; transient 429s with ``retry-after``). An admitted request gets a durable
-"started" ledger row, its key's model list for the catalog (``key_scope``), and
+In order: the route's audience (its ``RoutePolicy.access``: admin keys manage keys and read
+usage, other keys call models; the wrong one is a 403), the key's month (quota and budget,
+``key_quota``: a permanent 429 with ``x-should-retry: false``), its concurrency
+(``key_concurrency``) and its rate (``key_rate``; transient 429s with ``retry-after``). An
+admitted request of a ledgered route gets a durable "started" ledger row; every admitted
+request gets its key's model list for the catalog (``key_scope``), and
 ``x-ratelimit-*-requests`` headers on its response (keys with an rpm limit: every response,
 refusals included). Admission is this door alone: an engine accepts or queues what it is
 handed, it does not admit.
@@ -21,17 +22,16 @@ from appliance.api.middleware.key_rate import KeyRate, RateLimitedWithState
 from appliance.api.middleware.key_scope import KeyScopedCatalog
 from appliance.api.middleware.request_context import commit_row, ledger_row
 from appliance.api.note import RequestNote
+from appliance.api.route_policy import Access, RoutePolicy, policy_of
 from appliance.api.services import LedgerSink
 from appliance.errors import ApplianceError, InsufficientQuota, PermissionDenied, RateLimited
 from appliance.ledger import KeyRecord
-
-ADMIN_PREFIX = "/v1/organization/"
 
 
 class AdmissionMiddleware:
     def __init__(self, app: ASGIApp, *, rate: KeyRate, concurrency: KeyConcurrency,
                  quota: KeyQuota, catalog: KeyScopedCatalog, ledger: LedgerSink,
-                 currency: str, commit_wait: float, protected_prefix: str = "/v1"):
+                 currency: str, commit_wait: float):
         self.app = app
         self.rate = rate
         self.concurrency = concurrency
@@ -40,16 +40,16 @@ class AdmissionMiddleware:
         self.ledger = ledger
         self.currency = currency
         self.commit_wait = commit_wait
-        self.prefix = protected_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        if scope["type"] != "http" or not policy_of(scope).needs_key:
             await self.app(scope, receive, send)
             return
+        policy = policy_of(scope)
         state = scope["state"]
         key: KeyRecord = state["key"]  # the auth middleware, which runs first, set it
         note: RequestNote = state["note"]
-        wrong_audience = _audience_error(key, scope["path"])
+        wrong_audience = _audience_error(key, policy)
         if wrong_audience is not None:
             await self._refuse(note, wrong_audience, {}, scope, receive, send)
             return
@@ -75,14 +75,15 @@ class AdmissionMiddleware:
             if count_month is not None:
                 count_month()
             extra = rate_state.headers() if rate_state is not None else {}
-            await self._run(key, note, extra, scope, receive, send)
+            await self._run(key, note, policy, extra, scope, receive, send)
         finally:
             self.concurrency.leave(key)
 
-    async def _run(self, key: KeyRecord, note: RequestNote, extra: dict[str, str],
-                   scope: Scope, receive: Receive, send: Send) -> None:
-        await commit_row(self.ledger, ledger_row(note, "started", 0, 0.0, self.currency),
-                         self.commit_wait)
+    async def _run(self, key: KeyRecord, note: RequestNote, policy: RoutePolicy,
+                   extra: dict[str, str], scope: Scope, receive: Receive, send: Send) -> None:
+        if policy.ledgered:
+            await commit_row(self.ledger, ledger_row(note, "started", 0, 0.0, self.currency),
+                             self.commit_wait)
         encoded = [(k.encode(), v.encode()) for k, v in extra.items()]
 
         async def send_with_headers(message: Message) -> None:
@@ -108,12 +109,13 @@ def _rate_headers(rate: KeyRate, key: KeyRecord) -> dict[str, str]:
     return state.headers() if state is not None else {}
 
 
-def _audience_error(key: KeyRecord, path: str) -> PermissionDenied | None:
-    admin_route = path.startswith(ADMIN_PREFIX)
+def _audience_error(key: KeyRecord, policy: RoutePolicy) -> PermissionDenied | None:
+    admin_route = policy.access is Access.ADMIN
     if admin_route and not key.admin:
         return PermissionDenied(
             "You have insufficient permissions for this operation: the /v1/organization "
-            "routes need an admin key (`appliance keys create --name NAME --admin`)."
+            "routes and /metrics need an admin key (`appliance keys create --name NAME "
+            "--admin`)."
         )
     if key.admin and not admin_route:
         return PermissionDenied(

@@ -1,4 +1,4 @@
-"""Bearer-key authentication for every /v1 route.
+"""Bearer-key authentication for every route whose policy needs a key.
 
 Missing, malformed, unknown, revoked and expired keys get OpenAI's 401 (the SDKs raise
 AuthenticationError) with a message that says which. Every 401 counts against the client's
@@ -19,21 +19,21 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from appliance.api.errors import error_response
+from appliance.api.route_policy import policy_of
 from appliance.api.services import KeyLookup
 from appliance.errors import AuthenticationFailed
 from appliance.ledger import KeyRecord
 
 
 class BearerAuthMiddleware:
-    def __init__(self, app: ASGIApp, keys: KeyLookup, protected_prefix: str = "/v1",
+    def __init__(self, app: ASGIApp, keys: KeyLookup,
                  wall_clock: Callable[[], float] = time.time):
         self.app = app
         self.keys = keys
-        self.prefix = protected_prefix
         self.wall_clock = wall_clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        if scope["type"] != "http" or not policy_of(scope).needs_key:
             await self.app(scope, receive, send)
             return
         header = Headers(scope=scope).get("authorization", "")

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.api.errors import error_frame, error_response, retry_headers
 from appliance.api.note import RequestNote
+from appliance.api.route_policy import policy_of
 from appliance.api.wire.sse import DONE, SSE_MEDIA_TYPE
 from appliance.errors import ServiceUnavailable
 
@@ -34,9 +35,6 @@ log = logging.getLogger("appliance.shutdown")
 
 # What a refused client is told to wait: a restart of this box takes about this long.
 RETRY_AFTER_S = 5.0
-ALWAYS_SERVED = ("/health",)
-# Streams that end with ``data: [DONE]`` (OpenAI's chat and legacy completions).
-DONE_STREAMS = ("/v1/chat/completions", "/v1/completions")
 # How long cut requests get to deliver their ending before uvicorn is told to exit.
 CUT_SETTLE_S = 2.0
 
@@ -114,7 +112,7 @@ class DrainMiddleware:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in ALWAYS_SERVED:
+        if scope["type"] != "http" or not policy_of(scope).drains:
             await self.app(scope, receive, send)
             return
         if self.state.draining:
@@ -157,7 +155,7 @@ async def _end_cut(scope: Scope, receive: Receive, watch: _ResponseWatch) -> Non
     elif not watch.finished:
         ending = b""
         if watch.event_stream:
-            ending = error_frame(refusal) + (DONE if scope["path"] in DONE_STREAMS else b"")
+            ending = error_frame(refusal) + (DONE if policy_of(scope).ends_with_done else b"")
         await watch.send({"type": "http.response.body", "body": ending, "more_body": False})
 
 

@@ -32,13 +32,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.api.errors import error_response, retry_headers
 from appliance.api.note import RequestNote
+from appliance.api.route_policy import policy_of
 from appliance.api.telemetry.logs import Throttle
 from appliance.errors import InvalidRequest, RateLimited
 
 log = logging.getLogger("appliance.auth")
 
 _MAX_ADDRESSES = 10_000  # bounds memory under a flood from many addresses
-ALWAYS_SERVED = ("/health", "/ready")
 
 
 class FailedAuthLimiter:
@@ -114,7 +114,7 @@ class FailedAuthGate:
             return
         address = client_address(scope)
         note: RequestNote | None = scope.get("state", {}).get("note")
-        if scope["path"] not in ALWAYS_SERVED:
+        if policy_of(scope).gated:
             try:
                 self.failures.check(address)
             except RateLimited as refused:

@@ -1,4 +1,5 @@
-"""Request ids, the catch-all 500, and one durable ledger row per /v1 request.
+"""Request ids, route policies, the catch-all 500, and one durable ledger row per request
+of a ledgered route.
 
 A pure ASGI middleware (not BaseHTTPMiddleware) so streaming responses pass through untouched
 and a client that leaves mid-stream is seen as such: the response never completes, and the
@@ -15,6 +16,9 @@ What the row and the access line keep of the client's path is bounded: its first
 that was knocked on, not a 60,000-character path). Refusals the failed-auth gate marks quiet
 get neither (``failed_auth.py``). Every response says ``X-Content-Type-Options: nosniff``:
 a browser must not guess a type for an image file or an error body.
+
+It is also where a request's ``RoutePolicy`` is resolved, once, and left in the scope for
+the middlewares inside it (``route_policy.policy_of``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.api.note import RequestNote
+from appliance.api.route_policy import RouteTable
 from appliance.api.services import LedgerSink, Pricing
 from appliance.api.telemetry.logs import CURRENT_REQUEST_ID, shown
 from appliance.errors import EngineFailure
@@ -65,6 +70,7 @@ def ledger_row(note: RequestNote, status: RequestStatus, http_status: int, price
         stream=note.stream,
         audio_seconds=note.audio_seconds,
         images=note.images,
+        kind=note.kind,
     )
 
 
@@ -92,12 +98,13 @@ async def commit_row(ledger: LedgerSink, row: RequestRecord, timeout: float) -> 
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, ledger: LedgerSink, pricing: Pricing,
+    def __init__(self, app: ASGIApp, ledger: LedgerSink, pricing: Pricing, table: RouteTable,
                  commit_wait: float = 5.0,
                  on_final_row: Callable[[RequestRecord], None] | None = None):
         self.app = app
         self.ledger = ledger
         self.pricing = pricing
+        self.table = table
         self.commit_wait = commit_wait
         self.on_final_row = on_final_row  # the quota book adds the price to the key's month
 
@@ -110,10 +117,14 @@ class RequestContextMiddleware:
             method=shown(scope["method"], _RECORDED_METHOD_CHARS),
             path=shown(scope["path"], RECORDED_PATH_CHARS),
         )
-        scope.setdefault("state", {})["note"] = note
+        policy = self.table.policy_for(scope)
+        note.kind = policy.kind
+        state = scope.setdefault("state", {})
+        state["note"] = note
+        state["policy"] = policy
         # Every line logged while this request runs names it (telemetry/logs.RequestIdFilter).
         id_token = CURRENT_REQUEST_ID.set(note.request_id)
-        ledgered = scope["path"].startswith("/v1")
+        ledgered = policy.ledgered
         status = 0
         completed = False
         committed: RequestRecord | None = None

@@ -19,15 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from appliance.api.services import Services
+from appliance.engines.base import KINDS
 from appliance.errors import InvalidRequest
 from appliance.ledger import BucketQuery, BucketTotal, KeyRecord
 
 _DAY = 86_400
-_MODEL_ENDPOINTS = (
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/audio/transcriptions",
-    "/v1/audio/translations", "/v1/images/generations", "/v1/images/edits",
-    "/v1/images/variations",
-)
+# Rows of requests to a model, whatever its kind (a model list or a usage read is no usage).
+_MODEL_KINDS = tuple(kind.name for kind in KINDS)
 
 
 def _days(request: Request) -> int:
@@ -48,10 +46,10 @@ async def key_usage(request: Request) -> Response:
     if services.reports is not None:
         reports = services.reports
         base = BucketQuery(origin=origin, width=_DAY, start=origin, end=now + 1,
-                           endpoints=_MODEL_ENDPOINTS, key_ids=(key.id,))
+                           kinds=_MODEL_KINDS, key_ids=(key.id,))
         delivered = await anyio.to_thread.run_sync(reports.bucket_totals, base)
         everything = BucketQuery(origin=origin, width=_DAY, start=origin, end=now + 1,
-                                 endpoints=_MODEL_ENDPOINTS, key_ids=(key.id,), statuses=None)
+                                 kinds=_MODEL_KINDS, key_ids=(key.id,), statuses=None)
         priced = await anyio.to_thread.run_sync(reports.bucket_totals, everything)
     return JSONResponse({
         "object": "list", "api_key_id": key.id, "api_key_name": key.name,

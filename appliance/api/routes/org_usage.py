@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from appliance.api.services import Services
+from appliance.engines.base import CHAT, EMBEDDING, IMAGE, TRANSCRIPTION
 from appliance.errors import InvalidRequest, NotFound
 from appliance.ledger import BucketQuery, BucketTotal
 
@@ -40,8 +41,8 @@ _MAX_INTEGER = 2**53
 
 
 @dataclass(frozen=True)
-class _Kind:
-    endpoints: tuple[str, ...] | None
+class _Report:
+    kinds: tuple[str, ...] | None  # the model kinds whose rows it sums; None: every row
     result: Callable[[list[BucketTotal]], dict[str, Any]]
     groups: tuple[str, ...]  # group_by values that split results
 
@@ -82,23 +83,21 @@ def _costs(rows: list[BucketTotal]) -> dict[str, Any]:
 
 
 _USAGE_GROUPS = ("api_key_id", "model")
-KINDS = {
-    "completions": _Kind(("/v1/chat/completions", "/v1/completions"), _completions,
-                         _USAGE_GROUPS),
-    "embeddings": _Kind(("/v1/embeddings",), _embeddings, _USAGE_GROUPS),
-    "audio_transcriptions": _Kind(("/v1/audio/transcriptions", "/v1/audio/translations"),
-                                  _audio, _USAGE_GROUPS),
-    "images": _Kind(("/v1/images/generations", "/v1/images/edits", "/v1/images/variations"),
-                    _images, _USAGE_GROUPS),
+# OpenAI's usage reports, each over the ledger rows of one model kind (RequestRecord.kind).
+REPORTS = {
+    "completions": _Report((CHAT.name,), _completions, _USAGE_GROUPS),
+    "embeddings": _Report((EMBEDDING.name,), _embeddings, _USAGE_GROUPS),
+    "audio_transcriptions": _Report((TRANSCRIPTION.name,), _audio, _USAGE_GROUPS),
+    "images": _Report((IMAGE.name,), _images, _USAGE_GROUPS),
 }
-COSTS = _Kind(None, _costs, ("api_key_id", "line_item"))
+COSTS = _Report(None, _costs, ("api_key_id", "line_item"))
 
 
 async def organization_usage(request: Request) -> Response:
-    kind = KINDS.get(request.path_params["kind"])
-    if kind is None:
+    report = REPORTS.get(request.path_params["kind"])
+    if report is None:
         raise NotFound(f"Unknown request URL: {request.method} {request.url.path}.")
-    return await _report(request, kind, costs=False)
+    return await _report(request, report, costs=False)
 
 
 async def organization_costs(request: Request) -> Response:
@@ -124,7 +123,7 @@ def _integer(request: Request, name: str, default: int | None) -> int | None:
     return value
 
 
-async def _report(request: Request, kind: _Kind, *, costs: bool) -> Response:
+async def _report(request: Request, report: _Report, *, costs: bool) -> Response:
     services: Services = request.app.state.services
     for name in _UNSERVED_FILTERS:
         if _list(request, name) or request.query_params.get(name) is not None:
@@ -150,20 +149,20 @@ async def _report(request: Request, kind: _Kind, *, costs: bool) -> Response:
     group_by = _list(request, "group_by")
     for value in group_by:
         accepted_as_null = ("project_id",) if costs else _NULL_GROUPS
-        if value not in kind.groups and value not in accepted_as_null:
+        if value not in report.groups and value not in accepted_as_null:
             raise InvalidRequest(f"`group_by` cannot be {value!r} here.", param="group_by")
     origin = start - start % width
     page_start = _page(request, origin, width, end)
     page_end = min(page_start + limit * width, end)
     query = BucketQuery(
         origin=origin, width=width, start=max(start, page_start), end=page_end,
-        endpoints=kind.endpoints, key_ids=tuple(_list(request, "api_key_ids")) or None,
+        kinds=report.kinds, key_ids=tuple(_list(request, "api_key_ids")) or None,
         models=tuple(_list(request, "models")) or None,
         statuses=None if costs else ("ok", "cancelled"),
     )
     totals = ([] if services.reports is None
               else await anyio.to_thread.run_sync(services.reports.bucket_totals, query))
-    buckets = _buckets(totals, kind, group_by, origin, width, page_start, page_end)
+    buckets = _buckets(totals, report, group_by, origin, width, page_start, page_end)
     has_more = page_end < end
     return JSONResponse({"object": "page", "data": buckets, "has_more": has_more,
                          "next_page": f"page_{page_end}" if has_more else None})
@@ -179,7 +178,7 @@ def _page(request: Request, origin: int, width: int, end: int) -> int:
     return int(number)
 
 
-def _buckets(totals: list[BucketTotal], kind: _Kind, group_by: list[str], origin: int,
+def _buckets(totals: list[BucketTotal], report: _Report, group_by: list[str], origin: int,
              width: int, page_start: int, page_end: int) -> list[dict[str, Any]]:
     groups: dict[tuple[int, Any, Any, str], list[BucketTotal]] = {}
     for row in totals:
@@ -193,13 +192,13 @@ def _buckets(totals: list[BucketTotal], kind: _Kind, group_by: list[str], origin
         for (bucket, key_id, model, _), rows in groups.items():
             if bucket != index:
                 continue
-            result = kind.result(rows)
+            result = report.result(rows)
             result["api_key_id"] = key_id
-            if "line_item" in kind.groups:
+            if "line_item" in report.groups:
                 result["line_item"] = model
             else:
                 result.update(model=model, project_id=None, user_id=None)
-                if kind is KINDS["completions"]:
+                if report is REPORTS["completions"]:
                     result.update(batch=None, service_tier=None)
             results.append(result)
         buckets.append({"object": "bucket", "start_time": bucket_start,
