@@ -1,4 +1,4 @@
-"""Admission on the real SmolLM2, in-process: free slots go round-robin across API keys, and a
+"""Seating on the real SmolLM2, in-process: free slots go round-robin across API keys, and a
 full queue refuses at once with a retry hint instead of growing without bound."""
 
 from __future__ import annotations
