@@ -81,7 +81,8 @@ class RouteTable:
         self._routes = [r for r in routes if isinstance(r, PolicyRoute)]
         missing = [getattr(r, "path", repr(r)) for r in routes if not isinstance(r, PolicyRoute)]
         if missing:
-            raise TypeError(f"routes without a policy: {missing}")
+            raise TypeError(f"routes without a policy: {missing}; declare each with "
+                            "route_policy.route(path, endpoint, method, policy)")
         self._unmatched = unmatched
 
     def policy_for(self, scope: Scope) -> RoutePolicy:
