@@ -9,6 +9,7 @@ environment variables (APPLIANCE_HOST, APPLIANCE_PORT, APPLIANCE_DATA_DIR) or CL
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 import urllib.parse
@@ -37,6 +38,8 @@ class ServerConfig:
     currency: str = "USD"
     log_level: str = "info"
     image_url_ttl_s: float = 3600.0  # how long a `response_format: "url"` image is served
+    # Stored responses, conversations and stored chat completions (OpenAI keeps 30 days).
+    response_retention_days: float = 30.0
     log_format: str = "text"  # "text" for people, "json" for log collectors
     metrics_public: bool = False  # False: /metrics needs an admin key
     shutdown_grace_s: float = 30.0  # in-flight requests get this long after SIGTERM
@@ -183,7 +186,7 @@ _SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currenc
                 "image_url_ttl_s", "log_format", "metrics_public", "shutdown_grace_s",
                 "cors_origins", "tls_certfile", "tls_keyfile", "max_body_mb",
                 "max_connections", "header_timeout_s", "body_timeout_s", "public_url",
-                "trusted_proxies"}
+                "trusted_proxies", "response_retention_days"}
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
 
 
@@ -231,9 +234,18 @@ def _server(source: Path, raw: Mapping[str, Any], env: Mapping[str, str]) -> Ser
         currency=_take(where, raw, "currency", str, "USD"),
         log_level=_take(where, raw, "log_level", str, "info"),
         image_url_ttl_s=float(ttl),
+        response_retention_days=_retention_days(where, raw),
         **_exposure(where, raw, base),
         **_edge(where, raw),
     )
+
+
+def _retention_days(where: _Where, raw: Mapping[str, Any]) -> float:
+    days = _take(where, raw, "response_retention_days", (int, float), 30.0)
+    # Finite: TOML has `inf`, and "forever" is no retention an operator can reason about.
+    if not (days > 0 and math.isfinite(days)):
+        raise where.fail("response_retention_days", f"{days} is not a positive number of days")
+    return float(days)
 
 
 def _edge(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:

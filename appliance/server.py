@@ -25,6 +25,7 @@ from appliance.api.telemetry.metrics import ApplianceMetrics
 from appliance.config import ApplianceConfig, TranscriptionModelConfig
 from appliance.engines.loader import load_catalog
 from appliance.ledger import KeyStore, LedgerReports, LedgerWriter
+from appliance.store import DAY_SECONDS, SqliteStateStore
 
 log = logging.getLogger("appliance.server")
 
@@ -36,6 +37,9 @@ def serve(config: ApplianceConfig) -> None:
     ledger = LedgerWriter(server_config.ledger_path)
     ledger.start()
     keys = KeyStore(server_config.keys_path)
+    # Its own file beside the ledger: what clients keep, apart from what they were charged.
+    state = SqliteStateStore(server_config.data_dir / "state.sqlite",
+                             retention_s=server_config.response_retention_days * DAY_SECONDS)
     metrics = ApplianceMetrics(ledger_lag=lambda: ledger.lag_seconds)
     drain = DrainState()
     try:
@@ -57,6 +61,7 @@ def serve(config: ApplianceConfig) -> None:
                     max_upload_bytes=max((m.max_upload_mb * 1024 * 1024 for m in config.models
                                           if isinstance(m, TranscriptionModelConfig)),
                                          default=RequestBounds().max_upload_bytes)),
+                state=state,
                 image_files=ImageFiles(server_config.data_dir / "images",
                                        ttl_s=server_config.image_url_ttl_s,
                                        public_url=server_config.public_url),
@@ -91,5 +96,8 @@ def serve(config: ApplianceConfig) -> None:
             for engine in catalog.engines():
                 engine.close()
     finally:
+        # The state store after the server stopped (no request writes any more), before the
+        # ledger, like it a file whose last writes must land.
+        state.close()
         ledger.close()
         keys.close()

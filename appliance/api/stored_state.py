@@ -9,59 +9,53 @@ id. Items and bodies are the JSON objects as they go on the wire (``dict``), so 
 needs to know the Responses API's shapes.
 
 Every method is async and does its SQL off the event loop; writes are durable when they return.
+State lives ``response_retention_days`` (``[server]``): a response or completion from its
+creation, a conversation from its last write (creation, metadata update, items added).
+
+Item ids: every item and message handed in carries a string ``"id"``, unique within its
+response, conversation or completion (give stored items fresh ids, as OpenAI does; a client's
+own ids may repeat); a repeat raises ``DuplicateItemId`` and nothing of that write is kept.
+Lists page by item id: an ``after`` that is not in the list raises ``CursorNotFound``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
-JSON = dict[str, Any]
-Order = Literal["asc", "desc"]
+# The values live with the store (a layer below the api); the api reads them from here.
+from appliance.store.records import (
+    JSON,
+    Conversation,
+    CursorNotFound,
+    DuplicateItemId,
+    Order,
+    Page,
+    StateTooLarge,
+    StoredCompletion,
+    StoredResponse,
+)
 
-
-@dataclass(frozen=True)
-class StoredResponse:
-    id: str  # "resp_..."
-    owner: str | None
-    created_at: float  # unix seconds
-    model: str
-    previous_response_id: str | None
-    conversation_id: str | None
-    input_items: tuple[JSON, ...]  # this turn's input items, each with its own "id"
-    body: JSON  # the response object as last returned (status, output, usage, echoed fields)
-
-
-@dataclass(frozen=True)
-class Conversation:
-    id: str  # "conv_..."
-    owner: str | None
-    created_at: float
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StoredCompletion:
-    id: str  # "chatcmpl-..."
-    owner: str | None
-    created_at: float
-    model: str
-    metadata: dict[str, str]
-    messages: tuple[JSON, ...]  # the request's messages, each given an "id"
-    body: JSON  # the chat.completion object as returned
-
-
-@dataclass(frozen=True)
-class Page:
-    """One page of a list: its items and whether more follow."""
-
-    items: tuple[JSON, ...]
-    has_more: bool
+__all__ = [
+    "JSON",
+    "CompletionStore",
+    "Conversation",
+    "ConversationStore",
+    "CursorNotFound",
+    "DuplicateItemId",
+    "Order",
+    "Page",
+    "ResponseStore",
+    "StateStore",
+    "StateTooLarge",
+    "StoredCompletion",
+    "StoredResponse",
+]
 
 
 class ResponseStore(Protocol):
     async def put_response(self, response: StoredResponse) -> None:
-        """Insert, or replace by id (a background response is written again as it finishes)."""
+        """Insert, or replace by id (a background response is written again as it finishes;
+        its input items are replaced too). An id another owner holds: ValueError."""
     async def get_response(self, owner: str | None, response_id: str) -> StoredResponse | None: ...
     async def delete_response(self, owner: str | None, response_id: str) -> bool: ...
     async def input_items(self, owner: str | None, response_id: str, *, order: Order,
@@ -69,7 +63,8 @@ class ResponseStore(Protocol):
     async def chain(self, owner: str | None, response_id: str,
                     max_turns: int) -> list[StoredResponse] | None:
         """The response and its ``previous_response_id`` ancestors, oldest first; ``None`` if
-        any link is missing or not this owner's. More than ``max_turns`` links: ``None``."""
+        any link is missing, expired or not this owner's. More than ``max_turns`` links:
+        ``StateTooLarge`` (a 400, not a 404: everything is there, it is only too long)."""
 
 
 class ConversationStore(Protocol):
@@ -84,7 +79,8 @@ class ConversationStore(Protocol):
         """Appends in order; False when the conversation is not this owner's."""
     async def all_items(self, owner: str | None, conv_id: str,
                         max_items: int) -> list[JSON] | None:
-        """Every item, oldest first (what a response made with ``conversation`` continues)."""
+        """Every item, oldest first (what a response made with ``conversation`` continues).
+        ``None``: not this owner's. More than ``max_items`` items: ``StateTooLarge``."""
     async def list_items(self, owner: str | None, conv_id: str, *, order: Order,
                          after: str | None, limit: int) -> Page | None: ...
     async def get_item(self, owner: str | None, conv_id: str, item_id: str) -> JSON | None: ...
@@ -97,7 +93,9 @@ class CompletionStore(Protocol):
                              completion_id: str) -> StoredCompletion | None: ...
     async def list_completions(self, owner: str | None, *, model: str | None,
                                metadata: dict[str, str], order: Order, after: str | None,
-                               limit: int) -> Page | None: ...
+                               limit: int) -> Page | None:
+        """The owner's completions (each its body with ``"metadata"`` set to the current
+        metadata), those of ``model`` and carrying every ``metadata`` pair; never ``None``."""
     async def update_completion(self, owner: str | None, completion_id: str,
                                 metadata: dict[str, str]) -> StoredCompletion | None: ...
     async def delete_completion(self, owner: str | None, completion_id: str) -> bool: ...
