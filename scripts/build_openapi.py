@@ -38,6 +38,10 @@ OPENAI_OPERATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "/v1/models": ("/models", ("get",)),
     "/v1/models/{model}": ("/models/{model}", ("get",)),
     "/v1/chat/completions": ("/chat/completions", ("post",)),
+    "/v1/responses": ("/responses", ("post",)),
+    "/v1/responses/{response_id}": ("/responses/{response_id}", ("get",)),
+    "/v1/responses/{response_id}/cancel": ("/responses/{response_id}/cancel", ("post",)),
+    "/v1/responses/input_tokens": ("/responses/input_tokens", ("post",)),
     "/v1/completions": ("/completions", ("post",)),
     "/v1/embeddings": ("/embeddings", ("post",)),
     "/v1/audio/transcriptions": ("/audio/transcriptions", ("post",)),
@@ -309,7 +313,32 @@ def _drop_invalid_default(node: dict[str, Any]) -> dict[str, Any]:
         schema = {key: value for key, value in node.items() if key != "default"}
         if not jsonschema.Draft202012Validator(schema).is_valid(node["default"]):
             del node["default"]
+    elif "default" in node and node["default"] is None and not _takes_null(node):
+        del node["default"]  # with references (``conversation``): null where no branch is
     return node
+
+
+def _takes_null(node: dict[str, Any]) -> bool:
+    kind = node.get("type")
+    branches = [*node.get("anyOf", []), *node.get("oneOf", [])]
+    return kind == "null" or (isinstance(kind, list) and "null" in kind) or any(
+        isinstance(branch, dict) and _takes_null(branch) for branch in branches)
+
+
+def _self_reference(name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def fix(node: dict[str, Any]) -> dict[str, Any]:
+        return {"$ref": f"#/components/schemas/{name}"} if node.get("$recursiveRef") == "#" \
+            else node
+    return fix
+
+
+def _anchors_to_refs(schemas: dict[str, Any]) -> None:
+    """JSON Schema 2019-09's ``$recursiveAnchor`` / ``$recursiveRef: "#"`` (OpenAI's file
+    search filters, which the Responses tools reach) are no keywords of OpenAPI 3.1's dialect;
+    a reference to the schema itself says the same."""
+    for name, schema in schemas.items():
+        if isinstance(schema, dict) and schema.pop("$recursiveAnchor", None):
+            schemas[name] = _rewrite(schema, _self_reference(name))
 
 
 def _refs(node: Any) -> set[str]:
@@ -377,6 +406,7 @@ def build(official_path: Path | None = None) -> dict[str, Any]:
     kept = {key: value for key, value in official["components"].items()
             if key != "securitySchemes"}
     components = _reachable([paths, own], kept)
+    _anchors_to_refs(components.get("schemas", {}))
     for section, entries in own.items():
         clash = entries.keys() & components.get(section, {}).keys()
         if clash:

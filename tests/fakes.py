@@ -38,8 +38,9 @@ from appliance.ledger import KeyRecord, RequestRecord
 class FakeChatEngine:
     """Answers with ``reply`` split into words; one word is one token.
 
-    The prompt costs one token per word of all messages; a prompt longer than
-    ``context_length`` words is refused as real engines refuse it.
+    The prompt costs one token per word of all messages, plus one per message (what
+    ``count_tokens`` says too); a prompt longer than ``context_length`` is refused as real
+    engines refuse it.
     """
 
     model_id: str = "fake-chat"
@@ -49,6 +50,7 @@ class FakeChatEngine:
     overloaded: bool = False  # refuse as a full queue does
     tool_arguments: str = '{"city": "Paris"}'
     calls: list[ChatParams] = field(default_factory=list)
+    counted: list[ChatParams] = field(default_factory=list)  # what count_tokens was asked
 
     @property
     def info(self) -> ModelInfo:
@@ -61,17 +63,25 @@ class FakeChatEngine:
     def close(self) -> None:
         pass
 
+    @staticmethod
+    def _prompt_tokens(params: ChatParams) -> int:
+        if params.prompt is not None:
+            return len(params.prompt.split() if isinstance(params.prompt, str)
+                       else params.prompt)
+        return sum(len(m.content.split()) for m in params.messages) + len(params.messages)
+
+    async def count_tokens(self, params: ChatParams, cancel: CancelToken,
+                           limit: int | None = None) -> int:
+        self.counted.append(params)
+        return self._prompt_tokens(params)
+
     async def chat(
         self, params: ChatParams, cancel: CancelToken
     ) -> AsyncGenerator[ChatEvent, None]:
         self.calls.append(params)
         if self.overloaded:
             raise Overloaded("The model `fake-chat` has 1 requests waiting.", retry_after=2.5)
-        if params.prompt is not None:
-            prompt = len(params.prompt.split() if isinstance(params.prompt, str)
-                         else params.prompt)
-        else:
-            prompt = sum(len(m.content.split()) for m in params.messages) + len(params.messages)
+        prompt = self._prompt_tokens(params)
         if prompt > self.context_length:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {self.context_length} tokens.",

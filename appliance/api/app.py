@@ -66,6 +66,7 @@ from appliance.api.routes.key_usage import key_usage
 from appliance.api.routes.models import list_models, retrieve_model
 from appliance.api.routes.ops import health, metrics, openapi_endpoint, ready
 from appliance.api.routes.org_usage import organization_costs, organization_usage
+from appliance.api.routes.responses import responses_routes
 from appliance.api.routes.web import web_routes
 from appliance.api.services import Services
 from appliance.api.telemetry.metrics import each
@@ -89,6 +90,7 @@ def create_app(services: Services) -> Starlette:
         route("/v1/models", list_models, "GET", KEYED),
         route("/v1/models/{model:path}", retrieve_model, "GET", KEYED),
         route("/v1/chat/completions", create_chat_completion, "POST", chat),
+        *responses_routes(),
         route("/v1/completions", create_completion, "POST", chat),
         route("/v1/embeddings", create_embeddings, "POST", embedding),
         route("/v1/audio/transcriptions", create_transcription, "POST", transcription),

@@ -42,3 +42,11 @@ class RequestBounds:
     # request (models.toml max_request_tokens, OpenAI's 300,000 by default) need the model's
     # tokenizer, so the embedding engine checks them.
     max_embedding_inputs: int = 2048
+    # Responses (api/wire/responses_bounds.py): input items count as messages above, the
+    # functions inside namespace tools as tools.
+    max_include: int = 16  # `include` values (OpenAI knows eight)
+    max_chain_turns: int = 1000  # earlier responses one `previous_response_id` continues
+    max_history_items: int = 8192  # items continued (a chain or a conversation) plus the input
+    # Background responses running at once (a 429 past either): the server's, one key's.
+    max_background_responses: int = 64
+    max_background_per_key: int = 8

@@ -8,6 +8,7 @@ escaped (``request_context.RECORDED_PATH_CHARS``); the scope keeps the real ones
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -35,6 +36,9 @@ class RequestNote:
     # A refusal of an address over its failed-auth allowance: no ledger row, no access line
     # (middleware/failed_auth.py), so a flood from one address cannot grow either.
     quiet: bool = False
+    # Work that outlives the response (a background response): the final ledger row is
+    # written when this is done, with the work's outcome, not when the response ends.
+    outlives_response: asyncio.Future[None] | None = None
 
     def mark_first_token(self) -> None:
         if self.first_token_perf is None:

@@ -256,6 +256,13 @@ class ChatEngine(Protocol):
         self, params: ChatParams, cancel: CancelToken
     ) -> AsyncGenerator[ChatEvent, None]: ...
 
+    async def count_tokens(self, params: ChatParams, cancel: CancelToken,
+                           limit: int | None = None) -> int:
+        """The tokens of the prompt ``chat`` would read for ``params`` (template, tools and
+        all), without generating or checking the context. Counting may stop past ``limit``:
+        the answer is then some number above it."""
+        ...
+
     def warm_up(self) -> None: ...
 
     def close(self) -> None: ...

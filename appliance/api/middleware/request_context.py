@@ -9,7 +9,9 @@ The final row is written before the response's last byte is sent, and the last b
 until the row is committed (``commit_row``): a client that got a complete response can count
 on its row surviving a crash of the server a moment later. The admission middleware writes a
 "started" row the same way before a request runs, so a crash mid-request leaves evidence that
-the next start marks "interrupted".
+the next start marks "interrupted". A request whose work outlives its response (a background
+response: ``RequestNote.outlives_response``) has its final row written when that work is done,
+with the work's outcome; until then its row says "started".
 
 What the row and the access line keep of the client's path is bounded: its first
 ``RECORDED_PATH_CHARS`` characters, control characters escaped (a 401 row needs the route
@@ -138,7 +140,7 @@ class RequestContextMiddleware:
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 completed = True
-                if ledgered and not note.quiet:
+                if ledgered and not note.quiet and note.outlives_response is None:
                     committed = self._final_row(note, status, completed=True)
                     await commit_row(self.ledger, committed, self.commit_wait)
             await send(message)
@@ -169,7 +171,10 @@ class RequestContextMiddleware:
                            "latency_ms": round(note.elapsed_ms(), 1), "model": note.model,
                            "key_id": note.key_id},
                 )
-            if ledgered:
+            later = note.outlives_response
+            if ledgered and later is not None:
+                later.add_done_callback(lambda _: self._record_later(note, status))
+            elif ledgered:
                 final = self._final_row(note, status, completed)
                 # Normally the row went to disk before the last byte; write again only when the
                 # outcome changed after it (the client left at the very end, a late failure).
@@ -179,6 +184,15 @@ class RequestContextMiddleware:
                 if self.on_final_row is not None:
                     self.on_final_row(final)
             CURRENT_REQUEST_ID.reset(id_token)
+
+    def _record_later(self, note: RequestNote, status: int) -> None:
+        """The row of a request whose work outlived its response, once that work is done:
+        the outcome is the work's (the note says it), whatever became of the response."""
+        final = self._final_row(note, status, completed=True)
+        if not note.quiet:
+            self.ledger.record(final)
+        if self.on_final_row is not None:
+            self.on_final_row(final)
 
     def _final_row(self, note: RequestNote, status: int, completed: bool) -> RequestRecord:
         outcome = _outcome(note, status, completed)

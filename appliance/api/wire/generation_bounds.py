@@ -23,17 +23,17 @@ _NAMES = ("model", "user", "safety_identifier", "prompt_cache_key", "service_tie
           "reasoning_effort", "verbosity")
 
 
-def _too_many(param: str, count: int, bound: int, what: str) -> InvalidRequest:
+def too_many(param: str, count: int, bound: int, what: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid '{param}': {count} {what}; this server allows at most "
                           f"{bound}.", param=param, code="invalid_value")
 
 
-def _too_long(param: str, length: int, bound: int) -> InvalidRequest:
+def too_long(param: str, length: int, bound: int) -> InvalidRequest:
     return InvalidRequest(f"Invalid '{param}': a string of {length} characters; this server "
                           f"allows at most {bound}.", param=param, code="string_above_max_length")
 
 
-def _json_bytes(value: Any, param: str) -> int:
+def json_bytes(value: Any, param: str) -> int:
     try:
         return len(json.dumps(value, separators=(",", ":")).encode())
     except RecursionError:
@@ -45,29 +45,29 @@ def _names(data: Mapping[str, Any], bounds: RequestBounds) -> None:
     for field in _NAMES:
         value = data.get(field)
         if isinstance(value, str) and len(value) > bounds.max_name_chars:
-            raise _too_long(field, len(value), bounds.max_name_chars)
+            raise too_long(field, len(value), bounds.max_name_chars)
 
 
 def _stop(stop: Any, bounds: RequestBounds) -> None:
     stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
     if len(stops) > MAX_STOP_SEQUENCES:
-        raise _too_many("stop", len(stops), MAX_STOP_SEQUENCES, "sequences")
+        raise too_many("stop", len(stops), MAX_STOP_SEQUENCES, "sequences")
     for index, text in enumerate(stops):
         if isinstance(text, str) and len(text) > bounds.max_stop_chars:
-            raise _too_long("stop" if isinstance(stop, str) else f"stop[{index}]", len(text),
+            raise too_long("stop" if isinstance(stop, str) else f"stop[{index}]", len(text),
                             bounds.max_stop_chars)
 
 
-def _metadata(metadata: Any, bounds: RequestBounds) -> None:
+def check_metadata(metadata: Any, bounds: RequestBounds) -> None:
     if not isinstance(metadata, Mapping):
         return
     if len(metadata) > bounds.max_metadata_pairs:
-        raise _too_many("metadata", len(metadata), bounds.max_metadata_pairs, "pairs")
+        raise too_many("metadata", len(metadata), bounds.max_metadata_pairs, "pairs")
     for key, value in metadata.items():
         if len(key) > bounds.max_metadata_key_chars:
-            raise _too_long("metadata", len(key), bounds.max_metadata_key_chars)
+            raise too_long("metadata", len(key), bounds.max_metadata_key_chars)
         if isinstance(value, str) and len(value) > bounds.max_metadata_value_chars:
-            raise _too_long(f"metadata.{key}", len(value), bounds.max_metadata_value_chars)
+            raise too_long(f"metadata.{key}", len(value), bounds.max_metadata_value_chars)
 
 
 def check_generation(data: Mapping[str, Any], bounds: RequestBounds) -> None:
@@ -76,14 +76,18 @@ def check_generation(data: Mapping[str, Any], bounds: RequestBounds) -> None:
     _stop(data.get("stop"), bounds)
     bias = data.get("logit_bias")
     if isinstance(bias, Mapping) and len(bias) > bounds.max_logit_bias:
-        raise _too_many("logit_bias", len(bias), bounds.max_logit_bias, "entries")
+        raise too_many("logit_bias", len(bias), bounds.max_logit_bias, "entries")
 
 
-class _Text:
-    """Characters of text across the messages, against the per-message and total bounds."""
+class TextBudget:
+    """Characters of text across the messages (or a response's input items: ``whole`` and
+    ``one`` name them in the errors), against the per-message and total bounds."""
 
-    def __init__(self, bounds: RequestBounds):
+    def __init__(self, bounds: RequestBounds, whole: str = "the messages",
+                 one: str = "one message"):
         self.bounds = bounds
+        self.whole = whole
+        self.one = one
         self.total = 0
         self.parts = 0
 
@@ -92,29 +96,29 @@ class _Text:
         if length > self.bounds.max_message_chars:
             raise InvalidRequest(f"Invalid '{param}': {length} characters of text; this "
                                  f"server allows at most {self.bounds.max_message_chars} in "
-                                 "one message.", param=param, code="string_above_max_length")
+                                 f"{self.one}.", param=param, code="string_above_max_length")
         self.total += length
         if self.total > self.bounds.max_total_chars:
-            raise InvalidRequest(f"Invalid '{param}': the messages hold more than "
+            raise InvalidRequest(f"Invalid '{param}': {self.whole} hold more than "
                                  f"{self.bounds.max_total_chars} characters of text in all.",
                                  param=param, code="string_above_max_length")
 
     def count(self, param: str, items: int) -> None:
         self.parts += items
         if self.parts > self.bounds.max_message_parts:
-            raise InvalidRequest(f"Invalid '{param}': the messages hold more than "
+            raise InvalidRequest(f"Invalid '{param}': {self.whole} hold more than "
                                  f"{self.bounds.max_message_parts} content parts and tool "
                                  "calls in all.", param=param, code="invalid_value")
 
 
-def _message(message: Any, where: str, text: _Text) -> None:
+def _message(message: Any, where: str, text: TextBudget) -> None:
     if not isinstance(message, Mapping):
         return
     bounds = text.bounds
     for field in ("name", "tool_call_id"):
         value = message.get(field)
         if isinstance(value, str) and len(value) > bounds.max_name_chars:
-            raise _too_long(f"{where}.{field}", len(value), bounds.max_name_chars)
+            raise too_long(f"{where}.{field}", len(value), bounds.max_name_chars)
     pieces: list[Any] = [message.get("content"), message.get("refusal")]
     content = message.get("content")
     if isinstance(content, list):
@@ -139,9 +143,9 @@ def _tools(tools: Any, field: str, bounds: RequestBounds) -> None:
     if not isinstance(tools, list):
         return
     if len(tools) > bounds.max_tools:
-        raise _too_many(field, len(tools), bounds.max_tools, "tools")
+        raise too_many(field, len(tools), bounds.max_tools, "tools")
     for index, tool in enumerate(tools):
-        size = _json_bytes(tool, f"{field}[{index}]")
+        size = json_bytes(tool, f"{field}[{index}]")
         if size > bounds.max_tool_schema_bytes:
             raise PayloadTooLarge(f"Invalid '{field}[{index}]': the tool's definition is "
                                   f"{size} bytes of JSON; this server allows at most "
@@ -152,7 +156,7 @@ def _response_format(response_format: Any, bounds: RequestBounds) -> None:
     spec = response_format.get("json_schema") if isinstance(response_format, Mapping) else None
     if not isinstance(spec, Mapping) or "schema" not in spec:
         return
-    size = _json_bytes(spec["schema"], "response_format.json_schema.schema")
+    size = json_bytes(spec["schema"], "response_format.json_schema.schema")
     if size > bounds.max_response_schema_bytes:
         raise PayloadTooLarge(f"Invalid 'response_format.json_schema.schema': the schema is "
                               f"{size} bytes of JSON; this server allows at most "
@@ -165,39 +169,39 @@ def check_chat(data: Mapping[str, Any], bounds: RequestBounds) -> None:
     messages = data.get("messages")
     if isinstance(messages, list):
         if len(messages) > bounds.max_messages:
-            raise _too_many("messages", len(messages), bounds.max_messages, "messages")
-        text = _Text(bounds)
+            raise too_many("messages", len(messages), bounds.max_messages, "messages")
+        text = TextBudget(bounds)
         for index, message in enumerate(messages):
             _message(message, f"messages[{index}]", text)
     _tools(data.get("tools"), "tools", bounds)
     _tools(data.get("functions"), "functions", bounds)
     _response_format(data.get("response_format"), bounds)
-    _metadata(data.get("metadata"), bounds)
+    check_metadata(data.get("metadata"), bounds)
     modalities = data.get("modalities")
     if isinstance(modalities, list) and len(modalities) > MAX_MODALITIES:
-        raise _too_many("modalities", len(modalities), MAX_MODALITIES, "entries")
+        raise too_many("modalities", len(modalities), MAX_MODALITIES, "entries")
 
 
 def check_completion(data: Mapping[str, Any], bounds: RequestBounds) -> None:
     check_generation(data, bounds)
     prompt = data.get("prompt")
     if isinstance(prompt, str):
-        _Text(bounds).add("prompt", prompt)
+        TextBudget(bounds).add("prompt", prompt)
         return
     if not isinstance(prompt, list):
         return
     if prompt and isinstance(prompt[0], int):  # one prompt, as token ids
         if len(prompt) > bounds.max_prompt_token_ids:
-            raise _too_many("prompt", len(prompt), bounds.max_prompt_token_ids, "token ids")
+            raise too_many("prompt", len(prompt), bounds.max_prompt_token_ids, "token ids")
         return
     if len(prompt) > bounds.max_prompts:
-        raise _too_many("prompt", len(prompt), bounds.max_prompts, "prompts")
-    text = _Text(bounds)
+        raise too_many("prompt", len(prompt), bounds.max_prompts, "prompts")
+    text = TextBudget(bounds)
     for index, item in enumerate(prompt):
         if isinstance(item, str):
             text.add(f"prompt[{index}]", item)
         elif isinstance(item, list) and len(item) > bounds.max_prompt_token_ids:
-            raise _too_many(f"prompt[{index}]", len(item), bounds.max_prompt_token_ids,
+            raise too_many(f"prompt[{index}]", len(item), bounds.max_prompt_token_ids,
                             "token ids")
 
 

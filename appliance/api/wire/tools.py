@@ -23,7 +23,8 @@ def _invalid(param: str, message: str, code: str = "invalid_value") -> InvalidRe
     return InvalidRequest(message, param=param, code=code)
 
 
-def _function_spec(function: Any, where: str) -> ToolSpec:
+def function_spec(function: Any, where: str) -> ToolSpec:
+    """One function's definition (chat's ``function`` object, a Responses function tool)."""
     if not isinstance(function, Mapping):
         raise _invalid(where, f"Missing required parameter: '{where}'.",
                        "missing_required_parameter")
@@ -54,13 +55,13 @@ def _specs(tools: Sequence[Any], legacy: bool) -> tuple[ToolSpec, ...]:
     for position, tool in enumerate(tools):
         where = f"{field}[{position}]"
         if legacy:
-            specs.append(_function_spec(tool, where))
+            specs.append(function_spec(tool, where))
             continue
         kind = tool.get("type") if isinstance(tool, Mapping) else None
         if kind != "function":
             raise _invalid(f"{where}.type", f"Invalid value for '{where}.type': {kind!r}. This "
                            "server supports tools of type 'function' only.")
-        specs.append(_function_spec(tool.get("function"), f"{where}.function"))
+        specs.append(function_spec(tool.get("function"), f"{where}.function"))
     seen: set[str] = set()  # one pass: a list scan per name was quadratic on the loop
     for spec in specs:
         if spec.name in seen:

@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -177,6 +178,27 @@ class LlamaChatEngine:
                     choices[event.index].enough.set()
         finally:
             cancel.cancel()
+
+    async def count_tokens(self, params: ChatParams, cancel: CancelToken,
+                           limit: int | None = None) -> int:
+        """The prompt's tokens, rendered and tokenized as ``chat`` does, on the prompt
+        threads; past ``limit`` the count stops at a lower bound above it."""
+        context = contextvars.copy_context()
+        job = self._preparers.submit(context.run, self._count, params, cancel, limit)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            cancel.cancel()
+            raise
+
+    def _count(self, params: ChatParams, cancel: CancelToken, limit: int | None) -> int:
+        marks = RequestText(self._tokenizer)
+        rendered = self._render(params, marks, cancel)
+        try:
+            return len(self._tokenizer.tokenize(rendered, marks, limit=limit or sys.maxsize,
+                                                cancel=cancel))
+        except PromptTooLong as too_long:
+            return too_long.at_least
 
     async def _prepare(self, params: ChatParams, cancel: CancelToken,
                        emit: Emit) -> GenerationRequest:

@@ -1,0 +1,372 @@
+"""The Responses API: ``POST /v1/responses`` (plain, ``stream: true``, ``background: true``),
+``GET /v1/responses/{id}`` (with ``include``; a background one also as a stream from
+``starting_after``), ``POST /v1/responses/{id}/cancel`` and ``POST /v1/responses/input_tokens``.
+
+A response is a chat generation (the same engine call as /v1/chat/completions, through
+routes/engine_call.py) of the history it continues plus its input, its result built in
+OpenAI's shapes (wire/responses_*.py). What is stored belongs to the caller's key. A server
+without a state store (``Services.state`` None) stores nothing: ``store`` is then false in
+effect (and echoed so), a retrieve is a 404, and ``background``, ``previous_response_id`` and
+``conversation`` cannot be served. Built-in tools a client offers are withheld from the model
+and named in ``x-appliance-withheld-tools``; messages ``truncation: auto`` dropped are counted
+in ``x-appliance-truncated-messages``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from appliance.api.note import RequestNote
+from appliance.api.route_policy import KEYED, route, serving
+from appliance.api.routes.disconnect import unless_disconnected
+from appliance.api.routes.engine_call import EngineCall, gone_is_499, note_of, owned, watched
+from appliance.api.routes.responses_background import (
+    CANCEL_WAIT_S,
+    BackgroundJob,
+    BackgroundResponses,
+)
+from appliance.api.routes.responses_history import continued
+from appliance.api.routes.responses_run import Admitted, Keeping, ResponseRun, admit
+from appliance.api.services import Services
+from appliance.api.stored_state import StateStore, StoredResponse
+from appliance.api.wire.responses import (
+    INCLUDABLE,
+    LOGPROBS,
+    CreateResponseRequest,
+    ResponseAsk,
+    ResponseInputs,
+    echoed,
+    translate,
+    translate_inputs,
+)
+from appliance.api.wire.responses_bounds import check_response
+from appliance.api.wire.responses_input import with_fresh_ids
+from appliance.api.wire.responses_object import (
+    ENDING_EVENTS,
+    EventNumbers,
+    ResponseShape,
+    error_json,
+    sse_frame,
+    without_logprobs,
+)
+from appliance.api.wire.responses_output import new_id, replayed_events
+from appliance.api.wire.sse import SSE_HEADERS, SSE_MEDIA_TYPE
+from appliance.api.wire.validation import parse_json
+from appliance.engines.base import CHAT, CancelToken, ChatEngine, ChatEvent, ChatParams, Started
+from appliance.errors import EngineFailure, InvalidRequest, NotFound, ServiceUnavailable
+
+log = logging.getLogger("appliance.api")
+JSON = dict[str, Any]
+T = TypeVar("T")
+WITHHELD_HEADER = "x-appliance-withheld-tools"
+TRUNCATED_HEADER = "x-appliance-truncated-messages"
+_REFUSED = "The engine did not admit the request."
+
+
+def _not_found(response_id: str) -> NotFound:
+    return NotFound(f"No response found with id '{response_id}'.", param="response_id")
+
+
+def _headers(ask: ResponseAsk, dropped: int) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if ask.tools.withheld:
+        headers[WITHHELD_HEADER] = ", ".join(ask.tools.withheld)
+    if dropped:
+        headers[TRUNCATED_HEADER] = str(dropped)
+    return headers
+
+
+class _Prepared:
+    """A create request, read and translated, with the history it continues."""
+
+    def __init__(self, services: Services, note: RequestNote, body: CreateResponseRequest,
+                 ask: ResponseAsk, engine: ChatEngine, params: ChatParams):
+        self.services = services
+        self.note = note
+        self.body = body
+        self.ask = ask
+        self.engine = engine
+        self.params = params
+        state = services.state
+        store = body.store is not False and state is not None
+        self.shape = ResponseShape(new_id("resp"), int(time.time()), engine.info.id,
+                                   echoed(body, ask, store))
+        self.keeping = Keeping(state, store, note.key_id, tuple(with_fresh_ids(ask.items)),
+                               ask.previous_response_id, ask.conversation_id)
+
+    def run(self, first_status: Any = "in_progress") -> ResponseRun:
+        return ResponseRun(self.shape, self.ask.tools, self.note, self.keeping, first_status)
+
+
+async def _prepare(request: Request) -> _Prepared:
+    services: Services = request.app.state.services
+    note = note_of(request)
+    bounds = services.bounds
+    body = await parse_json(request, CreateResponseRequest, bounds.max_body_bytes,
+                            lambda data: check_response(data, bounds))
+    note.stream = bool(body.stream)
+    ask = translate(body)
+    engine = services.catalog.get(CHAT, body.model)
+    note.model = engine.info.id
+    if body.background and services.state is None:
+        raise InvalidRequest("Background responses are stored, and this server runs without "
+                             "a state store.", param="background", code="unsupported_value")
+    earlier = await continued(services.state, note.key_id, ask, bounds)
+    params = owned(ask.params(earlier), note)
+    if ask.tools.withheld:
+        log.info("built-in tools withheld from the model (not run here): %s",
+                 ", ".join(ask.tools.withheld))
+    return _Prepared(services, note, body, ask, engine, params)
+
+
+async def create_response(request: Request, background: BackgroundResponses) -> Response:
+    prepared = await _prepare(request)
+    if prepared.body.background:
+        return await _start_background(prepared, background)
+    note = prepared.note
+    holder: list[EngineCall[ChatEvent]] = []
+
+    async def first(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken) -> Started:
+        call = EngineCall(request, note, cancel, [events])
+        holder[:] = [call]
+        [started] = await call.started(Started, _REFUSED)
+        return started
+
+    async def watch(work: Awaitable[T]) -> T:
+        return await unless_disconnected(request.receive, work)
+
+    admitted = await admit(prepared.engine, prepared.params,
+                           prepared.ask.truncation == "auto", first, watch)
+    note.prompt_tokens = admitted.started.prompt_tokens
+    call = holder[0]
+    headers = _headers(prepared.ask, admitted.dropped)
+    run = prepared.run()
+    if prepared.body.stream:
+        numbers = EventNumbers()
+
+        async def frames() -> AsyncGenerator[bytes, None]:
+            async for event in run.events(admitted.events, in_band=True):
+                yield sse_frame(numbers.number(event))
+
+        streamed = call.streamed(frames(), "generating the response", done=False)
+        streamed.headers.update(headers)
+        return streamed
+    body = await call.gathered(run.final(admitted.events))
+    return JSONResponse(body, headers=headers)
+
+
+async def _start_background(prepared: _Prepared, background: BackgroundResponses) -> Response:
+    services, note = prepared.services, prepared.note
+    bounds = services.bounds
+    background.admit(note.key_id, bounds.max_background_responses,
+                     bounds.max_background_per_key)
+    run = prepared.run("queued")
+    queued = run.latest
+    await prepared.keeping.keep(prepared.shape, queued)  # GET finds it from now on
+    job = BackgroundJob(prepared.shape.id, note.key_id, queued)
+
+    async def work(job: BackgroundJob) -> None:
+        await _background_work(prepared, run, job)
+
+    background.start(job, work, note, services.drain)
+    headers = _headers(prepared.ask, 0)
+    if prepared.body.stream:
+        return StreamingResponse(job.follow(-1), media_type=SSE_MEDIA_TYPE,
+                                 headers={**SSE_HEADERS, **headers})
+    return JSONResponse(queued, headers=headers)
+
+
+async def _background_work(prepared: _Prepared, run: ResponseRun, job: BackgroundJob) -> None:
+    """The generation of a background response, its events published to the job."""
+    note = prepared.note
+
+    async def first(events: AsyncGenerator[ChatEvent, None], cancel: CancelToken) -> Started:
+        job.cancel = cancel
+        try:
+            started = await anext(events)
+        except BaseException:
+            cancel.cancel()
+            await events.aclose()
+            raise
+        if not isinstance(started, Started):
+            raise EngineFailure(_REFUSED)
+        return started
+
+    async def engine_events() -> AsyncGenerator[ChatEvent, None]:
+        admitted: Admitted = await admit(prepared.engine, prepared.params,
+                                         prepared.ask.truncation == "auto", first, _unwatched)
+        note.prompt_tokens = admitted.started.prompt_tokens
+        async for event in admitted.events:
+            yield event
+
+    try:
+        async for event in run.events(engine_events(), in_band=True):
+            job.publish(event)
+    except asyncio.CancelledError:
+        job.cancel.cancel()
+        if job.cancel_requested:
+            note.client_gone = True  # the ledger's "cancelled": the client stopped it
+            job.publish(await run.ended("cancelled", None))
+        else:
+            note.failed_mid_stream = True
+            note.error_code = "shutting_down"
+            job.publish(await run.ended("failed", ServiceUnavailable(
+                "The server shut down before this background response finished.")))
+
+
+async def _unwatched(work: Awaitable[T]) -> T:
+    return await work
+
+
+def _include(request: Request) -> set[str]:
+    values = [*request.query_params.getlist("include"),
+              *request.query_params.getlist("include[]")]
+    bounds: Any = request.app.state.services.bounds
+    if len(values) > bounds.max_include:
+        raise InvalidRequest(f"Invalid 'include': {len(values)} values; this server allows at "
+                             f"most {bounds.max_include}.", param="include",
+                             code="invalid_value")
+    for value in values:
+        if value not in INCLUDABLE:
+            raise InvalidRequest(f"Invalid value for 'include': {value[:64]!r}.",
+                                 param="include", code="invalid_value")
+    return set(values)
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name, "false").lower()
+    if value not in ("true", "false"):
+        raise InvalidRequest(f"Invalid value for '{name}': expected true or false.",
+                             param=name, code="invalid_value")
+    return value == "true"
+
+
+def _starting_after(request: Request) -> int:
+    raw = request.query_params.get("starting_after")
+    if raw is None:
+        return -1
+    if not raw.isdigit() or len(raw) > 12:
+        raise InvalidRequest("Invalid value for 'starting_after': expected a sequence number "
+                             "(an integer from 0).", param="starting_after",
+                             code="invalid_value")
+    return int(raw)
+
+
+async def _stored(state: StateStore | None, owner: str | None,
+                  response_id: str) -> StoredResponse:
+    """A stored response of this owner; one left queued or in progress by a server that
+    stopped (nothing runs it any more) is failed, and stored so."""
+    stored = await state.get_response(owner, response_id) if state is not None else None
+    if stored is None or state is None:
+        raise _not_found(response_id)
+    if stored.body.get("status") in ("queued", "in_progress"):
+        body = {**stored.body, "status": "failed", "error": error_json(EngineFailure(
+            "The server stopped before this background response finished."))}
+        stored = StoredResponse(stored.id, stored.owner, stored.created_at, stored.model,
+                                stored.previous_response_id, stored.conversation_id,
+                                stored.input_items, body)
+        await state.put_response(stored)
+    return stored
+
+
+def _replay(body: JSON, after: int) -> AsyncIterator[bytes]:
+    numbers = EventNumbers()
+    frames = [sse_frame(numbers.number(event))
+              for event in replayed_events(body, ENDING_EVENTS[str(body.get("status"))])]
+
+    async def follow() -> AsyncIterator[bytes]:
+        for frame in frames[after + 1:]:
+            yield frame
+
+    return follow()
+
+
+async def retrieve_response(request: Request, background: BackgroundResponses) -> Response:
+    services: Services = request.app.state.services
+    owner = note_of(request).key_id
+    response_id = request.path_params["response_id"]
+    include = _include(request)
+    stream = _flag(request, "stream")
+    _flag(request, "include_obfuscation")  # accepted: no obfuscation field is sent
+    after = _starting_after(request)
+    job = background.find(owner, response_id)
+    if stream:
+        if job is not None:
+            return StreamingResponse(job.follow(after), media_type=SSE_MEDIA_TYPE,
+                                     headers=SSE_HEADERS)
+        stored = await _stored(services.state, owner, response_id)
+        if not stored.body.get("background"):
+            raise InvalidRequest("Only background responses can be streamed again: this one "
+                                 "was answered when it was made.", param="stream",
+                                 code="invalid_value")
+        return StreamingResponse(_replay(stored.body, after), media_type=SSE_MEDIA_TYPE,
+                                 headers=SSE_HEADERS)
+    body = job.latest if job is not None and not job.finished else \
+        (await _stored(services.state, owner, response_id)).body
+    return JSONResponse(body if LOGPROBS in include else without_logprobs(body))
+
+
+async def cancel_response(request: Request, background: BackgroundResponses) -> Response:
+    services: Services = request.app.state.services
+    owner = note_of(request).key_id
+    response_id = request.path_params["response_id"]
+    job = background.find(owner, response_id)
+    if job is None or job.finished:
+        stored = await _stored(services.state, owner, response_id)
+        if not stored.body.get("background"):
+            raise InvalidRequest("Only background responses can be cancelled.",
+                                 param="response_id", code="invalid_value")
+        raise InvalidRequest(f"Cannot cancel a response that is {stored.body.get('status')}.",
+                             param="response_id", code="invalid_value")
+    if job.task is not None and not job.cancel_requested:
+        job.cancel_requested = True
+        job.task.cancel("cancelled by the client")
+    await job.wait_done(CANCEL_WAIT_S)
+    return JSONResponse(job.latest)
+
+
+@gone_is_499
+async def count_input_tokens(request: Request) -> Response:
+    services: Services = request.app.state.services
+    note = note_of(request)
+    bounds = services.bounds
+    body = await parse_json(request, ResponseInputs, bounds.max_body_bytes,
+                            lambda data: check_response(data, bounds))
+    ask = translate_inputs(body)
+    engine = services.catalog.get(CHAT, body.model)  # not charged: no model on the row
+    earlier = await continued(services.state, note.key_id, ask, bounds)
+    cancel = CancelToken()
+    count = await watched(request, engine.count_tokens(ask.params(earlier), cancel), cancel)
+    return JSONResponse({"object": "response.input_tokens", "input_tokens": count})
+
+
+def responses_routes() -> list[Route]:
+    """The routes, over one registry of background responses: the app's own, as the routes
+    are built once per app."""
+    background = BackgroundResponses()
+
+    @gone_is_499
+    async def create(request: Request) -> Response:
+        return await create_response(request, background)
+
+    async def retrieve(request: Request) -> Response:
+        return await retrieve_response(request, background)
+
+    async def cancel(request: Request) -> Response:
+        return await cancel_response(request, background)
+
+    chat = serving(CHAT.name)
+    return [
+        route("/v1/responses", create, "POST", chat),
+        route("/v1/responses/input_tokens", count_input_tokens, "POST", chat),
+        route("/v1/responses/{response_id}", retrieve, "GET", KEYED),
+        route("/v1/responses/{response_id}/cancel", cancel, "POST", KEYED),
+    ]
