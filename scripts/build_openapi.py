@@ -51,6 +51,25 @@ OPENAI_OPERATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
        for kind in ("completions", "embeddings", "audio_transcriptions", "images")},
     "/v1/organization/costs": ("/organization/costs", ("get",)),
 }
+# The stored-state routes (appliance/api/routes/stored_*.py, conversations.py), methods added
+# to their paths beside the ones above (GET and POST /v1/chat/completions share a path).
+STATE_OPERATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "/v1/chat/completions": ("/chat/completions", ("get",)),
+    "/v1/chat/completions/{completion_id}": ("/chat/completions/{completion_id}",
+                                             ("get", "post", "delete")),
+    "/v1/chat/completions/{completion_id}/messages": (
+        "/chat/completions/{completion_id}/messages", ("get",)),
+    "/v1/conversations": ("/conversations", ("post",)),
+    "/v1/conversations/{conversation_id}": ("/conversations/{conversation_id}",
+                                            ("get", "post", "delete")),
+    "/v1/conversations/{conversation_id}/items": ("/conversations/{conversation_id}/items",
+                                                  ("get", "post")),
+    "/v1/conversations/{conversation_id}/items/{item_id}": (
+        "/conversations/{conversation_id}/items/{item_id}", ("get", "delete")),
+    "/v1/responses/{response_id}": ("/responses/{response_id}", ("delete",)),
+    "/v1/responses/{response_id}/input_items": ("/responses/{response_id}/input_items",
+                                                ("get",)),
+}
 # Keys whose values are maps of names chosen by the document's author, not keywords: a
 # property may well be called "example" or "x-request-id".
 NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "paths",
@@ -396,6 +415,11 @@ def build(official_path: Path | None = None) -> dict[str, Any]:
         item = official["paths"][theirs]
         paths[ours] = {method: copy.deepcopy(item[method]) for method in methods}
         for operation in paths[ours].values():
+            operation.setdefault("responses", {})["default"] = ERROR
+    for ours, (theirs, methods) in STATE_OPERATIONS.items():
+        item = official["paths"][theirs]
+        for method in methods:
+            operation = paths.setdefault(ours, {})[method] = copy.deepcopy(item[method])
             operation.setdefault("responses", {})["default"] = ERROR
     for path, item in own_paths().items():
         paths[path] = item

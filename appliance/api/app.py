@@ -60,6 +60,7 @@ from appliance.api.routes.admin_keys import (
 from appliance.api.routes.audio import create_transcription, create_translation
 from appliance.api.routes.chat import create_chat_completion
 from appliance.api.routes.completions import create_completion
+from appliance.api.routes.conversations import conversations_routes
 from appliance.api.routes.embeddings import create_embeddings
 from appliance.api.routes.images import IMAGE_FILE_ROUTE, create_image, image_file, not_served
 from appliance.api.routes.key_usage import key_usage
@@ -67,6 +68,8 @@ from appliance.api.routes.models import list_models, retrieve_model
 from appliance.api.routes.ops import health, metrics, openapi_endpoint, ready
 from appliance.api.routes.org_usage import organization_costs, organization_usage
 from appliance.api.routes.responses import responses_routes
+from appliance.api.routes.stored_completions import stored_completions_routes
+from appliance.api.routes.stored_responses import stored_responses_routes
 from appliance.api.routes.web import web_routes
 from appliance.api.services import Services
 from appliance.api.telemetry.metrics import each
@@ -101,6 +104,9 @@ def create_app(services: Services) -> Starlette:
         # Image URLs are fetched without a key (the unguessable name is the key).
         route("/files/images/{name}", image_file, "GET", OPEN, name=IMAGE_FILE_ROUTE),
         route("/v1/usage", key_usage, "GET", KEYED),
+        *with_policy(stored_responses_routes(), KEYED),
+        *with_policy(conversations_routes(), KEYED),
+        *with_policy(stored_completions_routes(), KEYED),
         *with_policy(web_routes(), OPEN),  # the browser playground, served without a key
         route("/v1/organization/api_keys", list_keys, "GET", ADMIN),
         route("/v1/organization/api_keys", create_key, "POST", ADMIN),

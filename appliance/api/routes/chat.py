@@ -4,13 +4,17 @@ The stream sends the role first, then content deltas, then exactly one chunk car
 ``finish_reason``, then (only with ``stream_options.include_usage``) a usage chunk with
 ``choices: []``, then ``data: [DONE]``. An error after the stream started travels as an
 error frame, and the stream still ends with [DONE].
+
+With ``store: true`` (and a state store) the completion, its request messages and metadata are
+written before the answer ends: a plain body once stored, a stream's assembled completion
+before its [DONE]; ``routes/stored_completions.py`` reads them back.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from appliance.api.note import RequestNote
 from appliance.api.routes.engine_call import EngineCall, gone_is_499, note_of, owned
 from appliance.api.services import Services
+from appliance.api.stored_state import StoredCompletion
 from appliance.api.wire.chat import ChatCompletionRequest, to_chat_params
 from appliance.api.wire.generation import (
     SYSTEM_FINGERPRINT,
@@ -29,6 +34,7 @@ from appliance.api.wire.generation import (
 )
 from appliance.api.wire.generation_bounds import check_chat, check_choice_tokens
 from appliance.api.wire.sse import frame
+from appliance.api.wire.stored_completions import stored_messages
 from appliance.api.wire.validation import parse_json
 from appliance.engines.base import (
     CHAT,
@@ -119,7 +125,7 @@ async def create_chat_completion(request: Request) -> Response:
     note.model = engine.info.id
     check_choice_tokens(body.n or 1, body.max_completion_tokens or body.max_tokens
                         or engine.info.context_length, bounds)
-    params = owned(to_chat_params(body), note)
+    params = owned(to_chat_params(body, storable=services.state is not None), note)
     cancel = CancelToken()
     events = engine.chat(params, cancel)
     call = EngineCall(request, note, cancel, [events])
@@ -128,12 +134,39 @@ async def create_chat_completion(request: Request) -> Response:
     identity = _Identity(engine.info.id)
     calls = _CallShape(legacy=body.functions is not None or body.function_call is not None,
                        offered=params.tools is not None and params.tools.choice != "none")
+    wants_logprobs = params.sampling.logprobs is not None
+    keep = _keeper(services, body, identity, note, wants_logprobs, calls)
     if body.stream:
         return call.streamed(
-            _stream(events, identity, note, body.wants_usage_chunk, params.n, calls),
+            _stream(events, identity, note, body.wants_usage_chunk, params.n, calls, keep),
             "generating the completion", done=True)
-    return await call.gathered(_complete(events, identity, note,
-                                         params.sampling.logprobs is not None, calls))
+    assembled = await call.gathered(_complete(events, note))
+    completion = assembled.body(identity, wants_logprobs, calls)
+    if keep is not None:
+        await keep(assembled)
+    return JSONResponse(completion)
+
+
+Keep = Callable[["_Assembled"], Awaitable[None]]
+
+
+def _keeper(services: Services, body: ChatCompletionRequest, identity: _Identity,
+            note: RequestNote, wants_logprobs: bool, shape: _CallShape) -> Keep | None:
+    """With ``store: true`` (and a store, which to_chat_params checked): what writes the
+    completion, its request messages and metadata, scoped to the calling key. The response
+    (a body, or a stream's [DONE]) is sent once the write is durable."""
+    state = services.state
+    if not body.store or state is None:
+        return None
+    messages = stored_messages(identity.id, [m.model_dump(exclude_none=True)
+                                             for m in body.messages])
+
+    async def keep(assembled: _Assembled) -> None:
+        await state.put_completion(StoredCompletion(
+            id=identity.id, owner=note.key_id, created_at=float(identity.created),
+            model=identity.model, metadata=dict(body.metadata or {}), messages=messages,
+            body=assembled.body(identity, wants_logprobs, shape)))
+    return keep
 
 
 def logprobs_json(entries: Iterable[TokenLogprob]) -> dict[str, Any]:
@@ -152,51 +185,67 @@ def _message(text: str, calls: list[dict[str, Any]], shape: _CallShape) -> dict[
             **shape.message_calls(calls)}
 
 
-async def _complete(events: AsyncGenerator[ChatEvent, None], identity: _Identity,
-                    note: RequestNote, wants_logprobs: bool, shape: _CallShape) -> Response:
-    parts: dict[int, list[str]] = {}
-    logprobs: dict[int, list[TokenLogprob]] = {}
-    calls: dict[int, list[dict[str, Any]]] = {}
-    finishes: dict[int, Finish] = {}
+class _Assembled:
+    """One completion's choices as its events arrive: text, logprobs, calls and finishes by
+    choice index. What a plain response returns, and what a stored stream keeps."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, list[str]] = {}
+        self.logprobs: dict[int, list[TokenLogprob]] = {}
+        self.calls: dict[int, list[dict[str, Any]]] = {}
+        self.finishes: dict[int, Finish] = {}
+
+    def add(self, event: ChatEvent) -> None:
+        if isinstance(event, TextDelta):
+            self.parts.setdefault(event.index, []).append(event.text)
+            self.logprobs.setdefault(event.index, []).extend(event.logprobs)
+        elif isinstance(event, ToolCallDelta):
+            made = self.calls.setdefault(event.index, [])
+            if event.id is not None:
+                made.append({"id": event.id, "type": "function",
+                             "function": {"name": event.name, "arguments": ""}})
+            made[event.call_index]["function"]["arguments"] += event.arguments
+        elif isinstance(event, Finish):
+            self.finishes[event.index] = event
+
+    def body(self, identity: _Identity, wants_logprobs: bool,
+             shape: _CallShape) -> dict[str, Any]:
+        finishes = self.finishes
+        return {
+            "id": identity.id,
+            "object": "chat.completion",
+            "created": identity.created,
+            "model": identity.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "service_tier": "default",
+            "choices": [{
+                "index": index,
+                "message": _message("".join(self.parts.get(index, [])),
+                                    self.calls.get(index, []), shape),
+                "logprobs": logprobs_json(self.logprobs.get(index, []))
+                if wants_logprobs else None,
+                "finish_reason": shape.finish_reason(finishes[index].reason),
+            } for index in sorted(finishes)],
+            "usage": token_usage_json(total_token_usage(list(finishes.values()))),
+        }
+
+
+async def _complete(events: AsyncGenerator[ChatEvent, None], note: RequestNote) -> _Assembled:
+    assembled = _Assembled()
     async with aclosing(events):
         async for event in events:
-            if isinstance(event, TextDelta):
+            if isinstance(event, TextDelta | ToolCallDelta):
                 note.mark_first_token()
-                parts.setdefault(event.index, []).append(event.text)
-                logprobs.setdefault(event.index, []).extend(event.logprobs)
-            elif isinstance(event, ToolCallDelta):
-                note.mark_first_token()
-                made = calls.setdefault(event.index, [])
-                if event.id is not None:
-                    made.append({"id": event.id, "type": "function",
-                                 "function": {"name": event.name, "arguments": ""}})
-                made[event.call_index]["function"]["arguments"] += event.arguments
-            elif isinstance(event, Finish):
-                finishes[event.index] = event
-    if not finishes:
+            assembled.add(event)
+    if not assembled.finishes:
         raise EngineFailure("The engine stopped without finishing the completion.")
-    usage = total_token_usage(list(finishes.values()))
-    _record_tokens(note, usage)
-    return JSONResponse({
-        "id": identity.id,
-        "object": "chat.completion",
-        "created": identity.created,
-        "model": identity.model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "service_tier": "default",
-        "choices": [{
-            "index": index,
-            "message": _message("".join(parts.get(index, [])), calls.get(index, []), shape),
-            "logprobs": logprobs_json(logprobs.get(index, [])) if wants_logprobs else None,
-            "finish_reason": shape.finish_reason(finishes[index].reason),
-        } for index in sorted(finishes)],
-        "usage": token_usage_json(usage),
-    })
+    _record_tokens(note, total_token_usage(list(assembled.finishes.values())))
+    return assembled
 
 
 async def _stream(events: AsyncGenerator[ChatEvent, None], identity: _Identity,
                   note: RequestNote, include_usage: bool, choices: int,
-                  shape: _CallShape) -> AsyncGenerator[bytes, None]:
+                  shape: _CallShape, keep: Keep | None = None) -> AsyncGenerator[bytes, None]:
     def choice(index: int, delta: dict[str, Any], finish_reason: str | None = None,
                logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, Any]:
         return {"index": index, "delta": delta,
@@ -204,6 +253,7 @@ async def _stream(events: AsyncGenerator[ChatEvent, None], identity: _Identity,
                 "finish_reason": finish_reason}
 
     finishes: list[Finish] = []
+    assembled = _Assembled() if keep is not None else None
     # With tools the reply may be calls only, whose content is null (as OpenAI sends it).
     opening = None if shape.offered else ""
     for index in range(choices):
@@ -212,6 +262,8 @@ async def _stream(events: AsyncGenerator[ChatEvent, None], identity: _Identity,
                                    with_usage=include_usage))
     async with aclosing(events):
         async for event in events:
+            if assembled is not None:
+                assembled.add(event)
             if isinstance(event, TextDelta):
                 if not event.text and not event.logprobs:
                     continue
@@ -235,3 +287,6 @@ async def _stream(events: AsyncGenerator[ChatEvent, None], identity: _Identity,
                     with_usage=include_usage))
     if include_usage and finishes:
         yield frame(identity.chunk([], token_usage_json(total_token_usage(finishes)), True))
+    if keep is not None and assembled is not None and assembled.finishes:
+        # Before [DONE]: a client that saw the stream end can read the completion back.
+        await keep(assembled)

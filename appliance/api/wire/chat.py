@@ -34,12 +34,12 @@ class ChatCompletionRequest(GenerationFields):
     messages: Annotated[list[WireMessage], Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    # Accepted because they change nothing we serve (hints and bookkeeping).
+    # Kept with the completion when it is stored (`store: true`); otherwise bookkeeping only.
     metadata: dict[str, str] | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     service_tier: str | None = None
-    store: bool | None = None
+    store: bool | None = None  # honoured when the server has a state store (to_chat_params)
     parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
     modalities: list[str] | None = None
@@ -73,8 +73,6 @@ def _reject_unhonoured(body: ChatCompletionRequest) -> None:
                              param="top_logprobs", code="invalid_value")
     if body.modalities is not None and set(body.modalities) - {"text"}:
         raise _unsupported("modalities", "other than ['text'] is not supported")
-    if body.store:
-        raise _unsupported("store", "= true is not supported: this server stores no completions")
     if body.service_tier not in (None, "auto", "default"):
         raise _unsupported("service_tier", "must be 'auto' or 'default' on this server")
 
@@ -204,8 +202,12 @@ def _output_format(response_format: dict[str, Any] | None) -> OutputFormat | Non
     return OutputFormat("json_schema", schema, bool(strict))
 
 
-def to_chat_params(body: ChatCompletionRequest) -> ChatParams:
+def to_chat_params(body: ChatCompletionRequest, *, storable: bool = False) -> ChatParams:
+    """``storable``: the server has a state store, so ``store: true`` is honoured (the route
+    stores the completion); without one it is refused by name."""
     _reject_unhonoured(body)
+    if body.store and not storable:
+        raise _unsupported("store", "= true is not supported: this server stores no completions")
     check_stream_options(body)
     if body.max_tokens is not None and body.max_completion_tokens is not None \
             and body.max_tokens != body.max_completion_tokens:
