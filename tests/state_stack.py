@@ -29,6 +29,7 @@ class StateStack:
     store: SqliteStateStore
     engine: FakeChatEngine
     ledger: ListLedger
+    keys: FakeKeys
     http: httpx2.AsyncClient
     alice: KeyRecord
     bob: KeyRecord
@@ -57,7 +58,7 @@ async def state_stack(tmp_path: Path, **services: Any) -> AsyncIterator[StateSta
                                   http_client=http, max_retries=0)
                for secret in (ALICE_SECRET, BOB_SECRET)]
     try:
-        yield StateStack(store, engine, ledger, http, alice, bob, *clients)
+        yield StateStack(store, engine, ledger, keys, http, alice, bob, *clients)
     finally:
         for client in clients:
             await client.close()

@@ -4,6 +4,7 @@ against OpenAI's spec; a second key gets the same 404 as an unknown id for all o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,7 @@ import pytest
 from appliance.api.stored_state import StoredResponse
 from tests.compatibility_rows import DOC, ROW
 from tests.openapi_contract import validate
-from tests.state_stack import BOB_SECRET, StateStack, state_stack
+from tests.state_stack import ALICE_SECRET, BOB_SECRET, StateStack, state_stack
 
 pytestmark = pytest.mark.anyio
 # Any: the SDK types items as a union of TypedDicts that a plain dict literal is not.
@@ -397,3 +398,14 @@ async def test_stored_state_row_is_true(stack: StateStack, method: str, path: st
         assert response.status_code == 200, response.text
     if param in ("after", "limit") and status == "honoured":
         assert len(response.json()["data"]) == 1  # the example pages to the second of two
+
+
+async def test_a_revoked_key_reaches_none_of_its_state(tmp_path: Path) -> None:
+    async with state_stack(tmp_path) as stack:
+        conv = await stack.client.conversations.create()
+        record = stack.keys.secrets[ALICE_SECRET]
+        stack.keys.secrets[ALICE_SECRET] = dataclasses.replace(record, revoked_at=time.time())
+        with pytest.raises(openai.AuthenticationError):
+            await stack.client.conversations.retrieve(conv.id)
+        with pytest.raises(openai.NotFoundError):  # nor does anyone else
+            await stack.other.conversations.retrieve(conv.id)
