@@ -40,6 +40,10 @@ class ServerConfig:
     image_url_ttl_s: float = 3600.0  # how long a `response_format: "url"` image is served
     # Stored responses, conversations and stored chat completions (OpenAI keeps 30 days).
     response_retention_days: float = 30.0
+    # What one key may keep of that state (appliance/store/usage.py): a write past either is
+    # refused and keeps nothing.
+    max_stored_mb_per_key: int = 256
+    max_conversation_items: int = 10_000
     log_format: str = "text"  # "text" for people, "json" for log collectors
     metrics_public: bool = False  # False: /metrics needs an admin key
     shutdown_grace_s: float = 30.0  # in-flight requests get this long after SIGTERM
@@ -186,7 +190,8 @@ _SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currenc
                 "image_url_ttl_s", "log_format", "metrics_public", "shutdown_grace_s",
                 "cors_origins", "tls_certfile", "tls_keyfile", "max_body_mb",
                 "max_connections", "header_timeout_s", "body_timeout_s", "public_url",
-                "trusted_proxies", "response_retention_days"}
+                "trusted_proxies", "response_retention_days", "max_stored_mb_per_key",
+                "max_conversation_items"}
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
 
 
@@ -235,6 +240,8 @@ def _server(source: Path, raw: Mapping[str, Any], env: Mapping[str, str]) -> Ser
         log_level=_take(where, raw, "log_level", str, "info"),
         image_url_ttl_s=float(ttl),
         response_retention_days=_retention_days(where, raw),
+        max_stored_mb_per_key=_positive(where, raw, "max_stored_mb_per_key", 256),
+        max_conversation_items=_positive(where, raw, "max_conversation_items", 10_000),
         **_exposure(where, raw, base),
         **_edge(where, raw),
     )

@@ -25,7 +25,7 @@ from appliance.api.telemetry.metrics import ApplianceMetrics
 from appliance.config import ApplianceConfig, TranscriptionModelConfig
 from appliance.engines.loader import load_catalog
 from appliance.ledger import KeyStore, LedgerReports, LedgerWriter
-from appliance.store import DAY_SECONDS, SqliteStateStore
+from appliance.store import DAY_SECONDS, MIB, SqliteStateStore, StoreBounds
 
 log = logging.getLogger("appliance.server")
 
@@ -38,8 +38,11 @@ def serve(config: ApplianceConfig) -> None:
     ledger.start()
     keys = KeyStore(server_config.keys_path)
     # Its own file beside the ledger: what clients keep, apart from what they were charged.
-    state = SqliteStateStore(server_config.data_dir / "state.sqlite",
-                             retention_s=server_config.response_retention_days * DAY_SECONDS)
+    state = SqliteStateStore(
+        server_config.data_dir / "state.sqlite",
+        retention_s=server_config.response_retention_days * DAY_SECONDS,
+        bounds=StoreBounds(max_owner_bytes=server_config.max_stored_mb_per_key * MIB,
+                           max_conversation_items=server_config.max_conversation_items))
     metrics = ApplianceMetrics(ledger_lag=lambda: ledger.lag_seconds)
     drain = DrainState()
     try:

@@ -12,6 +12,12 @@ Every method is async and does its SQL off the event loop; writes are durable wh
 State lives ``response_retention_days`` (``[server]``): a response or completion from its
 creation, a conversation from its last write (creation, metadata update, items added).
 
+What one key may keep is bounded (``[server]`` ``max_stored_mb_per_key`` and
+``max_conversation_items``, ``appliance.store.usage``): a write that would pass either raises
+``StorageQuotaExceeded`` (a 429 ``insufficient_quota``) or ``ConversationFull`` (a 400), and
+keeps nothing. ``room`` asks the same before a request does any work; ``stored_size`` is what
+rows about to be stored will count.
+
 Item ids: every item and message handed in carries a string ``"id"``, unique within its
 response, conversation or completion (give stored items fresh ids, as OpenAI does; a client's
 own ids may repeat); a repeat raises ``DuplicateItemId`` and nothing of that write is kept.
@@ -26,19 +32,23 @@ from typing import Protocol
 from appliance.store.records import (
     JSON,
     Conversation,
+    ConversationFull,
     CursorNotFound,
     DuplicateItemId,
     Order,
     Page,
     StateTooLarge,
+    StorageQuotaExceeded,
     StoredCompletion,
     StoredResponse,
 )
+from appliance.store.usage import stored_size
 
 __all__ = [
     "JSON",
     "CompletionStore",
     "Conversation",
+    "ConversationFull",
     "ConversationStore",
     "CursorNotFound",
     "DuplicateItemId",
@@ -47,8 +57,11 @@ __all__ = [
     "ResponseStore",
     "StateStore",
     "StateTooLarge",
+    "StorageQuotaExceeded",
+    "StorageRoom",
     "StoredCompletion",
     "StoredResponse",
+    "stored_size",
 ]
 
 
@@ -104,5 +117,15 @@ class CompletionStore(Protocol):
                                   limit: int) -> Page | None: ...
 
 
-class StateStore(ResponseStore, ConversationStore, CompletionStore, Protocol):
-    """All three, as one SQLite file provides them."""
+class StorageRoom(Protocol):
+    async def room(self, owner: str | None, *, more_bytes: int = 0,
+                   conversation_id: str | None = None, more_items: int = 0) -> None:
+        """Raises ``StorageQuotaExceeded`` when ``more_bytes`` more would pass the owner's
+        quota, ``ConversationFull`` when ``more_items`` more would pass the conversation's
+        bound; what a route asks before the engine runs (the write checks again)."""
+    async def stored_bytes(self, owner: str | None) -> int:
+        """What the owner's stored state counts now, as the quota counts it."""
+
+
+class StateStore(ResponseStore, ConversationStore, CompletionStore, StorageRoom, Protocol):
+    """All three, as one SQLite file provides them, and the room left."""

@@ -8,6 +8,8 @@
     responses.py      stored responses and their chains, in SQL
     conversations.py  conversations and their items, in SQL
     completions.py    stored chat completions, their metadata filter and messages, in SQL
+    usage.py          what one owner may keep (StoreBounds): bytes per owner, items per
+                      conversation, and the checks of a growing write
     sweep.py          deleting what expired, in bounded batches
     state_store.py    SqliteStateStore: the async StateStore the api codes against
 
@@ -20,29 +22,37 @@ Protocol this implements and re-exports the records).
 from appliance.store.records import (
     JSON,
     Conversation,
+    ConversationFull,
     CursorNotFound,
     DuplicateItemId,
     Order,
     Page,
     StateTooLarge,
+    StorageQuotaExceeded,
     StoredCompletion,
     StoredResponse,
 )
 from appliance.store.schema import MIGRATION_SET, migrations
 from appliance.store.state_store import DAY_SECONDS, SqliteStateStore
+from appliance.store.usage import MIB, StoreBounds, stored_size
 
 __all__ = [
     "DAY_SECONDS",
     "JSON",
+    "MIB",
     "MIGRATION_SET",
     "Conversation",
+    "ConversationFull",
     "CursorNotFound",
     "DuplicateItemId",
     "Order",
     "Page",
     "SqliteStateStore",
     "StateTooLarge",
+    "StorageQuotaExceeded",
+    "StoreBounds",
     "StoredCompletion",
     "StoredResponse",
     "migrations",
+    "stored_size",
 ]

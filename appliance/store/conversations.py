@@ -12,9 +12,10 @@ import secrets
 import sqlite3
 from typing import Any
 
-from appliance.store import items
+from appliance.store import items, usage
 from appliance.store.items import CONVERSATION_ITEMS
 from appliance.store.records import JSON, Conversation, Order, Page, StateTooLarge
+from appliance.store.usage import StoreBounds
 
 
 def new_id() -> str:
@@ -23,13 +24,15 @@ def new_id() -> str:
 
 
 def create(conn: sqlite3.Connection, owner: str | None, metadata: dict[str, str],
-           initial: list[JSON], now: float, expires_at: float) -> Conversation:
+           initial: list[JSON], now: float, expires_at: float,
+           bounds: StoreBounds) -> Conversation:
     conv_id = new_id()
     cursor = conn.execute(
         "INSERT INTO conversations (id, owner, created_at, expires_at, metadata)"
         " VALUES (?, ?, ?, ?, ?)", (conv_id, owner, now, expires_at, items.encode(metadata)))
     assert cursor.lastrowid is not None
     items.append(conn, CONVERSATION_ITEMS, cursor.lastrowid, initial)
+    usage.check_items(conn, conv_id, cursor.lastrowid, bounds)
     return Conversation(id=conv_id, owner=owner, created_at=now, metadata=dict(metadata))
 
 
@@ -58,11 +61,14 @@ def delete(conn: sqlite3.Connection, owner: str | None, conv_id: str, now: float
 
 
 def append(conn: sqlite3.Connection, owner: str | None, conv_id: str, new_items: list[JSON],
-           now: float, expires_at: float) -> bool:
+           now: float, expires_at: float, bounds: StoreBounds) -> bool:
+    """Appends in order; past ``bounds.max_conversation_items`` raises ``ConversationFull``
+    (the transaction rolls back: nothing of the write is kept)."""
     row = _row(conn, owner, conv_id, now)
     if row is None:
         return False
     items.append(conn, CONVERSATION_ITEMS, row[0], new_items)
+    usage.check_items(conn, conv_id, row[0], bounds)
     conn.execute("UPDATE conversations SET expires_at = ? WHERE seq = ?", (expires_at, row[0]))
     return True
 

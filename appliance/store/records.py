@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from appliance.errors import InvalidRequest
+from appliance.errors import InsufficientQuota, InvalidRequest
 
 JSON = dict[str, Any]
 Order = Literal["asc", "desc"]
@@ -72,3 +72,18 @@ class StateTooLarge(InvalidRequest):
     chain of more than ``max_turns``, a conversation of more than ``max_items``): a 400, with
     the message saying how large it is and the bound. A caller that knows the wire field may
     re-raise it with ``param`` set."""
+
+
+class StorageQuotaExceeded(InsufficientQuota):
+    """An owner's stored state would pass its quota (``usage.StoreBounds``): OpenAI's permanent
+    429, code ``storage_quota_exceeded``. Nothing of the write is kept. A route that knows the
+    field that asked for the write re-raises it with ``param`` set (``store``, ``items``)."""
+
+    default_code = "storage_quota_exceeded"
+
+
+class ConversationFull(InvalidRequest):
+    """A conversation would hold more items than its bound (``usage.StoreBounds``): a 400,
+    nothing of the write kept; the route names the field."""
+
+    default_code = "invalid_value"

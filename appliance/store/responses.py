@@ -17,7 +17,8 @@ from appliance.store.records import Order, Page, StateTooLarge, StoredResponse
 _COLUMNS = "seq, id, owner, created_at, model, previous_response_id, conversation_id, body"
 
 
-def put(conn: sqlite3.Connection, response: StoredResponse, expires_at: float) -> None:
+def put(conn: sqlite3.Connection, response: StoredResponse, expires_at: float) -> bool:
+    """Inserts, or rewrites the response of that id; True when it was new."""
     held = conn.execute("SELECT seq, owner FROM responses WHERE id = ?",
                         (response.id,)).fetchone()
     if held is not None and held[1] != response.owner:
@@ -41,6 +42,7 @@ def put(conn: sqlite3.Connection, response: StoredResponse, expires_at: float) -
             " previous_response_id = ?, conversation_id = ?, body = ? WHERE seq = ?",
             (*values, seq))
     items.replace_all(conn, RESPONSE_INPUT_ITEMS, seq, response.input_items)
+    return held is None
 
 
 def get(conn: sqlite3.Connection, owner: str | None, response_id: str,

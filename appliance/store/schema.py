@@ -132,9 +132,108 @@ def m003_completions(db: Database) -> None:
                " ON completion_messages (completion_seq, item_id)")
 
 
+# What one stored row counts beyond the bytes of its JSON: its ids, keys and index entries.
+# Without it a key could fill the disk with rows of almost nothing (an empty conversation is a
+# 2-byte "{}"). Fixed by m004's triggers: a change needs a migration that recreates them.
+ROW_BYTES = 128
+
+
+def _bytes(*columns: str) -> str:
+    """The SQL for a row's counted size: ROW_BYTES plus its columns' UTF-8 bytes."""
+    return " + ".join([str(ROW_BYTES), *(f"length(CAST({c} AS BLOB))" for c in columns)])
+
+
+# (parent, its own counted columns, [(child, its parent column, its counted columns)]).
+# Constants only: the triggers' SQL is built from these names, never from a caller's text.
+_COUNTED = (
+    ("responses", ("body",), (("response_input_items", "response_seq", ("item",)),)),
+    ("conversations", ("metadata",), (("conversation_items", "conversation_seq", ("item",)),)),
+    ("completions", ("metadata", "body"),
+     (("completion_messages", "completion_seq", ("item",)),
+      ("completion_metadata", "completion_seq", ("key", "value")))),
+)
+
+
+def _add_to_owner(owner: str, amount: str) -> str:
+    return (f"INSERT INTO owner_usage (owner, stored_bytes) VALUES (COALESCE({owner}, ''),"
+            f" {amount}) ON CONFLICT (owner) DO UPDATE"
+            " SET stored_bytes = stored_bytes + excluded.stored_bytes;")
+
+
+def m004_stored_bytes(db: Database) -> None:
+    """What each owner keeps, maintained by triggers rather than summed per write.
+
+    Every parent row gains ``stored_bytes`` (its own row and all of its children's, as
+    ``_bytes`` counts them) and a conversation ``item_count``; ``owner_usage`` holds the sum of
+    ``stored_bytes`` per owner (``''`` for the keyless owner). The triggers keep both true
+    whatever writes (an insert, a rewrite, a delete, the cascade from a parent's delete, the
+    sweep), so the quota check is one primary-key read, never a scan. A child deleted by the
+    cascade finds its parent already gone (its update is a no-op) and the parent's own delete
+    gives back its whole ``stored_bytes``: ``tests/fast/test_state_store.py`` checks the sums
+    against a full recount after every kind of write.
+    """
+    db.execute(
+        """
+        CREATE TABLE owner_usage (
+            owner TEXT PRIMARY KEY NOT NULL,
+            stored_bytes INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """
+    )
+    for parent, own, children in _COUNTED:
+        db.execute(f"ALTER TABLE {parent} ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0")
+        # What is already stored, counted once before the triggers exist.
+        sums = " + ".join(
+            f"COALESCE((SELECT SUM({_bytes(*counted)}) FROM {child}"
+            f" WHERE {child}.{column} = {parent}.seq), 0)"
+            for child, column, counted in children)
+        db.execute(f"UPDATE {parent} SET stored_bytes = {_bytes(*own)} + {sums}")
+        db.execute(f"INSERT INTO owner_usage (owner, stored_bytes) SELECT COALESCE(owner, ''),"
+                   f" SUM(stored_bytes) FROM {parent} WHERE 1 GROUP BY COALESCE(owner, '')"
+                   " ON CONFLICT (owner) DO UPDATE"
+                   " SET stored_bytes = stored_bytes + excluded.stored_bytes")
+    db.execute("ALTER TABLE conversations ADD COLUMN item_count INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE conversations SET item_count = (SELECT COUNT(*) FROM conversation_items"
+               " WHERE conversation_seq = conversations.seq)")
+    for parent, own, children in _COUNTED:
+        new_own = _bytes(*(f"NEW.{c}" for c in own))
+        old_own = _bytes(*(f"OLD.{c}" for c in own))
+        db.execute(f"CREATE TRIGGER {parent}_counted_insert AFTER INSERT ON {parent} BEGIN"
+                   f" UPDATE {parent} SET stored_bytes = stored_bytes + {new_own}"
+                   " WHERE seq = NEW.seq; END")
+        db.execute(f"CREATE TRIGGER {parent}_counted_update AFTER UPDATE OF {', '.join(own)}"
+                   f" ON {parent} BEGIN UPDATE {parent}"
+                   f" SET stored_bytes = stored_bytes + ({new_own}) - ({old_own})"
+                   " WHERE seq = NEW.seq; END")
+        # Any change of a parent's stored_bytes (or owner) moves the owners' sums with it.
+        db.execute(f"CREATE TRIGGER {parent}_owner_update AFTER UPDATE OF stored_bytes, owner"
+                   f" ON {parent} BEGIN {_add_to_owner('OLD.owner', '-OLD.stored_bytes')}"
+                   f" {_add_to_owner('NEW.owner', 'NEW.stored_bytes')} END")
+        db.execute(f"CREATE TRIGGER {parent}_owner_delete AFTER DELETE ON {parent} BEGIN"
+                   f" {_add_to_owner('OLD.owner', '-OLD.stored_bytes')} END")
+        for child, column, counted in children:
+            new_child = _bytes(*(f"NEW.{c}" for c in counted))
+            old_child = _bytes(*(f"OLD.{c}" for c in counted))
+            counts = child == "conversation_items"
+            added = ", item_count = item_count + 1" if counts else ""
+            removed = ", item_count = item_count - 1" if counts else ""
+            db.execute(f"CREATE TRIGGER {child}_counted_insert AFTER INSERT ON {child} BEGIN"
+                       f" UPDATE {parent} SET stored_bytes = stored_bytes + {new_child}{added}"
+                       f" WHERE seq = NEW.{column}; END")
+            db.execute(f"CREATE TRIGGER {child}_counted_delete AFTER DELETE ON {child} BEGIN"
+                       f" UPDATE {parent} SET stored_bytes = stored_bytes - ({old_child})"
+                       f"{removed} WHERE seq = OLD.{column}; END")
+            # Children are never rewritten today; if one is, the sums still hold.
+            db.execute(f"CREATE TRIGGER {child}_counted_rewrite AFTER UPDATE ON {child} BEGIN"
+                       f" UPDATE {parent} SET stored_bytes = stored_bytes - ({old_child})"
+                       f"{removed} WHERE seq = OLD.{column};"
+                       f" UPDATE {parent} SET stored_bytes = stored_bytes + {new_child}{added}"
+                       f" WHERE seq = NEW.{column}; END")
+
+
 # Append only.
 _STEPS: tuple[Callable[[Database], None], ...] = (m001_responses, m002_conversations,
-                                                  m003_completions)
+                                                  m003_completions, m004_stored_bytes)
 
 
 def migrations() -> Migrations:

@@ -4,21 +4,27 @@ completions) on one SQLite file in the data dir.
 Owns the retention rule and the clock: a write stamps ``expires_at`` (a response or completion
 ``retention_s`` after its creation, a conversation after its last write), every read passes
 "now" so expired state is invisible at once, and a sweeper thread deletes it every
-``sweep_interval_s`` (first at start). The SQL lives in ``responses``, ``conversations`` and
-``completions``; where it runs, in ``threads``. A write has committed when its method returns.
+``sweep_interval_s`` (first at start). Owns which writes are checked against the bounds of
+what one owner may keep (``usage.StoreBounds``): every write that adds state, inside its own
+transaction; a rewrite of a stored response (a background response finishing) is not, as it
+was checked when first stored and refusing it would leave it ``queued`` for good. The SQL lives
+in ``responses``, ``conversations`` and ``completions``; where it runs, in ``threads``. A write
+has committed when its method returns.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
-from appliance.store import completions, conversations, responses
+from appliance.store import completions, conversations, responses, usage
 from appliance.store.records import (
     JSON,
     Conversation,
@@ -28,9 +34,11 @@ from appliance.store.records import (
     StoredResponse,
 )
 from appliance.store.sweep import sweep_batch
-from appliance.store.threads import SqlThreads
+from appliance.store.threads import SqlThreads, Work
+from appliance.store.usage import StoreBounds
 
 log = logging.getLogger("appliance.store")
+T = TypeVar("T")
 
 DAY_SECONDS = 86_400.0
 
@@ -41,11 +49,12 @@ class SqliteStateStore:
     def __init__(self, path: Path, *, retention_s: float,
                  wall_clock: Callable[[], float] = time.time,
                  sweep_interval_s: float | None = 3600.0, sweep_batch_size: int = 500,
-                 readers: int = 2) -> None:
+                 readers: int = 2, bounds: StoreBounds | None = None) -> None:
         if not retention_s > 0:
             raise ValueError(f"retention_s must be above 0, got {retention_s!r}")
         self.path = path
         self.retention_s = retention_s
+        self.bounds = bounds if bounds is not None else StoreBounds()
         self._clock = wall_clock
         self._batch = sweep_batch_size
         self._threads = SqlThreads(path, readers=readers)
@@ -61,7 +70,12 @@ class SqliteStateStore:
 
     async def put_response(self, response: StoredResponse) -> None:
         expires_at = response.created_at + self.retention_s
-        await self._threads.write(lambda conn: responses.put(conn, response, expires_at))
+
+        def put(conn: sqlite3.Connection) -> None:
+            before = usage.owner_bytes(conn, response.owner)
+            if responses.put(conn, response, expires_at):
+                usage.check_quota(conn, response.owner, before, self.bounds)
+        await self._threads.write(put)
 
     async def get_response(self, owner: str | None, response_id: str) -> StoredResponse | None:
         now = self._clock()
@@ -90,8 +104,8 @@ class SqliteStateStore:
     async def create_conversation(self, owner: str | None, metadata: dict[str, str],
                                   items: list[JSON]) -> Conversation:
         now = self._clock()
-        return await self._threads.write(lambda conn: conversations.create(
-            conn, owner, metadata, items, now, now + self.retention_s))
+        return await self._growing(owner, lambda conn: conversations.create(
+            conn, owner, metadata, items, now, now + self.retention_s, self.bounds))
 
     async def get_conversation(self, owner: str | None, conv_id: str) -> Conversation | None:
         now = self._clock()
@@ -101,7 +115,7 @@ class SqliteStateStore:
     async def update_conversation(self, owner: str | None, conv_id: str,
                                   metadata: dict[str, str]) -> Conversation | None:
         now = self._clock()
-        return await self._threads.write(lambda conn: conversations.update(
+        return await self._growing(owner, lambda conn: conversations.update(
             conn, owner, conv_id, metadata, now, now + self.retention_s))
 
     async def delete_conversation(self, owner: str | None, conv_id: str) -> bool:
@@ -111,8 +125,8 @@ class SqliteStateStore:
 
     async def append_items(self, owner: str | None, conv_id: str, items: list[JSON]) -> bool:
         now = self._clock()
-        return await self._threads.write(lambda conn: conversations.append(
-            conn, owner, conv_id, items, now, now + self.retention_s))
+        return await self._growing(owner, lambda conn: conversations.append(
+            conn, owner, conv_id, items, now, now + self.retention_s, self.bounds))
 
     async def all_items(self, owner: str | None, conv_id: str,
                         max_items: int) -> list[JSON] | None:
@@ -140,7 +154,8 @@ class SqliteStateStore:
 
     async def put_completion(self, completion: StoredCompletion) -> None:
         expires_at = completion.created_at + self.retention_s
-        await self._threads.write(lambda conn: completions.put(conn, completion, expires_at))
+        await self._growing(completion.owner,
+                            lambda conn: completions.put(conn, completion, expires_at))
 
     async def get_completion(self, owner: str | None,
                              completion_id: str) -> StoredCompletion | None:
@@ -159,8 +174,8 @@ class SqliteStateStore:
     async def update_completion(self, owner: str | None, completion_id: str,
                                 metadata: dict[str, str]) -> StoredCompletion | None:
         now = self._clock()
-        return await self._threads.write(
-            lambda conn: completions.update(conn, owner, completion_id, metadata, now))
+        return await self._growing(
+            owner, lambda conn: completions.update(conn, owner, completion_id, metadata, now))
 
     async def delete_completion(self, owner: str | None, completion_id: str) -> bool:
         now = self._clock()
@@ -173,6 +188,26 @@ class SqliteStateStore:
         now = self._clock()
         return await self._threads.read(lambda conn: completions.messages(
             conn, owner, completion_id, now, order=order, after=after, limit=limit))
+
+    # -- what one owner keeps ---------------------------------------------------------------
+
+    async def room(self, owner: str | None, *, more_bytes: int = 0,
+                   conversation_id: str | None = None, more_items: int = 0) -> None:
+        await self._threads.read(lambda conn: usage.room(
+            conn, owner, self.bounds, more_bytes=more_bytes, conversation_id=conversation_id,
+            more_items=more_items))
+
+    async def stored_bytes(self, owner: str | None) -> int:
+        return await self._threads.read(lambda conn: usage.owner_bytes(conn, owner))
+
+    async def _growing(self, owner: str | None, work: Work[T]) -> T:
+        """A write that may add to ``owner``'s state: refused (rolled back) past the quota."""
+        def checked(conn: sqlite3.Connection) -> T:
+            before = usage.owner_bytes(conn, owner)
+            result = work(conn)
+            usage.check_quota(conn, owner, before, self.bounds)
+            return result
+        return await self._threads.write(checked)
 
     # -- retention ---------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The SQLite state store (appliance/store): owner scoping, retention and its sweep, restart
-durability, chains with a bound, pagination, and the schema its migrations produce."""
+durability, chains with a bound, pagination, the schema its migrations produce, and what one
+owner may keep (the per-owner sums against a full recount, the quota, items per conversation)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
 
 from appliance.api.stored_state import StateStore
 from appliance.config import load_config
 from appliance.errors import ConfigError
 from appliance.store import (
+    MIGRATION_SET,
     Conversation,
+    ConversationFull,
     CursorNotFound,
     DuplicateItemId,
     SqliteStateStore,
     StateTooLarge,
+    StorageQuotaExceeded,
+    StoreBounds,
     StoredCompletion,
     StoredResponse,
+    stored_size,
 )
+from appliance.store.schema import ROW_BYTES, m001_responses, m002_conversations, m003_completions
 
 pytestmark = pytest.mark.anyio
 
@@ -100,14 +109,16 @@ def test_migrations_make_the_pinned_tables(tmp_path: Path) -> None:
     children = ["position", "item_id", "item"]
     assert tables == {
         "responses": ["seq", "id", "owner", "created_at", "expires_at", "model",
-                      "previous_response_id", "conversation_id", "body"],
+                      "previous_response_id", "conversation_id", "body", "stored_bytes"],
         "response_input_items": ["response_seq", *children],
-        "conversations": ["seq", "id", "owner", "created_at", "expires_at", "metadata"],
+        "conversations": ["seq", "id", "owner", "created_at", "expires_at", "metadata",
+                          "stored_bytes", "item_count"],
         "conversation_items": ["conversation_seq", *children],
         "completions": ["seq", "id", "owner", "created_at", "expires_at", "model", "metadata",
-                        "body"],
+                        "body", "stored_bytes"],
         "completion_metadata": ["completion_seq", "key", "value"],
         "completion_messages": ["completion_seq", *children],
+        "owner_usage": ["owner", "stored_bytes"],
     }
     assert journal == "wal"
 
@@ -516,4 +527,257 @@ def test_retention_is_a_server_key_in_days(tmp_path: Path, line: str, days: floa
                                   'response_retention_days = "30d"'])
 def test_bad_retention_is_a_config_error_naming_the_key(tmp_path: Path, line: str) -> None:
     with pytest.raises(ConfigError, match="response_retention_days"):
+        load_config(_config(tmp_path, line), env={})
+
+
+# -- what one owner keeps -------------------------------------------------------------------
+
+# Each table's counted text columns and how a row finds its owner: the recount below reads
+# every row in Python, independently of the triggers that keep the sums.
+_COUNTED_ROWS = {
+    "responses": ("owner", ("body",)),
+    "conversations": ("owner", ("metadata",)),
+    "completions": ("owner", ("metadata", "body")),
+    "response_input_items": (
+        "(SELECT owner FROM responses WHERE seq = response_seq)", ("item",)),
+    "conversation_items": (
+        "(SELECT owner FROM conversations WHERE seq = conversation_seq)", ("item",)),
+    "completion_messages": (
+        "(SELECT owner FROM completions WHERE seq = completion_seq)", ("item",)),
+    "completion_metadata": (
+        "(SELECT owner FROM completions WHERE seq = completion_seq)", ("key", "value")),
+}
+
+
+def _recount(path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """(every owner's bytes counted row by row, the sums the store keeps), zeros left out."""
+    conn = sqlite3.connect(path)
+    try:
+        counted: dict[str, int] = {}
+        for table, (owner, columns) in _COUNTED_ROWS.items():
+            for row in conn.execute(f"SELECT {owner}, {', '.join(columns)} FROM {table}"):
+                size = ROW_BYTES + sum(len(text.encode()) for text in row[1:])
+                counted[row[0] or ""] = counted.get(row[0] or "", 0) + size
+        kept = dict(conn.execute("SELECT owner, stored_bytes FROM owner_usage"
+                                 " WHERE stored_bytes != 0").fetchall())
+    finally:
+        conn.close()
+    return counted, kept
+
+
+async def _assert_sums_hold(store: SqliteStateStore) -> None:
+    counted, kept = _recount(store.path)
+    assert kept == counted
+    for owner in (ALICE, BOB, None):
+        assert await store.stored_bytes(owner) == counted.get(owner or "", 0)
+
+
+async def test_the_owners_sums_follow_every_kind_of_write(store: SqliteStateStore,
+                                                           clock: Clock) -> None:
+    conv = await store.create_conversation(ALICE, {"k": "v"}, [_message("msg_1", "é" * 50)])
+    await _assert_sums_hold(store)
+    await store.append_items(ALICE, conv.id, [_message("msg_2"), _message("msg_3", "x" * 999)])
+    await store.delete_item(ALICE, conv.id, "msg_2")
+    await store.update_conversation(ALICE, conv.id, {"k": "a longer value than before"})
+    await store.update_conversation(ALICE, conv.id, {})
+    await _assert_sums_hold(store)
+    first = _response("resp_1", owner=None, created_at=clock.now, inputs=2)
+    await store.put_response(first)
+    await store.put_response(StoredResponse(**{**first.__dict__, "input_items": (
+        _message("msg_only", "y" * 300),), "body": {**first.body, "output": ["z" * 500]}}))
+    await store.put_response(_response("resp_bob", owner=BOB, created_at=clock.now))
+    await store.put_completion(_completion("chatcmpl-1", metadata={"a": "b", "c": "d"},
+                                           created_at=clock.now))
+    await store.update_completion(ALICE, "chatcmpl-1", {"only": "one pair, longer"})
+    await _assert_sums_hold(store)
+    # What is refused keeps nothing, so it counts nothing.
+    with pytest.raises(DuplicateItemId):
+        await store.append_items(ALICE, conv.id, [_message("msg_9"), _message("msg_9")])
+    await _assert_sums_hold(store)
+    assert await store.delete_completion(ALICE, "chatcmpl-1") is True
+    assert await store.delete_response(None, "resp_1") is True
+    await _assert_sums_hold(store)
+    assert await store.delete_conversation(ALICE, conv.id) is True
+    assert await store.stored_bytes(ALICE) == 0
+    await _assert_sums_hold(store)
+    # The sweep gives back what it deletes, through the same triggers.
+    await store.create_conversation(BOB, {}, [_message("msg_b")])
+    clock.now += 31 * DAY
+    assert store.sweep() == 2
+    assert await store.stored_bytes(BOB) == 0
+    await _assert_sums_hold(store)
+
+
+async def test_stored_size_is_what_the_store_counts(store: SqliteStateStore) -> None:
+    conv = await store.create_conversation(ALICE, {}, [])
+    before = await store.stored_bytes(ALICE)
+    items = [_message("msg_1", "plain"), _message("msg_2", "\u00e9\ud800 not UTF-8 alone")]
+    await store.append_items(ALICE, conv.id, items)
+    assert await store.stored_bytes(ALICE) - before == stored_size(items)
+
+
+async def test_rows_of_almost_nothing_still_count(store: SqliteStateStore) -> None:
+    # Empty conversations are 2 bytes of JSON each; without a per-row charge a key could
+    # make millions of them under any quota.
+    for _ in range(10):
+        await store.create_conversation(ALICE, {}, [])
+    assert await store.stored_bytes(ALICE) == 10 * (ROW_BYTES + len("{}"))
+
+
+@pytest.fixture
+async def small(tmp_path: Path, clock: Clock) -> AsyncIterator[SqliteStateStore]:
+    """A store that keeps 4 KiB per owner and 3 items per conversation."""
+    opened = SqliteStateStore(tmp_path / "small.sqlite", retention_s=30 * DAY,
+                              wall_clock=clock, sweep_interval_s=None,
+                              bounds=StoreBounds(max_owner_bytes=4096,
+                                                 max_conversation_items=3))
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+async def test_a_write_past_the_quota_keeps_nothing(small: SqliteStateStore,
+                                                    clock: Clock) -> None:
+    conv = await small.create_conversation(ALICE, {}, [_message("msg_1", "a" * 2000)])
+    used = await small.stored_bytes(ALICE)
+    with pytest.raises(StorageQuotaExceeded, match="at most 4,096 bytes per key") as refused:
+        await small.append_items(ALICE, conv.id, [_message("msg_2", "b" * 2500)])
+    assert refused.value.status == 429
+    assert refused.value.code == "storage_quota_exceeded"
+    assert refused.value.error_type == "insufficient_quota"
+    assert await small.all_items(ALICE, conv.id, 10) == [_message("msg_1", "a" * 2000)]
+    assert await small.stored_bytes(ALICE) == used
+    big_completion = StoredCompletion(**{
+        **_completion("chatcmpl-big", created_at=clock.now).__dict__, "body": {"t": "c" * 2500}})
+    big_response = StoredResponse(**{
+        **_response("resp_big", created_at=clock.now).__dict__, "body": {"t": "r" * 2500}})
+    for refused_write in (small.create_conversation(ALICE, {"k": "v" * 2500}, []),
+                          small.update_conversation(ALICE, conv.id, {"k": "v" * 2500}),
+                          small.put_completion(big_completion),
+                          small.put_response(big_response)):
+        with pytest.raises(StorageQuotaExceeded):
+            await refused_write
+    assert (await small.get_conversation(ALICE, conv.id) or conv).metadata == {}
+    assert await small.get_completion(ALICE, "chatcmpl-big") is None
+    assert await small.get_response(ALICE, "resp_big") is None
+    assert await small.stored_bytes(ALICE) == used
+    # The quota is per owner: Bob has all of his.
+    await small.create_conversation(BOB, {}, [_message("msg_b", "b" * 2500)])
+    # A delete gives the bytes back.
+    assert await small.delete_conversation(ALICE, conv.id) is True
+    await small.create_conversation(ALICE, {}, [_message("msg_2", "b" * 2500)])
+    await _assert_sums_hold(small)
+
+
+async def test_a_write_that_does_not_grow_is_never_refused(tmp_path: Path,
+                                                           clock: Clock) -> None:
+    path = tmp_path / "lowered.sqlite"
+    with SqliteStateStore(path, retention_s=DAY, wall_clock=clock,
+                          sweep_interval_s=None) as roomy:
+        conv = await roomy.create_conversation(ALICE, {"k": "v" * 400},
+                                               [_message("msg_1", "a" * 3000)])
+        await roomy.put_completion(_completion("chatcmpl-1", metadata={"k": "v" * 400},
+                                               created_at=clock.now))
+    # The bound lowered under what Alice keeps: she may still shrink and delete.
+    with SqliteStateStore(path, retention_s=DAY, wall_clock=clock, sweep_interval_s=None,
+                          bounds=StoreBounds(max_owner_bytes=1024)) as lowered:
+        assert await lowered.update_conversation(ALICE, conv.id, {"k": "v"}) is not None
+        assert await lowered.update_completion(ALICE, "chatcmpl-1", {}) is not None
+        assert await lowered.delete_item(ALICE, conv.id, "msg_1") is True
+        assert await lowered.delete_completion(ALICE, "chatcmpl-1") is True
+
+
+async def test_a_stored_response_rewritten_is_not_refused(small: SqliteStateStore,
+                                                          clock: Clock) -> None:
+    # A background response is stored queued (checked), then rewritten as it finishes: the
+    # rewrite is let through, or the response would stay queued for good.
+    queued = _response("resp_bg", created_at=clock.now)
+    await small.put_response(queued)
+    finished = StoredResponse(**{**queued.__dict__, "body": {"output": "o" * 5000}})
+    await small.put_response(finished)
+    got = await small.get_response(ALICE, "resp_bg")
+    assert got is not None
+    assert got.body == {"output": "o" * 5000}
+    assert await small.stored_bytes(ALICE) > 4096
+
+
+async def test_a_conversation_keeps_at_most_its_bound_of_items(small: SqliteStateStore) -> None:
+    with pytest.raises(ConversationFull, match="would have 4 items"):
+        await small.create_conversation(ALICE, {}, [_message(f"msg_{n}") for n in range(4)])
+    assert _rows(small.path, "conversations") == 0
+    conv = await small.create_conversation(ALICE, {}, [_message("msg_1"), _message("msg_2")])
+    await small.append_items(ALICE, conv.id, [_message("msg_3")])
+    with pytest.raises(ConversationFull, match="at most 3 in one conversation") as refused:
+        await small.append_items(ALICE, conv.id, [_message("msg_4")])
+    assert refused.value.status == 400
+    assert len(await small.all_items(ALICE, conv.id, 10) or []) == 3
+    assert await small.delete_item(ALICE, conv.id, "msg_1") is True
+    await small.append_items(ALICE, conv.id, [_message("msg_4")])
+    assert [item["id"] for item in await small.all_items(ALICE, conv.id, 10) or []] == [
+        "msg_2", "msg_3", "msg_4"]
+
+
+async def test_room_is_asked_before_any_work(small: SqliteStateStore) -> None:
+    conv = await small.create_conversation(ALICE, {}, [_message("msg_1"), _message("msg_2")])
+    await small.room(ALICE, more_bytes=1000, conversation_id=conv.id, more_items=1)
+    with pytest.raises(StorageQuotaExceeded):
+        await small.room(ALICE, more_bytes=4096)
+    with pytest.raises(ConversationFull):
+        await small.room(ALICE, conversation_id=conv.id, more_items=2)
+    # Another owner's conversation and an unknown one are the write's to refuse (a 404).
+    await small.room(BOB, conversation_id=conv.id, more_items=50)
+    await small.room(ALICE, conversation_id="conv_nowhere", more_items=50)
+    assert _rows(small.path, "conversation_items") == 2
+
+
+def test_m004_counts_what_was_stored_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    db = Database(sqlite3.connect(path))
+    earlier = Migrations(MIGRATION_SET)
+    for step in (m001_responses, m002_conversations, m003_completions):
+        earlier(name=step.__name__)(step)
+    earlier.apply(db)
+    db.execute("INSERT INTO conversations VALUES (1, 'conv_old', ?, 0, 1e12, '{\"k\":\"v\"}')",
+               [ALICE])
+    db.execute("INSERT INTO conversation_items VALUES (1, 1, 'msg_1', '{\"id\":\"msg_1\"}')")
+    db.execute("INSERT INTO conversation_items VALUES (1, 2, 'msg_2', '{\"id\":\"msg_2\"}')")
+    db.execute("INSERT INTO completions VALUES (1, 'chatcmpl-old', NULL, 0, 1e12, 'm', '{}',"
+               " '{\"id\":\"chatcmpl-old\"}')")
+    db.execute("INSERT INTO completion_metadata VALUES (1, '\"a\"', '\"b\"')")
+    db.conn.commit()
+    db.conn.close()
+    with SqliteStateStore(path, retention_s=DAY, sweep_interval_s=None) as upgraded:
+        counted, kept = _recount(path)
+        assert kept == counted
+        assert set(kept) == {ALICE, ""}
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("SELECT item_count FROM conversations").fetchone() == (2,)
+        finally:
+            conn.close()
+        assert upgraded.bounds == StoreBounds()
+
+
+def test_store_bounds_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        StoreBounds(max_owner_bytes=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        StoreBounds(max_conversation_items=0)
+
+
+@pytest.mark.parametrize(("line", "megabytes", "items"), [
+    ("", 256, 10_000),
+    ("max_stored_mb_per_key = 1\nmax_conversation_items = 50", 1, 50)])
+def test_the_store_bounds_are_server_keys(tmp_path: Path, line: str, megabytes: int,
+                                          items: int) -> None:
+    server = load_config(_config(tmp_path, line), env={}).server
+    assert (server.max_stored_mb_per_key, server.max_conversation_items) == (megabytes, items)
+
+
+@pytest.mark.parametrize("line", ["max_stored_mb_per_key = 0", "max_stored_mb_per_key = 1.5",
+                                  "max_conversation_items = -1",
+                                  'max_conversation_items = "many"'])
+def test_bad_store_bounds_are_config_errors_naming_the_key(tmp_path: Path, line: str) -> None:
+    with pytest.raises(ConfigError, match=line.split(" ")[0]):
         load_config(_config(tmp_path, line), env={})
