@@ -17,7 +17,7 @@ from appliance.api.services import Services
 from appliance.engines.base import CHAT, Listing
 from appliance.engines.catalog import Catalog
 from appliance.ledger import KeyRecord
-from appliance.store import SqliteStateStore
+from appliance.store import SqliteStateStore, StoreBounds
 from tests.fakes import FakeChatEngine, FakeKeys, ListLedger
 
 ALICE_SECRET = "sk-app-alice-0123456789"
@@ -43,13 +43,14 @@ class StateStack:
 
 
 @asynccontextmanager
-async def state_stack(tmp_path: Path, **services: Any) -> AsyncIterator[StateStack]:
+async def state_stack(tmp_path: Path, store_bounds: StoreBounds | None = None,
+                      **services: Any) -> AsyncIterator[StateStack]:
     engine = FakeChatEngine()
     ledger = ListLedger()
     keys = FakeKeys()
     alice, bob = keys.add(ALICE_SECRET, "alice"), keys.add(BOB_SECRET, "bob")
     store = SqliteStateStore(tmp_path / "state.sqlite", retention_s=30 * 86_400.0,
-                             sweep_interval_s=None)
+                             sweep_interval_s=None, bounds=store_bounds)
     app = create_app(Services(catalog=Catalog([Listing(CHAT, engine, ("gpt-4o-mini",))]),
                               ledger=ledger, keys=keys, **{"state": store, **services}))
     http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app),

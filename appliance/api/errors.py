@@ -18,6 +18,7 @@ from appliance.api.note import RequestNote
 from appliance.errors import (
     ApplianceError,
     EngineFailure,
+    InsufficientQuota,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
@@ -80,7 +81,11 @@ async def handle_appliance_error(request: Request, exc: Exception) -> Response:
         note.error_code = exc.code or exc.error_type
     retry_after = getattr(exc, "retry_after", None)
     # A transient refusal says when to come back; the SDKs' retries wait exactly that long.
-    return error_response(exc, retry_headers(retry_after) if retry_after is not None else None)
+    headers = retry_headers(retry_after) if retry_after is not None else {}
+    if isinstance(exc, InsufficientQuota):
+        # A permanent 429 (a storage quota used up): the SDKs retry 429s unless told not to.
+        headers["x-should-retry"] = "false"
+    return error_response(exc, headers or None)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

@@ -140,7 +140,8 @@ async def test_unknown_route_is_404_envelope(stack: FastStack) -> None:
 
 
 async def test_wrong_method_is_405_envelope(stack: FastStack) -> None:
-    response = await stack.http.get("/v1/chat/completions", headers=AUTH)
+    # Not GET /v1/chat/completions: that lists stored completions (a 404 without a store).
+    response = await stack.http.get("/v1/embeddings", headers=AUTH)
     assert response.status_code == 405
     envelope(response.json())
 

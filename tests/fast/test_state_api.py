@@ -1,11 +1,13 @@
 """The stored-state routes through the official SDK: conversations and their items, stored chat
 completions (``store: true``), stored responses' delete and input items; every body checked
-against OpenAI's spec; a second key gets the same 404 as an unknown id for all of it."""
+against OpenAI's spec; a second key gets the same 404 as an unknown id for all of it; what one
+key may keep (its storage quota, items per conversation)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ import openai
 import pytest
 
 from appliance.api.stored_state import StoredResponse
+from appliance.store import StoreBounds
 from tests.compatibility_rows import DOC, ROW
 from tests.openapi_contract import validate
 from tests.state_stack import ALICE_SECRET, BOB_SECRET, StateStack, state_stack
@@ -334,6 +337,112 @@ async def test_list_query_bounds_on_items(stack: StateStack) -> None:
         response = await stack.raw("GET", base + query)
         assert response.status_code == 400, query
         assert response.json()["error"]["param"] == param
+
+
+# -- what one key may keep ----------------------------------------------------------------
+
+SMALL = StoreBounds(max_owner_bytes=8192, max_conversation_items=5)
+TEXT: Any = {"type": "message", "role": "user", "content": "t" * 3000}
+
+
+@pytest.fixture
+async def small(tmp_path: Path) -> AsyncIterator[StateStack]:
+    """Alice and Bob may keep 8 KiB each, 5 items in a conversation."""
+    async with state_stack(tmp_path, store_bounds=SMALL) as made:
+        yield made
+
+
+def _quota_refusal(refused: openai.APIStatusError, param: str) -> None:
+    assert refused.status_code == 429
+    assert refused.response.headers["x-should-retry"] == "false"
+    error = refused.response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "insufficient_quota", "storage_quota_exceeded", param)
+    assert "at most 8,192 bytes per key" in error["message"]
+
+
+async def test_a_write_past_the_keys_storage_quota_is_a_permanent_429(
+        small: StateStack) -> None:
+    client = small.client
+    conv = await client.conversations.create(items=[TEXT, TEXT])
+    with pytest.raises(openai.RateLimitError) as refused:
+        await client.conversations.items.create(conv.id, items=[TEXT])
+    _quota_refusal(refused.value, "items")
+    with pytest.raises(openai.RateLimitError) as refused:
+        await client.conversations.create(items=[TEXT])
+    _quota_refusal(refused.value, "items")
+    with pytest.raises(openai.RateLimitError) as refused:
+        await client.conversations.update(conv.id, metadata={"k": "v" * 512, "l": "w" * 512,
+                                                             "m": "x" * 512, "n": "y" * 512})
+    _quota_refusal(refused.value, "metadata")
+    # Nothing of a refused write was kept.
+    assert len([item async for item in client.conversations.items.list(conv.id)]) == 2
+    assert (await client.conversations.retrieve(conv.id)).metadata == {}
+    # The SDK does not retry a permanent 429: one request, one ledger row.
+    rows = len(small.ledger.rows)
+    with pytest.raises(openai.RateLimitError):
+        await client.with_options(max_retries=2).conversations.items.create(conv.id,
+                                                                            items=[TEXT])
+    assert len(small.ledger.rows) == rows + 1
+    # Each key has its own quota; a delete gives the room back.
+    await small.other.conversations.create(items=[TEXT, TEXT])
+    await client.conversations.delete(conv.id)
+    await client.conversations.create(items=[TEXT, TEXT])
+
+
+async def test_store_true_past_the_quota_is_refused_before_the_engine(small: StateStack) -> None:
+    await small.client.conversations.create(items=[TEXT, TEXT])
+    calls = len(small.engine.calls)
+    with pytest.raises(openai.RateLimitError) as refused:
+        await small.client.chat.completions.create(
+            model="fake-chat", store=True, messages=[{"role": "user", "content": "w " * 1500}])
+    _quota_refusal(refused.value, "store")
+    assert len(small.engine.calls) == calls
+    # Without store the same request is answered: the quota bounds what is kept, not asked.
+    made = await small.client.chat.completions.create(
+        model="fake-chat", messages=[{"role": "user", "content": "Hi"}])
+    assert made.choices[0].message.content == small.engine.reply
+
+
+async def test_an_answer_too_large_to_keep_is_still_delivered(
+        small: StateStack, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "appliance.api")
+    small.engine.reply = "word " * 2000  # ~10 KB of answer: past the quota once generated
+    made = await small.client.chat.completions.with_raw_response.create(
+        model="fake-chat", store=True, messages=[{"role": "user", "content": "Hi"}])
+    assert made.headers["x-appliance-not-stored"] == "storage_quota_exceeded"
+    completion = made.parse()
+    assert completion.choices[0].message.content == small.engine.reply.strip()
+    with pytest.raises(openai.NotFoundError):
+        await small.client.chat.completions.retrieve(completion.id)
+    stream = await small.client.chat.completions.create(
+        model="fake-chat", store=True, stream=True,
+        messages=[{"role": "user", "content": "Hi"}])
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks
+                   if c.choices) == small.engine.reply.strip()
+    with pytest.raises(openai.NotFoundError):
+        await small.client.chat.completions.retrieve(chunks[0].id)
+    logged = [r.getMessage() for r in caplog.records if "not stored" in r.getMessage()]
+    assert len(logged) == 2  # once per completion
+    assert completion.id in logged[0] and chunks[0].id in logged[1]
+    assert "storage quota exceeded" in logged[0].lower()
+
+
+async def test_a_conversation_past_its_item_bound_is_a_400_naming_items(
+        small: StateStack) -> None:
+    client = small.client
+    conv = await client.conversations.create(items=[MESSAGE] * 3)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.conversations.items.create(conv.id, items=[MESSAGE] * 3)
+    error = refused.value.response.json()["error"]
+    assert error["param"] == "items"
+    assert "would have 6 items" in error["message"]
+    assert "at most 5 in one conversation" in error["message"]
+    assert len([item async for item in client.conversations.items.list(conv.id)]) == 3
+    await client.conversations.items.create(conv.id, items=[MESSAGE] * 2)
+    with pytest.raises(openai.BadRequestError):
+        await client.conversations.create(items=[MESSAGE] * 6)
 
 
 # -- docs/compatibility.md's stored-state rows --------------------------------------------

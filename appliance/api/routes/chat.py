@@ -7,14 +7,19 @@ error frame, and the stream still ends with [DONE].
 
 With ``store: true`` (and a state store) the completion, its request messages and metadata are
 written before the answer ends: a plain body once stored, a stream's assembled completion
-before its [DONE]; ``routes/stored_completions.py`` reads them back.
+before its [DONE]; ``routes/stored_completions.py`` reads them back. A key whose storage quota
+has no room for the request's messages is refused before the engine runs (429
+``storage_quota_exceeded``, ``param: store``); a completion that turns out too large to keep
+is still answered, the refusal logged once and named in ``x-appliance-not-stored`` (a plain
+body; a stream's headers are gone by then, so only the log says it).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +29,14 @@ from starlette.responses import JSONResponse, Response
 
 from appliance.api.note import RequestNote
 from appliance.api.routes.engine_call import EngineCall, gone_is_499, note_of, owned
+from appliance.api.routes.stored_state_access import NOT_STORED_HEADER, stored_or_refused
 from appliance.api.services import Services
-from appliance.api.stored_state import StoredCompletion
+from appliance.api.stored_state import (
+    StateStore,
+    StorageQuotaExceeded,
+    StoredCompletion,
+    stored_size,
+)
 from appliance.api.wire.chat import ChatCompletionRequest, to_chat_params
 from appliance.api.wire.generation import (
     SYSTEM_FINGERPRINT,
@@ -49,6 +60,8 @@ from appliance.engines.base import (
     Usage,
 )
 from appliance.errors import EngineFailure
+
+log = logging.getLogger("appliance.api")
 
 
 class _Identity:
@@ -126,47 +139,73 @@ async def create_chat_completion(request: Request) -> Response:
     check_choice_tokens(body.n or 1, body.max_completion_tokens or body.max_tokens
                         or engine.info.context_length, bounds)
     params = owned(to_chat_params(body, storable=services.state is not None), note)
-    cancel = CancelToken()
-    events = engine.chat(params, cancel)
-    call = EngineCall(request, note, cancel, [events])
-    [started] = await call.started(Started, "The engine did not admit the request.")
-    note.prompt_tokens = started.prompt_tokens
     identity = _Identity(engine.info.id)
     calls = _CallShape(legacy=body.functions is not None or body.function_call is not None,
                        offered=params.tools is not None and params.tools.choice != "none")
     wants_logprobs = params.sampling.logprobs is not None
     keep = _keeper(services, body, identity, note, wants_logprobs, calls)
+    if keep is not None:
+        await keep.check_room()
+    cancel = CancelToken()
+    events = engine.chat(params, cancel)
+    call = EngineCall(request, note, cancel, [events])
+    [started] = await call.started(Started, "The engine did not admit the request.")
+    note.prompt_tokens = started.prompt_tokens
     if body.stream:
         return call.streamed(
             _stream(events, identity, note, body.wants_usage_chunk, params.n, calls, keep),
             "generating the completion", done=True)
     assembled = await call.gathered(_complete(events, note))
     completion = assembled.body(identity, wants_logprobs, calls)
-    if keep is not None:
-        await keep(assembled)
+    if keep is not None and not await keep.keep(assembled):
+        return JSONResponse(completion, headers={NOT_STORED_HEADER: "storage_quota_exceeded"})
     return JSONResponse(completion)
 
 
-Keep = Callable[["_Assembled"], Awaitable[None]]
-
-
-def _keeper(services: Services, body: ChatCompletionRequest, identity: _Identity,
-            note: RequestNote, wants_logprobs: bool, shape: _CallShape) -> Keep | None:
+@dataclass(frozen=True)
+class _Keeper:
     """With ``store: true`` (and a store, which to_chat_params checked): what writes the
     completion, its request messages and metadata, scoped to the calling key. The response
     (a body, or a stream's [DONE]) is sent once the write is durable."""
+
+    state: StateStore
+    owner: str | None
+    body: ChatCompletionRequest
+    identity: _Identity
+    messages: tuple[dict[str, Any], ...]
+    wants_logprobs: bool
+    shape: _CallShape
+
+    async def check_room(self) -> None:
+        """Before the engine runs: room for what is known of the completion, its messages
+        (the answer's size is known only once it is generated; the write checks it)."""
+        with stored_or_refused("store"):
+            await self.state.room(self.owner, more_bytes=stored_size(self.messages))
+
+    async def keep(self, assembled: _Assembled) -> bool:
+        """Writes the completion; False (logged) when the key's quota has no room for it."""
+        identity = self.identity
+        try:
+            await self.state.put_completion(StoredCompletion(
+                id=identity.id, owner=self.owner, created_at=float(identity.created),
+                model=identity.model, metadata=dict(self.body.metadata or {}),
+                messages=self.messages,
+                body=assembled.body(identity, self.wants_logprobs, self.shape)))
+        except StorageQuotaExceeded as error:
+            log.warning("completion %s answered but not stored: %s", identity.id,
+                        error.message)
+            return False
+        return True
+
+
+def _keeper(services: Services, body: ChatCompletionRequest, identity: _Identity,
+            note: RequestNote, wants_logprobs: bool, shape: _CallShape) -> _Keeper | None:
     state = services.state
     if not body.store or state is None:
         return None
     messages = stored_messages(identity.id, [m.model_dump(exclude_none=True)
                                              for m in body.messages])
-
-    async def keep(assembled: _Assembled) -> None:
-        await state.put_completion(StoredCompletion(
-            id=identity.id, owner=note.key_id, created_at=float(identity.created),
-            model=identity.model, metadata=dict(body.metadata or {}), messages=messages,
-            body=assembled.body(identity, wants_logprobs, shape)))
-    return keep
+    return _Keeper(state, note.key_id, body, identity, messages, wants_logprobs, shape)
 
 
 def logprobs_json(entries: Iterable[TokenLogprob]) -> dict[str, Any]:
@@ -245,7 +284,7 @@ async def _complete(events: AsyncGenerator[ChatEvent, None], note: RequestNote) 
 
 async def _stream(events: AsyncGenerator[ChatEvent, None], identity: _Identity,
                   note: RequestNote, include_usage: bool, choices: int,
-                  shape: _CallShape, keep: Keep | None = None) -> AsyncGenerator[bytes, None]:
+                  shape: _CallShape, keep: _Keeper | None = None) -> AsyncGenerator[bytes, None]:
     def choice(index: int, delta: dict[str, Any], finish_reason: str | None = None,
                logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, Any]:
         return {"index": index, "delta": delta,
@@ -289,4 +328,4 @@ async def _stream(events: AsyncGenerator[ChatEvent, None], identity: _Identity,
         yield frame(identity.chunk([], token_usage_json(total_token_usage(finishes)), True))
     if keep is not None and assembled is not None and assembled.finishes:
         # Before [DONE]: a client that saw the stream end can read the completion back.
-        await keep(assembled)
+        await keep.keep(assembled)

@@ -10,7 +10,9 @@
     DELETE /v1/conversations/{conversation_id}/items/{item_id}   the conversation
 
 Another key's conversation, an expired or deleted one, and an unknown id are the same 404.
-Without a store (``Services.state`` None) every route is a 404, as a server without them.
+A write past the key's storage quota is a 429 ``storage_quota_exceeded``, items past the
+conversation's bound a 400 naming ``items``; either keeps nothing. Without a store
+(``Services.state`` None) every route is a 404, as a server without them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from appliance.api.routes.stored_state_access import (
     owner_of,
     paged,
     state_of,
-    stored_or_400,
+    stored_or_refused,
 )
 from appliance.api.services import Services
 from appliance.api.stored_state import StateStore
@@ -75,7 +77,8 @@ async def create_conversation(request: Request) -> Response:
     body = await parse_json(request, CreateConversation, bounds.max_body_bytes,
                             lambda data: check_conversation_body(data, bounds))
     items = stored_items(body.items)
-    conversation = await state.create_conversation(owner, body.metadata or {}, items)
+    with stored_or_refused("items" if items else "metadata"):
+        conversation = await state.create_conversation(owner, body.metadata or {}, items)
     return StoredJSON(conversation_json(conversation))
 
 
@@ -95,7 +98,8 @@ async def update_conversation(request: Request) -> Response:
         raise _missing(conv_id)
     body = await parse_json(request, UpdateConversation, bounds.max_body_bytes,
                             lambda data: check_conversation_body(data, bounds))
-    conversation = await state.update_conversation(owner, conv_id, body.metadata or {})
+    with stored_or_refused("metadata"):
+        conversation = await state.update_conversation(owner, conv_id, body.metadata or {})
     if conversation is None:
         raise _missing(conv_id)  # deleted between the two
     return StoredJSON(conversation_json(conversation))
@@ -117,7 +121,7 @@ async def create_items(request: Request) -> Response:
     body = await parse_json(request, CreateItems, bounds.max_body_bytes,
                             lambda data: check_conversation_body(data, bounds))
     items = stored_items(body.items)
-    with stored_or_400("items"):
+    with stored_or_refused("items"):
         appended = await state.append_items(owner, conv_id, items)
     if not appended:
         raise _missing(conv_id)

@@ -18,7 +18,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from appliance.api.routes.stored_state_access import owner_of, paged, state_of
+from appliance.api.routes.stored_state_access import (
+    owner_of,
+    paged,
+    state_of,
+    stored_or_refused,
+)
 from appliance.api.services import Services
 from appliance.api.wire.generation_bounds import check_metadata, too_long
 from appliance.api.wire.listing import StoredJSON, list_json, list_query
@@ -92,7 +97,8 @@ async def update_completion(request: Request) -> Response:
     bounds = services.bounds
     body = await parse_json(request, UpdateCompletion, bounds.max_body_bytes,
                             lambda data: check_metadata(data.get("metadata"), bounds))
-    completion = await state.update_completion(owner, completion_id, body.metadata or {})
+    with stored_or_refused("metadata"):
+        completion = await state.update_completion(owner, completion_id, body.metadata or {})
     if completion is None:
         raise _missing(completion_id)  # deleted between the two
     return StoredJSON(completion_json(completion))

@@ -1,5 +1,5 @@
 """What the stored-state routes share: the store or a 404, the caller's owner id, and the
-store's errors as the 400s they are on the wire.
+store's refusals as the errors they are on the wire, naming the field that asked for the write.
 
 The owner is the authenticated key's id (the auth middleware put the key in the scope): state
 belongs to the key that made it, and a revoked key authenticates no more, so its state is
@@ -14,9 +14,20 @@ from contextlib import contextmanager
 from starlette.requests import Request
 
 from appliance.api.services import Services
-from appliance.api.stored_state import CursorNotFound, DuplicateItemId, Page, StateStore
+from appliance.api.stored_state import (
+    ConversationFull,
+    CursorNotFound,
+    DuplicateItemId,
+    Page,
+    StateStore,
+    StorageQuotaExceeded,
+)
 from appliance.errors import InvalidRequest, NotFound
 from appliance.ledger import KeyRecord
+
+# On an answer that was delivered but could not be stored (``store: true`` past the key's
+# storage quota once the answer's size was known): the reason, e.g. storage_quota_exceeded.
+NOT_STORED_HEADER = "x-appliance-not-stored"
 
 
 def state_of(request: Request) -> tuple[Services, StateStore]:
@@ -42,10 +53,16 @@ async def paged(listing: Awaitable[Page | None]) -> Page | None:
 
 
 @contextmanager
-def stored_or_400(param: str) -> Iterator[None]:
-    """A write whose item ids repeat ones already stored: a 400 naming ``param``."""
+def stored_or_refused(param: str) -> Iterator[None]:
+    """A write the store refused, as an error naming ``param``: item ids repeating ones
+    already stored and a conversation past its bound (400s), the key's storage quota
+    (429 ``storage_quota_exceeded``). Nothing of such a write was kept."""
     try:
         yield
     except DuplicateItemId as error:
         raise InvalidRequest(f"Invalid '{param}': {error}.", param=param,
                              code="invalid_value") from None
+    except ConversationFull as error:
+        raise ConversationFull(f"Invalid '{param}': {error.message}", param=param) from None
+    except StorageQuotaExceeded as error:
+        raise StorageQuotaExceeded(error.message, param=param) from None
