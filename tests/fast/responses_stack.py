@@ -17,7 +17,7 @@ from appliance.api.bounds import RequestBounds
 from appliance.api.services import Pricing, Services
 from appliance.engines.base import CHAT, Listing
 from appliance.engines.catalog import Catalog
-from appliance.store import SqliteStateStore
+from appliance.store import SqliteStateStore, StoreBounds
 from tests.fakes import FakeChatEngine, FakeKeys, ListLedger
 
 API_KEY = "sk-app-responses-key-0123456789"
@@ -42,15 +42,16 @@ class ResponsesStack:
 
 @asynccontextmanager
 async def responses_stack(tmp_path: Path, *, engine: FakeChatEngine | None = None,
-                          with_state: bool = True,
-                          bounds: RequestBounds | None = None) -> AsyncIterator[ResponsesStack]:
+                          with_state: bool = True, bounds: RequestBounds | None = None,
+                          store_bounds: StoreBounds | None = None
+                          ) -> AsyncIterator[ResponsesStack]:
     engine = engine or FakeChatEngine(context_length=256)
     ledger = ListLedger()
     keys = FakeKeys()
     keys.add(API_KEY, "first")
     keys.add(OTHER_KEY, "second")
     state = SqliteStateStore(tmp_path / "state.sqlite", retention_s=30 * DAY,
-                             sweep_interval_s=None) if with_state else None
+                             sweep_interval_s=None, bounds=store_bounds) if with_state else None
     services = Services(
         catalog=Catalog([Listing(CHAT, engine, ("gpt-4o-mini",))]),
         ledger=ledger, keys=keys,

@@ -35,8 +35,9 @@ from appliance.api.routes.responses_background import (
 )
 from appliance.api.routes.responses_history import continued
 from appliance.api.routes.responses_run import Admitted, Keeping, ResponseRun, admit
+from appliance.api.routes.stored_state_access import NOT_STORED_HEADER
 from appliance.api.services import Services
-from appliance.api.stored_state import StateStore, StoredResponse
+from appliance.api.stored_state import StateStore, StorageQuotaExceeded, StoredResponse
 from appliance.api.wire.responses import (
     INCLUDABLE,
     LOGPROBS,
@@ -124,7 +125,9 @@ async def _prepare(request: Request) -> _Prepared:
     if ask.tools.withheld:
         log.info("built-in tools withheld from the model (not run here): %s",
                  ", ".join(ask.tools.withheld))
-    return _Prepared(services, note, body, ask, engine, params)
+    prepared = _Prepared(services, note, body, ask, engine, params)
+    await prepared.keeping.check_room()
+    return prepared
 
 
 async def create_response(request: Request, background: BackgroundResponses) -> Response:
@@ -160,6 +163,8 @@ async def create_response(request: Request, background: BackgroundResponses) -> 
         streamed.headers.update(headers)
         return streamed
     body = await call.gathered(run.final(admitted.events))
+    if not run.stored:
+        headers[NOT_STORED_HEADER] = "storage_quota_exceeded"
     return JSONResponse(body, headers=headers)
 
 
@@ -170,13 +175,15 @@ async def _start_background(prepared: _Prepared, background: BackgroundResponses
                      bounds.max_background_per_key)
     run = prepared.run("queued")
     queued = run.latest
-    await prepared.keeping.keep(prepared.shape, queued)  # GET finds it from now on
+    if not await prepared.keeping.keep(prepared.shape, queued):  # GET finds it from now on
+        raise StorageQuotaExceeded("A background response is stored, and this key's stored "
+                                   "state has no room for it.", param="background")
     job = BackgroundJob(prepared.shape.id, note.key_id, queued)
 
     async def work(job: BackgroundJob) -> None:
         await _background_work(prepared, run, job)
 
-    background.start(job, work, note, services.drain)
+    await background.start(job, work, note, services.drain)
     headers = _headers(prepared.ask, 0)
     if prepared.body.stream:
         return StreamingResponse(job.follow(-1), media_type=SSE_MEDIA_TYPE,

@@ -115,9 +115,11 @@ class BackgroundResponses:
             raise RateLimited(f"This key runs {per_key} background responses at once; retry "
                               "when one has finished.", retry_after=RETRY_AFTER_S)
 
-    def start(self, job: BackgroundJob, work: Callable[[BackgroundJob], Awaitable[None]],
-              note: RequestNote, drain: DrainSlots) -> None:
-        """Runs ``work`` as the app's task; the request's ledger row waits for it."""
+    async def start(self, job: BackgroundJob, work: Callable[[BackgroundJob], Awaitable[None]],
+                    note: RequestNote, drain: DrainSlots) -> None:
+        """Runs ``work`` as the app's task; the request's ledger row waits for it. Returns once
+        the task has taken its first step: a task cancelled before that would never run its
+        ``finally`` (nor write the response's ending)."""
         later: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         note.outlives_response = later
         self._running[job.id] = job
@@ -140,3 +142,4 @@ class BackgroundResponses:
         job.task = task
         drain.entered(task)
         task.add_done_callback(lambda done: drain.left(done))
+        await asyncio.sleep(0)  # the task's first step runs before this returns (FIFO)

@@ -15,7 +15,14 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from appliance.api.note import RequestNote
-from appliance.api.stored_state import StateStore, StoredResponse
+from appliance.api.routes.stored_state_access import stored_or_refused
+from appliance.api.stored_state import (
+    ConversationFull,
+    StateStore,
+    StorageQuotaExceeded,
+    StoredResponse,
+    stored_size,
+)
 from appliance.api.wire.responses_object import (
     ENDING_EVENTS,
     ResponseShape,
@@ -134,23 +141,46 @@ class Keeping:
     previous_response_id: str | None
     conversation_id: str | None
 
-    async def keep(self, shape: ResponseShape, body: JSON) -> None:
+    async def check_room(self) -> None:
+        """Before the engine runs: room in the key's storage quota for what is known of the
+        response (its input items), and in its conversation for them and an answer."""
         if self.state is None:
             return
+        items = list(self.input_items)
         if self.store:
-            await self.state.put_response(StoredResponse(
-                id=shape.id, owner=self.owner, created_at=float(shape.created_at),
-                model=shape.model, previous_response_id=self.previous_response_id,
-                conversation_id=self.conversation_id,
-                input_items=tuple(dict(i) for i in self.input_items), body=dict(body)))
-        output = body.get("output")
-        if self.conversation_id is not None and body.get("status") in ("completed",
-                                                                        "incomplete"):
-            added = [dict(i) for i in self.input_items]
-            added += [dict(i) for i in output] if isinstance(output, list) else []
-            if not await self.state.append_items(self.owner, self.conversation_id, added):
-                log.warning("conversation %s is gone: response %s was not added to it",
-                            self.conversation_id, shape.id)
+            with stored_or_refused("store"):
+                await self.state.room(self.owner, more_bytes=stored_size(items))
+        if self.conversation_id is not None:
+            with stored_or_refused("conversation"):
+                await self.state.room(self.owner, more_bytes=stored_size(items),
+                                      conversation_id=self.conversation_id,
+                                      more_items=len(items) + 1)
+
+    async def keep(self, shape: ResponseShape, body: JSON) -> bool:
+        """Stores the response and adds a finished one to its conversation. False (logged)
+        when the key's storage quota or the conversation's bound had no room for it: the
+        answer is still delivered (the size of an answer is known only once it is made)."""
+        if self.state is None:
+            return True
+        try:
+            if self.store:
+                await self.state.put_response(StoredResponse(
+                    id=shape.id, owner=self.owner, created_at=float(shape.created_at),
+                    model=shape.model, previous_response_id=self.previous_response_id,
+                    conversation_id=self.conversation_id,
+                    input_items=tuple(dict(i) for i in self.input_items), body=dict(body)))
+            output = body.get("output")
+            if self.conversation_id is not None and body.get("status") in ("completed",
+                                                                            "incomplete"):
+                added = [dict(i) for i in self.input_items]
+                added += [dict(i) for i in output] if isinstance(output, list) else []
+                if not await self.state.append_items(self.owner, self.conversation_id, added):
+                    log.warning("conversation %s is gone: response %s was not added to it",
+                                self.conversation_id, shape.id)
+        except (StorageQuotaExceeded, ConversationFull) as refused:
+            log.warning("response %s answered but not stored: %s", shape.id, refused.message)
+            return False
+        return True
 
 
 class ResponseRun:
@@ -164,6 +194,7 @@ class ResponseRun:
         self.builder = OutputBuilder(tools)
         self._first_status = first_status
         self.latest: JSON = shape.body(first_status)
+        self.stored = True  # False: the final body was delivered but could not be kept
 
     def _body(self, status: Status, *, usage: Usage | None = None, error: JSON | None = None,
               incomplete: str | None = None, completed_at: int | None = None) -> JSON:
@@ -198,7 +229,7 @@ class ResponseRun:
             self.note.cached_tokens = usage.cached_tokens
             body = self._body(status, usage=usage, completed_at=int(time.time()),
                               incomplete="max_output_tokens" if status == "incomplete" else None)
-            await self.keeping.keep(self.shape, body)
+            self.stored = await self.keeping.keep(self.shape, body)
         except Exception as exc:
             if not in_band:
                 raise
