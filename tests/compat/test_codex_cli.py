@@ -36,6 +36,12 @@ from devtools.server_harness import (
 
 pytestmark = [pytest.mark.real, pytest.mark.compat]
 CHAT_MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
+LONG_CONTEXT_MODEL = "gemma-3-270m"
+# Codex sends no max_output_tokens and fails its turn on an answer cut short, while Gemma 270M
+# (a base model, sampled at Codex's default temperature) may write thousands of tokens before
+# its end-of-turn marker. A blank line ends its answer at the first paragraph, as a finished
+# answer (a stop string), so the turn takes seconds, not up to the 32k context.
+ANSWER_END = "\n\n"
 KEY_VARIABLE = "APPLIANCE_API_KEY"
 BOOT_TIMEOUT_S = 300.0
 TURN_TIMEOUT_S = 600.0
@@ -54,10 +60,13 @@ def toml_value(value: object) -> str:
 
 
 def shipped_chat_models() -> str:
-    """The default models.toml's chat entries, key for key, with their paths made absolute."""
+    """The default models.toml's chat entries, key for key, with their paths made absolute;
+    Gemma's stop strings get ANSWER_END."""
     shipped = tomllib.loads((ROOT / "models.toml").read_text(encoding="utf-8"))["models"]
     tables = []
     for entry in (m for m in shipped if m["id"] in CHAT_MODELS):
+        if entry["id"] == LONG_CONTEXT_MODEL:
+            entry["stop"] = [*entry.get("stop", []), ANSWER_END]
         lines = ["[[models]]"]
         for key, value in entry.items():
             value = str(ROOT / value) if key == "path" else value

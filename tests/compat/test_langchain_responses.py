@@ -81,14 +81,20 @@ def test_previous_response_id_round_trip(real_server: RealServer, model_name: st
     question = HumanMessage(ASK)
     call = llm.bind_tools([Weather], tool_choice="Weather").invoke([question])
     assert_called_weather(call)
-    chained = llm.bind_tools([Weather], tool_choice="none").invoke(
-        [question, call, answer_to(call)])
+    answering = llm.bind_tools([Weather], tool_choice="none")
+    chained = answering.invoke([question, call, answer_to(call)])
     assert_answered(chained)
-    # The server replayed the stored call: the prompt grew by the call and its output, though
-    # LangChain sent only its output (the SDK tests compare with the stateless prompt exactly).
-    assert isinstance(chained, AIMessage) and isinstance(call, AIMessage)
-    assert chained.usage_metadata is not None and call.usage_metadata is not None
-    assert chained.usage_metadata["input_tokens"] > call.usage_metadata["input_tokens"]
+    stored = real_server.sdk.responses.retrieve(chained.response_metadata["id"])
+    assert stored.previous_response_id == call.response_metadata["id"]
+    # The server replayed the stored call: the prompt is longer than the question alone by
+    # the call and its output, though LangChain sent only the output (the SDK tests compare
+    # with the stateless prompt exactly).
+    alone = answering.invoke([question])
+    assert isinstance(chained, AIMessage) and isinstance(alone, AIMessage)
+    assert isinstance(call, AIMessage)
+    assert chained.usage_metadata and alone.usage_metadata and call.usage_metadata
+    assert chained.usage_metadata["input_tokens"] > (alone.usage_metadata["input_tokens"]
+                                                     + call.usage_metadata["output_tokens"])
 
 
 def test_with_structured_output(real_server: RealServer, model_name: str) -> None:

@@ -32,6 +32,9 @@ WEATHER: Any = {"type": "function", "name": "get_weather", "strict": True,
 # A namespace groups functions (Codex sends one); the call names its namespace.
 FORECASTS: Any = {"type": "namespace", "name": "forecasts",
                   "description": "Weather services.", "tools": [WEATHER]}
+CITY_FORMAT: Any = {"format": {"type": "json_schema", "name": "city", "strict": True,
+                               "schema": CITY_SCHEMA}}
+STORY = "Write a long story about a lighthouse keeper."
 TOOL_OUTPUT = json.dumps({"forecast": "sunny", "celsius": 21})
 
 
@@ -98,25 +101,41 @@ def test_create_retrieve_count_and_continue(real_server: RealServer, model: str)
 def test_stream_helper_assembles_what_create_returns(real_server: RealServer,
                                                      model: str) -> None:
     client = real_server.sdk
-    ask: dict[str, Any] = {"model": model, "input": ASK, "max_output_tokens": 16,
-                           "temperature": 0, "store": False}
+    # A strict schema ends the answer well inside the budget: the SDK's stream helper builds
+    # its final response from response.completed, which an answer cut short never sends.
+    ask: dict[str, Any] = {"model": model, "input": ASK, "max_output_tokens": 100,
+                           "temperature": 0, "store": False, "text": CITY_FORMAT}
     plain = checked(client, **ask)
+    assert plain.status == "completed"
     with client.responses.stream(**ask) as stream:
         events = list(stream)
         final = stream.get_final_response()
     kinds = [event.type for event in events]
     assert kinds[:2] == ["response.created", "response.in_progress"]
-    assert kinds[-1] in ("response.completed", "response.incomplete")
+    assert kinds[-1] == "response.completed"
     assert [event.sequence_number for event in events] == list(range(len(events)))
     assert {"response.output_item.added", "response.content_part.added",
             "response.output_text.done", "response.content_part.done",
             "response.output_item.done"} <= set(kinds)
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert deltas == final.output_text == plain.output_text
-    assert final.id == events[-1].response.id and final.status == plain.status
+    jsonschema.validate(json.loads(final.output_text), CITY_SCHEMA)
+    assert final.id == events[-1].response.id
     assert final.usage.output_tokens == plain.usage.output_tokens
     with pytest.raises(openai.NotFoundError):  # store: false keeps nothing
         client.responses.retrieve(final.id)
+
+    # Cut by max_output_tokens, the raw stream ends with response.incomplete instead.
+    cut = list(client.responses.create(model=model, input=STORY, max_output_tokens=16,
+                                       temperature=0, store=False, stream=True))
+    last = cut[-1]
+    assert last.type == f"response.{last.response.status}"
+    assert [event.sequence_number for event in cut] == list(range(len(cut)))
+    if last.type == "response.incomplete":
+        assert last.response.incomplete_details.reason == "max_output_tokens"
+        assert last.response.usage.output_tokens == 16
+    else:
+        assert last.type == "response.completed"
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -140,9 +159,11 @@ def test_tool_round_trip_chained_and_stateless(real_server: RealServer, model: s
     stateless = checked(client, **after, store=False,
                         input=[{"role": "user", "content": ASK}, *called.output, answer])
     assert not function_calls(stateless)
-    # Same prompt both ways: the chain replayed the call and its output exactly.
+    # Same prompt both ways: the chain replayed the call and its output exactly, and that
+    # prompt is longer than the question alone by them.
     assert stateless.usage.input_tokens == chained.usage.input_tokens
-    assert chained.usage.input_tokens > called.usage.input_tokens + called.usage.output_tokens
+    alone = checked(client, **after, store=False, input=ASK)
+    assert chained.usage.input_tokens > alone.usage.input_tokens + called.usage.output_tokens
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -178,7 +199,7 @@ def test_conversation_items_and_lifecycle(real_server: RealServer) -> None:
         items=[{"type": "message", "role": "user", "content": "My name is Ada."}])
     assert conversation.id.startswith("conv_") and conversation.metadata == {"suite": "compat"}
     turn: dict[str, Any] = {"model": MODELS[0], "conversation": conversation.id,
-                            "max_output_tokens": 12, "temperature": 0}
+                            "max_output_tokens": 16, "temperature": 0}
     first = checked(client, **turn, input="What is my name?")
     second = checked(client, **turn, input="Say it again.")
     assert first.conversation.id == second.conversation.id == conversation.id

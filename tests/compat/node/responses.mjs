@@ -13,9 +13,17 @@ const city = { type: "object", additionalProperties: false, required: ["city"],
 const weather = { type: "function", name: "get_weather", strict: true,
                   description: "The current weather in a city.", parameters: city };
 const out = {};
+// The text of a response's messages; the stream helper's final response has no output_text
+// convenience property (only responses.create adds it).
+const textOf = (response) => response.output.filter((item) => item.type === "message")
+  .flatMap((item) => item.content).filter((part) => part.type === "output_text")
+  .map((part) => part.text).join("");
 
-// Greedy and short: the stream below must assemble the same answer.
-const plainAsk = { model, input: ask, max_output_tokens: 16, temperature: 0, store: false };
+// Greedy, and ended by a strict schema well inside the budget: the stream helper below must
+// assemble the same answer (its final response is built from response.completed).
+const cityFormat = { format: { type: "json_schema", name: "city", strict: true, schema: city } };
+const plainAsk = { model, input: ask, max_output_tokens: 100, temperature: 0, store: false,
+                   text: cityFormat };
 const plain = await client.responses.create(plainAsk);
 out.plain = { id: plain.id, status: plain.status, text: plain.output_text,
               types: plain.output.map((item) => item.type), usage: plain.usage };
@@ -29,8 +37,18 @@ out.stream = {
   sequence: events.map((e) => e.sequence_number),
   deltas: events.filter((e) => e.type === "response.output_text.delta")
     .map((e) => e.delta).join(""),
-  text: streamed.output_text, status: streamed.status, usage: streamed.usage,
+  text: textOf(streamed), status: streamed.status, usage: streamed.usage,
 };
+
+// Cut by max_output_tokens: a raw stream that ends with response.incomplete.
+const cut = [];
+for await (const event of await client.responses.create({ model, max_output_tokens: 16,
+    input: "Write a long story about a lighthouse keeper.", temperature: 0, store: false,
+    stream: true })) cut.push(event);
+const cutEnd = cut[cut.length - 1];
+out.cut = { kinds: cut.map((e) => e.type), sequence: cut.map((e) => e.sequence_number),
+            status: cutEnd.response.status, reason: cutEnd.response.incomplete_details?.reason,
+            usage: cutEnd.response.usage };
 
 // A tool round trip, stateless (the output items go back as input) and chained.
 const called = await client.responses.create({ model, input: ask, tools: [weather],
@@ -45,11 +63,13 @@ const stateless = await client.responses.create({ model, tools: [weather], tool_
   input: [{ role: "user", content: ask }, ...called.output, ...answer] });
 const chained = await client.responses.create({ model, tools: [weather], tool_choice: "none",
   max_output_tokens: 24, temperature: 0, previous_response_id: called.id, input: answer });
+const alone = await client.responses.create({ model, tools: [weather], tool_choice: "none",
+  max_output_tokens: 24, temperature: 0, store: false, input: ask });
 out.roundTrip = {
   stateless: { types: stateless.output.map((i) => i.type), usage: stateless.usage },
   chained: { types: chained.output.map((i) => i.type), usage: chained.usage,
              previous: chained.previous_response_id },
-  calledUsage: called.usage,
+  calledUsage: called.usage, aloneUsage: alone.usage,
 };
 
 // The stream helper with a forced function call.
