@@ -1,7 +1,9 @@
 """Hostile stored-state requests against the real server: metadata and item counts far past
-their bounds, a conversation of 10,000 items paged every way, pagination values nobody sends,
-another key's ids, ids shaped like SQL, text SQLite cannot hold. Each is refused naming the
-field, or answered as an unknown id; the state store and /health keep answering.
+their bounds, a conversation of 10,000 items paged every way (and refused its 10,001st),
+pagination values nobody sends, another key's ids, ids shaped like SQL, text SQLite cannot
+hold, and one key trying to fill the disk (on a server of its own with a 1 MiB quota). Each is
+refused naming the field, or answered as an unknown id; the state store and /health keep
+answering.
 
 Ledger bounds count the WAL (see test_schemas.py's ``ledger_kib``): every request here is one
 ledger row, refused or not.
@@ -11,13 +13,16 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 
-from devtools.server_harness import create_key
-from tests.hostile.harness import Bounds, HostileServer
+from devtools.server_harness import SMOLLM2, create_key, free_port, start_server, write_config
+from tests.hostile.conftest import GROWTH_FILE_KEY
+from tests.hostile.harness import MIB, Bounds, HostileServer
 from tests.hostile.test_schemas import ledger_kib
 
 MESSAGE = {"type": "message", "role": "user", "content": "hi"}
@@ -74,7 +79,7 @@ def test_oversized_conversation_bodies_are_refused_by_name(
 
 def test_ten_thousand_items_page_every_way(hostile: HostileServer) -> None:
     writes = 500  # 20 items each, OpenAI's most per request
-    requests = writes + 100 + 4  # the writes, 100 pages of 100, and the rest
+    requests = writes + 100 + 6  # the writes, 100 pages of 100, and the rest
     # The log: one access line (about 190 bytes) per request.
     with hostile.attack("a conversation of 10,000 items, paged",
                         Bounds(peak_rss_mib=80, log_kib=requests * 0.25 + 16,
@@ -96,6 +101,11 @@ def test_ten_thousand_items_page_every_way(hostile: HostileServer) -> None:
                 break
             after = page["last_id"]
         assert seen == [f"item {n}" for n in range(10_000)]
+        newest = http.get(f"/v1/conversations/{conv_id}/items", params={"limit": 1}).json()
+        assert newest["data"][0]["content"][0]["text"] == "item 9999"
+        # 10,000 is max_conversation_items: the 10,001st is refused and nothing is added.
+        answer = http.post(f"/v1/conversations/{conv_id}/items", json={"items": [MESSAGE]})
+        _refused(answer, "items", "at most 10,000 in one conversation")
         newest = http.get(f"/v1/conversations/{conv_id}/items", params={"limit": 1}).json()
         assert newest["data"][0]["content"][0]["text"] == "item 9999"
         # Deleting it takes its 10,000 items with it, in one request.
@@ -199,3 +209,88 @@ def test_text_sqlite_cannot_encode_is_kept_and_echoed(hostile: HostileServer) ->
         assert conv["metadata"] == {"k\ud800": "v\udfff"}
         items = json.loads(http.get(f"/v1/conversations/{conv['id']}/items").content)
         assert items["data"][0]["content"][0]["text"] == "a\udc00b"
+
+
+# -- one key filling the disk ---------------------------------------------------------------
+
+QUOTA_MIB = 1
+
+
+@pytest.fixture(scope="module")
+def quota_server(tmp_path_factory: pytest.TempPathFactory,
+                 request: pytest.FixtureRequest) -> Iterator[HostileServer]:
+    """A server of its own (chat only) whose keys may keep 1 MiB each: filling 256 MiB, the
+    default, would take the tier minutes and the disk a quarter of a gigabyte."""
+    folder: Path = tmp_path_factory.mktemp("hostile-quota")
+    port = free_port()
+    config = write_config(folder, port, f'[[models]]\nid = "chat"\npath = "{SMOLLM2}"\n'
+                          'context_length = 2048\nparallel = 1\nthreads = 1\n',
+                          server_extra=f"max_stored_mb_per_key = {QUOTA_MIB}")
+    key = create_key(config, "hostile-quota")
+    server = start_server(config, port)
+    growth = request.config.stash.get(GROWTH_FILE_KEY, folder / "growth.jsonl")
+    try:
+        yield HostileServer(server, key, "chat", growth)
+    finally:
+        server.stop()
+
+
+def _state_bytes(server: HostileServer) -> int:
+    """The state file and its WAL, as the disk holds them."""
+    folder = server.server.config.parent / "data"
+    return sum(p.stat().st_size for p in folder.glob("state.sqlite*"))
+
+
+def _quota_refused(answer: httpx2.Response, param: str) -> None:
+    assert answer.status_code == 429, answer.text[:2000]
+    assert answer.headers["x-should-retry"] == "false"
+    error = answer.json()["error"]
+    assert (error["code"], error["param"]) == ("storage_quota_exceeded", param), error
+
+
+def _item_count(http: httpx2.Client, conv_id: str) -> int:
+    count, after = 0, None
+    while True:
+        query: dict[str, str | int] = {"limit": 100, **({"after": after} if after else {})}
+        page = http.get(f"/v1/conversations/{conv_id}/items", params=query).json()
+        count += len(page["data"])
+        if not page["has_more"]:
+            return count
+        after = page["last_id"]
+
+
+def test_one_key_cannot_fill_the_disk(quota_server: HostileServer) -> None:
+    big = [{**MESSAGE, "content": "b" * 40_000} for _ in range(20)]  # 800 KB a request
+    small = [{**MESSAGE, "content": "s" * 1_000} for _ in range(20)]  # 20 KB a request
+    floods = 200
+    requests = 2 + floods + 9
+    other = create_key(quota_server.server.config, "hostile-quota-other")
+    before = _state_bytes(quota_server)
+    with quota_server.attack("one key filling its 1 MiB storage quota", Bounds(
+            peak_rss_mib=80, log_kib=requests * 0.25 + 16, ledger_kib=ledger_kib(requests))
+                             ), quota_server.http() as http:
+        first = http.post("/v1/conversations", json={"items": big})
+        assert first.status_code == 200, first.text[:2000]
+        conv_id = first.json()["id"]
+        _quota_refused(http.post("/v1/conversations", json={"items": big}), "items")
+        answers = [http.post(f"/v1/conversations/{conv_id}/items", json={"items": small})
+                   for _ in range(floods)]
+        kept = sum(answer.status_code == 200 for answer in answers)
+        for answer in answers[kept:]:  # once full, every later write is refused
+            _quota_refused(answer, "items")
+        assert 0 < kept < floods
+        # store: true with messages that cannot fit: refused before the model runs.
+        _quota_refused(http.post("/v1/chat/completions", json={
+            "model": "chat", "store": True, "max_tokens": 4,
+            "messages": [{"role": "user", "content": "x" * 300_000}]}), "store")
+        # Nothing of a refused write was kept.
+        assert _item_count(http, conv_id) == 20 + 20 * kept
+        # What one key keeps is its quota and no more, on disk too (with the WAL's pages).
+        assert _state_bytes(quota_server) - before < (QUOTA_MIB + 8) * MIB
+        # Another key has a quota of its own; the full key gets room back by deleting.
+        answer = http.post("/v1/conversations", json={"items": big},
+                           headers={"Authorization": f"Bearer {other}"})
+        assert answer.status_code == 200, answer.text[:2000]
+        assert http.delete(f"/v1/conversations/{conv_id}").status_code == 200
+        again = http.post("/v1/conversations", json={"items": big})
+        assert again.status_code == 200, again.text[:2000]
