@@ -1,7 +1,8 @@
 """What fuzzing our ``/openapi.json`` with schemathesis shares between the fast test (fakes,
 over ASGI: tests/fast/test_openapi_fuzz.py) and scripts/fuzz_api.py (the real server on
-loopback): which modes an operation is fuzzed in, how a drawn case gets a served model and a
-key, how it becomes bytes on the wire, and what an error body must look like.
+loopback): which modes an operation is fuzzed in, how a drawn case gets a served model, ids of
+stored state and a key, how it becomes bytes on the wire, and what an error body must look
+like.
 
 No server, no engines here: the script imports this module without pytest.
 """
@@ -92,14 +93,20 @@ def needs_admin(operation: Operation) -> bool:
 
 
 def draw_case(data: st.DataObject, operation: Operation, mode: GenerationMode, key: str,
-              models: Mapping[str, str]) -> Case[Any]:
+              models: Mapping[str, str], ids: Mapping[str, str] | None = None) -> Case[Any]:
     """A case with ``key`` as its bearer token. Half the JSON bodies of the operations in
     ``models`` (path -> a served name) get that name, so that generated requests also get past
-    the model lookup to the engines."""
+    the model lookup to the engines; likewise half the path parameters named in ``ids``
+    (``conversation_id`` -> the id of a conversation ``key`` owns, ...), so that they get past
+    the lookup to the stored state (a random id is only ever a 404)."""
     case = data.draw(operation.as_strategy(mode, headers={"Authorization": f"Bearer {key}"}),
                      label="case")
     model = models.get(operation.path)
     if model is not None and isinstance(case.body, dict) and data.draw(
             st.booleans(), label="served model"):
         case.body = {**case.body, "model": model}
+    for name in sorted(case.path_parameters or {}):
+        stored = (ids or {}).get(name)
+        if stored is not None and data.draw(st.booleans(), label=f"stored {name}"):
+            case.path_parameters = {**(case.path_parameters or {}), name: stored}
     return case

@@ -5,7 +5,10 @@ Starts ``appliance serve`` in a temporary folder (SmolLM2 as a chat model and as
 model, whisper tiny.en, the tiny random-weights SD pipeline), makes a regular and an admin key
 with the CLI, fetches ``/openapi.json`` from the server (what clients see, not the file in the
 repo) and sends --examples cases per operation and mode over real HTTP, the admin key to
-``/v1/organization/*`` and ``/metrics``. Cases, modes and the served-model swap are those of
+``/v1/organization/*`` and ``/metrics``. A conversation with items, a stored chat completion and
+a stored response of the regular key are made first, and half the cases of the stored-state
+routes name their ids (made anew after a case deleted one), so that those routes are fuzzed
+past the lookup, not only as 404s. Cases, modes and the served-model swap are those of
 tests/fast/test_openapi_fuzz.py (devtools/openapi_cases.py); that test runs on fake engines
 through ASGI, this one reaches llama.cpp, faster-whisper, diffusers, uvicorn and the ledger.
 
@@ -106,6 +109,7 @@ sizes = ["64x64", "256x256"]
 """
 # Served names, as the fast test swaps them in; completions by id (it takes no alias there).
 SERVED = {"/v1/chat/completions": "gpt-4o-mini", "/v1/completions": CHAT,
+          "/v1/responses": "gpt-4o-mini", "/v1/responses/input_tokens": "gpt-4o-mini",
           "/v1/embeddings": "text-embedding-3-small", "/v1/audio/transcriptions": "whisper-1",
           "/v1/audio/translations": "whisper-1", "/v1/images/generations": "dall-e-2"}
 REQUEST_TIMEOUT_S = 30.0  # generation_timeout_s bounds chat at 3 s: silence this long is a hang
@@ -159,6 +163,29 @@ def _status_class(response: httpx2.Response) -> str:
     return {2: "2xx", 4: "4xx", 5: "5xx"}.get(status // 100, "other")
 
 
+def stored_state(http: httpx2.Client, base_url: str, key: str) -> dict[str, str]:
+    """A conversation with items, a stored completion and a stored response of ``key``, made
+    through the API: path parameter -> id, for ``draw_case``."""
+    headers = {"Authorization": f"Bearer {key}"}
+
+    def made(path: str, body: dict[str, object]) -> dict[str, str]:
+        answer = http.post(base_url + path, json=body, headers=headers)
+        answer.raise_for_status()
+        made_body: dict[str, str] = answer.json()
+        return made_body
+
+    message = {"type": "message", "role": "user", "content": "Hi"}
+    conversation = made("/v1/conversations", {"items": [message, message]})["id"]
+    items = http.get(f"{base_url}/v1/conversations/{conversation}/items", headers=headers)
+    items.raise_for_status()
+    short = {"model": CHAT, "temperature": 0}
+    completion = made("/v1/chat/completions", {**short, "store": True, "max_tokens": 4,
+                                               "messages": [{"role": "user", "content": "Hi"}]})
+    response = made("/v1/responses", {**short, "max_output_tokens": 16, "input": "Hi"})
+    return {"conversation_id": conversation, "item_id": items.json()["data"][0]["id"],
+            "completion_id": completion["id"], "response_id": response["id"]}
+
+
 class Fuzzer:
     def __init__(self, base_url: str, user: str, admin: str, examples: int, seed: int):
         self.base_url = base_url
@@ -170,6 +197,7 @@ class Fuzzer:
         self.tallies: dict[str, Tally] = {}
         self.failures: list[Failure] = []
         self.generation_errors: list[str] = []
+        self.ids = stored_state(self.http, base_url, user)
 
     def run(self, operation: APIOperation) -> None:
         tally = self.tallies.setdefault(operation.label, Tally())
@@ -190,30 +218,34 @@ class Fuzzer:
                   phases=[Phase.generate], suppress_health_check=list(HealthCheck))
         @given(data=st.data())
         def one(data: st.DataObject) -> None:
-            case = draw_case(data, operation, mode, key, SERVED)
-            self._send(label, prepare(case.as_transport_kwargs(base_url=self.base_url)), tally)
+            case = draw_case(data, operation, mode, key, SERVED, self.ids)
+            status = self._send(label, prepare(case.as_transport_kwargs(base_url=self.base_url)),
+                                tally)
+            if case.method.upper() == "DELETE" and status == 200:
+                self.ids = stored_state(self.http, self.base_url, self.user)
 
         try:
             one()
         except Exception as exc:  # schemathesis could not generate: say so, go on
             self.generation_errors.append(f"{label}: {exc!r}"[:300])
 
-    def _send(self, label: str, wire: Wire, tally: Tally) -> None:
+    def _send(self, label: str, wire: Wire, tally: Tally) -> int | None:
+        """Sends one case and records its answer; its status (None: it got none)."""
         request = f"{wire.method} {wire.url} {_excerpt(wire.body, 240)!r}"
         try:
             response = self.http.request(wire.method, wire.url, headers=wire.headers,
                                          content=wire.body)
         except httpx2.LocalProtocolError:
             tally.unsendable += 1  # e.g. a header value h11 will not write: never left here
-            return
+            return None
         except (httpx2.InvalidURL, UnicodeError):
             tally.unsendable += 1
-            return
+            return None
         except httpx2.HTTPError as exc:
             tally.sent += 1
             self.failures.append(Failure(label, None, repr(exc), request, "",
                                          _whole(wire.body)))
-            return
+            return None
         tally.sent += 1
         kind = _status_class(response)
         tally.classes[kind] += 1
@@ -225,6 +257,7 @@ class Fuzzer:
             tally.envelope += 1
             self.failures.append(Failure(label, response.status_code, problem[:300], request,
                                          _excerpt(response.content), _whole(wire.body)))
+        return response.status_code
 
     def report(self) -> str:
         rows: list[list[object]] = []
