@@ -173,6 +173,8 @@ async def test_allowed_tools_narrow_what_the_model_sees(stack: ResponsesStack) -
     ([{"type": "hologram"}], None, "tools[0].type"),
     ([{"type": "function", "name": "bad name!"}], None, "tools[0].name"),
     ([{"type": "namespace", "name": "ns", "tools": []}], None, "tools[0].tools"),
+    ([{"type": "namespace", "name": "ns", "tools": [{"type": "custom", "name": "a\r\nb: c"}]}],
+     None, "tools[0].tools[0].name"),
     ([WEATHER], {"type": "allowed_tools", "mode": "sometimes", "tools": []},
      "tool_choice.mode"),
     (None, "required", "tool_choice"),

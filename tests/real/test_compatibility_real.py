@@ -15,6 +15,7 @@ import io
 import json
 import math
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ EMBEDDINGS = "/v1/embeddings"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 TRANSLATIONS = "/v1/audio/translations"
 IMAGES = "/v1/images/generations"
+RESPONSES = "/v1/responses"
 # Text rows run on both chat models: they differ in tokenizer, template and vocabulary size.
 CHAT_MODELS = {"smollm2-135m-instruct": SMOLLM2, "gemma-3-270m": GEMMA}
 ALIASES = {"gpt-4o-mini": "smollm2-135m-instruct", "whisper-1": "whisper-tiny.en",
@@ -58,6 +60,9 @@ HEARD = {ENGLISH: {"quick", "brown", "fox", "lazy", "dog"},
 SPOKEN = {"whisper-base": GERMAN}
 TOOL = {"type": "function", "function": {"name": "f"}}
 IMAGE_STEPS = 2  # tiny-random-sd's `steps` in tests/real/session_server.py
+RESPONSE_CAP = 16  # OpenAI's least max_output_tokens
+RESPONSE_TOOL = {"type": "function", "name": "f", "parameters": {"type": "object",
+                                                                "properties": {}}}
 
 
 def base(route: str, model: str) -> dict[str, Any]:
@@ -70,6 +75,9 @@ def base(route: str, model: str) -> dict[str, Any]:
         TRANSLATIONS: {"model": "whisper-1"},  # English to English: a cheap model
         IMAGES: {"model": "tiny-random-sd", "prompt": "a red barn",
                  "response_format": "b64_json", "seed": 1},
+        # One model: the Responses rows reach the same engine call as chat's, run on both.
+        RESPONSES: {"model": "smollm2-135m-instruct", "input": SAY_CAT[0]["content"],
+                    "max_output_tokens": RESPONSE_CAP, "temperature": 0},
     }
     return bases[route]
 
@@ -600,10 +608,182 @@ def _wins_over_quality_and_style(call: Call) -> None:
 
 # --- the rows -------------------------------------------------------------------------------
 
+# --- responses -------------------------------------------------------------------------------
+
+def output_text(reply: dict[str, Any]) -> str:
+    return "".join(part["text"] for item in reply["output"] if item["type"] == "message"
+                   for part in item["content"] if part["type"] == "output_text")
+
+
+def response_events(response: httpx2.Response) -> list[dict[str, Any]]:
+    """A Responses stream's events (no [DONE]), each of the spec's shapes, gaplessly numbered."""
+    data = events(response)
+    assert data and data[-1] != "[DONE]", response.text
+    parsed = [json.loads(item) for item in data]
+    for event in parsed:
+        validate(event, "ResponseStreamEvent")
+    assert [e["sequence_number"] for e in parsed] == list(range(len(parsed)))
+    return parsed
+
+
+def output_logprobs(reply: dict[str, Any]) -> list[dict[str, Any]]:
+    return [entry for item in reply["output"] if item["type"] == "message"
+            for part in item["content"] for entry in part["logprobs"]]
+
+
+def settled(call: Call, response_id: str) -> dict[str, Any]:
+    for _ in range(1200):  # a minute at most
+        polled = call.box.http.get(f"/v1/responses/{response_id}").json()
+        if polled["status"] not in ("queued", "in_progress"):
+            return dict(polled)
+        time.sleep(0.05)
+    raise AssertionError(f"{response_id} never finished")
+
+
+@check(RESPONSES, "model")
+def _response_model(call: Call) -> None:
+    asked = call.body["model"]
+    assert call.reply["model"] == ALIASES.get(asked, asked)
+    assert call.reply["status"] in ("completed", "incomplete") and output_text(call.reply)
+
+
+@check(RESPONSES, "input")
+def _responds_to_input(call: Call) -> None:
+    assert output_text(call.reply)
+    assert call.reply["usage"]["input_tokens"] < call.plain()["usage"]["input_tokens"]
+
+
+@check(RESPONSES, "instructions")
+def _instructed(call: Call) -> None:
+    # The system message: SmolLM2's template writes a long default one when none is given.
+    assert call.reply["usage"]["input_tokens"] != call.plain()["usage"]["input_tokens"]
+    other = call.again(instructions="Answer in French, in one short sentence.").json()
+    assert other["usage"]["input_tokens"] != call.reply["usage"]["input_tokens"]
+
+
+@check(RESPONSES, "max_output_tokens")
+def _response_capped(call: Call) -> None:
+    story = "Write a long story about a cat and a dog."
+    for cap in (call.row.example, 2 * call.row.example):
+        capped = call.again(input=story, max_output_tokens=cap).json()
+        assert capped["status"] == "incomplete", capped
+        assert capped["incomplete_details"] == {"reason": "max_output_tokens"}
+        assert capped["usage"]["output_tokens"] == cap
+
+
+@check(RESPONSES, "temperature")
+def _response_temperature(call: Call) -> None:
+    assert output_text(call.again(temperature=0).json()) == output_text(call.plain())
+    hot = {output_text(call.again(temperature=2.0).json()) for _ in range(2)}
+    assert len(hot) == 2
+
+
+@check(RESPONSES, "top_p")
+def _response_top_p(call: Call) -> None:
+    narrow = call.again(temperature=2.0, top_p=0.001).json()
+    assert output_text(narrow) == output_text(call.plain())
+
+
+@check(RESPONSES, "top_logprobs")
+def _response_top_logprobs(call: Call) -> None:
+    entries = output_logprobs(call.reply)
+    assert entries and "".join(e["token"] for e in entries) == output_text(call.reply)
+    for entry in entries:
+        assert len(entry["top_logprobs"]) == call.row.example
+        assert entry["top_logprobs"][0]["token"] == entry["token"]  # greedy: the likeliest
+
+
+@check(RESPONSES, "include")
+def _response_logprobs(call: Call) -> None:
+    entries = output_logprobs(call.reply)
+    assert len(entries) == call.reply["usage"]["output_tokens"]
+    assert all(e["logprob"] <= 0 and e["top_logprobs"] == [] for e in entries)
+    kept = call.box.http.get(f"/v1/responses/{call.reply['id']}",
+                             params={"include": "message.output_text.logprobs"}).json()
+    assert output_logprobs(kept) == entries
+    assert output_logprobs(call.box.http.get(f"/v1/responses/{call.reply['id']}").json()) == []
+
+
+@check(RESPONSES, "stream")
+def _response_streams(call: Call) -> None:
+    parsed = response_events(call.response)
+    assert [e["type"] for e in parsed][:2] == ["response.created", "response.in_progress"]
+    deltas = "".join(e["delta"] for e in parsed if e["type"] == "response.output_text.delta")
+    assert deltas == output_text(call.plain())
+    assert parsed[-1]["type"] in ("response.completed", "response.incomplete")
+    assert output_text(parsed[-1]["response"]) == deltas
+
+
+@check(RESPONSES, "store")
+def _response_stored(call: Call) -> None:
+    assert call.box.http.get(f"/v1/responses/{call.reply['id']}").status_code == 404
+    kept = call.again(store=True).json()
+    found = call.box.http.get(f"/v1/responses/{kept['id']}")
+    assert found.status_code == 200 and found.json()["output"] == kept["output"]
+
+
+@check(RESPONSES, "background")
+def _response_in_background(call: Call) -> None:
+    assert call.reply["status"] == "queued"
+    done = settled(call, call.reply["id"])
+    validate(done, "Response")
+    assert output_text(done) == output_text(call.plain())  # greedy: the same answer
+
+
+@check(RESPONSES, "tools")
+def _response_calls_the_tool(call: Call) -> None:
+    named = call.again(tool_choice={"type": "function", "name": "f"},
+                       max_output_tokens=48).json()
+    calls = [item for item in named["output"] if item["type"] == "function_call"]
+    assert [c["name"] for c in calls] == ["f"] and calls[0]["call_id"]
+    assert isinstance(json.loads(calls[0]["arguments"]), dict)
+
+
+@honoured_with(RESPONSES, "tool_choice", {"tools": [RESPONSE_TOOL], "max_output_tokens": 48})
+def _response_required_call(call: Call) -> None:
+    assert {item["name"] for item in call.reply["output"]
+            if item["type"] == "function_call"} == {"f"}
+
+
+@check(RESPONSES, "parallel_tool_calls")
+def _response_one_call_at_most(call: Call) -> None:
+    called = call.again(tools=[RESPONSE_TOOL], tool_choice="required",
+                        max_output_tokens=48).json()
+    assert len([i for i in called["output"] if i["type"] == "function_call"]) == 1
+
+
+@check(RESPONSES, "text")
+def _response_json(call: Call) -> None:
+    if call.reply["status"] == "incomplete":  # constrained all the way, cut by the cap
+        assert output_text(call.reply).startswith("{"), call.reply
+    else:
+        assert isinstance(json.loads(output_text(call.reply)), dict), call.reply
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+              "required": ["city"], "additionalProperties": False}
+    strict = call.again(max_output_tokens=32, text={"format": {
+        "type": "json_schema", "name": "city", "strict": True, "schema": schema}}).json()
+    assert set(json.loads(output_text(strict))) == {"city"}
+
+
+@check(RESPONSES, "truncation")
+def _response_truncated(call: Call) -> None:
+    # Far past the 1,024-token context: refused unless truncation drops the oldest turns.
+    turns = [{"role": "user" if i % 2 == 0 else "assistant",
+              "content": " ".join(["cat"] * 60)} for i in range(40)]
+    history = [*turns, {"role": "user", "content": "Say hi."}]
+    refused = call.box.post(RESPONSES, {**call.body, "input": history,
+                                        "truncation": "disabled"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == \
+        "context_length_exceeded", refused.text
+    fitted = call.box.ok(RESPONSES, {**call.body, "input": history})
+    assert int(fitted.headers["x-appliance-truncated-messages"]) > 0
+    assert fitted.json()["usage"]["input_tokens"] <= 1024 - RESPONSE_CAP
+
+
 SCHEMAS = {CHAT: "CreateChatCompletionResponse", COMPLETIONS: "CreateCompletionResponse",
            EMBEDDINGS: "CreateEmbeddingResponse", IMAGES: "ImagesResponse",
            TRANSCRIPTIONS: "CreateTranscriptionResponseJson",
-           TRANSLATIONS: "CreateTranslationResponseJson"}
+           TRANSLATIONS: "CreateTranslationResponseJson", RESPONSES: "Response"}
 
 
 def conforms(route: str, body: dict[str, Any], reply: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from appliance.api.bounds import RequestBounds
 from appliance.api.note import RequestNote
 from appliance.api.route_policy import KEYED, route, serving
 from appliance.api.routes.disconnect import unless_disconnected
@@ -54,6 +55,7 @@ from appliance.api.wire.responses_object import (
     ENDING_EVENTS,
     EventNumbers,
     ResponseShape,
+    Status,
     error_json,
     sse_frame,
     without_logprobs,
@@ -103,7 +105,7 @@ class _Prepared:
         self.keeping = Keeping(state, store, note.key_id, tuple(with_fresh_ids(ask.items)),
                                ask.previous_response_id, ask.conversation_id)
 
-    def run(self, first_status: Any = "in_progress") -> ResponseRun:
+    def run(self, first_status: Status = "in_progress") -> ResponseRun:
         return ResponseRun(self.shape, self.ask.tools, self.note, self.keeping, first_status)
 
 
@@ -236,7 +238,7 @@ async def _unwatched(work: Awaitable[T]) -> T:
 def _include(request: Request) -> set[str]:
     values = [*request.query_params.getlist("include"),
               *request.query_params.getlist("include[]")]
-    bounds: Any = request.app.state.services.bounds
+    bounds: RequestBounds = request.app.state.services.bounds
     if len(values) > bounds.max_include:
         raise InvalidRequest(f"Invalid 'include': {len(values)} values; this server allows at "
                              f"most {bounds.max_include}.", param="include",

@@ -97,7 +97,12 @@ def _namespace(tool: Mapping[str, Any], where: str, found: _Collected) -> None:
         at = f"{where}.tools[{position}]"
         kind = member.get("type") if isinstance(member, Mapping) else None
         if kind == "custom":
-            found.withheld.append(shown_name(name, str(member.get("name"))))
+            custom = member.get("name")
+            if not isinstance(custom, str) or not FUNCTION_NAME.match(custom):
+                raise _invalid(f"{at}.name", f"Invalid '{at}.name': a tool name is 1 to 64 "
+                               "letters, digits, underscores or dashes.")
+            # Named in a response header: only such names may go there.
+            found.withheld.append(shown_name(name, custom))
             continue
         if kind != "function":
             raise _invalid(f"{at}.type", f"Invalid value for '{at}.type': {kind!r}. A "
