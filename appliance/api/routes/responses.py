@@ -219,6 +219,9 @@ async def _background_work(prepared: _Prepared, run: ResponseRun, job: Backgroun
     try:
         async for event in run.events(engine_events(), in_band=True):
             job.publish(event)
+            if event["type"] == "response.in_progress":
+                # Stored as it progresses: a GET after a restart knows the work had begun.
+                await prepared.keeping.keep(prepared.shape, event["response"])
     except asyncio.CancelledError:
         job.cancel.cancel()
         if job.cancel_requested:
