@@ -131,3 +131,14 @@ def test_background_work_completes_and_is_charged_on_the_real_model(
         time.sleep(0.05)
     assert polled.status in ("completed", "incomplete")
     assert polled.output_text
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+def test_input_tokens_counts_what_a_response_reads(real_server: RealServer, model: str) -> None:
+    sdk = real_server.sdk
+    ask: dict[str, Any] = {"model": model, "instructions": "Be brief.",
+                           "input": "What is the weather in Paris?", "tools": [WEATHER]}
+    counted = sdk.responses.input_tokens.count(**ask)
+    made = sdk.responses.create(**ask, temperature=0, max_output_tokens=16)
+    assert made.usage is not None
+    assert counted.input_tokens == made.usage.input_tokens
