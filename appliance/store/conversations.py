@@ -3,7 +3,9 @@
 Plain functions of a connection, run in the store's threads inside the transaction it opens.
 A conversation lives ``retention`` from its last write (``expires_at`` moves on every update
 and append): one in use does not vanish a month after it was started. Another owner's or an
-expired conversation is not found, exactly as one that never existed.
+expired conversation is not found, exactly as one that never existed. A write that would take
+a conversation past ``StoreBounds.max_conversation_items`` raises ``ConversationFull`` inside
+its transaction, so nothing of it is kept.
 """
 
 from __future__ import annotations

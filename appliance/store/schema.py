@@ -8,7 +8,10 @@ pragmas. Never edit or reorder a migration that has shipped: add a new one at th
 Each parent row (response, conversation, completion) has an integer ``seq`` (its insertion
 order, what lists page by) and a text ``id`` (what the wire names). Its items live in a child
 table keyed by ``(parent seq, position)``, deleted with the parent by ``ON DELETE CASCADE``.
-``expires_at`` is on every parent: reads filter on it, the sweep deletes by it.
+``expires_at`` is on every parent: reads filter on it, the sweep deletes by it. What each owner
+keeps (``stored_bytes`` on every parent, ``owner_usage`` per owner, ``item_count`` on a
+conversation) is maintained by m004's triggers, whatever writes or deletes (``usage.py``
+reads and checks it).
 """
 
 from __future__ import annotations
