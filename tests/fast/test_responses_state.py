@@ -196,6 +196,7 @@ async def test_input_tokens_counts_what_create_would_read(stack: ResponsesStack)
     assert chained.input_tokens > counted.input_tokens
     row = stack.ledger.rows[-1]
     assert row.endpoint == "/v1/responses/input_tokens" and row.price == 0.0
+    assert row.kind is None  # no model request: the usage reports do not count it
 
 
 async def test_a_background_response_is_queued_then_completes(stack: ResponsesStack) -> None:

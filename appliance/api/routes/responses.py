@@ -376,9 +376,11 @@ def responses_routes() -> list[Route]:
         return await cancel_response(request, background)
 
     chat = serving(CHAT.name)
+    # Counting tokens is no model request: its rows carry no kind, so the usage reports
+    # do not count them among the completions.
     return [
         route("/v1/responses", create, "POST", chat),
-        route("/v1/responses/input_tokens", count_input_tokens, "POST", chat),
+        route("/v1/responses/input_tokens", count_input_tokens, "POST", KEYED),
         route("/v1/responses/{response_id}", retrieve, "GET", KEYED),
         route("/v1/responses/{response_id}/cancel", cancel, "POST", KEYED),
     ]
