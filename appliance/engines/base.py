@@ -13,6 +13,10 @@ from typing import Any, BinaryIO, Generic, Literal, Protocol, TypeVar
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 Role = Literal["system", "user", "assistant", "tool"]
+# How hard a reasoning model thinks (OpenAI's reasoning_effort): "none"/"minimal" turn thinking
+# off where the model can, "low"/"medium"/"high" set a thinking budget (models.toml).
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
+REASONING_EFFORTS: tuple[ReasoningEffort, ...] = ("none", "minimal", "low", "medium", "high")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,9 @@ class ChatMessage:
     tool_calls: tuple[ToolCall, ...] = ()  # assistant turns that called tools
     tool_call_id: str | None = None  # tool turns: which call this is the result of
     name: str | None = None  # tool turns: the function's name, where known
+    # Assistant turns: the reasoning the model wrote before this answer, given back by the
+    # client (reasoning_content); each template keeps or drops it as the model was trained.
+    reasoning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,12 @@ class ChatParams:
     # A raw prompt (legacy completions): text or token ids, used as is, no chat template;
     # ``messages`` is then empty.
     prompt: str | tuple[int, ...] | None = None
+    # None: the model reasons as it was trained to (no budget). Only for models whose
+    # ModelInfo.reasoning is set; the api refuses it for the others.
+    reasoning_effort: ReasoningEffort | None = None
+    # Extra variables for the chat template (the chat_template_kwargs extension of
+    # llama-server and vLLM), e.g. Qwen3's enable_thinking; bounded and checked by the api.
+    template_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens, those the model spent reasoning
 
     @property
     def total_tokens(self) -> int:
@@ -158,6 +172,15 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningDelta:
+    """A piece of choice ``index``'s reasoning: what a reasoning model thinks before its
+    answer, kept apart from the content (never inside a TextDelta)."""
+
+    text: str
+    index: int = 0
+
+
+@dataclass(frozen=True)
 class ToolCallDelta:
     """A piece of tool call ``call_index`` of choice ``index``: its first piece carries the id
     and name (and empty arguments), later pieces carry fragments of the arguments' JSON."""
@@ -179,7 +202,7 @@ class Finish:
     index: int = 0
 
 
-ChatEvent = Started | TextDelta | ToolCallDelta | Finish
+ChatEvent = Started | ReasoningDelta | TextDelta | ToolCallDelta | Finish
 
 
 class Cancelled(Exception):
@@ -212,6 +235,9 @@ class ModelInfo:
     context_length: int
     owned_by: str
     created: int
+    # Chat models that reason: the format their reasoning comes in ("think": a
+    # <think>...</think> block; "harmony": gpt-oss's analysis channel); None: no reasoning.
+    reasoning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,8 +270,9 @@ class ChatEngine(Protocol):
     """A loaded chat model.
 
     ``chat`` yields exactly one ``Started`` first (or raises before it: ContextLengthExceeded,
-    InvalidRequest), then ``TextDelta``s, then exactly one ``Finish`` per choice (``n`` of
-    them), the last event being a ``Finish``. Closing the iterator early or setting the cancel
+    InvalidRequest), then ``ReasoningDelta``s (reasoning models: a choice's reasoning comes
+    before its answer), ``TextDelta``s and ``ToolCallDelta``s, then exactly one ``Finish`` per
+    choice (``n`` of them), the last event being a ``Finish``. Closing the iterator early or setting the cancel
     token frees the engine at its next step.
     """
 
