@@ -9,7 +9,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from appliance.engines.base import (
     CancelToken,
@@ -22,6 +22,7 @@ from appliance.engines.base import (
     ImageParams,
     ImageResult,
     ModelInfo,
+    ReasoningDelta,
     RGBImage,
     Started,
     TextDelta,
@@ -49,19 +50,31 @@ class FakeChatEngine:
     fail_after: int | None = None
     overloaded: bool = False  # refuse as a full queue does
     tool_arguments: str = '{"city": "Paris"}'
+    # A reasoning model: each choice first thinks ``thinking`` (one word a token, in
+    # ReasoningDelta events), unless reasoning_effort is "none" or "minimal".
+    reasoning: str | None = None
+    thinking: str = "The user wants an answer. I should be brief."
     calls: list[ChatParams] = field(default_factory=list)
     counted: list[ChatParams] = field(default_factory=list)  # what count_tokens was asked
 
     @property
     def info(self) -> ModelInfo:
         return ModelInfo(id=self.model_id, kind="chat", context_length=self.context_length,
-                         owned_by="appliance", created=1_700_000_000)
+                         owned_by="appliance", created=1_700_000_000, reasoning=self.reasoning)
 
     def warm_up(self) -> None:
         pass
 
     def close(self) -> None:
         pass
+
+    def _thought(self, params: ChatParams) -> list[str]:
+        """The words this request's choices think before answering (none: no reasoning)."""
+        if self.reasoning is None or params.reasoning_effort in ("none", "minimal"):
+            return []
+        words = [w + " " for w in self.thinking.split()]
+        words[-1] = words[-1].rstrip()
+        return words
 
     @staticmethod
     def _prompt_tokens(params: ChatParams) -> int:
@@ -87,13 +100,27 @@ class FakeChatEngine:
                 f"This model's maximum context length is {self.context_length} tokens.",
                 param="messages")
         yield Started(prompt)
+        thought = self._thought(params)
         for index in range(params.n):
+            for word in thought:
+                await asyncio.sleep(0)
+                yield ReasoningDelta(word, index)
             if params.tools is not None and params.tools.forced:
                 for event in self._tool_call(params, prompt, index):
-                    yield event
+                    yield self._with_reasoning(event, len(thought))
                 continue
             async for event in self._choice(params, prompt, index, cancel):
-                yield event
+                yield self._with_reasoning(event, len(thought))
+
+    @staticmethod
+    def _with_reasoning(event: ChatEvent, reasoning_tokens: int) -> ChatEvent:
+        """A Finish counts the choice's reasoning tokens among its completion tokens."""
+        if not isinstance(event, Finish) or not reasoning_tokens:
+            return event
+        usage = event.usage
+        return replace(event, usage=Usage(usage.prompt_tokens,
+                                          usage.completion_tokens + reasoning_tokens,
+                                          usage.cached_tokens, reasoning_tokens))
 
     def _tool_call(self, params: ChatParams, prompt: int, index: int) -> list[ChatEvent]:
         """A forced choice calls the named function (or the first) with ``tool_arguments``,
