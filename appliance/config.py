@@ -26,6 +26,11 @@ ModelKind = Literal["chat", "embedding", "transcription", "image"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 POOLING_KINDS: tuple[str, ...] = ("mean", "cls", "last")
 GPU_LAYERS_ALL = -1
+# Where a chat completion carries a reasoning model's thinking ([server] reasoning_field):
+# "reasoning_content" (DeepSeek's API, llama-server, Open WebUI, LiteLLM read it), "reasoning"
+# (vLLM since early 2026, Ollama, pydantic-ai), or "both", so that each client finds its own.
+ReasoningField = Literal["both", "reasoning_content", "reasoning"]
+REASONING_FIELDS: tuple[ReasoningField, ...] = ("both", "reasoning_content", "reasoning")
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class ServerConfig:
     body_timeout_s: float = 30.0  # longest pause between two pieces of a request body
     public_url: str | None = None  # base of image URLs; None: the socket the request came in on
     trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For/-Proto count
+    reasoning_field: ReasoningField = "both"  # see ReasoningField
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,7 +197,7 @@ _SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currenc
                 "cors_origins", "tls_certfile", "tls_keyfile", "max_body_mb",
                 "max_connections", "header_timeout_s", "body_timeout_s", "public_url",
                 "trusted_proxies", "response_retention_days", "max_stored_mb_per_key",
-                "max_conversation_items"}
+                "max_conversation_items", "reasoning_field"}
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
 
 
@@ -242,9 +248,18 @@ def _server(source: Path, raw: Mapping[str, Any], env: Mapping[str, str]) -> Ser
         response_retention_days=_retention_days(where, raw),
         max_stored_mb_per_key=_positive(where, raw, "max_stored_mb_per_key", 256),
         max_conversation_items=_positive(where, raw, "max_conversation_items", 10_000),
+        reasoning_field=_reasoning_field(where, raw),
         **_exposure(where, raw, base),
         **_edge(where, raw),
     )
+
+
+def _reasoning_field(where: _Where, raw: Mapping[str, Any]) -> ReasoningField:
+    name = _take(where, raw, "reasoning_field", str, "both")
+    for known in REASONING_FIELDS:
+        if name == known:
+            return known
+    raise where.fail("reasoning_field", f"{name!r} is not one of {', '.join(REASONING_FIELDS)}")
 
 
 def _retention_days(where: _Where, raw: Mapping[str, Any]) -> float:

@@ -74,6 +74,7 @@ def serve(config: ApplianceConfig) -> None:
                 drain=drain,
             )
             app = create_app(services)
+                reasoning_field=server_config.reasoning_field,
             tls = server_config.tls_certfile is not None
             log.info("boot to ready in %.2fs; serving %s on %s://%s:%d",
                      time.perf_counter() - boot_started,

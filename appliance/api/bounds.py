@@ -38,6 +38,11 @@ class RequestBounds:
     max_metadata_key_chars: int = 64
     max_metadata_value_chars: int = 512
     max_name_chars: int = 256  # model, user, names and ids: labels, never text to work on
+    # chat_template_kwargs (the llama-server/vLLM extension): variables for the chat template
+    max_template_kwargs: int = 16  # names in the object
+    max_template_kwarg_name_chars: int = 64  # one name (an identifier)
+    max_template_kwarg_value_chars: int = 1024  # one string value (or list item)
+    max_template_kwarg_items: int = 16  # one list value (of scalars, not nested)
     # Embeddings: OpenAI's 2,048 inputs. Tokens per input (the model's context) and per
     # request (models.toml max_request_tokens, OpenAI's 300,000 by default) need the model's
     # tokenizer, so the embedding engine checks them.

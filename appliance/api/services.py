@@ -18,6 +18,7 @@ from appliance.api.middleware.failed_auth import FailedAuthLimiter
 from appliance.api.stored_state import StateStore
 from appliance.api.telemetry.metrics import ApplianceMetrics
 from appliance.engines.catalog import Catalog
+from appliance.config import ReasoningField
 from appliance.ledger import (
     BucketQuery,
     BucketTotal,
@@ -96,3 +97,5 @@ class Services:
     metrics: ApplianceMetrics = field(default_factory=ApplianceMetrics)
     auth_failures: FailedAuthLimiter = field(default_factory=FailedAuthLimiter)
     drain: DrainState = field(default_factory=DrainState)  # the server flips it on SIGTERM
+    # Which field(s) of a chat completion carry a reasoning model's thinking ([server]).
+    reasoning_field: ReasoningField = "both"

@@ -1,9 +1,12 @@
 """POST /v1/chat/completions: OpenAI's chat.completion and chat.completion.chunk shapes.
 
-The stream sends the role first, then content deltas, then exactly one chunk carrying
-``finish_reason``, then (only with ``stream_options.include_usage``) a usage chunk with
-``choices: []``, then ``data: [DONE]``. An error after the stream started travels as an
-error frame, and the stream still ends with [DONE].
+The stream sends the role first, then a reasoning model's reasoning deltas
+(``delta.reasoning_content`` and/or ``delta.reasoning``, as ``[server] reasoning_field`` says),
+then content deltas, then exactly one chunk carrying ``finish_reason``, then (only with
+``stream_options.include_usage``) a usage chunk with ``choices: []``, then ``data: [DONE]``.
+An error after the stream started travels as an error frame, and the stream still ends with
+[DONE]. A reasoning choice's message carries its reasoning the same way, and
+``completion_tokens_details.reasoning_tokens`` counts it.
 
 With ``store: true`` (and a state store) the completion, its request messages and metadata are
 written before the answer ends: a plain body once stored, a stream's assembled completion
@@ -44,14 +47,17 @@ from appliance.api.wire.generation import (
     total_token_usage,
 )
 from appliance.api.wire.generation_bounds import check_chat, check_choice_tokens
+from appliance.api.wire.reasoning import reasoning_fields
 from appliance.api.wire.sse import frame
 from appliance.api.wire.stored_completions import stored_messages
 from appliance.api.wire.validation import parse_json
+from appliance.config import ReasoningField
 from appliance.engines.base import (
     CHAT,
     CancelToken,
     ChatEvent,
     Finish,
+    ReasoningDelta,
     Started,
     TextDelta,
     TokenChoice,
@@ -91,10 +97,12 @@ class _Identity:
 @dataclass(frozen=True)
 class _CallShape:
     """How tool calls go on the wire: ``tool_calls``, or the deprecated ``function_call``
-    (one call, finish_reason "function_call") when the request used ``functions``."""
+    (one call, finish_reason "function_call") when the request used ``functions``; and the
+    field(s) that carry reasoning."""
 
     legacy: bool
     offered: bool
+    reasoning_field: ReasoningField = "both"  # where the reasoning goes ([server])
 
     def finish_reason(self, reason: str) -> str:
         return "function_call" if self.legacy and reason == "tool_calls" else reason
@@ -138,10 +146,12 @@ async def create_chat_completion(request: Request) -> Response:
     note.model = engine.info.id
     check_choice_tokens(body.n or 1, body.max_completion_tokens or body.max_tokens
                         or engine.info.context_length, bounds)
-    params = owned(to_chat_params(body, storable=services.state is not None), note)
+    params = owned(to_chat_params(body, storable=services.state is not None,
+                                  model=engine.info), note)
     identity = _Identity(engine.info.id)
     calls = _CallShape(legacy=body.functions is not None or body.function_call is not None,
-                       offered=params.tools is not None and params.tools.choice != "none")
+                       offered=params.tools is not None and params.tools.choice != "none",
+                       reasoning_field=services.reasoning_field)
     wants_logprobs = params.sampling.logprobs is not None
     keep = _keeper(services, body, identity, note, wants_logprobs, calls)
     if keep is not None:
@@ -217,25 +227,32 @@ def logprobs_json(entries: Iterable[TokenLogprob]) -> dict[str, Any]:
                         for e in entries], "refusal": None}
 
 
-def _message(text: str, calls: list[dict[str, Any]], shape: _CallShape) -> dict[str, Any]:
+def _message(text: str, calls: list[dict[str, Any]], shape: _CallShape,
+             reasoning: str) -> dict[str, Any]:
     # OpenAI's content is null when the assistant only called tools.
     content = None if calls and not text.strip() else text
+    # A choice that did not reason has no reasoning field at all (as llama-server and vLLM
+    # answer), so a client that tests for the field does not show an empty block.
+    thought = reasoning_fields(reasoning, shape.reasoning_field) if reasoning else {}
     return {"role": "assistant", "content": content, "refusal": None, "annotations": [],
-            **shape.message_calls(calls)}
+            **thought, **shape.message_calls(calls)}
 
 
 class _Assembled:
-    """One completion's choices as its events arrive: text, logprobs, calls and finishes by
-    choice index. What a plain response returns, and what a stored stream keeps."""
+    """One completion's choices as its events arrive: reasoning, text, logprobs, calls and
+    finishes by choice index. What a plain response returns, and what a stored stream keeps."""
 
     def __init__(self) -> None:
+        self.reasoning: dict[int, list[str]] = {}
         self.parts: dict[int, list[str]] = {}
         self.logprobs: dict[int, list[TokenLogprob]] = {}
         self.calls: dict[int, list[dict[str, Any]]] = {}
         self.finishes: dict[int, Finish] = {}
 
     def add(self, event: ChatEvent) -> None:
-        if isinstance(event, TextDelta):
+        if isinstance(event, ReasoningDelta):
+            self.reasoning.setdefault(event.index, []).append(event.text)
+        elif isinstance(event, TextDelta):
             self.parts.setdefault(event.index, []).append(event.text)
             self.logprobs.setdefault(event.index, []).extend(event.logprobs)
         elif isinstance(event, ToolCallDelta):
@@ -260,7 +277,8 @@ class _Assembled:
             "choices": [{
                 "index": index,
                 "message": _message("".join(self.parts.get(index, [])),
-                                    self.calls.get(index, []), shape),
+                                    self.calls.get(index, []), shape,
+                                    "".join(self.reasoning.get(index, []))),
                 "logprobs": logprobs_json(self.logprobs.get(index, []))
                 if wants_logprobs else None,
                 "finish_reason": shape.finish_reason(finishes[index].reason),
@@ -273,7 +291,7 @@ async def _complete(events: AsyncGenerator[ChatEvent, None], note: RequestNote) 
     assembled = _Assembled()
     async with aclosing(events):
         async for event in events:
-            if isinstance(event, TextDelta | ToolCallDelta):
+            if isinstance(event, ReasoningDelta | TextDelta | ToolCallDelta):
                 note.mark_first_token()
             assembled.add(event)
     if not assembled.finishes:
@@ -303,7 +321,15 @@ async def _stream(events: AsyncGenerator[ChatEvent, None], identity: _Identity,
         async for event in events:
             if assembled is not None:
                 assembled.add(event)
-            if isinstance(event, TextDelta):
+            if isinstance(event, ReasoningDelta):
+                if not event.text:
+                    continue
+                note.mark_first_token()
+                note.completion_tokens += 1  # provisional count, until Finish says exactly
+                yield frame(identity.chunk(
+                    [choice(event.index, reasoning_fields(event.text, shape.reasoning_field))],
+                    with_usage=include_usage))
+            elif isinstance(event, TextDelta):
                 if not event.text and not event.logprobs:
                     continue
                 note.mark_first_token()

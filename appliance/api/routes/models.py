@@ -6,7 +6,9 @@ under the name asked for, as OpenAI does for its alias names.
 
 Each model also says its ``kind`` (chat, embedding, transcription, image), a field OpenAI's
 Model schema does not have and allows (it forbids no extra fields): the playground fills its
-model menus from it instead of guessing from names.
+model menus from it instead of guessing from names. A chat model that reasons also says
+``reasoning``: the format its thinking comes in (``"think"``, ``"harmony"``), absent for the
+others; the playground offers its effort selector on those.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from appliance.engines.base import Kind, ModelInfo
 
 
 def _model_json(name: str, info: ModelInfo, kind: Kind[Any]) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": info.created, "owned_by": info.owned_by,
-            "kind": kind.name}
+    entry: dict[str, Any] = {"id": name, "object": "model", "created": info.created,
+                             "owned_by": info.owned_by, "kind": kind.name}
+    if info.reasoning is not None:
+        entry["reasoning"] = info.reasoning
+    return entry
 
 
 async def list_models(request: Request) -> Response:

@@ -3,6 +3,8 @@
 ``to_chat_params`` is the only place where a wire request becomes engine parameters. Known
 OpenAI parameters that are not honoured yet are rejected with a 400 naming them; unknown
 fields are accepted (and logged by the validator) because clients send fields newer than us.
+Reasoning (``reasoning_effort``, ``chat_template_kwargs``, reasoning given back on assistant
+messages) is checked and translated by ``wire/reasoning.py``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,21 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.api.wire.generation import GenerationFields, check_stream_options, stops, to_sampling
+from appliance.api.wire.reasoning import (
+    GIVEN_REASONING_NAMES,
+    effort_with_template,
+    given_reasoning,
+    reasoning_effort,
+)
 from appliance.api.wire.tools import history_calls, legacy_call, tool_use
-from appliance.engines.base import ChatMessage, ChatParams, OutputFormat, Role, ToolCall
+from appliance.engines.base import (
+    ChatMessage,
+    ChatParams,
+    ModelInfo,
+    OutputFormat,
+    Role,
+    ToolCall,
+)
 from appliance.errors import InvalidRequest
 
 
@@ -28,6 +43,10 @@ class WireMessage(BaseModel):
     function_call: dict[str, Any] | None = None
     refusal: str | None = None
     audio: dict[str, Any] | None = None
+    # Assistant turns given back with the reasoning the model wrote (wire/reasoning.py).
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    thinking: str | None = None
 
 
 class ChatCompletionRequest(GenerationFields):
@@ -49,11 +68,13 @@ class ChatCompletionRequest(GenerationFields):
     function_call: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    reasoning_effort: str | None = None  # checked against the model (wire/reasoning.py)
+    # Extension (llama-server, vLLM): variables for the chat template, bounded before parsing.
+    chat_template_kwargs: dict[str, Any] | None = None
     # Known but not honoured: rejected by name when set.
     audio: dict[str, Any] | None = None
     prediction: dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
-    reasoning_effort: str | None = None
     verbosity: str | None = None
 
 
@@ -64,8 +85,7 @@ def _unsupported(param: str, why: str = "is not supported by this server yet") -
 
 def _reject_unhonoured(body: ChatCompletionRequest) -> None:
     """Every OpenAI parameter is honoured or refused by name: never silently dropped."""
-    for param in ("audio", "prediction", "web_search_options",
-                  "reasoning_effort", "verbosity"):
+    for param in ("audio", "prediction", "web_search_options", "verbosity"):
         if getattr(body, param) is not None:
             raise _unsupported(param)
     if body.top_logprobs is not None and not body.logprobs:
@@ -114,6 +134,8 @@ def _messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
         if message.audio is not None:
             raise InvalidRequest("Audio in the history is not supported.",
                                  param=f"{where}.audio", code="invalid_value")
+        reasoning = given_reasoning({name: getattr(message, name)
+                                     for name in GIVEN_REASONING_NAMES}, message.role, where)
         if message.role == "tool":
             call_id = message.tool_call_id
             if not call_id:
@@ -154,7 +176,7 @@ def _messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
         # 'developer' is OpenAI's newer name for the system role.
         role: Role = "system" if message.role == "developer" else message.role
         out.append(ChatMessage(role=role, content=_message_text(message, index),
-                               tool_calls=calls))
+                               tool_calls=calls, reasoning=reasoning))
     _check_answered(unanswered)
     return tuple(out)
 
@@ -202,9 +224,12 @@ def _output_format(response_format: dict[str, Any] | None) -> OutputFormat | Non
     return OutputFormat("json_schema", schema, bool(strict))
 
 
-def to_chat_params(body: ChatCompletionRequest, *, storable: bool = False) -> ChatParams:
+def to_chat_params(body: ChatCompletionRequest, *, storable: bool = False,
+                   model: ModelInfo | None = None) -> ChatParams:
     """``storable``: the server has a state store, so ``store: true`` is honoured (the route
-    stores the completion); without one it is refused by name."""
+    stores the completion); without one it is refused by name. ``model``: the model asked,
+    whose reasoning format decides whether ``reasoning_effort`` is honoured (None: a model
+    that does not reason)."""
     _reject_unhonoured(body)
     if body.store and not storable:
         raise _unsupported("store", "= true is not supported: this server stores no completions")
@@ -213,6 +238,10 @@ def to_chat_params(body: ChatCompletionRequest, *, storable: bool = False) -> Ch
             and body.max_tokens != body.max_completion_tokens:
         raise InvalidRequest("Set either 'max_tokens' or 'max_completion_tokens', not both.",
                              param="max_tokens", code="invalid_value")
+    template_kwargs = dict(body.chat_template_kwargs or {})
+    thinks = model.reasoning if model is not None else None
+    effort = effort_with_template(reasoning_effort(body.reasoning_effort, thinks),
+                                  template_kwargs, thinks)
     return ChatParams(
         messages=_messages(body),
         max_tokens=body.max_completion_tokens or body.max_tokens,
@@ -223,4 +252,6 @@ def to_chat_params(body: ChatCompletionRequest, *, storable: bool = False) -> Ch
         output=_output_format(body.response_format),
         tools=tool_use(body.tools, body.tool_choice, body.parallel_tool_calls, body.functions,
                        body.function_call),
+        reasoning_effort=effort,
+        template_kwargs=template_kwargs,
     )

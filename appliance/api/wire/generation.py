@@ -94,14 +94,15 @@ def to_sampling(body: GenerationFields) -> Sampling:
 
 
 def token_usage_json(usage: Usage) -> dict[str, Any]:
-    """OpenAI's ``usage`` object of a chat or legacy completion: its token counts."""
+    """OpenAI's ``usage`` object of a chat or legacy completion: its token counts (the
+    reasoning tokens are among the completion tokens, as OpenAI counts them)."""
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": usage.reasoning_tokens,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -110,7 +111,8 @@ def token_usage_json(usage: Usage) -> dict[str, Any]:
 
 
 def total_token_usage(finishes: list[Finish]) -> Usage:
-    """Every choice read the same prompt once; completion tokens add up across choices."""
+    """Every choice read the same prompt once; completion (and reasoning) tokens add up
+    across choices."""
     first = min(finishes, key=lambda finish: finish.index).usage
     return Usage(first.prompt_tokens, sum(f.usage.completion_tokens for f in finishes),
-                 first.cached_tokens)
+                 first.cached_tokens, sum(f.usage.reasoning_tokens for f in finishes))

@@ -15,6 +15,7 @@ from typing import Any
 
 from appliance.api.bounds import RequestBounds
 from appliance.api.wire.generation import MAX_STOP_SEQUENCES
+from appliance.api.wire.reasoning import GIVEN_REASONING_NAMES, check_template_kwargs
 from appliance.errors import InvalidRequest, PayloadTooLarge
 
 MAX_MODALITIES = 8  # OpenAI knows two
@@ -137,6 +138,12 @@ def _message(message: Any, where: str, text: TextBudget) -> None:
     if isinstance(legacy, Mapping):
         pieces += [legacy.get("name"), legacy.get("arguments")]
     text.add(f"{where}.content", *pieces)
+    # Reasoning given back is bounded as content is, and counts toward the messages' total;
+    # the same text under two of its names (a reply echoed with both fields) counts once.
+    given = [message.get(name) for name in GIVEN_REASONING_NAMES]
+    for index, value in enumerate(given):
+        if isinstance(value, str) and value not in given[:index]:
+            text.add(f"{where}.{GIVEN_REASONING_NAMES[index]}", value)
 
 
 def _tools(tools: Any, field: str, bounds: RequestBounds) -> None:
@@ -177,6 +184,7 @@ def check_chat(data: Mapping[str, Any], bounds: RequestBounds) -> None:
     _tools(data.get("functions"), "functions", bounds)
     _response_format(data.get("response_format"), bounds)
     check_metadata(data.get("metadata"), bounds)
+    check_template_kwargs(data.get("chat_template_kwargs"), bounds)
     modalities = data.get("modalities")
     if isinstance(modalities, list) and len(modalities) > MAX_MODALITIES:
         raise too_many("modalities", len(modalities), MAX_MODALITIES, "entries")

@@ -4,7 +4,9 @@ stored shape of a request's messages, and the objects read back.
 A stored message is OpenAI's ``ChatCompletionStoreMessage``: ``id`` (the completion's id and
 the message's index, ``chatcmpl-...-0``), ``role``, ``content`` as text (a parts array's text
 parts joined), ``content_parts`` (the array when one was sent, else null), ``refusal``,
-``name``, and the tool fields the message had. The filter arrives as ``metadata[key]=value``
+``name``, and the tool and reasoning fields the message had (an assistant turn given back
+with its ``reasoning_content`` keeps it; the stored completion's own message keeps the
+reasoning it was answered with). The filter arrives as ``metadata[key]=value``
 query pairs (how the SDKs send a map in a query) and is bounded as metadata is everywhere.
 """
 
@@ -18,9 +20,11 @@ from starlette.datastructures import QueryParams
 
 from appliance.api.bounds import RequestBounds
 from appliance.api.wire.generation_bounds import check_metadata, too_many
+from appliance.api.wire.reasoning import GIVEN_REASONING_NAMES
 from appliance.store.records import JSON, StoredCompletion
 
-_TOOL_FIELDS = ("tool_calls", "tool_call_id", "function_call", "refusal")
+_KEPT_FIELDS = ("tool_calls", "tool_call_id", "function_call", "refusal",
+                *GIVEN_REASONING_NAMES)
 
 
 class UpdateCompletion(BaseModel):
@@ -55,7 +59,7 @@ def _stored(message_id: str, message: dict[str, Any]) -> JSON:
         if isinstance(part, dict) and part.get("type") in ("text", "input_text"))
     stored: JSON = {"id": message_id, "role": message.get("role"), "content": text,
                     "refusal": None, "name": message.get("name"), "content_parts": parts}
-    stored.update({field: message[field] for field in _TOOL_FIELDS
+    stored.update({field: message[field] for field in _KEPT_FIELDS
                    if message.get(field) is not None})
     return stored
 
