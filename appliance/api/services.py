@@ -15,6 +15,7 @@ from appliance.api.bounds import RequestBounds
 from appliance.api.image_files import ImageFiles
 from appliance.api.middleware.drain import DrainState
 from appliance.api.middleware.failed_auth import FailedAuthLimiter
+from appliance.api.reasoning_seal import ReasoningSeal
 from appliance.api.stored_state import StateStore
 from appliance.api.telemetry.metrics import ApplianceMetrics
 from appliance.engines.catalog import Catalog
@@ -88,6 +89,9 @@ class Services:
     # Stored responses, conversations and stored chat completions. None: `store: true` is a 400
     # naming `store`, and the stored-state routes answer 404.
     state: StateStore | None = None
+    # Seals reasoning into encrypted_content (Responses API). The server's key lives in its
+    # data dir; this default's lives as long as the Services (tests).
+    reasoning_seal: ReasoningSeal = field(default_factory=ReasoningSeal.ephemeral)
     clock: Callable[[], float] = time.monotonic  # rate windows (tests freeze it)
     wall_clock: Callable[[], float] = time.time  # key expiry, calendar months
     rate_window_seconds: float = 60.0  # the "minute" of a key's rpm (tests shorten it)

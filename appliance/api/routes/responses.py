@@ -40,6 +40,7 @@ from appliance.api.routes.stored_state_access import NOT_STORED_HEADER
 from appliance.api.services import Services
 from appliance.api.stored_state import StateStore, StorageQuotaExceeded, StoredResponse
 from appliance.api.wire.responses import (
+    ENCRYPTED_REASONING,
     INCLUDABLE,
     LOGPROBS,
     CreateResponseRequest,
@@ -48,9 +49,10 @@ from appliance.api.wire.responses import (
     echoed,
     translate,
     translate_inputs,
+    wants_sealed_reasoning,
 )
 from appliance.api.wire.responses_bounds import check_response
-from appliance.api.wire.responses_input import with_fresh_ids
+from appliance.api.wire.responses_input import Unseal, with_fresh_ids
 from appliance.api.wire.responses_object import (
     ENDING_EVENTS,
     EventNumbers,
@@ -58,9 +60,10 @@ from appliance.api.wire.responses_object import (
     Status,
     error_json,
     sse_frame,
+    with_sealed_reasoning,
     without_logprobs,
 )
-from appliance.api.wire.responses_output import new_id, replayed_events
+from appliance.api.wire.responses_output import Seal, new_id, replayed_events
 from appliance.api.wire.sse import SSE_HEADERS, SSE_MEDIA_TYPE
 from appliance.api.wire.validation import parse_json
 from appliance.engines.base import CHAT, CancelToken, ChatEngine, ChatEvent, ChatParams, Started
@@ -87,6 +90,26 @@ def _headers(ask: ResponseAsk, dropped: int) -> dict[str, str]:
     return headers
 
 
+def _unseal(services: Services, owner: str | None) -> Unseal:
+    """Opens the encrypted_content of this owner's reasoning items (a 400 naming the field
+    for a token past the bound of one item's text, or one that does not open)."""
+    seal, bound = services.reasoning_seal, services.bounds.max_message_chars
+
+    def unseal(token: str, param: str) -> str:
+        return seal.open(token, owner, param, bound)
+
+    return unseal
+
+
+def _seal(services: Services, owner: str | None) -> Seal:
+    seal = services.reasoning_seal
+
+    def sealed(text: str) -> str:
+        return seal.seal(text, owner)
+
+    return sealed
+
+
 class _Prepared:
     """A create request, read and translated, with the history it continues."""
 
@@ -106,7 +129,10 @@ class _Prepared:
                                ask.previous_response_id, ask.conversation_id)
 
     def run(self, first_status: Status = "in_progress") -> ResponseRun:
-        return ResponseRun(self.shape, self.ask.tools, self.note, self.keeping, first_status)
+        seal = _seal(self.services, self.note.key_id) if wants_sealed_reasoning(self.body) \
+            else None
+        return ResponseRun(self.shape, self.ask.tools, self.note, self.keeping, first_status,
+                           seal=seal)
 
 
 async def _prepare(request: Request) -> _Prepared:
@@ -123,7 +149,8 @@ async def _prepare(request: Request) -> _Prepared:
         raise InvalidRequest("Background responses are stored, and this server runs without "
                              "a state store.", param="background", code="unsupported_value")
     earlier = await continued(services.state, note.key_id, ask, bounds)
-    params = owned(ask.params(earlier), note)
+    params = owned(ask.params(earlier, _unseal(services, note.key_id),
+                              reasons=engine.info.reasoning is not None), note)
     if ask.tools.withheld:
         log.info("built-in tools withheld from the model (not run here): %s",
                  ", ".join(ask.tools.withheld))
@@ -323,6 +350,8 @@ async def retrieve_response(request: Request, background: BackgroundResponses) -
                                  headers=SSE_HEADERS)
     body = job.latest if job is not None and not job.finished else \
         (await _stored(services.state, owner, response_id)).body
+    body = with_sealed_reasoning(body, _seal(services, owner)
+                                 if ENCRYPTED_REASONING in include else None)
     return JSONResponse(body if LOGPROBS in include else without_logprobs(body))
 
 
@@ -356,7 +385,9 @@ async def count_input_tokens(request: Request) -> Response:
     engine = services.catalog.get(CHAT, body.model)  # not charged: no model on the row
     earlier = await continued(services.state, note.key_id, ask, bounds)
     cancel = CancelToken()
-    count = await watched(request, engine.count_tokens(ask.params(earlier), cancel), cancel)
+    params = ask.params(earlier, _unseal(services, note.key_id),
+                        reasons=engine.info.reasoning is not None)
+    count = await watched(request, engine.count_tokens(params, cancel), cancel)
     return JSONResponse({"object": "response.input_tokens", "input_tokens": count})
 
 

@@ -30,7 +30,7 @@ from appliance.api.wire.responses_object import (
     error_event,
     error_json,
 )
-from appliance.api.wire.responses_output import OutputBuilder
+from appliance.api.wire.responses_output import OutputBuilder, Seal
 from appliance.api.wire.responses_tools import OfferedTools
 from appliance.engines.base import (
     CancelToken,
@@ -39,6 +39,7 @@ from appliance.engines.base import (
     ChatMessage,
     ChatParams,
     Finish,
+    ReasoningDelta,
     Started,
     TextDelta,
     ToolCallDelta,
@@ -187,11 +188,13 @@ class ResponseRun:
     """One response's events, from ``response.created`` to its ending."""
 
     def __init__(self, shape: ResponseShape, tools: OfferedTools, note: RequestNote,
-                 keeping: Keeping, first_status: Status = "in_progress"):
+                 keeping: Keeping, first_status: Status = "in_progress", *,
+                 seal: Seal | None = None):
         self.shape = shape
         self.note = note
         self.keeping = keeping
-        self.builder = OutputBuilder(tools)
+        # seal: reasoning items carry their encrypted_content (include asked for it)
+        self.builder = OutputBuilder(tools, seal)
         self._first_status = first_status
         self.latest: JSON = shape.body(first_status)
         self.stored = True  # False: the final body was delivered but could not be kept
@@ -239,6 +242,11 @@ class ResponseRun:
         yield {"type": ENDING_EVENTS[status], "response": body}
 
     def _made(self, event: ChatEvent) -> list[JSON]:
+        if isinstance(event, ReasoningDelta):
+            if event.text:
+                self.note.mark_first_token()
+                self.note.completion_tokens += 1  # provisional, until Finish says exactly
+            return list(self.builder.reasoning(event))
         if isinstance(event, TextDelta):
             if event.text or event.logprobs:
                 self.note.mark_first_token()

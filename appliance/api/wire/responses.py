@@ -3,11 +3,14 @@ accept it, and its translation seam.
 
 One rule decides every field (docs/compatibility.md says it per field): a field that changes
 what a correct answer is, is honoured or refused with a 400 naming it; a field asking for an
-optional extra this server does not produce (a reasoning summary from a model that does not
-reason, the outputs of built-in tools it never runs) is satisfied by its absence and accepted;
-hints and bookkeeping are accepted. Unknown fields are accepted and logged (validation.py), as
-everywhere. ``translate`` is where the body becomes a ``ResponseAsk``: everything the route
-needs except the history it continues, which lives in the store.
+optional extra this server does not produce (a reasoning summary: no model here writes one; the
+outputs of built-in tools it never runs) is satisfied by its absence and accepted; hints and
+bookkeeping are accepted. ``reasoning.effort`` is honoured on a model that reasons (as chat's
+``reasoning_effort``) and accepted without effect on one that does not: clients such as Codex
+send it to every model, and OpenAI's own non-reasoning models take it. Unknown fields are
+accepted and logged (validation.py), as everywhere. ``translate`` is where the body becomes a
+``ResponseAsk``: everything the route needs except the history it continues, which lives in the
+store.
 """
 
 from __future__ import annotations
@@ -18,22 +21,26 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from appliance.api.wire.responses_input import Sourced, history, input_items
+from appliance.api.wire.responses_input import Sourced, Unseal, history, input_items
 from appliance.api.wire.responses_tools import OfferedTools, offered_tools
-from appliance.engines.base import ChatParams, OutputFormat, Sampling
+from appliance.engines.base import ChatParams, OutputFormat, ReasoningEffort, Sampling
 from appliance.errors import InvalidRequest
 
 JSON = dict[str, Any]
 Truncation = Literal["auto", "disabled"]
-# The spec's IncludeEnum. Only logprobs asks for something these models produce; the others
-# are outputs of built-in tools (never run here) or reasoning (these models do not reason).
+# The spec's IncludeEnum. Logprobs and the reasoning's encrypted_content are honoured; the
+# others are outputs of built-in tools, never run here.
 INCLUDABLE = frozenset({
     "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
     "message.input_image.image_url", "computer_call_output.output.image_url",
     "code_interpreter_call.outputs", "reasoning.encrypted_content",
     "message.output_text.logprobs"})
 LOGPROBS = "message.output_text.logprobs"
-_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
+# The spec's efforts, as the engine knows them: past "high" there is no larger budget.
+_EFFORTS: dict[str, ReasoningEffort] = {
+    "none": "none", "minimal": "minimal", "low": "low", "medium": "medium", "high": "high",
+    "xhigh": "high", "max": "high"}
 _SUMMARIES = ("auto", "concise", "detailed")
 _FORMAT_NAME_CHARS = 64
 
@@ -141,17 +148,19 @@ def output_format(text: ResponseText | None) -> OutputFormat | None:
     return OutputFormat("json_schema", schema, bool(strict))
 
 
-def _check_reasoning(reasoning: ReasoningParam | None) -> None:
-    """Accepted: these models do not reason, so any effort is met and no summary exists."""
+def _effort(reasoning: ReasoningParam | None) -> ReasoningEffort | None:
+    """``reasoning.effort`` checked, as the engine knows it; summaries are accepted: no model
+    here writes one, so a reasoning item's ``summary`` is always empty."""
     if reasoning is None:
-        return
-    if reasoning.effort not in (None, *_EFFORTS):
+        return None
+    if reasoning.effort is not None and reasoning.effort not in _EFFORTS:
         raise InvalidRequest(f"Invalid value for 'reasoning.effort': {reasoning.effort!r}.",
                              param="reasoning.effort", code="invalid_value")
     for field in ("summary", "generate_summary"):
         if getattr(reasoning, field) not in (None, *_SUMMARIES):
             raise InvalidRequest(f"Invalid value for 'reasoning.{field}'.",
                                  param=f"reasoning.{field}", code="invalid_value")
+    return _EFFORTS[reasoning.effort] if reasoning.effort is not None else None
 
 
 def _conversation_id(body: ResponseInputs) -> str | None:
@@ -174,18 +183,23 @@ class ResponseAsk:
     truncation: Truncation
     previous_response_id: str | None
     conversation_id: str | None
+    reasoning_effort: ReasoningEffort | None = None
 
-    def params(self, earlier: Sequence[Sourced]) -> ChatParams:
+    def params(self, earlier: Sequence[Sourced], unseal: Unseal, *,
+               reasons: bool) -> ChatParams:
         """The engine's params: the instructions, the ``earlier`` items continued, then this
-        turn's input. ``earlier`` keeps its params for errors; this turn's are ``input[i]``."""
+        turn's input. ``earlier`` keeps its params for errors; this turn's are ``input[i]``.
+        ``unseal`` opens reasoning items' encrypted_content; the effort reaches the engine only
+        of a model that ``reasons`` (elsewhere it is accepted, without effect)."""
         mine: list[Sourced] = [(item, "input" if self.from_text else f"input[{index}]")
                                for index, item in enumerate(self.items)]
-        messages = history([*earlier, *mine], self.instructions)
+        messages = history([*earlier, *mine], self.instructions, unseal)
         if not messages:
             raise InvalidRequest("Invalid 'input': there is nothing to respond to.",
                                  param="input", code="invalid_value")
         return ChatParams(messages=messages, max_tokens=self.max_output_tokens,
-                          sampling=self.sampling, output=self.output, tools=self.tools.use)
+                          sampling=self.sampling, output=self.output, tools=self.tools.use,
+                          reasoning_effort=self.reasoning_effort if reasons else None)
 
 
 def _inputs(body: ResponseInputs, sampling: Sampling,
@@ -197,7 +211,7 @@ def _inputs(body: ResponseInputs, sampling: Sampling,
         raise InvalidRequest("Mutually exclusive parameters: provide either "
                              "'previous_response_id' or 'conversation', not both.",
                              param="conversation", code="invalid_value")
-    _check_reasoning(body.reasoning)
+    effort = _effort(body.reasoning)
     return ResponseAsk(
         model=body.model,
         items=tuple(input_items(body.input)),
@@ -210,6 +224,7 @@ def _inputs(body: ResponseInputs, sampling: Sampling,
         truncation=body.truncation or "disabled",
         previous_response_id=body.previous_response_id,
         conversation_id=_conversation_id(body),
+        reasoning_effort=effort,
     )
 
 
@@ -229,6 +244,10 @@ def _reject_unhonoured(body: CreateResponseRequest) -> None:
     if body.background and body.store is False:
         raise InvalidRequest("Background responses are stored: 'background' needs 'store' "
                              "to be true.", param="background", code="invalid_value")
+
+
+def wants_sealed_reasoning(body: CreateResponseRequest) -> bool:
+    return ENCRYPTED_REASONING in (body.include or ())
 
 
 def wants_logprobs(body: CreateResponseRequest) -> bool:

@@ -4,11 +4,13 @@ read into the engine's ``ChatMessage`` history.
 An item is a ``message`` (roles user, assistant, system, developer; text parts), a
 ``function_call`` the assistant made, the ``function_call_output`` answering it (paired by
 ``call_id`` over the whole history, as chat pairs tool turns), or a ``reasoning`` item given
-back (kept, never shown: these models do not reason). Items of the built-in tools this server
-does not run, and images or files, are a 400 naming the item. The history reads the same
-items whether they came in this request, from a ``previous_response_id`` chain or from a
-conversation; consecutive system texts (instructions, developer messages) become one system
-message, which every chat template accepts.
+back: its text (its ``reasoning_text`` content, or the text its ``encrypted_content`` seals,
+which wins when both are there: it is what this server wrote) becomes the ``reasoning`` of the
+assistant turn that follows it, and is dropped when no assistant turn follows. Items of the
+built-in tools this server does not run, and images or files, are a 400 naming the item. The
+history reads the same items whether they came in this request, from a ``previous_response_id``
+chain or from a conversation; consecutive system texts (instructions, developer messages)
+become one system message, which every chat template accepts.
 
 Counts and sizes were bounded before (responses_bounds.py); each pass here is linear.
 """
@@ -16,7 +18,7 @@ Counts and sizes were bounded before (responses_bounds.py); each pass here is li
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +28,8 @@ from appliance.errors import InvalidRequest
 
 JSON = dict[str, Any]
 Sourced = tuple[JSON, str]  # an item and where it came from (the param an error names)
+# Opens a reasoning item's encrypted_content: (token, the param an error names) -> its text.
+Unseal = Callable[[str, str], str]
 # Ids of stored items, by item type (OpenAI's prefixes).
 _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco",
                 "reasoning": "rs"}
@@ -105,6 +109,15 @@ def _call_output(item: Mapping[str, Any], where: str) -> JSON:
             "output": output, "status": "completed"}
 
 
+def _reasoning_text(part: Any, where: str) -> JSON:
+    kind = part.get("type") if isinstance(part, Mapping) else None
+    # "text": the name Codex gives a reasoning content part; stored as the spec's.
+    if kind not in ("reasoning_text", "text"):
+        raise _invalid(f"{where}.type", f"Invalid value for '{where}.type': {kind!r}. "
+                       "Supported values are: 'reasoning_text'.")
+    return {"type": "reasoning_text", "text": _string(part, "text", where)}
+
+
 def _reasoning(item: Mapping[str, Any], where: str) -> JSON:
     summary = item.get("summary", [])
     if not isinstance(summary, list):
@@ -113,9 +126,29 @@ def _reasoning(item: Mapping[str, Any], where: str) -> JSON:
     found: JSON = {"type": "reasoning", "summary": [
         {"type": "summary_text", "text": _string(part, "text", f"{where}.summary[{index}]")}
         if isinstance(part, Mapping) else {} for index, part in enumerate(summary)]}
-    if isinstance(item.get("encrypted_content"), str):
-        found["encrypted_content"] = item["encrypted_content"]
+    content = item.get("content")
+    if isinstance(content, list):
+        found["content"] = [_reasoning_text(part, f"{where}.content[{index}]")
+                            for index, part in enumerate(content)]
+    elif content is not None:
+        raise _invalid(f"{where}.content", f"Invalid type for '{where}.content': expected an "
+                       "array of reasoning_text parts.", "invalid_type")
+    sealed = item.get("encrypted_content")
+    if isinstance(sealed, str):
+        found["encrypted_content"] = sealed
+    elif sealed is not None:
+        raise _invalid(f"{where}.encrypted_content", f"Invalid type for "
+                       f"'{where}.encrypted_content': expected a string.", "invalid_type")
     return found
+
+
+def reasoning_of(item: Mapping[str, Any], where: str, unseal: Unseal) -> str:
+    """A stored reasoning item's text: what its encrypted_content seals (opened, or a 400
+    naming it), else its reasoning_text parts."""
+    sealed = item.get("encrypted_content")
+    if isinstance(sealed, str):
+        return unseal(sealed, f"{where}.encrypted_content")
+    return _text(item.get("content") or [])
 
 
 def input_item(item: Any, where: str) -> JSON:
@@ -159,15 +192,28 @@ def _text(parts: Any) -> str:
                    if isinstance(part, Mapping))
 
 
-def history(items: Sequence[Sourced], instructions: str | None) -> tuple[ChatMessage, ...]:
+def _with_reasoning(message: ChatMessage, reasoning: str) -> ChatMessage:
+    if not reasoning:
+        return message
+    if message.reasoning:  # thought again after an answer of the same turn: one text
+        reasoning = f"{message.reasoning}\n\n{reasoning}"
+    return replace(message, reasoning=reasoning)
+
+
+def history(items: Sequence[Sourced], instructions: str | None,
+            unseal: Unseal) -> tuple[ChatMessage, ...]:
     """The chat history of ``items`` (stored shapes, as ``input_item`` makes them), after
     ``instructions``. Every function call needs its output before the next message, and every
-    output a call before it."""
+    output a call before it. Reasoning goes to the assistant turn after it."""
     out: list[ChatMessage] = [ChatMessage("system", instructions)] if instructions else []
     unanswered: dict[str, tuple[ToolCall, str]] = {}
+    thought: list[str] = []  # reasoning items since the last assistant turn
     for item, where in items:
         kind = item.get("type")
         if kind == "reasoning":
+            text = reasoning_of(item, where, unseal)
+            if text:
+                thought.append(text)
             continue
         if kind == "function_call":
             call = ToolCall(str(item["call_id"]),
@@ -181,6 +227,8 @@ def history(items: Sequence[Sourced], instructions: str | None) -> tuple[ChatMes
                 out[-1] = replace(out[-1], tool_calls=(*out[-1].tool_calls, call))
             else:
                 out.append(ChatMessage("assistant", "", (call,)))
+            out[-1] = _with_reasoning(out[-1], "\n\n".join(thought))
+            thought = []
             continue
         if kind == "function_call_output":
             answered = unanswered.pop(str(item["call_id"]), None)
@@ -197,6 +245,10 @@ def history(items: Sequence[Sourced], instructions: str | None) -> tuple[ChatMes
             out[-1] = replace(out[-1], content=f"{out[-1].content}\n\n{text}")
         else:
             out.append(ChatMessage(role, text))
+        if role == "assistant":
+            out[-1] = _with_reasoning(out[-1], "\n\n".join(thought))
+        # Reasoning that no assistant turn follows answered nothing: it is dropped.
+        thought = []
     _check_answered(unanswered)
     return tuple(out)
 

@@ -2,15 +2,16 @@
 
 Every body of one response (queued, in progress, final) repeats its id, ``created_at``, model
 and the echoed request fields (``ResponseShape``); ``usage`` carries
-``input_tokens_details.cached_tokens`` and ``output_tokens_details.reasoning_tokens`` (always 0:
-these models do not reason). A stream is ``event: <type>`` + ``data: <json>`` frames whose
-``sequence_number`` counts from 0 without gaps, and, unlike chat, has no ``[DONE]``.
+``input_tokens_details.cached_tokens`` and ``output_tokens_details.reasoning_tokens`` (of the
+output tokens, those the model spent reasoning; 0 on a model that does not reason). A stream is
+``event: <type>`` + ``data: <json>`` frames whose ``sequence_number`` counts from 0 without
+gaps, and, unlike chat, has no ``[DONE]``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,7 +32,7 @@ def usage_json(usage: Usage) -> JSON:
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.total_tokens,
     }
 
@@ -86,6 +87,23 @@ def without_logprobs(body: JSON) -> JSON:
         if isinstance(i, dict) and i.get("type") == "message":
             return {**i, "content": [part(p) for p in i.get("content", [])]}
         return i
+
+    return {**body, "output": [item(i) for i in body.get("output", [])]}
+
+
+def with_sealed_reasoning(body: JSON, seal: Callable[[str], str] | None) -> JSON:
+    """A stored body as a retrieve shows it: with ``include: reasoning.encrypted_content``
+    (``seal`` given) every reasoning item carries its sealed text, made anew; without, none
+    does (a body stored by a create that included it keeps it, but shows it only when asked)."""
+    def item(i: Any) -> Any:
+        if not isinstance(i, dict) or i.get("type") != "reasoning":
+            return i
+        bare = {k: v for k, v in i.items() if k != "encrypted_content"}
+        if seal is None:
+            return bare
+        text = "".join(str(p.get("text", "")) for p in i.get("content", [])
+                       if isinstance(p, dict))
+        return {**bare, "encrypted_content": seal(text)}
 
     return {**body, "output": [item(i) for i in body.get("output", [])]}
 

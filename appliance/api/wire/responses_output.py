@@ -1,11 +1,15 @@
 """A response's output items, built from the engine's events, with the stream events that
 build them in OpenAI's order.
 
-Text becomes a ``message`` item (one ``output_text`` part, ``annotations: []``), each call a
-``function_call`` item (its ``namespace`` when it came from a namespace tool). For every item:
-``response.output_item.added``; for a message ``response.content_part.added``, the
-``response.output_text.delta`` events, ``.output_text.done`` and ``.content_part.done``; for a
-call the ``response.function_call_arguments.delta`` events and ``.done``; then
+Reasoning becomes a ``reasoning`` item before the answer (one ``reasoning_text`` part,
+``summary: []``: these models write no summary; with ``include:
+["reasoning.encrypted_content"]`` also the sealed text, reasoning_seal.py), text a ``message``
+item (one ``output_text`` part, ``annotations: []``), each call a ``function_call`` item (its
+``namespace`` when it came from a namespace tool). For every item:
+``response.output_item.added``; for reasoning ``response.content_part.added``, the
+``response.reasoning_text.delta`` events, ``.reasoning_text.done`` and ``.content_part.done``;
+for a message the same with ``output_text``; for a call the
+``response.function_call_arguments.delta`` events and ``.done``; then
 ``response.output_item.done``. A streamed and a gathered response are built by this one class,
 so they cannot differ. Whitespace the model writes before a call (or after one) is no message
 of its own: it is held until real text follows, and dropped if none does.
@@ -14,15 +18,22 @@ of its own: it is held until real text follows, and dropped if none does.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from appliance.api.wire.responses_tools import OfferedTools
-from appliance.engines.base import TextDelta, TokenChoice, TokenLogprob, ToolCallDelta
+from appliance.engines.base import (
+    ReasoningDelta,
+    TextDelta,
+    TokenChoice,
+    TokenLogprob,
+    ToolCallDelta,
+)
 
 JSON = dict[str, Any]
 ItemStatus = Literal["completed", "incomplete"]
+Seal = Callable[[str], str]  # reasoning text -> its encrypted_content
 
 
 def new_id(prefix: str) -> str:
@@ -64,6 +75,25 @@ class _Message:
 
 
 @dataclass
+class _Reasoning:
+    id: str
+    index: int
+    seal: Seal | None
+    texts: list[str] = field(default_factory=list)
+
+    def part(self) -> JSON:
+        return {"type": "reasoning_text", "text": "".join(self.texts)}
+
+    def item(self, status: str) -> JSON:
+        item: JSON = {"id": self.id, "type": "reasoning", "summary": [],
+                      "content": [self.part()] if status != "in_progress" else [],
+                      "status": status}
+        if self.seal is not None and status != "in_progress":
+            item["encrypted_content"] = self.seal(self.part()["text"])
+        return item
+
+
+@dataclass
 class _Call:
     id: str
     index: int
@@ -85,11 +115,12 @@ class OutputBuilder:
     """One response's output, fed the engine's events in order; each feed returns the stream
     events it makes (without ``sequence_number``: the stream numbers them)."""
 
-    def __init__(self, tools: OfferedTools):
+    def __init__(self, tools: OfferedTools, seal: Seal | None = None):
         self._tools = tools
-        self._items: list[_Message | _Call] = []
+        self._seal = seal  # None: reasoning items carry no encrypted_content
+        self._items: list[_Message | _Call | _Reasoning] = []
         self._done: list[JSON] = []  # the finished items, in output order
-        self._open: _Message | _Call | None = None
+        self._open: _Message | _Call | _Reasoning | None = None
         self._calls: dict[int, _Call] = {}  # the engine's call index -> its item
         self._held: list[TextDelta] = []  # whitespace not yet known to be a message's
 
@@ -107,6 +138,27 @@ class OutputBuilder:
             held, self._held = self._held, []
             return events + self._write([*held, delta])
         return self._write([delta])
+
+    def reasoning(self, delta: ReasoningDelta) -> list[JSON]:
+        if not delta.text:
+            return []
+        events: list[JSON] = []
+        if not isinstance(self._open, _Reasoning):
+            events += self._close("completed")
+            item = _Reasoning(new_id("rs"), len(self._items), self._seal)
+            self._items.append(item)
+            self._open = item
+            events += [{"type": "response.output_item.added", "output_index": item.index,
+                        "item": item.item("in_progress")},
+                       {"type": "response.content_part.added", "item_id": item.id,
+                        "output_index": item.index, "content_index": 0,
+                        "part": {"type": "reasoning_text", "text": ""}}]
+        reasoning = self._open
+        assert isinstance(reasoning, _Reasoning)
+        reasoning.texts.append(delta.text)
+        return [*events, {"type": "response.reasoning_text.delta", "item_id": reasoning.id,
+                          "output_index": reasoning.index, "content_index": 0,
+                          "delta": delta.text}]
 
     def call(self, delta: ToolCallDelta) -> list[JSON]:
         if delta.id is not None:
@@ -128,9 +180,10 @@ class OutputBuilder:
         return self._arguments(known, delta.arguments)
 
     def finish(self, status: ItemStatus) -> list[JSON]:
-        """Closes the open item; a reply with no item at all is one message (maybe empty)."""
+        """Closes the open item; a reply with no answer at all (no message, no call: maybe
+        only reasoning) ends with one message (maybe empty)."""
         events = self._close(status)
-        if not self._items:
+        if not any(isinstance(item, _Message | _Call) for item in self._items):
             events += self._open_message()
             held, self._held = self._held, []
             events += self._write(held) if held else []
@@ -172,6 +225,14 @@ class OutputBuilder:
             return []
         done = item.item(status)
         self._done.append(done)
+        if isinstance(item, _Reasoning):
+            part = done["content"][0]
+            return [{"type": "response.reasoning_text.done", "item_id": item.id,
+                     "output_index": item.index, "content_index": 0, "text": part["text"]},
+                    {"type": "response.content_part.done", "item_id": item.id,
+                     "output_index": item.index, "content_index": 0, "part": part},
+                    {"type": "response.output_item.done", "output_index": item.index,
+                     "item": done}]
         if isinstance(item, _Message):
             part = item.part()
             return [{"type": "response.output_text.done", "item_id": item.id,
@@ -195,7 +256,25 @@ def _event_entries(part: JSON) -> list[JSON]:
             for e in part.get("logprobs", []) if isinstance(e, dict)]
 
 
+def _reasoning_events(index: int, item: JSON) -> list[JSON]:
+    events: list[JSON] = [{"type": "response.output_item.added", "output_index": index,
+                           "item": {k: v for k, v in {**item, "status": "in_progress",
+                                                      "content": []}.items()
+                                    if k != "encrypted_content"}}]
+    for at, part in enumerate(item.get("content", [])):
+        where = {"item_id": item["id"], "output_index": index, "content_index": at}
+        events += [{"type": "response.content_part.added", **where,
+                    "part": {"type": "reasoning_text", "text": ""}},
+                   {"type": "response.reasoning_text.delta", **where, "delta": part["text"]},
+                   {"type": "response.reasoning_text.done", **where, "text": part["text"]},
+                   {"type": "response.content_part.done", **where, "part": part}]
+    events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    return events
+
+
 def _item_events(index: int, item: JSON) -> list[JSON]:
+    if item.get("type") == "reasoning":
+        return _reasoning_events(index, item)
     if item.get("type") == "function_call":
         return [{"type": "response.output_item.added", "output_index": index,
                  "item": {**item, "status": "in_progress", "arguments": ""}},
