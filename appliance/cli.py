@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from appliance.config import ApplianceConfig, load_config, with_overrides
+from appliance.config import ApplianceConfig, ChatModelConfig, load_config, with_overrides
 from appliance.errors import ConfigError
 from appliance.ledger import KeyLimits, KeyRecord
 
@@ -64,8 +64,22 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     for model in config.models:
         aliases = f" (aliases: {', '.join(model.aliases)})" if model.aliases else ""
         print(f"{model.id}: {model.kind}, {model.path}{aliases}", file=sys.stderr)
+        if isinstance(model, ChatModelConfig):
+            print(f"  {_chat_model_detected(model)}", file=sys.stderr)
     print(f"{config.source}: OK, {len(config.models)} model(s)", file=sys.stderr)
     return 0
+
+
+def _chat_model_detected(model: ChatModelConfig) -> str:
+    """What the GGUF's vocabulary and template say (reasoning), read without the weights."""
+    from appliance.engines.loader import describe_chat_model
+
+    try:
+        return describe_chat_model(model)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"model {model.id!r}: {model.path} could not be read: {exc}") from exc
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:

@@ -102,6 +102,13 @@ class ChatModelConfig(_LlamaModelConfig):
     stop: tuple[str, ...] = ()
     prompt_cache_mb: int = 256
     generation_timeout_s: float | None = None  # generating longer ends as "length"
+    # Reasoning models (engines/llm/reasoning.py): "auto" reads the family off the template
+    # and vocabulary, "none" never reasons, "think" / "harmony" name the family.
+    reasoning: str = "auto"
+    reasoning_tags: tuple[str, str] = ("<think>", "</think>")  # the think family's block
+    # Thinking budget in tokens per reasoning_effort; an effort left out keeps its default.
+    reasoning_budget: tuple[tuple[str, int], ...] = (("low", 512), ("medium", 2048),
+                                                     ("high", 8192))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -381,7 +388,40 @@ def _chat_keys(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:
             "chat_template": _take(where, raw, "chat_template", str, None),
             "stop": _string_list(where, raw, "stop"),
             "prompt_cache_mb": _non_negative(where, raw, "prompt_cache_mb", 256),
-            "generation_timeout_s": _seconds(where, raw, "generation_timeout_s", None)}
+            "generation_timeout_s": _seconds(where, raw, "generation_timeout_s", None),
+            **_reasoning_keys(where, raw, llama["context_length"])}
+
+
+REASONING_SETTINGS: tuple[str, ...] = ("auto", "none", "think", "harmony")
+_BUDGET_EFFORTS: tuple[str, ...] = ("low", "medium", "high")
+
+
+def _reasoning_keys(where: _Where, raw: Mapping[str, Any], context_length: int
+                    ) -> dict[str, Any]:
+    setting = _take(where, raw, "reasoning", str, "auto")
+    if setting not in REASONING_SETTINGS:
+        raise where.fail("reasoning", f"{setting!r} is not one of "
+                         f"{', '.join(REASONING_SETTINGS)}")
+    tags = _take(where, raw, "reasoning_tags", list, ["<think>", "</think>"])
+    if len(tags) != 2 or not all(isinstance(tag, str) and tag.strip() for tag in tags) \
+            or tags[0] == tags[1]:
+        raise where.fail("reasoning_tags", "expected two different non-empty tags, the "
+                         "open and the close, such as [\"<think>\", \"</think>\"]")
+    given = _take(where, raw, "reasoning_budget", dict, {})
+    budgets = {"low": 512, "medium": 2048, "high": 8192}
+    for effort, tokens in given.items():
+        if effort not in _BUDGET_EFFORTS:
+            raise where.fail("reasoning_budget", f"{effort!r} is not one of "
+                             f"{', '.join(_BUDGET_EFFORTS)}")
+        if isinstance(tokens, bool) or not isinstance(tokens, int) \
+                or not 0 <= tokens <= context_length:
+            raise where.fail("reasoning_budget", f"{effort} = {tokens!r}: expected a number "
+                             f"of tokens from 0 to context_length ({context_length})")
+        budgets[effort] = tokens
+    # A default beyond the context is the context: a budget can never be reached past it.
+    pairs = tuple((effort, min(budgets[effort], context_length)) for effort in _BUDGET_EFFORTS)
+    return {"reasoning": setting, "reasoning_tags": (tags[0], tags[1]),
+            "reasoning_budget": pairs}
 
 
 def _embedding_keys(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:

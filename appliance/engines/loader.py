@@ -34,8 +34,10 @@ from appliance.engines.base import (
 )
 from appliance.engines.catalog import Catalog
 from appliance.engines.llm.embedder import LlamaEmbeddingEngine
-from appliance.engines.llm.engine import LlamaChatEngine
+from appliance.engines.llm.engine import LlamaChatEngine, reasoning_profile
+from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.scheduler import StepReport
+from appliance.engines.llm.templates import ChatTemplate
 from appliance.errors import ApplianceError, ConfigError
 
 log = logging.getLogger("appliance.engines")
@@ -121,6 +123,21 @@ BUILDERS: Mapping[str, _Builder[Any]] = MappingProxyType({
     TRANSCRIPTION.name: _Builder(TranscriptionModelConfig, _transcription),
     IMAGE.name: _Builder(ImageModelConfig, _image),
 })
+
+
+def describe_chat_model(model: ChatModelConfig) -> str:
+    """What check-config says of a chat model: whether it reasons and how, read from its
+    GGUF's vocabulary and template (the weights are not loaded)."""
+    loaded = LoadedModel(model.path, 0, vocab_only=True)
+    try:
+        source = model.chat_template or loaded.chat_template
+        if not source:
+            return "no chat template (set chat_template in models.toml)"
+        template = ChatTemplate(source, loaded.bos_text, loaded.eos_text, model.id)
+        profile = reasoning_profile(model, loaded, template, source)
+        return "no reasoning" if profile is None else f"reasoning: {profile.describe()}"
+    finally:
+        loaded.close()
 
 
 def load_catalog(config: ApplianceConfig, on_step: StepObserver | None = None,

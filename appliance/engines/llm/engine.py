@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import Any
 
 from appliance.config import ChatModelConfig
 from appliance.engines.base import (
@@ -38,6 +39,14 @@ from appliance.engines.base import (
 from appliance.engines.llm.grammar import grammar_for
 from appliance.engines.llm.model import LoadedModel, default_slots, default_threads
 from appliance.engines.llm.prompt_tokens import PromptTokenizer, PromptTooLong, RequestText
+from appliance.engines.llm.reasoning import (
+    HARMONY,
+    HARMONY_MARKERS,
+    Phase,
+    ReasoningPlan,
+    ReasoningProfile,
+)
+from appliance.engines.llm.reasoning import detect as detect_reasoning
 from appliance.engines.llm.sampling import SamplerChain
 from appliance.engines.llm.scheduler import (
     Emit,
@@ -47,7 +56,12 @@ from appliance.engines.llm.scheduler import (
     StepReport,
 )
 from appliance.engines.llm.templates import ChatTemplate
-from appliance.engines.llm.tool_dialects import ToolSupport, rewrite_for_prompt, tools_json
+from appliance.engines.llm.tool_dialects import (
+    HERMES,
+    ToolSupport,
+    rewrite_for_prompt,
+    tools_json,
+)
 from appliance.engines.llm.tool_dialects import detect as detect_tool_support
 from appliance.engines.llm.tool_grammar import tool_call_grammar
 from appliance.engines.llm.tool_parser import ToolCallParser
@@ -65,17 +79,29 @@ class LlamaChatEngine:
     def __init__(self, config: ChatModelConfig, model: LoadedModel, template: ChatTemplate,
                  tool_support: ToolSupport,
                  on_step: Callable[[StepReport], None] | None = None,
-                 samplers: SamplerFactory = SamplerChain):
-        """``samplers`` builds each request's sampler (tests pass ones that fail)."""
+                 samplers: SamplerFactory = SamplerChain,
+                 reasoning: ReasoningProfile | None = None):
+        """``samplers`` builds each request's sampler (tests pass ones that fail);
+        ``reasoning``: how the model reasons (see reasoning_profile), None if it does not."""
         self._config = config
         self._model = model
         self._template = template
+        self._reasoning = reasoning
+        if reasoning is not None and reasoning.family == HARMONY:
+            # gpt-oss's template renders tools and tool turns itself; its calls are read by
+            # the reasoning reader (messages to functions.NAME), not by a tool parser.
+            tool_support = ToolSupport(HERMES, native=True)
         self._tool_support = tool_support
         self._tokenizer = PromptTokenizer(model)
         self._preparers = ThreadPoolExecutor(max_workers=PREPARE_THREADS,
                                              thread_name_prefix=f"prompt-{config.id}")
         # Control tokens that open tool calls (Mistral's [TOOL_CALLS]) must reach the parser.
         self._tool_markers = model.single_tokens((tool_support.dialect.start,))
+        # ...and those that delimit reasoning (harmony's messages, a <think> that is one
+        # token) the reasoning reader.
+        self._reasoning_markers = frozenset() if reasoning is None else model.single_tokens(
+            HARMONY_MARKERS if reasoning.family == HARMONY
+            else (reasoning.open_tag, reasoning.close_tag))
         self._scheduler = Scheduler(
             model,
             model_id=config.id,
@@ -90,7 +116,8 @@ class LlamaChatEngine:
         )
         self._info = ModelInfo(id=config.id, kind=config.kind,
                                context_length=config.context_length,
-                               owned_by=config.owned_by, created=int(time.time()))
+                               owned_by=config.owned_by, created=int(time.time()),
+                               reasoning=None if reasoning is None else reasoning.family)
         self._preparing = 0  # requests queued for or in the prompt threads
 
     @classmethod
@@ -103,7 +130,11 @@ class LlamaChatEngine:
                 raise ConfigError(f"model {config.id!r}: {config.path.name} carries no chat "
                                   "template; set chat_template in models.toml")
             template = ChatTemplate(source, model.bos_text, model.eos_text, config.id)
-            return cls(config, model, template, detect_tool_support(source), on_step)
+            reasoning = reasoning_profile(config, model, template, source)
+            if reasoning is not None:
+                log.info("model %s reasons: %s", config.id, reasoning.describe())
+            return cls(config, model, template, detect_tool_support(source), on_step,
+                       reasoning=reasoning)
         except BaseException:
             model.close()
             raise
@@ -111,6 +142,14 @@ class LlamaChatEngine:
     @property
     def info(self) -> ModelInfo:
         return self._info
+
+    @property
+    def reasoning(self) -> ReasoningProfile | None:
+        return self._reasoning
+
+    @property
+    def _harmony(self) -> bool:
+        return self._reasoning is not None and self._reasoning.family == HARMONY
 
     def waiting(self) -> int:
         """Requests queued for a slot (for the queue limit, metrics and tests)."""
@@ -158,7 +197,8 @@ class LlamaChatEngine:
         # Queued at once (no await since the count above): generation may start while the
         # caller is still sending its response headers.
         self._scheduler.submit(*choices)
-        calls_tools = params.tools is not None and params.tools.choice != "none"
+        calls_tools = params.tools is not None and params.tools.choice != "none" \
+            and not self._harmony
         parsers = {index: ToolCallParser(self._tool_support.dialect, index)
                    for index in range(params.n)} if calls_tools else {}
         unfinished = params.n
@@ -226,21 +266,61 @@ class LlamaChatEngine:
                        enough=threading.Event())
 
     def _render(self, params: ChatParams, marks: RequestText, cancel: CancelToken) -> str:
-        """The chat prompt, every piece of request text in it marked (see prompt_tokens.py)."""
+        """The chat prompt, every piece of request text in it marked (see prompt_tokens.py);
+        for a reasoning model with effort none, closed thinking appended."""
         support = self._tool_support
         uses_tools = params.tools is not None and params.tools.choice != "none"
         messages = marks.messages(params.messages)
         tools = marks.tools(params.tools) if uses_tools else None
+        variables = self._template_variables(params)
         if support.native:
-            return self._template.render(messages, tools_json(tools.tools) if tools else None,
-                                         cancel)
-        if uses_tools or any(m.role == "tool" or m.tool_calls for m in messages):
-            messages = rewrite_for_prompt(messages, tools, support.dialect)
-        return self._template.render(messages, cancel=cancel)
+            rendered = self._template.render(
+                messages, tools_json(tools.tools) if tools else None, cancel, variables)
+        else:
+            if uses_tools or any(m.role == "tool" or m.tool_calls for m in messages):
+                messages = rewrite_for_prompt(messages, tools, support.dialect)
+            rendered = self._template.render(messages, cancel=cancel, variables=variables)
+        profile = self._reasoning
+        if profile is not None and self._thinks_not(params):
+            rendered += profile.no_thinking(rendered, tools_pending=uses_tools)
+        return rendered
 
-    def _prompt_tokens(self, params: ChatParams, cancel: CancelToken) -> list[int]:
-        """Raises ContextLengthExceeded when the prompt and ``max_tokens`` cannot fit; a
-        prompt far too long is refused before it is tokenized."""
+    def _thinks_not(self, params: ChatParams) -> bool:
+        """Effort none/minimal, or a budget of 0 tokens: the prompt closes the thinking."""
+        effort = params.reasoning_effort
+        return effort in ("none", "minimal") or (effort is not None
+                                                 and self._budget(params) == 0)
+
+    def _budget(self, params: ChatParams) -> int | None:
+        """The thinking budget of the request's effort; no effort, no budget (max_tokens
+        alone), as llama-server's default."""
+        effort = params.reasoning_effort
+        if effort is None or effort in ("none", "minimal"):
+            return None
+        return dict(self._config.reasoning_budget).get(effort)
+
+    def _template_variables(self, params: ChatParams) -> dict[str, Any]:
+        """What the template reads besides messages and tools: the effort (gpt-oss reads
+        reasoning_effort; none turns Qwen3's enable_thinking off), then the request's
+        chat_template_kwargs, which win."""
+        variables: dict[str, Any] = {}
+        profile, effort = self._reasoning, params.reasoning_effort
+        if profile is not None and effort is not None:
+            if effort in ("none", "minimal"):
+                if profile.family == HARMONY:
+                    variables["reasoning_effort"] = "low"  # its least; the prompt skips it
+                elif profile.switchable:
+                    variables["enable_thinking"] = False
+            else:
+                variables["reasoning_effort"] = effort
+        variables.update(params.template_kwargs)
+        return variables
+
+    def _prompt_tokens(self, params: ChatParams, cancel: CancelToken
+                       ) -> tuple[list[int], str | None]:
+        """The prompt's tokens and its rendered text (None for a raw prompt). Raises
+        ContextLengthExceeded when the prompt and ``max_tokens`` cannot fit; a prompt far too
+        long is refused before it is tokenized."""
         n_ctx = self._info.context_length
         limit = n_ctx - params.max_tokens if params.max_tokens is not None else n_ctx - 1
         marks = RequestText(self._tokenizer)
@@ -254,13 +334,14 @@ class LlamaChatEngine:
                 raise InvalidRequest("The prompt holds token ids outside this model's "
                                      f"vocabulary of {self._model.n_vocab}.", param="prompt",
                                      code="invalid_value")
-            return self._fits(tokens, len(tokens), params, exact=True)
+            return self._fits(tokens, len(tokens), params, exact=True), None
         try:
             tokens = self._tokenizer.tokenize(rendered, marks, limit=max(limit, 0),
                                               cancel=cancel)
         except PromptTooLong as too_long:
-            return self._fits([], too_long.at_least, params, exact=False)
-        return self._fits(tokens, len(tokens), params, exact=True)
+            return self._fits([], too_long.at_least, params, exact=False), None
+        chat = rendered if params.prompt is None else None
+        return self._fits(tokens, len(tokens), params, exact=True), chat
 
     def _fits(self, tokens: list[int], count: int, params: ChatParams,
               exact: bool) -> list[int]:
@@ -289,7 +370,7 @@ class LlamaChatEngine:
         return tokens
 
     def _request(self, params: ChatParams, cancel: CancelToken, emit: Emit) -> GenerationRequest:
-        tokens = self._prompt_tokens(params, cancel)
+        tokens, rendered = self._prompt_tokens(params, cancel)
         n_ctx = self._info.context_length
         for token, _ in params.sampling.logit_bias:
             if token >= self._model.n_vocab:
@@ -299,6 +380,13 @@ class LlamaChatEngine:
                     code="invalid_value")
         stop = tuple(dict.fromkeys(params.stop + self._config.stop))
         sampling = self._constrained(params)
+        plan = self._plan(params, rendered, sampling)
+        if plan is not None and plan.answer_sampling is not None:
+            # Thinking is free text: the grammar is armed when the answer begins.
+            sampling = replace(sampling, grammar=None, grammar_trigger=None)
+        shown = self._tool_markers if params.tools else frozenset()
+        if plan is not None:
+            shown = shown | self._reasoning_markers
         return GenerationRequest(
             tokens=tokens,
             max_tokens=params.max_tokens or n_ctx - len(tokens),
@@ -306,17 +394,40 @@ class LlamaChatEngine:
             sampling=sampling,
             cancel=cancel,
             emit=emit,
-            shown_specials=self._tool_markers if params.tools else frozenset(),
+            shown_specials=shown,
             owner=params.owner,
             wait_until=time.monotonic() + self._config.queue_timeout_s,
             generate_for=self._config.generation_timeout_s or math.inf,
+            reasoning=plan,
         )
+
+    def _plan(self, params: ChatParams, rendered: str | None,
+              sampling: Sampling) -> ReasoningPlan | None:
+        """The request's reasoning: where its output starts (read off the rendered prompt),
+        its budget, whether an answer is owed and the grammar the answer gets. None: no
+        reader needed (no reasoning model, a raw prompt, or a think prompt that closed the
+        block already: the output is plain answer, read as fast as any)."""
+        profile = self._reasoning
+        if profile is None or rendered is None:
+            return None
+        start = profile.start(rendered)
+        if start is Phase.ANSWERING and profile.family != HARMONY:
+            return None
+        owed = params.output is not None or (params.tools is not None and params.tools.forced)
+        deferred = sampling.grammar is not None and start is not Phase.ANSWERING
+        return ReasoningPlan(profile, start, budget=self._budget(params), must_answer=owed,
+                             answer_sampling=sampling if deferred else None)
 
     def _constrained(self, params: ChatParams) -> Sampling:
         """The request's sampling with the grammar its response_format and tools ask for."""
         sampling = params.sampling
         use = params.tools
-        if use is not None and use.choice != "none":
+        if self._harmony:
+            # Harmony's tool calls are messages to functions.NAME, read by the reasoning
+            # reader and not constrained; a response_format holds on the final channel.
+            if params.output is not None:
+                sampling = replace(sampling, grammar=grammar_for(params.output))
+        elif use is not None and use.choice != "none":
             dialect = self._tool_support.dialect
             grammar = tool_call_grammar(use, dialect, params.output)
             # Under auto the model may answer in prose: the grammar waits for a call to
@@ -329,6 +440,20 @@ class LlamaChatEngine:
         if sampling.grammar is not None:
             self._model.check_grammar(sampling.grammar)
         return sampling
+
+
+def reasoning_profile(config: ChatModelConfig, model: LoadedModel, template: ChatTemplate,
+                      source: str) -> ReasoningProfile | None:
+    """How the model reasons: models.toml's reasoning key, else (auto) its template and
+    vocabulary (see reasoning.detect)."""
+
+    def one_message_prompt() -> str:
+        return template.render((ChatMessage("user", "Hello"),))
+
+    return detect_reasoning(
+        config.reasoning, config.reasoning_tags, source,
+        lambda texts: len(model.single_tokens(texts)) == len(texts),
+        one_message_prompt, dict(config.reasoning_budget))
 
 
 def _through_parser(parser: ToolCallParser, event: ChatEvent) -> list[ChatEvent]:

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from appliance.engines.base import CancelToken, ChatEvent, Sampling, TokenLogprob
 from appliance.engines.llm.model import LoadedModel
+from appliance.engines.llm.reasoning import Reader, ReasoningPlan
 from appliance.engines.llm.textstream import TextAssembler
 from appliance.engines.runtime.round_robin import RoundRobin
 
@@ -57,6 +58,7 @@ class GenerationRequest:
     # whether it has ended (then its slot's cache serves siblings by prefix reuse).
     prompt_ready_in: Slot | None = None
     ended: bool = False
+    reasoning: ReasoningPlan | None = None  # a reasoning model's plan; None: plain output
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,12 @@ class Slot:
     in_batch: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # tokens whose text is held
     logits_at: int | None = None
+    # A reasoning request's: its reader, the tokens it spent thinking, and the tokens the
+    # engine writes into the output (the close of the thinking), fed without sampling.
+    reader: Reader | None = None
+    reasoning_tokens: int = 0
+    forced: list[int] = field(default_factory=list)
+    closed_thinking: bool = False  # the engine closed it once: never twice
 
     @property
     def busy(self) -> bool:
@@ -126,12 +134,24 @@ class Slot:
         self.next_token = None
         self.seated_at = now
         self.assembler = TextAssembler(request.stop)
+        plan = request.reasoning
+        self.reader = plan.reader(request.index) if plan is not None else None
+        self.reasoning_tokens = 0
+        self.forced = []
+        self.closed_thinking = False
         self._check()
 
     def prompt_read(self) -> None:
         """The last chunk of the prompt was decoded: the slot generates from now on."""
         self._move(SlotState.DECODING)
         self._check()
+
+    def swap_sampler(self, sampler: Sampler) -> Sampler | None:
+        """The answer's sampler takes over (a reasoning model's grammar, armed after
+        thinking); returns the one it replaces, for the caller to close."""
+        assert self.state is SlotState.DECODING, f"slot {self.sequence}: swap while {self.state}"
+        old, self.sampler = self.sampler, sampler
+        return old
 
     def finishing(self) -> None:
         self._move(SlotState.FINISHING)
@@ -151,6 +171,8 @@ class Slot:
         self.pending = []
         self.next_token = None
         self.logits_at = None
+        self.reader = None
+        self.forced = []
         self.last_used = now
         self._check()
         return sampler
@@ -164,7 +186,7 @@ class Slot:
         """The fields each state needs, and those it must not have."""
         if self.state is SlotState.FREE:
             assert self.request is None and self.sampler is None and self.assembler is None \
-                and not self.pending and self.next_token is None, \
+                and not self.pending and self.next_token is None and not self.forced, \
                 f"slot {self.sequence}: free, yet holding a request's state"
             return
         assert self.request is not None and self.assembler is not None, \

@@ -42,11 +42,14 @@ class SpecialToken:
 
 
 class LoadedModel:
-    def __init__(self, path: Path, gpu_layers: int):
+    def __init__(self, path: Path, gpu_layers: int, vocab_only: bool = False):
+        """``vocab_only``: the vocabulary and metadata without the weights (check-config
+        reads what a model is without loading it)."""
         # llama.cpp prints every load detail to stderr unless told otherwise; keep errors only.
         llama_cpp_logger.set_verbose(False)
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = _ALL_LAYERS if gpu_layers == GPU_LAYERS_ALL else gpu_layers
+        params.vocab_only = vocab_only
         self._model = _internals.LlamaModel(path_model=str(path), params=params, verbose=False)
         self.handle = self._model.model
         self.vocab = self._model.vocab

@@ -142,7 +142,10 @@ class SamplerChain:
 
     def _watch(self, token: int) -> None:
         """Arms the lazy grammar once its trigger shows up in the output."""
-        self._seen += self._model.piece(token, special=True)
+        self._watch_bytes(self._model.piece(token, special=True))
+
+    def _watch_bytes(self, data: bytes) -> None:
+        self._seen += data
         at = self._seen.find(self._trigger)
         if at < 0:
             del self._seen[: max(0, len(self._seen) - len(self._trigger))]
@@ -154,13 +157,34 @@ class SamplerChain:
         # trigger may carry more text, which the grammar must accept too. If it cannot, the
         # model left the format on its own and the rest stays free (the parser then gives
         # the text back as content), rather than failing the request.
-        for piece_token in self._model.tokenize(constrained, add_bos=False, special=False):
+        if self._read_into(grammar, constrained):
+            self._grammar = grammar
+        else:
+            log.debug("lazy grammar not armed: output left the tool-call format")
+            llama_cpp.llama_sampler_free(grammar)
+
+    def _read_into(self, grammar: object, text: str) -> bool:
+        """Feeds text already written to a grammar; False if the grammar refuses it."""
+        for piece_token in self._model.tokenize(text, add_bos=False, special=False):
             if not grammar_allows(grammar, piece_token):
-                log.debug("lazy grammar not armed: output left the tool-call format")
-                llama_cpp.llama_sampler_free(grammar)
-                return
+                return False
             llama_cpp.llama_sampler_accept(grammar, piece_token)
-        self._grammar = grammar
+        return True
+
+    def prime(self, answer: str) -> None:
+        """This sampler takes over a reasoning model's choice as its answer begins (the
+        grammar starts after thinking), ``answer`` being the answer's text so far: a lazy
+        grammar looks for its trigger in it, a grammar from the start reads it. Text the
+        grammar refuses means the model left the format before the grammar could hold it:
+        the rest stays free, as a lazy grammar does."""
+        if not answer:
+            return
+        if self._trigger:
+            self._watch_bytes(answer.encode())
+        elif self._grammar is not None and not self._read_into(self._grammar, answer):
+            log.debug("grammar not armed: the answer left the format before it began")
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None
 
     def close(self) -> None:
         if self.handle is not None:

@@ -24,7 +24,15 @@ from collections.abc import Callable
 
 import llama_cpp
 
-from appliance.engines.base import ChatEvent, Finish, FinishReason, TextDelta, TokenLogprob, Usage
+from appliance.engines.base import (
+    ChatEvent,
+    Finish,
+    FinishReason,
+    ReasoningDelta,
+    TextDelta,
+    TokenLogprob,
+    Usage,
+)
 from appliance.engines.llm.batch import TokenBatch
 from appliance.engines.llm.generation import (
     Emit,
@@ -39,6 +47,7 @@ from appliance.engines.llm.generation import (
 from appliance.engines.llm.kv_reuse import PrefixReuse
 from appliance.engines.llm.logprobs import token_logprob
 from appliance.engines.llm.model import LoadedModel
+from appliance.engines.llm.reasoning import Phase, Read
 from appliance.engines.llm.sampling import SamplerChain
 from appliance.engines.runtime.round_robin import RoundRobin
 from appliance.errors import ApplianceError, EngineFailure, Overloaded
@@ -234,7 +243,12 @@ class Scheduler:
         batch.clear()
         in_batch: list[Slot] = []
         for slot in self._slots:
-            if slot.state is SlotState.DECODING and slot.next_token is not None:
+            if slot.state is not SlotState.DECODING:
+                continue
+            if slot.forced:
+                if self._add_forced(slot):
+                    in_batch.append(slot)
+            elif slot.next_token is not None:
                 slot.in_batch = [slot.next_token]
                 slot.logits_at = batch.add(slot.next_token, len(slot.cached), slot.sequence, True)
                 in_batch.append(slot)
@@ -300,6 +314,25 @@ class Scheduler:
             seconds=time.perf_counter() - started,
         ))
 
+    def _add_forced(self, slot: Slot) -> bool:
+        """The tokens the engine writes into a choice's output (the close of its thinking),
+        after the token sampled last, go into the batch like a chunk of prompt: logits only
+        at the last, which the answer is then sampled from. What does not fit waits for the
+        next step."""
+        feed = ([] if slot.next_token is None else [slot.next_token]) + slot.forced
+        take = min(len(feed), self._batch.free)
+        if take == 0:
+            return False
+        base = len(slot.cached)
+        index = 0
+        for offset, token in enumerate(feed[:take]):
+            index = self._batch.add(token, base + offset, slot.sequence, offset == len(feed) - 1)
+        slot.in_batch = feed[:take]
+        slot.next_token = None
+        slot.forced = feed[take:]
+        slot.logits_at = None if slot.forced else index
+        return True
+
     def _sample(self, slot: Slot, logits_at: int) -> None:
         assert slot.sampler is not None and slot.request is not None
         token = slot.sampler.sample(self._context, logits_at)
@@ -323,19 +356,107 @@ class Scheduler:
         request = slot.request
         assert request is not None and slot.assembler is not None
         slot.next_token = None
+        reader = slot.reader
         if self._ends(token):
+            if reader is not None and reader.phase is not Phase.ANSWERING \
+                    and request.reasoning is not None and request.reasoning.must_answer \
+                    and self._close_thinking(slot):
+                return  # the answer is owed: the close is fed next, then the answer sampled
             self._finish(slot, "stop")
             return
         slot.produced += 1
-        piece = slot.assembler.push(self._model.piece(token, token in request.shown_specials))
-        if piece.text:
-            self._emit(request, TextDelta(piece.text, request.index, self._take_logprobs(slot)))
-        if piece.stopped:
+        data = self._model.piece(token, token in request.shown_specials)
+        if reader is None:
+            piece = slot.assembler.push(data)
+            if piece.text:
+                self._emit(request, TextDelta(piece.text, request.index,
+                                              self._take_logprobs(slot)))
+            stopped = piece.stopped
+        else:
+            stopped = self._read(slot, data)
+        if stopped:
             self._finish(slot, "stop")
-        elif slot.produced >= request.max_tokens or len(slot.cached) + 1 >= self._context_length:
+        elif slot.produced >= request.max_tokens \
+                or len(slot.cached) + 1 + len(slot.forced) >= self._context_length:
             self._finish(slot, "length")
         else:
             slot.next_token = token
+
+    def _read(self, slot: Slot, data: bytes) -> bool:
+        """A reasoning choice's token: its text split by the reader, the thinking counted and
+        closed at the budget, the answer's grammar armed as the answer begins. True: a stop
+        string ended the answer."""
+        request, reader = slot.request, slot.reader
+        assert request is not None and reader is not None and request.reasoning is not None
+        before = reader.phase
+        read = reader.push(data)
+        if Phase.THINKING in (before, reader.phase):
+            slot.reasoning_tokens += 1
+            slot.logprobs.clear()  # reasoning tokens report none, as OpenAI's do not
+        stopped = self._deliver(slot, read)
+        if before is not Phase.ANSWERING and reader.phase is Phase.ANSWERING:
+            self._answer_begins(slot, read.content)
+        budget = request.reasoning.budget
+        if reader.phase is Phase.THINKING and budget is not None \
+                and slot.reasoning_tokens >= budget:
+            self._close_thinking(slot)
+        return stopped
+
+    def _deliver(self, slot: Slot, read: Read) -> bool:
+        """A reader's output as events; stop strings apply to the answer only."""
+        request = slot.request
+        assert request is not None and slot.assembler is not None
+        if read.reasoning:
+            self._emit(request, ReasoningDelta(read.reasoning, request.index))
+        for call in read.calls:
+            self._emit(request, call)
+        if not read.content:
+            return False
+        piece = slot.assembler.push(read.content.encode())
+        if piece.text:
+            self._emit(request, TextDelta(piece.text, request.index, self._take_logprobs(slot)))
+        return piece.stopped
+
+    def _close_thinking(self, slot: Slot) -> bool:
+        """The engine ends the choice's thinking itself: the close is tokenized, counted as
+        completion tokens and fed at the next step without sampling. Only once, and only if
+        the close and a token of answer still fit max_tokens and the context."""
+        request, reader = slot.request, slot.reader
+        assert request is not None and reader is not None
+        if slot.closed_thinking:
+            return False
+        text, read = reader.close()
+        tokens = self._model.tokenize(text, add_bos=False, special=True)
+        room = min(request.max_tokens - slot.produced,
+                   self._context_length - len(slot.cached) - 1
+                   - (slot.next_token is not None))
+        self._deliver(slot, read)
+        if len(tokens) >= room:
+            return False
+        slot.closed_thinking = True
+        slot.forced = tokens
+        slot.produced += len(tokens)
+        self._answer_begins(slot, "")
+        return True
+
+    def _answer_begins(self, slot: Slot, answer: str) -> None:
+        """The grammar of a response_format or tool call holds from the answer on: its
+        sampler takes over, told the answer's text so far."""
+        request = slot.request
+        assert request is not None and request.reasoning is not None
+        sampling = request.reasoning.answer_sampling
+        if sampling is None:
+            return
+        sampler = self._samplers(sampling, self._model, self._context_length)
+        if isinstance(sampler, SamplerChain):
+            try:
+                sampler.prime(answer)
+            except BaseException:
+                sampler.close()
+                raise
+        old = slot.swap_sampler(sampler)
+        if old is not None:
+            old.close()
 
     def _ends(self, token: int) -> bool:
         return token in self._stop_tokens or self._model.is_end_of_generation(token)
@@ -350,11 +471,15 @@ class Scheduler:
         slot.finishing()
         request = slot.request
         assert request is not None and slot.assembler is not None
+        if slot.reader is not None:
+            self._deliver(slot, slot.reader.finish())
+            if slot.reader.calls and reason == "stop":
+                reason = "tool_calls"  # harmony: the reader read the calls
         tail = slot.assembler.finish()
         if tail or (slot.logprobs and reason != "stop"):
             # Tokens that became a stop string are dropped with their text.
             self._emit(request, TextDelta(tail, request.index, self._take_logprobs(slot)))
-        usage = Usage(len(request.tokens), slot.produced, slot.reused)
+        usage = Usage(len(request.tokens), slot.produced, slot.reused, slot.reasoning_tokens)
         self._emit(request, Finish(reason, usage, request.index))
         self._release(slot)
 

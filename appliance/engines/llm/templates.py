@@ -9,7 +9,7 @@ does not HTML-escape).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from appliance.engines.base import CancelToken, ChatMessage
 from appliance.errors import ConfigError, InvalidRequest
+
+# Variables the engine itself gives every template: chat_template_kwargs cannot replace them.
+RESERVED_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt", "bos_token",
+                                "eos_token"})
 
 
 class TemplateRaised(Exception):
@@ -64,10 +68,21 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[ChatMessage],
                tools: list[dict[str, Any]] | None = None,
-               cancel: CancelToken | None = None) -> str:
-        """The prompt; ``tools`` (OpenAI's request shape) only for templates that use them.
-        Raises Cancelled (base.py) if ``cancel`` is set while the messages are rendered."""
-        extra: dict[str, Any] = {} if tools is None else {"tools": tools}
+               cancel: CancelToken | None = None,
+               variables: Mapping[str, Any] | None = None) -> str:
+        """The prompt; ``tools`` (OpenAI's request shape) only for templates that use them;
+        ``variables``: more for the template (chat_template_kwargs, reasoning_effort,
+        enable_thinking), never one of RESERVED_VARIABLES (InvalidRequest naming
+        chat_template_kwargs). Raises Cancelled (base.py) if ``cancel`` is set while the
+        messages are rendered."""
+        extra: dict[str, Any] = dict(variables or {})
+        reserved = sorted(RESERVED_VARIABLES.intersection(extra))
+        if reserved:
+            raise InvalidRequest(
+                f"chat_template_kwargs may not set {', '.join(reserved)}: the server sets "
+                "those itself.", param="chat_template_kwargs")
+        if tools is not None:
+            extra["tools"] = tools
         shown = [_message_json(m) for m in messages]
         try:
             return self._template.render(
@@ -101,6 +116,11 @@ def _message_json(message: ChatMessage) -> dict[str, Any]:
         out["tool_call_id"] = message.tool_call_id
     if message.name is not None:
         out["name"] = message.name
+    if message.reasoning is not None:
+        # Qwen3's and DeepSeek's templates read reasoning_content, gpt-oss's thinking; each
+        # keeps or drops it as its model was trained (Qwen3 drops thinking of past turns).
+        out["reasoning_content"] = message.reasoning
+        out["thinking"] = message.reasoning
     return out
 
 
