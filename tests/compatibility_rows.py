@@ -14,6 +14,9 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "compatibility.md"
 ROW = re.compile(r"^\| `(?P<param>[a-z_]+)`(?: \(extension\))? \| (?P<status>\w+) \| "
                  r"`(?P<example>.+?)` \|")
 STATUSES = ("honoured", "accepted", "rejected")
+# Chat rows sent to a model that reasons (an alias both the fast and the real stacks serve).
+REASONING_PARAMS = ("reasoning_effort", "chat_template_kwargs")
+REASONING_MODEL = "o4-mini"
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class Row:
             return {"logprobs": True}
         if self.param == "output_compression":
             return {"output_format": "jpeg"}  # png is lossless: compression needs jpeg or webp
+        if self.route == "/v1/chat/completions" and self.param in REASONING_PARAMS:
+            return {"model": REASONING_MODEL}  # effort is refused on models that do not reason
         return {}
 
 

@@ -57,7 +57,10 @@ async def stack(tmp_path: Path) -> AsyncIterator[FastStack]:
         catalog=Catalog([Listing(CHAT, engine, ("gpt-4o-mini",)),
                          Listing(EMBEDDING, FakeEmbeddingEngine(), ("text-embedding-3-small",)),
                          Listing(TRANSCRIPTION, FakeTranscriptionEngine(), ("whisper-1",)),
-                         Listing(IMAGE, painter, ("dall-e-2",))]),
+                         Listing(IMAGE, painter, ("dall-e-2",)),
+                         # A model that reasons, under the alias of one of OpenAI's.
+                         Listing(CHAT, FakeChatEngine(model_id="fake-think", reasoning="think"),
+                                 ("o4-mini",))]),
         ledger=ledger,
         keys=keys,
         pricing=Pricing(per_request={"fake-chat": 0.25, "fake-image": 0.04}, currency="USD"),

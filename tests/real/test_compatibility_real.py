@@ -89,6 +89,10 @@ REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
     (CHAT, "response_format"): {
         "max_tokens": 32,
         "messages": [{"role": "user", "content": 'Repeat this JSON exactly: {"city": "Paris"}'}]},
+    # Sent to the think model (compatibility_rows.REASONING_MODEL): room for its thinking
+    # budget and an answer after it.
+    (CHAT, "reasoning_effort"): {"max_tokens": 64},
+    (CHAT, "chat_template_kwargs"): {"max_tokens": 64},
 }
 # The instruction-tuned model ends a short answer; Gemma 3 270M is a base model and rambles.
 INSTRUCT = {"smollm2-135m-instruct"}
@@ -350,6 +354,30 @@ def _json_object(call: Call) -> None:
     strict = call.again(response_format={"type": "json_schema", "json_schema": {
         "name": "city", "strict": True, "schema": schema}}).json()
     assert set(json.loads(first_text(strict))) == {"city"}
+
+
+def reasoning_of(reply: dict[str, Any]) -> tuple[str | None, int]:
+    """The first choice's reasoning (None: the field is absent) and the reasoning tokens."""
+    message = reply["choices"][0]["message"]
+    assert message.get("reasoning") == message.get("reasoning_content"), message
+    return message.get("reasoning_content"), \
+        reply["usage"]["completion_tokens_details"]["reasoning_tokens"]
+
+
+@check(CHAT, "reasoning_effort")
+def _thinks_within_its_effort(call: Call) -> None:
+    thought, tokens = reasoning_of(call.reply)
+    assert thought and tokens > 0, call.reply
+    assert thought not in (call.reply["choices"][0]["message"]["content"] or "")
+    off = reasoning_of(call.again(reasoning_effort="none").json())
+    assert off == (None, 0)
+
+
+@check(CHAT, "chat_template_kwargs")
+def _template_turns_thinking_off(call: Call) -> None:
+    assert reasoning_of(call.reply) == (None, 0)
+    thought, tokens = reasoning_of(call.again(chat_template_kwargs=None).json())
+    assert thought and tokens > 0
 
 
 @check(CHAT, "stream")
