@@ -20,6 +20,7 @@ from appliance.api.bounds import RequestBounds
 from appliance.api.image_files import ImageFiles
 from appliance.api.middleware.connections import EdgeBounds, edge_protocol, ensure_file_limit
 from appliance.api.middleware.drain import DrainingServer, DrainState
+from appliance.api.reasoning_seal import ReasoningSeal
 from appliance.api.services import Exposure, Pricing, Services
 from appliance.api.telemetry.metrics import ApplianceMetrics
 from appliance.config import ApplianceConfig, TranscriptionModelConfig
@@ -43,6 +44,8 @@ def serve(config: ApplianceConfig) -> None:
         retention_s=server_config.response_retention_days * DAY_SECONDS,
         bounds=StoreBounds(max_owner_bytes=server_config.max_stored_mb_per_key * MIB,
                            max_conversation_items=server_config.max_conversation_items))
+    # The key of the reasoning's encrypted_content: made on first boot, the same ever after.
+    reasoning_seal = ReasoningSeal.from_key_file(server_config.data_dir / "reasoning-seal.key")
     metrics = ApplianceMetrics(ledger_lag=lambda: ledger.lag_seconds)
     drain = DrainState()
     try:
@@ -65,16 +68,17 @@ def serve(config: ApplianceConfig) -> None:
                                           if isinstance(m, TranscriptionModelConfig)),
                                          default=RequestBounds().max_upload_bytes)),
                 state=state,
+                reasoning_seal=reasoning_seal,
                 image_files=ImageFiles(server_config.data_dir / "images",
                                        ttl_s=server_config.image_url_ttl_s,
                                        public_url=server_config.public_url),
                 exposure=Exposure(metrics_public=server_config.metrics_public,
                                   cors_origins=server_config.cors_origins),
+                reasoning_field=server_config.reasoning_field,
                 metrics=metrics,
                 drain=drain,
             )
             app = create_app(services)
-                reasoning_field=server_config.reasoning_field,
             tls = server_config.tls_certfile is not None
             log.info("boot to ready in %.2fs; serving %s on %s://%s:%d",
                      time.perf_counter() - boot_started,
