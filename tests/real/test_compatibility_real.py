@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from devtools.server_harness import GEMMA, SMOLLM2
-from tests.compatibility_rows import Row, form_fields, rows
+from tests.compatibility_rows import REASONING_MODEL, Row, form_fields, rows
 from tests.openapi_contract import validate
 from tests.real.conftest import RealServer
 from tests.real.speech import speak
@@ -730,6 +730,23 @@ def _response_logprobs(call: Call) -> None:
                              params={"include": "message.output_text.logprobs"}).json()
     assert output_logprobs(kept) == entries
     assert output_logprobs(call.box.http.get(f"/v1/responses/{call.reply['id']}").json()) == []
+
+
+@check(RESPONSES, "reasoning")
+def _response_reasons_within_its_effort(call: Call) -> None:
+    # SmolLM2 does not reason: the row is accepted there, without effect.
+    assert [item["type"] for item in call.reply["output"]] == ["message"]
+    assert call.reply["reasoning"] == call.row.example
+    thought = call.again(model=REASONING_MODEL, max_output_tokens=64).json()
+    validate(thought, "Response")
+    reasoning = thought["output"][0]
+    assert reasoning["type"] == "reasoning" and reasoning["summary"] == [], thought
+    assert reasoning["content"][0]["text"], thought
+    assert thought["usage"]["output_tokens_details"]["reasoning_tokens"] > 0
+    off = call.again(model=REASONING_MODEL, max_output_tokens=64,
+                     reasoning={"effort": "none"}).json()
+    assert "reasoning" not in [item["type"] for item in off["output"]], off
+    assert off["usage"]["output_tokens_details"]["reasoning_tokens"] == 0
 
 
 @check(RESPONSES, "stream")
