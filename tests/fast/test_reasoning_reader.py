@@ -6,6 +6,7 @@ thinking at a budget."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from appliance.engines.base import TextDelta, ToolCallDelta
@@ -37,7 +38,7 @@ class Seen:
         self.phases.append(phase)
 
 
-def feed(reader: Reader, pieces: list[str | bytes], finish: bool = True) -> Seen:
+def feed(reader: Reader, pieces: Sequence[str | bytes], finish: bool = True) -> Seen:
     seen = Seen()
     for piece in pieces:
         seen.take(reader.push(piece.encode() if isinstance(piece, str) else piece),
@@ -51,14 +52,15 @@ def think(start: Phase) -> ThinkReader:
     return ThinkReader("<think>", "</think>", start)
 
 
-# DeepSeek-R1-Distill-Qwen: the prompt ends "<｜Assistant｜><think>\n"; the model writes its
+# DeepSeek-R1-Distill-Qwen: the prompt ends "<Assistant><think>\n" (its tokens spelled
+# with fullwidth bars); the model writes its
 # reasoning, "</think>" (one token in its vocabulary) and "\n\n" before the answer.
 R1_PIECES = ["Okay", ",", " the", " user", " asks", " for", " 2", "+", "2", ".", "\n",
              "</think>", "\n\n", "2", " +", " 2", " =", " **", "4", "**", "."]
 
 
 def test_r1_starts_inside_the_block_the_prompt_opened() -> None:
-    seen = feed(think(Phase.THINKING), list(R1_PIECES))
+    seen = feed(think(Phase.THINKING), R1_PIECES)
     assert seen.reasoning == "Okay, the user asks for 2+2."
     assert seen.content == "2 + 2 = **4**."
     assert seen.phases[0] is Phase.THINKING and seen.phases[-1] is Phase.ANSWERING
@@ -150,10 +152,10 @@ def test_a_tool_call_written_while_thinking_is_not_a_call() -> None:
 def test_the_engine_closes_the_thinking_at_its_budget() -> None:
     reader = think(Phase.THINKING)
     seen = feed(reader, ["Let", " me", " count", " sheep", " "], finish=False)
-    assert reader.phase is Phase.THINKING
+    before = reader.phase
     text, tail = reader.close()
     assert text == "\n</think>\n\n"
-    assert reader.phase is Phase.ANSWERING
+    assert (before, reader.phase) == (Phase.THINKING, Phase.ANSWERING)
     seen.take(tail, reader.phase)
     seen.take(reader.push(b"{\"a\": 1}"), reader.phase)
     assert seen.reasoning == "Let me count sheep"

@@ -19,7 +19,10 @@ QWEN3 = (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text()
 QWQ = (TEMPLATES / "Qwen-QwQ-32B.jinja").read_text()
 R1 = (TEMPLATES / "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja").read_text()
 GPT_OSS = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text()
-R1_BOS = "<｜begin▁of▁sentence｜>"
+BAR = "\uff5c"  # DeepSeek's tokens are spelled with a fullwidth vertical line
+R1_BOS = f"<{BAR}begin▁of▁sentence{BAR}>"
+R1_EOS = f"<{BAR}end▁of▁sentence{BAR}>"
+R1_ASSISTANT = f"<{BAR}Assistant{BAR}>"
 CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
           "{% endfor %}<|im_start|>assistant\n")
 WEATHER = ToolSpec("get_weather", "The weather in a city.",
@@ -101,7 +104,7 @@ def test_qwen3_with_tools_and_history_drops_old_reasoning_keeps_the_tool_turns()
 
 
 def test_r1_distill_renders_history_without_reasoning_and_opens_the_block() -> None:
-    chat = template(R1, R1_BOS, "<｜end▁of▁sentence｜>")
+    chat = template(R1, R1_BOS, R1_EOS)
     profile = detected(R1, bos=R1_BOS)
     assert profile is not None
     history = (ChatMessage("user", "2+2?"),
@@ -110,8 +113,8 @@ def test_r1_distill_renders_history_without_reasoning_and_opens_the_block() -> N
     prompt = chat.render(history, variables={"reasoning_effort": "low"})
     assert prompt.startswith(R1_BOS)
     assert "R1-THOUGHT" not in prompt
-    assert "<｜Assistant｜>4<｜end▁of▁sentence｜>" in prompt
-    assert prompt.endswith("<｜Assistant｜><think>\n")
+    assert f"{R1_ASSISTANT}4{R1_EOS}" in prompt
+    assert prompt.endswith(f"{R1_ASSISTANT}<think>\n")
     assert profile.start(prompt) is Phase.THINKING
     closed = prompt + profile.no_thinking(prompt, tools_pending=False)
     assert closed.endswith("<think>\n\n</think>\n\n")
