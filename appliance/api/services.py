@@ -18,8 +18,8 @@ from appliance.api.middleware.failed_auth import FailedAuthLimiter
 from appliance.api.reasoning_seal import ReasoningSeal
 from appliance.api.stored_state import StateStore
 from appliance.api.telemetry.metrics import ApplianceMetrics
-from appliance.engines.catalog import Catalog
 from appliance.config import ReasoningField
+from appliance.engines.catalog import Catalog
 from appliance.ledger import (
     BucketQuery,
     BucketTotal,
@@ -98,8 +98,8 @@ class Services:
     # A response's last byte waits for its ledger row to be on disk, at most this long.
     commit_wait_seconds: float = 5.0
     exposure: Exposure = field(default_factory=Exposure)
+    # Which field(s) of a chat completion carry a reasoning model's thinking ([server]).
+    reasoning_field: ReasoningField = "both"
     metrics: ApplianceMetrics = field(default_factory=ApplianceMetrics)
     auth_failures: FailedAuthLimiter = field(default_factory=FailedAuthLimiter)
     drain: DrainState = field(default_factory=DrainState)  # the server flips it on SIGTERM
-    # Which field(s) of a chat completion carry a reasoning model's thinking ([server]).
-    reasoning_field: ReasoningField = "both"
