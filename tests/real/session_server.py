@@ -1,5 +1,10 @@
 """One real server per test session: SmolLM2-135M-Instruct and Gemma 3 270M, real weights.
 
+``smollm2-135m-think`` is SmolLM2 again, made a reasoning model of the think family: its
+ChatML template opens ``<think>`` in the generation prompt and, as Qwen3's does, drops the
+reasoning of earlier assistant turns; small thinking budgets let a test see the engine close
+the block (no reasoning GGUF is reachable here).
+
 The fixture is registered in tests/conftest.py, so the real tier and the compat suite share
 one server.
 """
@@ -35,6 +40,20 @@ aliases = ["gpt-4o-mini"]
 price_per_request = 0.5
 context_length = 1024
 parallel = 4
+
+[[models]]
+id = "smollm2-135m-think"
+path = "{SMOLLM2}"
+aliases = ["o4-mini"]
+context_length = 1024
+parallel = 2
+reasoning = "think"
+reasoning_budget = {{ low = 8, medium = 24, high = 64 }}
+chat_template = \"\"\"{{% for m in messages %}}<|im_start|>{{{{ m.role }}}}
+{{{{ m.content }}}}<|im_end|>
+{{% endfor %}}<|im_start|>assistant
+<think>
+\"\"\"
 
 [[models]]
 id = "smollm2-135m-embed"
