@@ -1,20 +1,35 @@
 """The official Python SDK's Responses API on the real think model (``o4-mini``: SmolLM2 with
 a template that opens ``<think>`` and a small thinking budget, tests/real/session_server.py).
 
-What is asserted is the protocol: reasoning arrives as a ``reasoning`` item with its
-``reasoning_text`` before the answer, plain and streamed (the SDK's stream helper assembles
-the same items), ``effort: none`` makes none, and a client that stores nothing hands the
-reasoning back through ``encrypted_content`` on its next turn (as Codex does). Raw bodies
-and events are validated against OpenAI's spec (tests/openapi_contract.py).
+The Agents SDK runs a stateless agent on it: its second request carries the first turn's
+reasoning item back (sealed). What is asserted is the protocol: reasoning arrives as a
+``reasoning`` item with its ``reasoning_text`` before the answer, plain and streamed (the SDK's
+stream helper assembles the same items), ``effort: none`` makes none, and a client that stores
+nothing hands the reasoning back through ``encrypted_content`` on its next turn (as Codex
+does). Raw bodies and events are validated against OpenAI's spec (tests/openapi_contract.py).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import openai
 import pytest
+from agents import (
+    Agent,
+    FunctionToolResult,
+    ModelSettings,
+    OpenAIProvider,
+    RunConfig,
+    RunContextWrapper,
+    Runner,
+    ToolsToFinalOutputResult,
+    function_tool,
+    set_tracing_disabled,
+)
+from openai.types.shared import Reasoning
+from pydantic import BaseModel, Field
 
 from tests.openapi_contract import validate
 from tests.real.conftest import RealServer
@@ -133,3 +148,65 @@ def test_a_changed_token_is_refused_by_name(real_server: RealServer) -> None:
             {"role": "user", "content": "And three plus three?"}])
     error = json.loads(refused.value.response.text)["error"]
     assert error["param"] == "input[1].encrypted_content"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_an_agent_hands_its_reasoning_back_between_turns(
+        real_server: RealServer) -> None:
+    """The Agents SDK, stateless (store false, the reasoning sealed): a forced tool call after
+    the model thought, then a second turn whose input carries that reasoning item back."""
+    set_tracing_disabled(True)  # the exporter would reach for OpenAI's servers
+    calls: list[str] = []
+
+    @function_tool
+    def get_weather(city: Annotated[str, Field(max_length=30)]) -> str:
+        """The current weather in a city.
+
+        Args:
+            city: the city's name
+        """
+        calls.append(city)
+        return f"sunny, 21 C in {city}"
+
+    agent = Agent(name="weather", instructions="Use the weather tool, then report it.",
+                  model=THINK_MODEL, tools=[get_weather], output_type=Forecast,
+                  model_settings=ModelSettings(
+                      tool_choice="required", parallel_tool_calls=False, max_tokens=ROOM,
+                      temperature=0.0, reasoning=Reasoning(effort="low", summary="auto"),
+                      store=False, response_include=["reasoning.encrypted_content"]),
+                  reset_tool_choice=True, tool_use_behavior=_end_after_second_model_turn(calls))
+    async with openai.AsyncOpenAI(base_url=real_server.base_url, api_key=real_server.key,
+                                  max_retries=0) as client:
+        run_config = RunConfig(model_provider=OpenAIProvider(openai_client=client),
+                               tracing_disabled=True)
+        result = await Runner.run(agent, "What is the weather in Paris?",
+                                  run_config=run_config, max_turns=3)
+    assert calls and len(result.raw_responses) == 2
+    for response in result.raw_responses:
+        assert response.output[0].type == "reasoning"
+        assert response.output[0].encrypted_content  # type: ignore[union-attr]
+    items = result.to_input_list()
+    kinds = [item.get("type") for item in items]
+    # What the second request sent back: the first turn's reasoning before its call.
+    assert kinds.index("reasoning") < kinds.index("function_call")
+    assert isinstance(result.final_output, Forecast) or len(calls) == 2, result.final_output
+
+
+class Forecast(BaseModel):
+    city: str = Field(max_length=30)  # bounds what greedy decoding writes
+    sunny: bool
+
+
+def _end_after_second_model_turn(calls: list[str]) -> Any:
+    """The run ends on the second model turn: an answer, or (a tiny model may) a second call."""
+    def decide(context: RunContextWrapper[Any],
+               results: list[FunctionToolResult]) -> ToolsToFinalOutputResult:
+        again = len(calls) > 1
+        return ToolsToFinalOutputResult(is_final_output=again,
+                                        final_output=results[-1].output if again else None)
+    return decide
