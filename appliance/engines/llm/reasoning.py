@@ -182,9 +182,14 @@ class Reader(Protocol):
         """Generation ended: what was held goes out."""
         ...
 
+    def closing_text(self) -> str:
+        """What the engine would write into the output to end the thinking now (it checks
+        that this fits before it calls close)."""
+        ...
+
     def close(self) -> tuple[str, Read]:
         """The engine ends the thinking now (budget spent, or an answer is owed): the text
-        it writes into the output to do so, and the reasoning still held."""
+        it writes into the output to do so (closing_text), and the reasoning still held."""
         ...
 
 
@@ -245,13 +250,17 @@ class ThinkReader:
     def finish(self) -> Read:
         return self._read(self._decoder.decode(b"", final=True), final=True)
 
+    def closing_text(self) -> str:
+        return f"\n{self._close}\n\n"
+
     def close(self) -> tuple[str, Read]:
+        text = self.closing_text()
         tail = self._reasoning.text(self._held, closing=True) \
             if self.phase is Phase.THINKING else ""
         self._held = ""
         self.phase = Phase.ANSWERING
         self._strip_answer = True
-        return f"\n{self._close}\n\n", Read(reasoning=tail)
+        return text, Read(reasoning=tail)
 
     def _read(self, text: str, final: bool) -> Read:
         reasoning: list[str] = []
@@ -327,17 +336,20 @@ class HarmonyReader:
             self._state = _Body.DONE
         return Read(read.reasoning, read.content, tuple(calls))
 
+    def closing_text(self) -> str:
+        if self._state is _Body.REASONING:
+            return "<|end|><|start|>assistant" + _HARMONY_FINAL
+        if self._state is _Body.BETWEEN:
+            return "<|start|>assistant" + _HARMONY_FINAL
+        if self._header + self._held:  # a header begun: end it as an empty message
+            return "<|message|><|end|><|start|>assistant" + _HARMONY_FINAL
+        return ("assistant" if self._needs_role else "") + _HARMONY_FINAL
+
     def close(self) -> tuple[str, Read]:
+        text = self.closing_text()
         tail = ""
         if self._state is _Body.REASONING:
             tail = self._reasoning.text(self._held, closing=True)
-            text = "<|end|><|start|>assistant" + _HARMONY_FINAL
-        elif self._state is _Body.BETWEEN:
-            text = "<|start|>assistant" + _HARMONY_FINAL
-        elif self._header + self._held:  # a header begun: end it as an empty message
-            text = "<|message|><|end|><|start|>assistant" + _HARMONY_FINAL
-        else:
-            text = ("assistant" if self._needs_role else "") + _HARMONY_FINAL
         self._held = ""
         self._header = ""
         self._state = _Body.CONTENT

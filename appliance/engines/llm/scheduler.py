@@ -273,7 +273,7 @@ class Scheduler:
             slot.in_batch = chunk
             in_batch.append(slot)
         for slot in self._slots:
-            if slot.state is SlotState.DECODING and slot not in in_batch:
+            if slot.state is SlotState.DECODING and slot not in in_batch and not slot.forced:
                 # Busy with nothing to decode would keep the loop awake for ever.
                 self._fail(slot, EngineFailure("The slot had nothing to decode."), "stepping")
         if batch.size == 0:
@@ -425,14 +425,13 @@ class Scheduler:
         assert request is not None and reader is not None
         if slot.closed_thinking:
             return False
-        text, read = reader.close()
-        tokens = self._model.tokenize(text, add_bos=False, special=True)
+        tokens = self._model.tokenize(reader.closing_text(), add_bos=False, special=True)
         room = min(request.max_tokens - slot.produced,
                    self._context_length - len(slot.cached) - 1
                    - (slot.next_token is not None))
-        self._deliver(slot, read)
         if len(tokens) >= room:
-            return False
+            return False  # it goes on thinking until max_tokens or the context ends it
+        self._deliver(slot, reader.close()[1])
         slot.closed_thinking = True
         slot.forced = tokens
         slot.produced += len(tokens)
