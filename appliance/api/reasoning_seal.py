@@ -17,6 +17,7 @@ import base64
 import binascii
 import logging
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
@@ -33,6 +34,7 @@ _VERSION = b"\x01"  # the token format, first byte of every token
 # Associated data: what a token is for, and whose it is (the key id), authenticated with it.
 _PURPOSE = b"appliance reasoning.encrypted_content v1\x00"
 _TOKEN_OVERHEAD = len(_VERSION) + _NONCE_BYTES + 16  # + the GCM tag
+_TOKEN_TEXT = re.compile(r"[A-Za-z0-9_-]*={0,2}")  # base64url, as seal() writes it
 
 
 def sealed_chars(text_bytes: int) -> int:
@@ -91,9 +93,13 @@ class ReasoningSeal:
             raise InvalidRequest(f"Invalid '{param}': a string of {len(token)} characters; "
                                  f"this server allows at most {max_chars}.", param=param,
                                  code="string_above_max_length")
+        # Only the alphabet our tokens are written in: the lenient decoder would skip other
+        # characters and open the token anyway.
+        if _TOKEN_TEXT.fullmatch(token) is None:
+            raise _unreadable(param, "it is not an encrypted_content this server made")
         try:
-            raw = base64.urlsafe_b64decode(token.encode("ascii"))
-        except (UnicodeEncodeError, binascii.Error, ValueError):
+            raw = base64.urlsafe_b64decode(token)
+        except (binascii.Error, ValueError):
             raise _unreadable(param, "it is not an encrypted_content this server made") from None
         if len(raw) < _TOKEN_OVERHEAD or raw[:1] != _VERSION:
             raise _unreadable(param, "it is not an encrypted_content this server made")

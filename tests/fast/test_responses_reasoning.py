@@ -299,6 +299,10 @@ def test_the_seal_key_is_made_once_and_kept(tmp_path: Path) -> None:
     elsewhere = ReasoningSeal.from_key_file(tmp_path / "other.key")
     with pytest.raises(InvalidRequest):
         elsewhere.open(token, "key-1", "p", 10_000)
+    # One character changed to another of base64's (the standard one's '+', a shift).
+    for bad in (token[:6] + "+" + token[7:], "A" + token, token.rstrip("=") + "A"):
+        with pytest.raises(InvalidRequest):
+            again.open(bad, "key-1", "p", 10_000)
     with pytest.raises(InvalidRequest) as too_long:
         again.open(token, "key-1", "p", len(token) - 1)
     assert too_long.value.code == "string_above_max_length"
