@@ -6,12 +6,15 @@ reasoning item back (sealed). What is asserted is the protocol: reasoning arrive
 ``reasoning`` item with its ``reasoning_text`` before the answer, plain and streamed (the SDK's
 stream helper assembles the same items), ``effort: none`` makes none, and a client that stores
 nothing hands the reasoning back through ``encrypted_content`` on its next turn (as Codex
-does). Raw bodies and events are validated against OpenAI's spec (tests/openapi_contract.py).
+does), also after the server was killed and booted again on its data dir. Raw bodies and
+events are validated against OpenAI's spec (tests/openapi_contract.py).
 """
 
 from __future__ import annotations
 
 import json
+import stat
+from pathlib import Path
 from typing import Annotated, Any
 
 import openai
@@ -31,8 +34,10 @@ from agents import (
 from openai.types.shared import Reasoning
 from pydantic import BaseModel, Field
 
+from devtools.server_harness import create_key, free_port, start_server, write_config
 from tests.openapi_contract import validate
 from tests.real.conftest import RealServer
+from tests.real.session_server import MODELS as SESSION_MODELS
 
 pytestmark = [pytest.mark.real, pytest.mark.compat]
 THINK_MODEL = "o4-mini"
@@ -210,3 +215,43 @@ def _end_after_second_model_turn(calls: list[str]) -> Any:
         return ToolsToFinalOutputResult(is_final_output=again,
                                         final_output=results[-1].output if again else None)
     return decide
+
+
+def _think_model_only() -> str:
+    """The session server's think model entry, alone (a server of its own boots fast)."""
+    [entry] = [block for block in SESSION_MODELS.split("[[models]]")
+               if 'id = "smollm2-135m-think"' in block]
+    return "[[models]]" + entry
+
+
+def test_a_token_opens_after_a_restart(tmp_path: Path) -> None:
+    """The seal's key is kept in the data dir (mode 0600): a stateless client's token made
+    before a kill -9 opens on the server that boots after it."""
+    port = free_port()
+    config = write_config(tmp_path, port, _think_model_only())
+    key = create_key(config, "seal-restart")
+    server = start_server(config, port)
+    try:
+        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key,
+                           max_retries=0) as client:
+            first = created(client, input=ASK, store=False,
+                            include=["reasoning.encrypted_content"])
+        token = reasoning_items(first)[0].encrypted_content
+        key_file = tmp_path / "data" / "reasoning-seal.key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        made = key_file.read_bytes()
+    finally:
+        server.kill()
+    server = start_server(config, port, append_log=True)
+    try:
+        assert key_file.read_bytes() == made  # read, not made anew
+        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key,
+                           max_retries=0) as client:
+            count = client.responses.input_tokens.count(model=THINK_MODEL, input=[
+                {"role": "user", "content": ASK},
+                {"type": "reasoning", "summary": [], "encrypted_content": token},
+                {"role": "assistant", "content": first.output_text},
+                {"role": "user", "content": "And three plus three?"}])
+        assert count.input_tokens > 0
+    finally:
+        server.stop()
