@@ -7,6 +7,7 @@ key kept in the data dir), and chains and conversations carrying the reasoning."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 from collections.abc import AsyncIterator
@@ -110,6 +111,41 @@ async def test_the_stream_sends_reasoning_events_then_the_message(
     final = events[-1]["response"]
     assert [i["type"] for i in final["output"]] == ["reasoning", "message"]
     assert events[-1]["response"]["output"][0] == events[thought + 6]["item"]
+
+
+async def test_a_streamed_reasoning_item_is_sealed_when_done(stack: ResponsesStack) -> None:
+    events = await sse_events(stack, {"input": "Hi", "include": [ENCRYPTED]})
+    added, done = (next(e for e in events if e["type"] == kind and
+                        e["item"]["type"] == "reasoning")
+                   for kind in ("response.output_item.added", "response.output_item.done"))
+    assert "encrypted_content" not in added["item"]  # sealed once the text is whole
+    token = done["item"]["encrypted_content"]
+    assert events[-1]["response"]["output"][0]["encrypted_content"] == token
+    await create(stack, {"input": [
+        {"type": "reasoning", "summary": [], "encrypted_content": token},
+        {"role": "assistant", "content": "x"}, {"role": "user", "content": "Hi"}]})
+    assert assistant_turns(stack)[0].reasoning == stack.engine.thinking
+
+
+async def test_background_work_reasons_and_replays_its_reasoning(
+        stack: ResponsesStack) -> None:
+    queued = await create(stack, {"input": "Hi", "background": True})
+    for _ in range(500):
+        polled = await stack.client.responses.retrieve(queued["id"])
+        if polled.status == "completed":
+            break
+        await asyncio.sleep(0.01)
+    assert polled.status == "completed"
+    assert [item.type for item in polled.output] == ["reasoning", "message"]
+    streamed = await stack.http.get(f"/v1/responses/{queued['id']}", headers=stack.auth(),
+                                    params={"stream": "true"})
+    events = [json.loads(line.removeprefix("data: ")) for line in streamed.text.splitlines()
+              if line.startswith("data: ")]
+    for event in events:
+        validate(event, "ResponseStreamEvent")
+    thought = "".join(e["delta"] for e in events
+                      if e["type"] == "response.reasoning_text.delta")
+    assert thought == stack.engine.thinking
 
 
 async def test_the_sdk_assembles_the_reasoning_stream(stack: ResponsesStack) -> None:
