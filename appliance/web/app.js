@@ -57,24 +57,37 @@ function setupTabs() {
 }
 
 // ---- models ----
-// /v1/models says each model's kind; the menus offer the models of their kind.
+// /v1/models says each model's kind; the menus offer the models of their kind. A chat model
+// that reasons says `reasoning` too: its option remembers it, for the effort selector.
 const MENUS = [["chat", "chat-model"], ["transcription", "transcribe-model"],
                ["image", "images-model"]];
 
-function fill(select, ids) {
+function fill(select, models) {
   const previous = select.value;
-  select.replaceChildren(...ids.map((id) => new Option(id, id)));
-  if (ids.includes(previous)) select.value = previous;
+  select.replaceChildren(...models.map((m) => {
+    const option = new Option(m.id, m.id);
+    if (m.reasoning) option.dataset.reasoning = m.reasoning;
+    return option;
+  }));
+  if (models.some((m) => m.id === previous)) select.value = previous;
+}
+
+// The effort selector is offered only for a model that reasons (others refuse the field).
+function showEffort() {
+  const chosen = $("chat-model").selectedOptions[0];
+  const reasons = Boolean(chosen && chosen.dataset.reasoning);
+  $("chat-effort").hidden = !reasons;
+  $("chat-effort-label").hidden = !reasons;
 }
 
 async function loadModels() {
   const body = await (await api("/v1/models")).json();
-  const ids = body.data.map((m) => m.id);
   for (const [kind, select] of MENUS) {
-    const matching = body.data.filter((m) => m.kind === kind).map((m) => m.id);
-    fill($(select), matching.length ? matching : ids);
+    const matching = body.data.filter((m) => m.kind === kind);
+    fill($(select), matching.length ? matching : body.data);
   }
-  say(`Key accepted: ${ids.length} model names.`);
+  showEffort();
+  say(`Key accepted: ${body.data.length} model names.`);
 }
 
 function setupKey() {
@@ -113,10 +126,41 @@ async function* sseEvents(response) {
   }
 }
 
+// A reasoning model's thinking, shown apart from the answer in a collapsed block that says
+// "Thinking…" while it streams and how long it was once the answer begins.
+function reasoningView() {
+  const block = $("chat-reasoning");
+  const summary = $("chat-reasoning-summary");
+  const text = $("chat-reasoning-text");
+  return {
+    reset() {
+      block.hidden = true;
+      block.open = false;
+      text.textContent = "";
+      summary.textContent = "Thinking…";
+      block.dataset.state = "";
+    },
+    add(piece) {
+      block.hidden = false;
+      block.dataset.state = "thinking";
+      text.textContent += piece;
+    },
+    // The answer began or the stream ended: the thinking is over (its length in tokens once
+    // the usage chunk says it).
+    end(tokens) {
+      if (block.hidden) return;
+      block.dataset.state = "done";
+      summary.textContent = tokens ? `Thought for ${tokens} tokens` : "Thought";
+    },
+  };
+}
+
 function setupChat() {
   let controller = null;
   const output = $("chat-output");
   const stats = $("chat-stats");
+  const thinking = reasoningView();
+  $("chat-model").addEventListener("change", showEffort);
   $("chat-stop").addEventListener("click", () => { if (controller) controller.abort(); });
   $("chat-form").addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -131,11 +175,15 @@ function setupChat() {
       max_tokens: Number($("chat-max-tokens").value),
     };
     if ($("chat-json").checked) body.response_format = { type: "json_object" };
+    if (!$("chat-effort").hidden && $("chat-effort").value) {
+      body.reasoning_effort = $("chat-effort").value;
+    }
     controller = new AbortController();
     $("chat-send").disabled = true;
     $("chat-stop").disabled = false;
     output.textContent = "";
     stats.textContent = "";
+    thinking.reset();
     output.dataset.state = "streaming";
     const started = performance.now();
     let firstToken = null;
@@ -150,9 +198,17 @@ function setupChat() {
       for await (const chunk of sseEvents(response)) {
         if (chunk.usage) usage = chunk.usage;
         for (const choice of chunk.choices || []) {
-          const text = choice.delta && choice.delta.content;
+          const delta = choice.delta || {};
+          // The server sends reasoning_content, reasoning or both (its reasoning_field).
+          const thought = delta.reasoning_content || delta.reasoning;
+          if (thought) {
+            if (firstToken === null) firstToken = performance.now() - started;
+            thinking.add(thought);
+          }
+          const text = delta.content;
           if (text) {
             if (firstToken === null) firstToken = performance.now() - started;
+            thinking.end();
             output.textContent += text;
           }
           if (choice.finish_reason) finish = choice.finish_reason;
@@ -169,12 +225,18 @@ function setupChat() {
         say(error.message, true);
       }
     } finally {
+      thinking.end();  // a stopped or failed stream: "Thought", no longer "Thinking…"
+      const details = usage && usage.completion_tokens_details;
+      if (details && details.reasoning_tokens) thinking.end(details.reasoning_tokens);
       controller = null;
       $("chat-send").disabled = false;
       $("chat-stop").disabled = true;
     }
     const parts = [];
     if (usage) parts.push(`${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens`);
+    const reasoned = usage && usage.completion_tokens_details
+      && usage.completion_tokens_details.reasoning_tokens;
+    if (reasoned) parts.push(`of them ${reasoned} reasoning`);
     if (firstToken !== null) parts.push(`first token after ${Math.round(firstToken)} ms`);
     parts.push(`total ${Math.round(performance.now() - started)} ms`);
     if (finish) parts.push(`finish: ${finish}`);
