@@ -408,3 +408,19 @@ def test_the_server_key_picks_the_field(tmp_path: Path) -> None:
         assert chosen.server.reasoning_field == field
     with pytest.raises(ConfigError, match=r"server\.reasoning_field"):
         load_config(_config(tmp_path, 'reasoning_field = "thoughts"'), env={})
+
+
+# --- legacy completions -----------------------------------------------------------------------
+
+
+async def test_legacy_completions_keep_every_word_as_text(rs: ReasoningStack) -> None:
+    """A raw prompt has no reasoning (the real engine reads its output as plain text); should
+    an engine split some off anyway, as this fake does, it is the completion's text."""
+    completion = await rs.client.completions.create(model=THINKER, prompt="Once")
+    assert completion.choices[0].text == rs.thought + rs.thinker.reply
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == rs.thought_tokens + len(
+        rs.thinker.reply.split())
+    stream = await rs.client.completions.create(model=THINKER, prompt="Once", stream=True)
+    assert "".join([chunk.choices[0].text async for chunk in stream if chunk.choices]) == \
+        rs.thought + rs.thinker.reply

@@ -5,6 +5,10 @@ template; each prompt gets ``n`` choices, numbered prompt by prompt. ``echo`` pu
 prompt in front of its completions; ``logprobs`` (0-5) come in this endpoint's own shape
 (parallel lists and text offsets). Refused by name: ``suffix`` (no shipped model can fill in
 the middle), ``best_of`` above 1, ``logprobs`` with ``echo`` (no prompt logprobs).
+
+A raw prompt has no reasoning: on a reasoning model the engine reads its output as plain text
+(no template opened a thinking block). Should an engine split reasoning off one anyway, that
+text is still the completion's (``_as_text``): nothing the model wrote is dropped.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from appliance.engines.base import (
     ChatEvent,
     ChatParams,
     Finish,
+    ReasoningDelta,
     Started,
     TextDelta,
     TokenLogprob,
@@ -78,11 +83,16 @@ async def _merged(generators: list[AsyncGenerator[ChatEvent, None]]) -> AsyncIte
             elif isinstance(item, BaseException):
                 raise item
             else:
-                yield item
+                yield item[0], _as_text(item[1])
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _as_text(event: ChatEvent) -> ChatEvent:
+    """This endpoint has no reasoning field: reasoning an engine split off is text here."""
+    return TextDelta(event.text, event.index) if isinstance(event, ReasoningDelta) else event
 
 
 class _Completion:
@@ -128,9 +138,9 @@ class _LegacyLogprobs:
 
 
 def _usage(prompt_tokens: int, finishes: list[Finish]) -> Usage:
-    completion = total_token_usage(finishes).completion_tokens if finishes else 0
+    total = total_token_usage(finishes) if finishes else Usage(prompt_tokens, 0)
     cached = sum(f.usage.cached_tokens for f in finishes if f.index == 0)
-    return Usage(prompt_tokens, completion, cached)
+    return Usage(prompt_tokens, total.completion_tokens, cached, total.reasoning_tokens)
 
 
 @gone_is_499
