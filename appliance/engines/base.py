@@ -272,8 +272,8 @@ class ChatEngine(Protocol):
     ``chat`` yields exactly one ``Started`` first (or raises before it: ContextLengthExceeded,
     InvalidRequest), then ``ReasoningDelta``s (reasoning models: a choice's reasoning comes
     before its answer), ``TextDelta``s and ``ToolCallDelta``s, then exactly one ``Finish`` per
-    choice (``n`` of them), the last event being a ``Finish``. Closing the iterator early or setting the cancel
-    token frees the engine at its next step.
+    choice (``n`` of them), the last event being a ``Finish``. Closing the iterator early or
+    setting the cancel token frees the engine at its next step.
     """
 
     @property
