@@ -380,11 +380,15 @@ async def test_a_stored_completion_keeps_its_reasoning(tmp_path: Path) -> None:
         made = await stack.client.chat.completions.create(model="fake-chat", messages=messages,
                                                           store=True)
         raw = await stack.raw("GET", f"/v1/chat/completions/{made.id}")
+        validate(raw.json(), "CreateChatCompletionResponse")
         assert raw.json()["choices"][0]["message"]["reasoning_content"] == \
             stack.engine.thinking
         listed = await stack.raw("GET", f"/v1/chat/completions/{made.id}/messages")
         stored = listed.json()["data"]
         assert stored[1]["reasoning_content"] == "Earlier thought."
+        # (The list's schema wants role "assistant" for every message: see test_state_api.)
+        validate({**listed.json(), "data": [{**m, "role": "assistant"} for m in stored]},
+                 "ChatCompletionMessageList")
         stream = await stack.client.chat.completions.create(
             model="fake-chat", messages=USER, store=True, stream=True)
         ids = {chunk.id async for chunk in stream}
