@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from appliance.api.bounds import RequestBounds
@@ -32,6 +33,10 @@ RESERVED_TEMPLATE_NAMES = frozenset({"messages", "tools", "add_generation_prompt
                                      "bos_token", "eos_token"})
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _THINKING_OFF: tuple[ReasoningEffort, ...] = ("none", "minimal")
+# The spec's efforts (its ReasoningEffort, shared by chat and responses), as the engine knows
+# them: past "high" there is no larger budget, so xhigh and max think as high does.
+SPEC_EFFORTS: Mapping[str, ReasoningEffort] = MappingProxyType({
+    **{effort: effort for effort in REASONING_EFFORTS}, "xhigh": "high", "max": "high"})
 
 
 def reasoning_effort(value: str | None, thinks: str | None,
@@ -40,11 +45,11 @@ def reasoning_effort(value: str | None, thinks: str | None,
     reasoning format is ``thinks`` (ModelInfo.reasoning; None: it does not reason)."""
     if value is None:
         return None
-    effort = next((known for known in REASONING_EFFORTS if known == value), None)
+    effort = SPEC_EFFORTS.get(value) if isinstance(value, str) else None
     if effort is None:
         raise InvalidRequest(
-            f"Invalid value for '{param}': {value[:64]!r}. Supported values are: "
-            f"{', '.join(repr(e) for e in REASONING_EFFORTS)}.", param=param,
+            f"Invalid value for '{param}': {str(value)[:64]!r}. Supported values are: "
+            f"{', '.join(repr(e) for e in SPEC_EFFORTS)}.", param=param,
             code="invalid_value")
     if thinks is None:
         raise InvalidRequest(f"Unsupported parameter: '{param}' is not supported with this "

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from appliance.api.wire.reasoning import SPEC_EFFORTS
 from appliance.api.wire.responses_input import Sourced, Unseal, history, input_items
 from appliance.api.wire.responses_tools import OfferedTools, offered_tools
 from appliance.engines.base import ChatParams, OutputFormat, ReasoningEffort, Sampling
@@ -37,10 +38,6 @@ INCLUDABLE = frozenset({
     "message.output_text.logprobs"})
 LOGPROBS = "message.output_text.logprobs"
 ENCRYPTED_REASONING = "reasoning.encrypted_content"
-# The spec's efforts, as the engine knows them: past "high" there is no larger budget.
-_EFFORTS: dict[str, ReasoningEffort] = {
-    "none": "none", "minimal": "minimal", "low": "low", "medium": "medium", "high": "high",
-    "xhigh": "high", "max": "high"}
 _SUMMARIES = ("auto", "concise", "detailed")
 _FORMAT_NAME_CHARS = 64
 
@@ -153,14 +150,14 @@ def _effort(reasoning: ReasoningParam | None) -> ReasoningEffort | None:
     here writes one, so a reasoning item's ``summary`` is always empty."""
     if reasoning is None:
         return None
-    if reasoning.effort is not None and reasoning.effort not in _EFFORTS:
+    if reasoning.effort is not None and reasoning.effort not in SPEC_EFFORTS:
         raise InvalidRequest(f"Invalid value for 'reasoning.effort': {reasoning.effort!r}.",
                              param="reasoning.effort", code="invalid_value")
     for field in ("summary", "generate_summary"):
         if getattr(reasoning, field) not in (None, *_SUMMARIES):
             raise InvalidRequest(f"Invalid value for 'reasoning.{field}'.",
                                  param=f"reasoning.{field}", code="invalid_value")
-    return _EFFORTS[reasoning.effort] if reasoning.effort is not None else None
+    return SPEC_EFFORTS[reasoning.effort] if reasoning.effort is not None else None
 
 
 def _conversation_id(body: ResponseInputs) -> str | None:
