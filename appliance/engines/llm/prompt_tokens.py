@@ -297,12 +297,16 @@ class RequestText:
         return tuple(self._message(m) for m in messages)
 
     def _message(self, message: ChatMessage) -> ChatMessage:
+        # Reasoning given back is request text like content: templates print it (Qwen3's
+        # <think> of the current turn, gpt-oss's analysis before a call).
+        reasoning = None if message.reasoning is None else self.text(message.reasoning)
         if not message.tool_calls and message.name is None and message.tool_call_id is None:
-            return replace(message, content=self.text(message.content))
+            return replace(message, content=self.text(message.content), reasoning=reasoning)
         name, call_id = message.name, message.tool_call_id
         return replace(
             message,
             content=self.text(message.content),
+            reasoning=reasoning,
             tool_calls=tuple(self._call(call) for call in message.tool_calls),
             tool_call_id=None if call_id is None else self.text(call_id),
             name=None if name is None else self.text(name),
