@@ -6,8 +6,14 @@ each call's name and its arguments against that tool's parameters), and prints a
 valid / cut by max_tokens (finish_reason "length") / invalid. "invalid" must be 0. For
 tool_choice "auto" it counts how often the model called a tool at all.
 
-    .venv/bin/python scripts/tally_structured.py [--model smollm2|gemma] [--runs 100]
-        [--tools-only]
+``--model think`` runs the same tallies on a reasoning model: SmolLM2 as the think family
+(tests/real/session_server.py's smollm2-135m-think: its template opens ``<think>``, budgets
+low 8 / medium 24 / high 64), every request with ``reasoning_effort`` (``--effort``, default
+low), so the grammar is armed only once the engine has closed the thinking. Its table adds
+"reasoned": runs whose usage counts reasoning tokens.
+
+    .venv/bin/python scripts/tally_structured.py [--model smollm2|gemma|think] [--runs 100]
+        [--tools-only] [--effort low|medium|high]
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 from bench_chat import specs, start_server, write_config
 
-from devtools.server_harness import create_key, free_port
+from devtools import server_harness
+from devtools.server_harness import SMOLLM2, create_key, free_port
 
 PET = {"type": "object", "additionalProperties": False,
        "required": ["name", "species", "age", "vaccinated"],
@@ -71,6 +78,25 @@ TOOLS: list[Any] = [
                                       "description": "Send an email", "parameters": EMAIL}},
 ]
 SCHEMAS = {"get_weather": WEATHER, "send_email": EMAIL}
+THINK_MODEL = "smollm2-135m-think"
+THINK_CONFIG = f"""[[models]]
+id = "{THINK_MODEL}"
+path = "{SMOLLM2}"
+context_length = 4096
+parallel = 8
+reasoning = "think"
+reasoning_budget = {{ low = 8, medium = 24, high = 64 }}
+chat_template = \"\"\"{{% for m in messages %}}<|im_start|>{{{{ m.role }}}}
+{{{{ m.content }}}}<|im_end|>
+{{% endfor %}}<|im_start|>assistant
+<think>
+\"\"\"
+"""
+
+
+def reasoned(completion: Any) -> bool:
+    details = completion.usage.completion_tokens_details if completion.usage else None
+    return bool(details is not None and details.reasoning_tokens)
 TOOL_CASES: list[tuple[str, Any, str]] = [
     ("tools required", "required", "Is it cold in Oslo? Then mail Ann about it."),
     ("tools named send_email", {"type": "function", "function": {"name": "send_email"}},
@@ -80,14 +106,16 @@ TOOL_CASES: list[tuple[str, Any, str]] = [
 
 
 async def tally_tools(client: openai.AsyncOpenAI, model: str, runs: int,
-                      max_tokens: int, only: str) -> None:
+                      max_tokens: int, only: str, extra: dict[str, Any]) -> None:
     gate = asyncio.Semaphore(8)
+    thought: list[bool] = []
 
     async def one(choice: Any, prompt: str, seed: int) -> str:
         async with gate:
             completion = await client.chat.completions.create(
                 model=model, temperature=1.0, seed=seed, max_tokens=max_tokens, tools=TOOLS,
-                tool_choice=choice, messages=[{"role": "user", "content": prompt}])
+                tool_choice=choice, messages=[{"role": "user", "content": prompt}], **extra)
+        thought.append(reasoned(completion))
         result = completion.choices[0]
         if result.finish_reason == "length":
             return "length"
@@ -107,18 +135,21 @@ async def tally_tools(client: openai.AsyncOpenAI, model: str, runs: int,
         return "valid" if result.finish_reason == "tool_calls" else "invalid"
 
     print(f"\n{'tool choice':28} {'runs':>5} {'valid':>6} {'length':>7} {'invalid':>8} "
-          f"{'no call':>8}")
+          f"{'no call':>8} {'reasoned':>9}")
     for name, choice, prompt in TOOL_CASES:
         if only not in name:
             continue
+        thought.clear()
         outcomes = await asyncio.gather(*(one(choice, prompt, seed) for seed in range(runs)))
         print(f"{name:28} {runs:5d} {outcomes.count('valid'):6d} "
               f"{outcomes.count('length'):7d} {outcomes.count('invalid'):8d} "
-              f"{outcomes.count('text'):8d}")
+              f"{outcomes.count('text'):8d} {sum(thought):9d}")
 
 
-async def tally(client: openai.AsyncOpenAI, model: str, runs: int, max_tokens: int) -> None:
+async def tally(client: openai.AsyncOpenAI, model: str, runs: int, max_tokens: int,
+                extra: dict[str, Any]) -> None:
     gate = asyncio.Semaphore(8)
+    thought: list[bool] = []
 
     async def one(response_format: dict[str, Any], schema: dict[str, Any], prompt: str,
                   seed: int) -> str:
@@ -126,7 +157,8 @@ async def tally(client: openai.AsyncOpenAI, model: str, runs: int, max_tokens: i
             completion = await client.chat.completions.create(
                 model=model, temperature=1.0, seed=seed, max_tokens=max_tokens,
                 response_format=response_format,  # type: ignore[arg-type]
-                messages=[{"role": "user", "content": prompt}])
+                messages=[{"role": "user", "content": prompt}], **extra)
+        thought.append(reasoned(completion))
         choice = completion.choices[0]
         if choice.finish_reason == "length":
             return "length"
@@ -136,36 +168,48 @@ async def tally(client: openai.AsyncOpenAI, model: str, runs: int, max_tokens: i
             return "invalid"
         return "valid"
 
-    print(f"{'case':28} {'runs':>5} {'valid':>6} {'length':>7} {'invalid':>8}")
+    print(f"{'case':28} {'runs':>5} {'valid':>6} {'length':>7} {'invalid':>8} "
+          f"{'reasoned':>9}")
     for name, response_format, schema, prompt in CASES:
+        thought.clear()
         outcomes = await asyncio.gather(
             *(one(response_format, schema, prompt, seed) for seed in range(runs)))
         print(f"{name:28} {runs:5d} {outcomes.count('valid'):6d} "
-              f"{outcomes.count('length'):7d} {outcomes.count('invalid'):8d}")
+              f"{outcomes.count('length'):7d} {outcomes.count('invalid'):8d} "
+              f"{sum(thought):9d}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", choices=["smollm2", "gemma"], default="smollm2")
+    parser.add_argument("--model", choices=["smollm2", "gemma", "think"], default="smollm2")
+    parser.add_argument("--effort", choices=["low", "medium", "high"], default="low",
+                        help="the think model's reasoning_effort")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--max-tokens", type=int, default=400)
     parser.add_argument("--tools-only", action="store_true", help="skip response formats")
     parser.add_argument("--only", default="", help="tool cases whose name contains this")
     args = parser.parse_args()
-    spec = specs(args.model)[0]
     print("command:", " ".join(sys.argv))
     with tempfile.TemporaryDirectory(prefix="tally-") as folder:
         port = free_port()
-        config = write_config(Path(folder), spec, port, 4096, 8)
+        extra: dict[str, Any] = {}
+        if args.model == "think":
+            model_id = THINK_MODEL
+            config = server_harness.write_config(Path(folder), port, THINK_CONFIG)
+            extra["reasoning_effort"] = args.effort
+        else:
+            spec = specs(args.model)[0]
+            model_id = spec.model_id
+            config = write_config(Path(folder), spec, port, 4096, 8)
         key = create_key(config, "bench")
         server = start_server(config, port)
         try:
             client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key,
                                         max_retries=0, timeout=600)
             if not args.tools_only:
-                asyncio.run(tally(client, spec.model_id, args.runs, args.max_tokens))
-            asyncio.run(tally_tools(client, spec.model_id, args.runs, args.max_tokens,
-                                    args.only))
+                asyncio.run(tally(client, model_id, args.runs, args.max_tokens, extra))
+            asyncio.run(tally_tools(client, model_id, args.runs, args.max_tokens, args.only,
+                                    extra))
         finally:
             server.stop()
     return 0
