@@ -14,9 +14,10 @@ from appliance.api.app import create_app
 from appliance.api.bounds import RequestBounds
 from appliance.api.image_files import ImageFiles
 from appliance.api.services import Pricing, Services
-from appliance.engines.base import CHAT, EMBEDDING, IMAGE, TRANSCRIPTION, Listing
+from appliance.engines.base import CHAT, EMBEDDING, IMAGE, SPEECH, TRANSCRIPTION, Listing
 from appliance.engines.catalog import Catalog
 from tests.fake_audio import FakeTranscriptionEngine
+from tests.fake_speech import FakeSpeechEngine
 from tests.fakes import (
     FakeChatEngine,
     FakeEmbeddingEngine,
@@ -57,7 +58,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[FastStack]:
         catalog=Catalog([Listing(CHAT, engine, ("gpt-4o-mini",)),
                          Listing(EMBEDDING, FakeEmbeddingEngine(), ("text-embedding-3-small",)),
                          Listing(TRANSCRIPTION, FakeTranscriptionEngine(), ("whisper-1",)),
-                         Listing(IMAGE, painter, ("dall-e-2",))]),
+                         Listing(IMAGE, painter, ("dall-e-2",)),
+                         Listing(SPEECH, FakeSpeechEngine(), ("tts-1", "gpt-4o-mini-tts"))]),
         ledger=ledger,
         keys=keys,
         pricing=Pricing(per_request={"fake-chat": 0.25, "fake-image": 0.04}, currency="USD"),

@@ -38,10 +38,10 @@ class RequestRecord:
     stream: bool = False
     audio_seconds: float = 0.0  # transcriptions and translations: the audio's duration
     images: int = 0  # image requests: how many images were made
-    characters: int = 0  # speech requests: the input text's characters
     # The kind of model the route serves ("chat", "embedding", "transcription", "image");
     # None for routes that call no model. The usage reports select rows by it.
     kind: str | None = None
+    characters: int = 0  # speech requests: the input text's characters (migration m007)
 
 
 @dataclass(frozen=True)

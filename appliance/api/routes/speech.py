@@ -21,6 +21,7 @@ from contextlib import aclosing
 import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from appliance.api.errors import mid_stream_failure
 from appliance.api.note import RequestNote
@@ -76,8 +77,25 @@ async def create_speech(request: Request) -> Response:
     sentences = services.metrics.speech_sentences.labels(engine.info.id)
     audio = _audio(events, encoder, note, sentences.inc)
     if body.stream_format == "sse":
-        return call.streamed(_sse(audio, note), DOING, done=False)
-    return StreamingResponse(_plain(audio, note, cancel), media_type=encoder.media_type)
+        sse = call.streamed(_sse(audio, note), DOING, done=False)
+        return ClosingStream(sse.body_iterator, headers=dict(sse.headers))
+    return ClosingStream(_plain(audio, note, cancel), media_type=encoder.media_type)
+
+
+class ClosingStream(StreamingResponse):
+    """A stream whose chunks are closed as soon as the response ends, however it ends.
+    Starlette abandons the iterator of a client that left (its disconnect listener cancels
+    the send loop), and the event loop's finaliser would close it only some time later: the
+    engine would go on synthesising sentences nobody hears. Closing it here stops the
+    engine after its current sentence."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            chunks = self.body_iterator
+            if isinstance(chunks, AsyncGenerator):
+                await chunks.aclose()
 
 
 def _voice(engine: SpeechEngine, name: str) -> str:
