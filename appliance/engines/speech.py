@@ -8,6 +8,10 @@ it into sentences, in linear time), then each sentence is synthesised and handed
 loop as soon as it is done, so the first audio leaves long before the last sentence is made,
 and a cancelled request stops after the sentence being synthesised.
 
+Text is read as text only: control characters and lone surrogates (which JSON can carry, and
+espeak-ng's C interface cannot take) become spaces, and Piper's ``[[ raw phonemes ]]`` markup
+is broken up, so a request cannot feed the network symbols of its choosing.
+
 A sentence longer than ``MAX_PHONEMES`` is cut at a word boundary: VITS's attention grows with
 the square of its input, and a 4,096-character text without punctuation would otherwise be
 one piece whose first audio comes only at the end.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from pathlib import Path
@@ -47,6 +52,17 @@ WORD_BREAK = " "
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 Emit = Callable[[SpeechEvent | BaseException | None], None]
+
+
+# C0 and C1 controls but tab, newline and carriage return; and UTF-16 surrogates, which a
+# Python str holds only when unpaired.
+UNSPEAKABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+RAW_PHONEMES = re.compile(r"\[\[|\]\]")
+
+
+def speakable(text: str) -> str:
+    """``text`` as Piper should read it: plain text, nothing its C parts choke on."""
+    return RAW_PHONEMES.sub(lambda m: " ".join(m.group(0)), UNSPEAKABLE.sub(" ", text))
 
 
 def choose_device(configured: str, available: list[str]) -> str:
@@ -184,7 +200,7 @@ class PiperSpeechEngine:
         once ``cancel`` is set."""
         if cancel.cancelled:
             return
-        pieces = [piece for sentence in self._voice.phonemize(params.text)
+        pieces = [piece for sentence in self._voice.phonemize(speakable(params.text))
                   for piece in split_long(sentence) if piece]
         ids = [self._voice.phonemes_to_ids(piece) for piece in pieces]
         yield SpeechStarted(sentences=len(ids), input_tokens=sum(len(i) for i in ids))

@@ -1,4 +1,5 @@
-"""One real server per test session: SmolLM2-135M-Instruct and Gemma 3 270M, real weights.
+"""One real server per test session: SmolLM2-135M-Instruct and Gemma 3 270M, real weights
+(and the other kinds' tiny models: whisper, a random diffusers pipeline, a Piper voice).
 
 The fixture is registered in tests/conftest.py, so the real tier and the compat suite share
 one server.
@@ -15,6 +16,7 @@ import pytest
 
 from devtools.server_harness import (
     GEMMA,
+    PIPER_JOE,
     SMOLLM2,
     TINY_SD,
     WHISPER_BASE,
@@ -81,6 +83,15 @@ aliases = ["dall-e-2"]
 price_per_request = 0.03
 steps = 2
 sizes = ["64x64", "128x64"]
+
+[[models]]
+id = "piper-joe-medium"
+kind = "speech"
+path = "{PIPER_JOE}"
+aliases = ["tts-1", "gpt-4o-mini-tts"]
+price_per_request = 0.015
+threads = 1
+voices = {{ alloy = "joe", echo = "joe", nova = "joe" }}
 """
 # Short, so a test can watch a URL expire; fetches right after a response are far inside it.
 IMAGE_URL_TTL_S = 4
