@@ -33,7 +33,8 @@ def test_long_sentences_are_cut_at_word_breaks() -> None:
     assert split_long([], limit=10) == []
     long = list(("word " * 200).strip())
     pieces = split_long(long)
-    assert all(len(p) <= MAX_PHONEMES for p in pieces) and [p for piece in pieces for p in piece] == long
+    assert all(len(p) <= MAX_PHONEMES for p in pieces)
+    assert [p for piece in pieces for p in piece] == long
 
 
 def test_voice_names() -> None:

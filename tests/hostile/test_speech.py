@@ -19,9 +19,11 @@ SPEECH = "/v1/audio/speech"
 
 
 def growth(requests: int, seconds: float) -> Bounds:
-    """As tests/hostile/test_media.py: a log line and a ledger row a request, the probe's lines."""
+    """As tests/hostile/test_media.py: a log line a request and the probe's lines; the ledger
+    grows by WAL pages, some 60 KiB a commit: a request's "started" and final rows are two
+    commits (or one, when the writer batches them), the harness's chat after it two more."""
     return Bounds(peak_rss_mib=60, log_kib=1 + 0.5 * requests + 1.2 * seconds,
-                  ledger_kib=64 * (requests + 1))
+                  ledger_kib=64 * (2 * requests + 2))
 
 
 def speak(http: httpx2.Client, **fields: Any) -> httpx2.Response:
