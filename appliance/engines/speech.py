@@ -13,8 +13,10 @@ espeak-ng's C interface cannot take) become spaces, and Piper's ``[[ raw phoneme
 is broken up, so a request cannot feed the network symbols of its choosing.
 
 A sentence longer than ``MAX_PHONEMES`` is cut at a word boundary: VITS's attention grows with
-the square of its input, and a 4,096-character text without punctuation would otherwise be
-one piece whose first audio comes only at the end.
+the square of its input, its activations with the audio's length (about 1 MB a phoneme), and
+a 4,096-character text without punctuation would otherwise be one piece whose first audio
+comes only at the end. The warm-up synthesises a piece of the full length, so ONNX Runtime's
+memory arena reaches its high-water mark at boot, not in some later request.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ from appliance.engines.runtime.worker_pool import WorkerPool
 from appliance.errors import ConfigError, InvalidRequest
 
 log = logging.getLogger("appliance.engines.speech")
-MAX_PHONEMES = 400
+MAX_PHONEMES = 200  # about 12 s of speech: a long sentence, and some 190 MB of activations
+# Enough words (no punctuation: one sentence) for a piece of MAX_PHONEMES and a shorter one.
+WARM_UP_TEXT = " ".join(["ready"] * 36)
 WORD_BREAK = " "
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -164,8 +168,9 @@ class PiperSpeechEngine:
 
     def warm_up(self) -> None:
         """Phonemizer and network run once, so the first request pays no first-use costs
-        (espeak-ng loads its data on first use; ONNX Runtime plans its graph)."""
-        for _ in self.synthesise(SpeechParams(text="Ready.", voice=self._voices[0]),
+        (espeak-ng loads its data on first use; ONNX Runtime plans its graph and grows its
+        arena to what the longest piece needs)."""
+        for _ in self.synthesise(SpeechParams(text=WARM_UP_TEXT, voice=self._voices[0]),
                                  CancelToken()):
             pass
 

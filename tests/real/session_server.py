@@ -91,7 +91,21 @@ path = "{PIPER_JOE}"
 aliases = ["tts-1", "gpt-4o-mini-tts"]
 price_per_request = 0.015
 threads = 1
-voices = {{ alloy = "joe", echo = "joe", nova = "joe" }}
+# Its voices last: a sub-table belongs to the [[models]] entry above it.
+[models.voices]
+alloy = "joe"
+ash = "joe"
+ballad = "joe"
+coral = "joe"
+echo = "joe"
+fable = "joe"
+nova = "joe"
+onyx = "joe"
+sage = "joe"
+shimmer = "joe"
+verse = "joe"
+marin = "joe"
+cedar = "joe"
 """
 # Short, so a test can watch a URL expire; fetches right after a response are far inside it.
 IMAGE_URL_TTL_S = 4
