@@ -49,7 +49,8 @@ OPENAI_OPERATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "/v1/audio/speech": ("/audio/speech", ("post",)),
     "/v1/images/generations": ("/images/generations", ("post",)),
     **{f"/v1/organization/usage/{kind}": (f"/organization/usage/{kind}", ("get",))
-       for kind in ("completions", "embeddings", "audio_transcriptions", "images")},
+       for kind in ("completions", "embeddings", "audio_transcriptions", "audio_speeches",
+                    "images")},
     "/v1/organization/costs": ("/organization/costs", ("get",)),
 }
 # The stored-state routes (appliance/api/routes/stored_*.py, conversations.py), methods added

@@ -396,7 +396,8 @@ function setupImages() {
 }
 
 // ---- usage: /v1/usage for a key's own usage; the organization routes for admin keys ----
-const USAGE_KINDS = ["completions", "embeddings", "audio_transcriptions", "images"];
+const USAGE_KINDS = ["completions", "embeddings", "audio_transcriptions", "audio_speeches",
+                     "images"];
 
 async function adminUsage(days) {
   const now = Math.floor(Date.now() / 1000);

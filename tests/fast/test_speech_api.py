@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import json
+import time
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from appliance.api.bounds import RequestBounds
 from appliance.api.services import Pricing, Services
 from appliance.engines.base import CHAT, SPEECH, Listing
 from appliance.engines.catalog import Catalog
+from appliance.ledger import KeyLimits, KeyStore, LedgerReports, LedgerWriter
 from tests.fake_speech import SENTENCE_SECONDS, FakeSpeechEngine
 from tests.fakes import FakeChatEngine, FakeKeys, ListLedger
 from tests.openapi_contract import validate
@@ -284,3 +286,38 @@ async def test_a_client_that_leaves_stops_the_synthesis(speech: SpeechStack) -> 
     assert 1 <= len(made) < 40
     assert len(speech.engine.stopped) == 1
     assert speech.ledger.rows[-1].status in ("cancelled", "ok")
+
+
+async def test_the_usage_report_counts_characters(tmp_path: Path) -> None:
+    with KeyStore(tmp_path / "keys.sqlite") as keys, \
+            LedgerWriter(tmp_path / "ledger.sqlite") as ledger:
+        services = Services(
+            catalog=Catalog([Listing(SPEECH, FakeSpeechEngine(), ("tts-1",))]),
+            ledger=ledger, keys=keys, key_admin=keys,
+            reports=LedgerReports(tmp_path / "ledger.sqlite"),
+            pricing=Pricing(per_request={"fake-speech": 0.015}, currency="USD"))
+        user = keys.create("user", KeyLimits())[1]
+        admin = keys.create("admin", KeyLimits(), admin=True)[1]
+        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=create_app(services)),
+                                      base_url="http://appliance.test") as http:
+            for text in ("Hello there.", "General Kenobi."):
+                spoken = await http.post("/v1/audio/speech", headers=bearer(user), json={
+                    "model": "tts-1", "voice": "alloy", "input": text})
+                assert spoken.status_code == 200
+            for _ in range(100):  # the ledger writer commits on its own thread
+                page = (await http.get(
+                    "/v1/organization/usage/audio_speeches", headers=bearer(admin),
+                    params={"start_time": int(time.time()) - 60, "group_by": "model"})).json()
+                results = [r for bucket in page["data"] for r in bucket["results"]]
+                if results and results[0]["num_model_requests"] == 2:
+                    break
+                await asyncio.sleep(0.02)
+    validate(page, "UsageResponse")
+    assert results == [{"object": "organization.usage.audio_speeches.result",
+                        "characters": len("Hello there.") + len("General Kenobi."),
+                        "num_model_requests": 2, "project_id": None, "user_id": None,
+                        "api_key_id": None, "model": "fake-speech"}]
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {secret}"}
