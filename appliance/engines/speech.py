@@ -135,7 +135,11 @@ class PiperSpeechEngine:
             if target not in voices:
                 raise ConfigError(f"model {config.id!r}: voices.{name} = {target!r} is not a "
                                   f"voice of this model (it has {', '.join(voices)})")
-        device = choose_device(config.device, onnxruntime.get_available_providers())
+        available = onnxruntime.get_available_providers()
+        device = choose_device(config.device, available)
+        if device == "cuda" and CUDA not in available:
+            raise ConfigError(f"model {config.id!r}: device \"cuda\", but this onnxruntime has "
+                              "no CUDA provider (install onnxruntime-gpu, or say \"auto\")")
         options = onnxruntime.SessionOptions()
         if config.threads is not None:
             options.intra_op_num_threads = config.threads
