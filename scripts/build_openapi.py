@@ -192,7 +192,8 @@ OWN_SCHEMAS: dict[str, Any] = {
                                "input_tokens": {"type": "integer"},
                                "output_tokens": {"type": "integer"},
                                "audio_seconds": {"type": "number"},
-                               "images": {"type": "integer"}, "cost": {"type": "number"}}}},
+                               "images": {"type": "integer"}, "characters": {"type": "integer"},
+                               "cost": {"type": "number"}}}},
         },
     },
 }
