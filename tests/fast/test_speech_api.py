@@ -194,6 +194,8 @@ async def test_speed_shortens_the_audio(speech: SpeechStack) -> None:
     ({"voice": "nobody"}, "voice", "alloy, amy, ash"),
     ({"voice": {"id": "nobody"}}, "voice", "valid voices"),
     ({"voice": "v" * 300}, "voice", "256"),
+    ({"voice": {"id": "v" * 300}}, "voice", "256"),
+    ({"model": "m" * 300}, "model", "256"),
     ({"instructions": "Speak like a pirate."}, "instructions", "instructions"),
     ({"instructions": "x" * 4097}, "instructions", "4096"),
     ({"model": "gpt-4o-mini"}, "model", "speech"),

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from appliance.api.wire.generation_bounds import too_long
 from appliance.api.wire.speech_audio import SpeechFormat
 from appliance.api.wire.sse import frame
 from appliance.api.wire.validation import Check
@@ -61,10 +62,11 @@ def speech_bounds(max_input_chars: int, max_name_chars: int) -> Check:
                 f"Invalid value for 'instructions': {len(instructions)} characters; the limit "
                 f"is {max_input_chars}.", param="instructions", code="string_above_max_length")
         voice = data.get("voice")
-        name = voice.get("id") if isinstance(voice, dict) else voice
-        if isinstance(name, str) and len(name) > max_name_chars:
-            raise InvalidRequest(f"Invalid value for 'voice': longer than {max_name_chars} "
-                                 "characters.", param="voice", code="invalid_value")
+        labels = {"model": data.get("model"),
+                  "voice": voice.get("id") if isinstance(voice, dict) else voice}
+        for param, label in labels.items():
+            if isinstance(label, str) and len(label) > max_name_chars:
+                raise too_long(param, len(label), max_name_chars)
 
     return check
 
