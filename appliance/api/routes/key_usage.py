@@ -4,9 +4,10 @@ The /v1/organization usage and cost routes need an admin key; this one answers a
 about itself only, so the playground (or any client) can show a key what it has spent.
 ``days`` (1-31, default 7) counts back from today, today included. Each row is one day and
 model with ``requests`` (requests that reached a model and delivered: ``ok``, or a stream
-cancelled after it began), token, audio, image and speech-character totals, and ``cost``
-(the recorded flat prices of every row of that day and model, in ``currency``). Days
-without requests have no rows. Admin keys get the usual 403 here (they read /v1/organization/usage and /costs).
+cancelled after it began), token, audio, image and speech-character totals, and ``cost`` (the
+recorded flat prices of every row of that day and model, in ``currency``). Days without
+requests have no rows. Admin keys get the usual 403 here (they read /v1/organization/usage and
+/costs).
 """
 
 from __future__ import annotations
