@@ -203,15 +203,16 @@ def _cmd_usage(args: argparse.Namespace) -> int:
     rows = usage_report(config.server.ledger_path, by=args.by, since=args.since,
                         until=args.until, key_names=names)
     header = [*args.by, "requests", "ok", "errors", "cancelled", "interrupted",
-              "prompt_tokens", "completion_tokens", "audio_seconds", "images", "cost",
-              "currency"]
+              "prompt_tokens", "completion_tokens", "audio_seconds", "images", "characters",
+              "cost", "currency"]
     table = []
     for row in rows:
         group = {"key": row.key_name or row.key_id or "-", "model": row.model or "-",
                  "day": row.day or "-"}
         table.append([*(group[name] for name in args.by), row.requests, row.ok, row.errors,
                       row.cancelled, row.interrupted, row.prompt_tokens, row.completion_tokens,
-                      f"{row.audio_seconds:.1f}", row.images, f"{row.cost:.4f}", row.currency])
+                      f"{row.audio_seconds:.1f}", row.images, row.characters,
+                      f"{row.cost:.4f}", row.currency])
     writer = csv.writer(sys.stdout, delimiter="," if args.csv else "\t", lineterminator="\n")
     writer.writerow(header)
     writer.writerows(table)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal, overload
 
 from appliance.errors import ConfigError
 
-ModelKind = Literal["chat", "embedding", "transcription", "image"]
+ModelKind = Literal["chat", "embedding", "transcription", "image", "speech"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 POOLING_KINDS: tuple[str, ...] = ("mean", "cls", "last")
 GPU_LAYERS_ALL = -1
@@ -146,12 +146,25 @@ class ImageModelConfig(_WorkerModelConfig):
     sizes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, kw_only=True)
+class SpeechModelConfig(ModelConfig):
+    """A Piper voice: ``path`` names its .onnx file, whose .onnx.json config lies beside it."""
+
+    kind: ClassVar[ModelKind] = "speech"
+    path_names: ClassVar[str] = "Piper voice (.onnx file)"
+    device: str = "auto"  # auto: ONNX Runtime's CUDA provider when it has one, else the CPU
+    workers: int = 1  # requests synthesised at once (each sentence uses `threads` threads)
+    # Request voice name -> the model's own voice (OpenAI's alloy, ash, ... map here); the
+    # model's own voice names are always accepted as they are. Pairs, sorted by name.
+    voices: tuple[tuple[str, str], ...] = ()
+
+
 AnyModelConfig = ChatModelConfig | EmbeddingModelConfig | TranscriptionModelConfig \
-    | ImageModelConfig
+    | ImageModelConfig | SpeechModelConfig
 # models.toml's `kind` -> its configuration; read-only (no module-level mutable state).
 MODEL_CONFIGS: Mapping[str, type[AnyModelConfig]] = MappingProxyType({
     cls.kind: cls for cls in (ChatModelConfig, EmbeddingModelConfig, TranscriptionModelConfig,
-                              ImageModelConfig)})
+                              ImageModelConfig, SpeechModelConfig)})
 MODEL_KINDS: tuple[str, ...] = tuple(MODEL_CONFIGS)
 
 
@@ -459,12 +472,26 @@ def _image_keys(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:
             "sizes": _sizes(where, raw)}
 
 
+def _speech_keys(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:
+    device = _take(where, raw, "device", str, "auto")
+    if device not in DEVICES:
+        raise where.fail("device", f"{device!r} is not one of {', '.join(DEVICES)}")
+    voices = _take(where, raw, "voices", dict, {})
+    for name, voice in voices.items():
+        if not (name and isinstance(voice, str) and voice):
+            raise where.fail("voices", "expected a table of voice name = \"model voice\", "
+                             f"got {name!r} = {voice!r}")
+    return {"device": device, "workers": _positive(where, raw, "workers", 1),
+            "voices": tuple(sorted(voices.items()))}
+
+
 # Each kind's own keys, read and checked; the keys they may set are the fields of its class.
 _KIND_KEYS: Mapping[str, Callable[[_Where, Mapping[str, Any]], dict[str, Any]]] = \
     MappingProxyType({ChatModelConfig.kind: _chat_keys,
                       EmbeddingModelConfig.kind: _embedding_keys,
                       TranscriptionModelConfig.kind: _transcription_keys,
-                      ImageModelConfig.kind: _image_keys})
+                      ImageModelConfig.kind: _image_keys,
+                      SpeechModelConfig.kind: _speech_keys})
 
 
 def _model_path(where: _Where, source: Path, raw: Mapping[str, Any],

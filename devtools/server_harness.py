@@ -28,6 +28,7 @@ SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
 WHISPER_TINY = ROOT / "models" / "whisper-tiny.en"
 WHISPER_BASE = ROOT / "models" / "whisper-base"
+PIPER_JOE = ROOT / "models" / "piper-joe-medium" / "en_US-joe-medium.onnx"
 # Built (not fetched) by scripts/build_tiny_sd.py: see build_tiny_sd().
 TINY_SD = ROOT / "models" / "tiny-random-sd"
 APPLIANCE = (sys.executable, "-m", "appliance.cli")  # argv prefix: `appliance` in this venv

@@ -46,9 +46,11 @@ OPENAI_OPERATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "/v1/embeddings": ("/embeddings", ("post",)),
     "/v1/audio/transcriptions": ("/audio/transcriptions", ("post",)),
     "/v1/audio/translations": ("/audio/translations", ("post",)),
+    "/v1/audio/speech": ("/audio/speech", ("post",)),
     "/v1/images/generations": ("/images/generations", ("post",)),
     **{f"/v1/organization/usage/{kind}": (f"/organization/usage/{kind}", ("get",))
-       for kind in ("completions", "embeddings", "audio_transcriptions", "images")},
+       for kind in ("completions", "embeddings", "audio_transcriptions", "audio_speeches",
+                    "images")},
     "/v1/organization/costs": ("/organization/costs", ("get",)),
 }
 # The stored-state routes (appliance/api/routes/stored_*.py, conversations.py), methods added
@@ -190,7 +192,8 @@ OWN_SCHEMAS: dict[str, Any] = {
                                "input_tokens": {"type": "integer"},
                                "output_tokens": {"type": "integer"},
                                "audio_seconds": {"type": "number"},
-                               "images": {"type": "integer"}, "cost": {"type": "number"}}}},
+                               "images": {"type": "integer"}, "characters": {"type": "integer"},
+                               "cost": {"type": "number"}}}},
         },
     },
 }
@@ -403,6 +406,17 @@ def _version() -> str:
         return str(tomllib.load(file)["project"]["version"])
 
 
+def _speech_content(operation: dict[str, Any]) -> None:
+    """OpenAI's spec says application/octet-stream for the audio; the answer's real content
+    type is the format's (OpenAI's servers send those too): say each one."""
+    from appliance.api.wire.speech_audio import MEDIA_TYPES
+
+    ok = operation["responses"]["200"]
+    audio = {media: {"schema": {"type": "string", "format": "binary"}}
+             for media in MEDIA_TYPES.values()}
+    ok["content"] = {**audio, "text/event-stream": ok["content"]["text/event-stream"]}
+
+
 def build(official_path: Path | None = None) -> dict[str, Any]:
     """``official_path``: another openapi.yaml than the carried copy (to try an update)."""
     if official_path is None:
@@ -416,6 +430,7 @@ def build(official_path: Path | None = None) -> dict[str, Any]:
         paths[ours] = {method: copy.deepcopy(item[method]) for method in methods}
         for operation in paths[ours].values():
             operation.setdefault("responses", {})["default"] = ERROR
+    _speech_content(paths["/v1/audio/speech"]["post"])
     for ours, (theirs, methods) in STATE_OPERATIONS.items():
         item = official["paths"][theirs]
         for method in methods:

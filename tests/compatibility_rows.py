@@ -32,7 +32,8 @@ class Row:
 
     @property
     def is_audio(self) -> bool:
-        return self.route.startswith("/v1/audio/")
+        """A multipart audio upload (speech, though under /v1/audio/, takes JSON)."""
+        return self.route in ("/v1/audio/transcriptions", "/v1/audio/translations")
 
     def companions(self) -> dict[str, object]:
         """What the example needs beside it to mean anything, as the document's notes say."""

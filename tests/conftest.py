@@ -14,9 +14,10 @@ from appliance.api.app import create_app
 from appliance.api.bounds import RequestBounds
 from appliance.api.image_files import ImageFiles
 from appliance.api.services import Pricing, Services
-from appliance.engines.base import CHAT, EMBEDDING, IMAGE, TRANSCRIPTION, Listing
+from appliance.engines.base import CHAT, EMBEDDING, IMAGE, SPEECH, TRANSCRIPTION, Listing
 from appliance.engines.catalog import Catalog
 from tests.fake_audio import FakeTranscriptionEngine
+from tests.fake_speech import FakeSpeechEngine
 from tests.fakes import (
     FakeChatEngine,
     FakeEmbeddingEngine,
@@ -60,7 +61,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[FastStack]:
                          Listing(IMAGE, painter, ("dall-e-2",)),
                          # A model that reasons, under the alias of one of OpenAI's.
                          Listing(CHAT, FakeChatEngine(model_id="fake-think", reasoning="think"),
-                                 ("o4-mini",))]),
+                                 ("o4-mini",)),
+                         Listing(SPEECH, FakeSpeechEngine(), ("tts-1", "gpt-4o-mini-tts"))]),
         ledger=ledger,
         keys=keys,
         pricing=Pricing(per_request={"fake-chat": 0.25, "fake-image": 0.04}, currency="USD"),

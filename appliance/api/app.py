@@ -68,13 +68,14 @@ from appliance.api.routes.models import list_models, retrieve_model
 from appliance.api.routes.ops import health, metrics, openapi_endpoint, ready
 from appliance.api.routes.org_usage import organization_costs, organization_usage
 from appliance.api.routes.responses import responses_routes
+from appliance.api.routes.speech import create_speech
 from appliance.api.routes.stored_completions import stored_completions_routes
 from appliance.api.routes.stored_responses import stored_responses_routes
 from appliance.api.routes.web import web_routes
 from appliance.api.services import Services
 from appliance.api.telemetry.metrics import each
 from appliance.api.warmup import warm_request_path
-from appliance.engines.base import CHAT, EMBEDDING, IMAGE, TRANSCRIPTION
+from appliance.engines.base import CHAT, EMBEDDING, IMAGE, SPEECH, TRANSCRIPTION
 from appliance.errors import ApplianceError
 
 
@@ -98,6 +99,7 @@ def create_app(services: Services) -> Starlette:
         route("/v1/embeddings", create_embeddings, "POST", embedding),
         route("/v1/audio/transcriptions", create_transcription, "POST", transcription),
         route("/v1/audio/translations", create_translation, "POST", transcription),
+        route("/v1/audio/speech", create_speech, "POST", serving(SPEECH.name)),
         route("/v1/images/generations", create_image, "POST", image),
         route("/v1/images/edits", not_served, "POST", image),
         route("/v1/images/variations", not_served, "POST", image),

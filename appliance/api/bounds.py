@@ -47,6 +47,8 @@ class RequestBounds:
     # request (models.toml max_request_tokens, OpenAI's 300,000 by default) need the model's
     # tokenizer, so the embedding engine checks them.
     max_embedding_inputs: int = 2048
+    # Speech (POST /v1/audio/speech): OpenAI's 4,096 characters of input and of instructions.
+    max_speech_input_chars: int = 4096
     # Responses (api/wire/responses_bounds.py): input items count as messages above, the
     # functions inside namespace tools as tools.
     max_include: int = 16  # `include` values (OpenAI knows eight)

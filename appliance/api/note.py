@@ -33,6 +33,7 @@ class RequestNote:
     client_gone: bool = False
     audio_seconds: float = 0.0
     images: int = 0
+    characters: int = 0  # speech: the characters of the input text
     # A refusal of an address over its failed-auth allowance: no ledger row, no access line
     # (middleware/failed_auth.py), so a flood from one address cannot grow either.
     quiet: bool = False

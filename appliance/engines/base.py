@@ -430,6 +430,71 @@ class ImageEngine(Protocol):
     def close(self) -> None: ...
 
 
+# -- text to speech ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeechParams:
+    """Text to say in one of the model's own voices (the api maps OpenAI's voice names)."""
+
+    text: str
+    voice: str  # one of the model's own voices (a value of SpeechEngine.voices)
+    speed: float = 1.0  # 0.25-4.0; 2.0 says it in half the time
+    owner: str | None = None  # who asks (an API key id): workers are shared fairly by owner
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """The text is accepted and split: ``sentences`` pieces will follow, each one audio
+    chunk; ``input_tokens`` counts the model's input symbols (phonemes) for all of them."""
+
+    sentences: int
+    input_tokens: int
+
+
+@dataclass(frozen=True)
+class SpeechAudio:
+    """One sentence's audio: mono signed 16-bit little-endian samples at ``sample_rate``
+    (the model's own rate; the api resamples to what the wire format needs). ``index``
+    counts sentences from 0; ``output_tokens`` the model's output frames for it."""
+
+    index: int
+    sample_rate: int
+    pcm: bytes
+    output_tokens: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.pcm) / 2 / self.sample_rate
+
+
+SpeechEvent = SpeechStarted | SpeechAudio
+
+
+class SpeechEngine(Protocol):
+    """A loaded text-to-speech model. ``speak`` raises InvalidRequest (param ``voice``) for a
+    voice it lacks and Overloaded when its queue is full or the wait too long; it yields one
+    ``SpeechStarted`` once a worker has split the text, then one ``SpeechAudio`` per
+    sentence, in order, as each is synthesised. Closing the iterator or cancelling stops the
+    work after the sentence being synthesised."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def voices(self) -> Mapping[str, str]:
+        """Every voice name a request may give -> the model's own voice it means: the model's
+        own names (to themselves) and the names models.toml maps (OpenAI's alloy, ash ...)."""
+        ...
+
+    def speak(self, params: SpeechParams,
+              cancel: CancelToken) -> AsyncGenerator[SpeechEvent, None]: ...
+
+    def warm_up(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 # -- kinds ---------------------------------------------------------------------------------
 
 
@@ -463,8 +528,9 @@ EMBEDDING: Kind[EmbeddingEngine] = Kind("embedding", "embeddings")
 TRANSCRIPTION: Kind[TranscriptionEngine] = Kind("transcription",
                                                 "audio transcriptions and translations")
 IMAGE: Kind[ImageEngine] = Kind("image", "image generation")
+SPEECH: Kind[SpeechEngine] = Kind("speech", "speech generation")
 # Every kind, once: a new kind adds its token here (the usage reports count its rows).
-KINDS: tuple[Kind[Any], ...] = (CHAT, EMBEDDING, TRANSCRIPTION, IMAGE)
+KINDS: tuple[Kind[Any], ...] = (CHAT, EMBEDDING, TRANSCRIPTION, IMAGE, SPEECH)
 
 
 @dataclass(frozen=True)

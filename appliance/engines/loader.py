@@ -19,17 +19,20 @@ from appliance.config import (
     EmbeddingModelConfig,
     ImageModelConfig,
     ModelConfig,
+    SpeechModelConfig,
     TranscriptionModelConfig,
 )
 from appliance.engines.base import (
     CHAT,
     EMBEDDING,
     IMAGE,
+    SPEECH,
     TRANSCRIPTION,
     ChatEngine,
     EmbeddingEngine,
     ImageEngine,
     Listing,
+    SpeechEngine,
     TranscriptionEngine,
 )
 from appliance.engines.catalog import Catalog
@@ -73,8 +76,8 @@ class _Observers:
     on_occupancy: OccupancyObserver | None
 
 
-# Heavy libraries (faster-whisper, torch + diffusers) are imported only when a model needs
-# them, so a chat-only appliance boots without paying for them.
+# Heavy libraries (faster-whisper, torch + diffusers, piper + onnxruntime) are imported only
+# when a model needs them, so a chat-only appliance boots without paying for them.
 def _chat(model: ChatModelConfig, seen: _Observers) -> Listing[ChatEngine]:
     engine = LlamaChatEngine.load(model, _step_reporter(model.id, seen.on_step))
     return Listing(CHAT, engine, model.aliases)
@@ -96,6 +99,12 @@ def _image(model: ImageModelConfig, seen: _Observers) -> Listing[ImageEngine]:
     from appliance.engines.diffusion import DiffusionEngine
     engine = DiffusionEngine.load(model, _occupancy_reporter(model.id, seen.on_occupancy))
     return Listing(IMAGE, engine, model.aliases)
+
+
+def _speech(model: SpeechModelConfig, seen: _Observers) -> Listing[SpeechEngine]:
+    from appliance.engines.speech import PiperSpeechEngine
+    engine = PiperSpeechEngine.load(model, _occupancy_reporter(model.id, seen.on_occupancy))
+    return Listing(SPEECH, engine, model.aliases)
 
 
 C = TypeVar("C", bound=ModelConfig)
@@ -122,6 +131,7 @@ BUILDERS: Mapping[str, _Builder[Any]] = MappingProxyType({
     EMBEDDING.name: _Builder(EmbeddingModelConfig, _embedding),
     TRANSCRIPTION.name: _Builder(TranscriptionModelConfig, _transcription),
     IMAGE.name: _Builder(ImageModelConfig, _image),
+    SPEECH.name: _Builder(SpeechModelConfig, _speech),
 })
 
 

@@ -41,12 +41,13 @@ class BucketTotal:
     images: int
     cost: float
     currency: str
+    characters: int = 0  # speech: input characters
 
 
 _QUERY = """
 SELECT CAST((started_at - :origin) / :width AS INTEGER) AS bucket, key_id, model, count(*),
        sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), total(audio_seconds),
-       sum(images), total(price), currency
+       sum(images), total(price), currency, sum(characters)
 FROM requests
 WHERE started_at >= :start AND started_at < :end
   AND (:kinds IS NULL OR kind IN (SELECT value FROM json_each(:kinds)))

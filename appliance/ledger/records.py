@@ -41,6 +41,7 @@ class RequestRecord:
     # The kind of model the route serves ("chat", "embedding", "transcription", "image");
     # None for routes that call no model. The usage reports select rows by it.
     kind: str | None = None
+    characters: int = 0  # speech requests: the input text's characters (migration m007)
 
 
 @dataclass(frozen=True)

@@ -123,10 +123,16 @@ def m006_request_kind(db: Database) -> None:
     db.execute("CREATE INDEX idx_requests_kind_started ON requests (kind, started_at)")
 
 
+def m007_speech_characters(db: Database) -> None:
+    # Speech requests are billed by OpenAI per input character: the row keeps how many.
+    db.execute("ALTER TABLE requests ADD COLUMN characters INTEGER NOT NULL DEFAULT 0")
+
+
 # Append only.
 _STEPS: tuple[Callable[[Database], None], ...] = (m001_requests, m002_api_keys,
                                                   m003_media_units, m004_key_limits,
-                                                  m005_request_lookups, m006_request_kind)
+                                                  m005_request_lookups, m006_request_kind,
+                                                  m007_speech_characters)
 
 
 def migrations() -> Migrations:

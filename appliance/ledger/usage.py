@@ -43,6 +43,7 @@ class UsageRow:
     images: int
     cost: float
     currency: str
+    characters: int = 0  # speech: input characters
 
 
 @contextmanager
@@ -78,7 +79,8 @@ def usage_report(
     sql = (
         f"SELECT {', '.join(selected)}, count(*), sum(status = 'ok'), sum(status = 'error'),"
         " sum(status = 'cancelled'), sum(status = 'interrupted'), sum(prompt_tokens),"
-        " sum(completion_tokens), total(audio_seconds), sum(images), total(price), currency"
+        " sum(completion_tokens), total(audio_seconds), sum(images), total(price), currency,"
+        " sum(characters)"
         " FROM requests WHERE (:since IS NULL OR started_at >= :since)"
         " AND (:until IS NULL OR started_at < :until)"
         f" GROUP BY {', '.join(GROUPINGS[name] for name in chosen)}, currency"

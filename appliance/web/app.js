@@ -5,6 +5,8 @@
 const KEY_ITEM = "appliance.key";
 const $ = (id) => document.getElementById(id);
 
+let speechModels = [];  // the models of kind "speech", for the chat answer's Speak button
+
 function key() { return sessionStorage.getItem(KEY_ITEM) || ""; }
 
 function say(text, isError) {
@@ -60,7 +62,7 @@ function setupTabs() {
 // /v1/models says each model's kind; the menus offer the models of their kind. A chat model
 // that reasons says `reasoning` too: its option remembers it, for the effort selector.
 const MENUS = [["chat", "chat-model"], ["transcription", "transcribe-model"],
-               ["image", "images-model"]];
+               ["image", "images-model"], ["speech", "speak-model"]];
 
 function fill(select, models) {
   const previous = select.value;
@@ -87,6 +89,8 @@ async function loadModels() {
     fill($(select), matching.length ? matching : body.data);
   }
   showEffort();
+  speechModels = body.data.filter((m) => m.kind === "speech").map((m) => m.id);
+  $("chat-speak").disabled = !speechModels.length || !$("chat-output").textContent.trim();
   say(`Key accepted: ${body.data.length} model names.`);
 }
 
@@ -216,6 +220,7 @@ function setupChat() {
       }
       output.dataset.state = "done";
       say("Done.");
+      $("chat-speak").disabled = !speechModels.length || !output.textContent.trim();
     } catch (error) {
       if (error.name === "AbortError") {
         output.dataset.state = "stopped";
@@ -242,6 +247,98 @@ function setupChat() {
     if (finish) parts.push(`finish: ${finish}`);
     if (output.dataset.state === "stopped") parts.push("stopped by you");
     stats.textContent = parts.join(" · ");
+  });
+}
+
+// ---- speak: POST /v1/audio/speech, played as it streams where the browser can ----
+// mp3 streams into a MediaSource (Chrome and Firefox take audio/mpeg there), so playback
+// starts with the first sentence; other formats play once the whole file is in.
+function appendTo(buffer, bytes) {
+  return new Promise((resolve, reject) => {
+    buffer.addEventListener("updateend", resolve, { once: true });
+    buffer.addEventListener("error", reject, { once: true });
+    buffer.appendBuffer(bytes);
+  });
+}
+
+async function speak(body, audio, onFirstByte) {
+  const response = await api("/v1/audio/speech", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  const type = response.headers.get("content-type") || "application/octet-stream";
+  const reader = response.body.getReader();
+  const chunks = [];
+  let source = null;
+  let buffer = null;
+  audio.hidden = false;
+  if (type === "audio/mpeg" && window.MediaSource && MediaSource.isTypeSupported(type)) {
+    source = new MediaSource();
+    audio.src = URL.createObjectURL(source);
+    await new Promise((resolve) => source.addEventListener("sourceopen", resolve, { once: true }));
+    buffer = source.addSourceBuffer(type);
+  }
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    if (!chunks.length) onFirstByte();
+    chunks.push(value);
+    if (buffer) {
+      await appendTo(buffer, value);
+      if (audio.paused && chunks.length === 1) audio.play().catch(() => {});
+    }
+  }
+  const blob = new Blob(chunks, { type });
+  if (source) source.endOfStream();
+  else if (type !== "audio/pcm") {
+    audio.src = URL.createObjectURL(blob);
+    audio.play().catch(() => {});
+  } else audio.hidden = true;  // raw samples: no browser plays them
+  return blob;
+}
+
+function setupSpeak() {
+  $("speak-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const format = $("speak-format").value;
+    const body = { model: $("speak-model").value, voice: $("speak-voice").value.trim(),
+                   input: $("speak-input").value, response_format: format,
+                   speed: Number($("speak-speed").value) };
+    const started = performance.now();
+    let first = null;
+    $("speak-send").disabled = true;
+    $("speak-download").hidden = true;
+    $("speak-stats").textContent = "";
+    say("Speaking…");
+    try {
+      const blob = await speak(body, $("speak-audio"), () => { first = performance.now() - started; });
+      const link = $("speak-download");
+      link.href = URL.createObjectURL(blob);
+      link.download = `speech.${format}`;
+      link.textContent = `Download speech.${format} (${Math.round(blob.size / 1024)} KiB)`;
+      link.hidden = false;
+      $("speak-stats").textContent = `first audio after ${Math.round(first)} ms · ` +
+        `total ${Math.round(performance.now() - started)} ms`;
+      say("Done.");
+    } catch (error) {
+      say(error.message, true);
+    } finally {
+      $("speak-send").disabled = false;
+    }
+  });
+  $("chat-speak").addEventListener("click", async () => {
+    const text = $("chat-output").textContent.trim().slice(0, 4096);
+    if (!text || !speechModels.length) return;
+    $("chat-speak").disabled = true;
+    say("Speaking the answer…");
+    try {
+      await speak({ model: speechModels[0], voice: "alloy", input: text, response_format: "mp3" },
+                  $("chat-audio"), () => {});
+      say("Done.");
+    } catch (error) {
+      say(error.message, true);
+    } finally {
+      $("chat-speak").disabled = false;
+    }
   });
 }
 
@@ -361,7 +458,8 @@ function setupImages() {
 }
 
 // ---- usage: /v1/usage for a key's own usage; the organization routes for admin keys ----
-const USAGE_KINDS = ["completions", "embeddings", "audio_transcriptions", "images"];
+const USAGE_KINDS = ["completions", "embeddings", "audio_transcriptions", "audio_speeches",
+                     "images"];
 
 async function adminUsage(days) {
   const now = Math.floor(Date.now() / 1000);
@@ -488,6 +586,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setupKey();
   setupChat();
   setupTranscribe();
+  setupSpeak();
   setupImages();
   setupUsage();
 });

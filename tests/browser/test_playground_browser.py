@@ -197,6 +197,44 @@ def test_a_spoken_file_is_transcribed(page: webdriver.Chrome, tmp_path: Path) ->
     assert console_errors(page) == []
 
 
+def audio_seconds(chrome: webdriver.Chrome, element_id: str) -> float:
+    """How far the page's <audio> has buffered (it has loaded what it was given)."""
+    return float(chrome.execute_script(
+        f"const a = document.getElementById('{element_id}');"
+        "return a.buffered.length ? a.buffered.end(a.buffered.length - 1) : 0;"))
+
+
+@pytest.mark.parametrize("response_format", ["mp3", "wav"])
+def test_speech_plays_with_a_download(page: webdriver.Chrome, response_format: str) -> None:
+    open_tab(page, "speak")
+    Select(by_id(page, "speak-model")).select_by_value("piper-joe-medium")
+    Select(by_id(page, "speak-format")).select_by_value(response_format)
+    by_id(page, "speak-input").clear()
+    by_id(page, "speak-input").send_keys(SENTENCE + " It sleeps.")
+    by_id(page, "speak-send").click()
+    link = wait_for(lambda: by_id(page, "speak-download").is_displayed()
+                    and by_id(page, "speak-download"))
+    assert link.get_attribute("download") == f"speech.{response_format}"
+    assert "first audio after" in by_id(page, "speak-stats").text
+    assert by_id(page, "speak-audio").is_displayed()
+    # mp3 streamed through a MediaSource, wav as one file: either way the audio is there.
+    assert wait_for(lambda: audio_seconds(page, "speak-audio") > 1.5)
+    shoot(page, f"spoken-{response_format}")
+    assert console_errors(page) == []
+
+
+def test_a_chat_answer_is_spoken(page: webdriver.Chrome) -> None:
+    start_chat(page, "Say hello.", 16)
+    wait_for(lambda: by_id(page, "chat-output").get_attribute("data-state") == "done")
+    speak_button = by_id(page, "chat-speak")
+    wait_for(lambda: speak_button.is_enabled())
+    speak_button.click()
+    wait_for(lambda: by_id(page, "chat-audio").is_displayed()
+             and audio_seconds(page, "chat-audio") > 0.2)
+    shoot(page, "chat-spoken")
+    assert console_errors(page) == []
+
+
 def test_images_appear_with_downloads(page: webdriver.Chrome) -> None:
     open_tab(page, "images")
     Select(by_id(page, "images-model")).select_by_value("tiny-random-sd")

@@ -20,6 +20,7 @@ BASES: dict[str, dict[str, object]] = {
     "/v1/images/generations": {"model": "fake-image", "prompt": "a red barn",
                                "response_format": "b64_json"},
     "/v1/responses": {"model": "fake-chat", "input": "hi"},
+    "/v1/audio/speech": {"model": "tts-1", "voice": "alloy", "input": "Hello there."},
 }
 
 

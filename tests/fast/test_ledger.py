@@ -50,6 +50,7 @@ EXPECTED_REQUESTS = [
     ("audio_seconds", "REAL", 1, "0", 0),
     ("images", "INTEGER", 1, "0", 0),
     ("kind", "TEXT", 0, None, 0),
+    ("characters", "INTEGER", 1, "0", 0),
 ]
 EXPECTED_API_KEYS = [
     ("id", "TEXT", 0, None, 1),
@@ -84,7 +85,8 @@ EXPECTED_INDEXES = {
     },
 }
 EXPECTED_MIGRATIONS = ["m001_requests", "m002_api_keys", "m003_media_units",
-                       "m004_key_limits", "m005_request_lookups", "m006_request_kind"]
+                       "m004_key_limits", "m005_request_lookups", "m006_request_kind",
+                       "m007_speech_characters"]
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[object, ...]]:

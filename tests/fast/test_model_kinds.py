@@ -8,7 +8,7 @@ from dataclasses import fields
 import pytest
 
 from appliance import config
-from appliance.engines.base import CHAT, EMBEDDING, IMAGE, TRANSCRIPTION, Listing
+from appliance.engines.base import CHAT, EMBEDDING, IMAGE, SPEECH, TRANSCRIPTION, Listing
 from appliance.engines.catalog import Catalog
 from appliance.engines.loader import BUILDERS
 from appliance.errors import InvalidRequest, ModelNotFound
@@ -37,7 +37,8 @@ def test_the_catalog_answers_by_kind() -> None:
 
 def test_every_kind_has_a_configuration_and_a_builder() -> None:
     assert tuple(config.MODEL_CONFIGS) == config.MODEL_KINDS == tuple(BUILDERS)
-    assert [kind.name for kind in (CHAT, EMBEDDING, TRANSCRIPTION, IMAGE)] == list(BUILDERS)
+    assert [kind.name for kind in (CHAT, EMBEDDING, TRANSCRIPTION, IMAGE, SPEECH)] == \
+        list(BUILDERS)
     for kind, cls in config.MODEL_CONFIGS.items():
         assert cls.kind == kind and BUILDERS[kind].config is cls
 
@@ -49,7 +50,8 @@ def test_known_keys_are_the_dataclass_fields() -> None:
     assert {"stop", "chat_template", "context_length", "queue_limit"} <= chat
     assert "pooling" not in chat
     assert config._KIND_ONLY_KEYS["context_length"] == ("chat", "embedding")
-    assert config._KIND_ONLY_KEYS["workers"] == ("transcription", "image")
+    assert config._KIND_ONLY_KEYS["workers"] == ("transcription", "image", "speech")
+    assert config._KIND_ONLY_KEYS["voices"] == ("speech",)
     assert "queue_limit" not in config._KIND_ONLY_KEYS  # every kind takes it
 
 
@@ -59,7 +61,8 @@ async def test_models_carry_their_kind(stack: FastStack) -> None:
     validate(body, "ListModelsResponse")
     kinds = {m["id"]: m["kind"] for m in body["data"]}
     assert {"fake-chat": "chat", "gpt-4o-mini": "chat", "text-embedding-3-small": "embedding",
-            "whisper-1": "transcription", "dall-e-2": "image"}.items() <= kinds.items()
+            "whisper-1": "transcription", "dall-e-2": "image",
+            "tts-1": "speech"}.items() <= kinds.items()
     one = (await stack.http.get("/v1/models/whisper-1", headers=AUTH)).json()
     validate(one, "Model")
     assert one["kind"] == "transcription"

@@ -42,12 +42,13 @@ from appliance.api.app import create_app
 from appliance.api.bounds import RequestBounds
 from appliance.api.image_files import ImageFiles
 from appliance.api.services import Pricing, Services
-from appliance.engines.base import CHAT, EMBEDDING, IMAGE, TRANSCRIPTION, Listing
+from appliance.engines.base import CHAT, EMBEDDING, IMAGE, SPEECH, TRANSCRIPTION, Listing
 from appliance.engines.catalog import Catalog
 from appliance.ledger import KeyStore, LedgerReports, LedgerWriter
 from appliance.store import SqliteStateStore
 from devtools.openapi_cases import draw_case, modes, needs_admin, openai_error_envelope, prepare
 from tests.fake_audio import FakeTranscriptionEngine
+from tests.fake_speech import FakeSpeechEngine
 from tests.fakes import FakeChatEngine, FakeEmbeddingEngine, FakeImageEngine
 
 BASE_URL = "http://appliance.test"
@@ -93,7 +94,9 @@ def served(tmp_path: Path) -> Iterator[Served]:
                 Listing(CHAT, FakeChatEngine(), ("gpt-4o-mini",)),
                 Listing(EMBEDDING, FakeEmbeddingEngine(), ("text-embedding-3-small",)),
                 Listing(TRANSCRIPTION, FakeTranscriptionEngine(), ("whisper-1",)),
-                Listing(IMAGE, FakeImageEngine(), ("dall-e-2",))]),
+                Listing(IMAGE, FakeImageEngine(), ("dall-e-2",)),
+                # tts-1: one of the model names the spec's enum offers the fuzzer.
+                Listing(SPEECH, FakeSpeechEngine(), ("tts-1", "gpt-4o-mini-tts"))]),
             ledger=ledger, keys=keys, key_admin=keys,
             reports=LedgerReports(tmp_path / "ledger.sqlite"),
             pricing=Pricing(per_request={"fake-chat": 0.25}, currency="USD"),

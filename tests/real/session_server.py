@@ -1,4 +1,5 @@
-"""One real server per test session: SmolLM2-135M-Instruct and Gemma 3 270M, real weights.
+"""One real server per test session: SmolLM2-135M-Instruct and Gemma 3 270M, real weights
+(and the other kinds' tiny models: whisper, a random diffusers pipeline, a Piper voice).
 
 ``smollm2-135m-think`` is SmolLM2 again, made a reasoning model of the think family: its
 ChatML template opens ``<think>`` in the generation prompt and, as Qwen3's does, drops the
@@ -20,6 +21,7 @@ import pytest
 
 from devtools.server_harness import (
     GEMMA,
+    PIPER_JOE,
     SMOLLM2,
     TINY_SD,
     WHISPER_BASE,
@@ -100,6 +102,29 @@ aliases = ["dall-e-2"]
 price_per_request = 0.03
 steps = 2
 sizes = ["64x64", "128x64"]
+
+[[models]]
+id = "piper-joe-medium"
+kind = "speech"
+path = "{PIPER_JOE}"
+aliases = ["tts-1", "gpt-4o-mini-tts"]
+price_per_request = 0.015
+threads = 1
+# Its voices last: a sub-table belongs to the [[models]] entry above it.
+[models.voices]
+alloy = "joe"
+ash = "joe"
+ballad = "joe"
+coral = "joe"
+echo = "joe"
+fable = "joe"
+nova = "joe"
+onyx = "joe"
+sage = "joe"
+shimmer = "joe"
+verse = "joe"
+marin = "joe"
+cedar = "joe"
 """
 # Short, so a test can watch a URL expire; fetches right after a response are far inside it.
 IMAGE_URL_TTL_S = 4

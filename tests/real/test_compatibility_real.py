@@ -16,6 +16,7 @@ import json
 import math
 import struct
 import time
+import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ EMBEDDINGS = "/v1/embeddings"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 TRANSLATIONS = "/v1/audio/translations"
 IMAGES = "/v1/images/generations"
+SPEECH = "/v1/audio/speech"
 RESPONSES = "/v1/responses"
 # Text rows run on both chat models: they differ in tokenizer, template and vocabulary size.
 CHAT_MODELS = {"smollm2-135m-instruct": SMOLLM2, "gemma-3-270m": GEMMA}
@@ -73,6 +75,8 @@ def base(route: str, model: str) -> dict[str, Any]:
         EMBEDDINGS: {"model": "smollm2-135m-embed", "input": "hi"},
         TRANSCRIPTIONS: {"model": "whisper-1"},
         TRANSLATIONS: {"model": "whisper-1"},  # English to English: a cheap model
+        # Raw 24 kHz samples: the checks measure lengths without a decoder.
+        SPEECH: {"model": "tts-1", "voice": "alloy", "input": "Hi.", "response_format": "pcm"},
         IMAGES: {"model": "tiny-random-sd", "prompt": "a red barn",
                  "response_format": "b64_json", "seed": 1},
         # One model: the Responses rows reach the same engine call as chat's, run on both.
@@ -632,6 +636,55 @@ def _wins_over_quality_and_style(call: Call) -> None:
     assert pixels(call.reply) != pixels(call.plain())
     loser = {"steps": {"quality": "low"}, "guidance": {"style": "natural"}}[call.row.param]
     assert pixels(call.again(**loser).json()) == pixels(call.reply)
+
+
+# --- speech ---------------------------------------------------------------------------------
+
+def seconds_of_pcm(response: httpx2.Response) -> float:
+    assert response.headers["content-type"] == "audio/pcm", response.text
+    return len(response.content) / 2 / 24_000
+
+
+@check(SPEECH, "model")
+def _speaks(call: Call) -> None:
+    assert seconds_of_pcm(call.response) > 0.2
+    assert seconds_of_pcm(call.again(model="piper-joe-medium")) > 0.2
+
+
+@check(SPEECH, "input")
+def _says_more(call: Call) -> None:
+    assert seconds_of_pcm(call.response) > 1.5 * seconds_of_pcm(call.again(input="Hi."))
+
+
+@check(SPEECH, "voice")
+def _voices(call: Call) -> None:
+    assert seconds_of_pcm(call.response) > 0.2
+    assert seconds_of_pcm(call.again(voice="joe")) > 0.2  # the model's own name
+    unknown = call.box.post(SPEECH, {**call.body, "voice": "nobody"})
+    assert unknown.status_code == 400 and "alloy" in unknown.json()["error"]["message"]
+
+
+@check(SPEECH, "response_format")
+def _wav(call: Call) -> None:
+    assert call.response.headers["content-type"] == "audio/wav"
+    with wave.open(io.BytesIO(call.response.content)) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (24_000, 1, 2)
+
+
+@check(SPEECH, "speed")
+def _faster(call: Call) -> None:
+    plain = seconds_of_pcm(call.again(speed=None, input="Hello there, how are you today?"))
+    fast = seconds_of_pcm(call.again(input="Hello there, how are you today?"))
+    assert fast < 0.7 * plain
+
+
+@check(SPEECH, "stream_format")
+def _speech_events(call: Call) -> None:
+    data = [json.loads(line) for line in events(call.response)]
+    for event in data:
+        validate(event, "CreateSpeechResponseStreamEvent")
+    assert data[-1]["type"] == "speech.audio.done" and len(data) >= 2
+    assert sum(len(base64.b64decode(e["audio"])) for e in data[:-1]) > 0.2 * 48_000
 
 
 # --- the rows -------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ def ledger_row(note: RequestNote, status: RequestStatus, http_status: int, price
         stream=note.stream,
         audio_seconds=note.audio_seconds,
         images=note.images,
+        characters=note.characters,
         kind=note.kind,
     )
 

@@ -4,9 +4,10 @@ The /v1/organization usage and cost routes need an admin key; this one answers a
 about itself only, so the playground (or any client) can show a key what it has spent.
 ``days`` (1-31, default 7) counts back from today, today included. Each row is one day and
 model with ``requests`` (requests that reached a model and delivered: ``ok``, or a stream
-cancelled after it began), token, audio and image totals, and ``cost`` (the recorded flat
-prices of every row of that day and model, in ``currency``). Days without requests have no
-rows. Admin keys get the usual 403 here (they read /v1/organization/usage and /costs).
+cancelled after it began), token, audio, image and speech-character totals, and ``cost`` (the
+recorded flat prices of every row of that day and model, in ``currency``). Days without
+requests have no rows. Admin keys get the usual 403 here (they read /v1/organization/usage and
+/costs).
 """
 
 from __future__ import annotations
@@ -68,13 +69,14 @@ def _rows(origin: int, delivered: list[BucketTotal],
         return rows.setdefault((total.bucket, total.model), {
             "object": "usage.day", "date": day, "start_time": start, "model": total.model,
             "requests": 0, "input_tokens": 0, "output_tokens": 0, "audio_seconds": 0.0,
-            "images": 0, "cost": 0.0})
+            "images": 0, "characters": 0, "cost": 0.0})
 
     for total in delivered:
         entry = row(total)
         entry.update(requests=total.requests, input_tokens=total.prompt_tokens,
                      output_tokens=total.completion_tokens,
-                     audio_seconds=round(total.audio_seconds, 3), images=total.images)
+                     audio_seconds=round(total.audio_seconds, 3), images=total.images,
+                     characters=total.characters)
     for total in priced:
         if total.model is None and (total.bucket, None) not in rows:
             continue  # refused before naming a model: nothing to show

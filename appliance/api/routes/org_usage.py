@@ -1,6 +1,7 @@
 """OpenAI's organization usage and costs endpoints over the ledger (admin keys only).
 
-    GET /v1/organization/usage/{completions,embeddings,audio_transcriptions,images}
+    GET /v1/organization/usage/{completions,embeddings,audio_transcriptions,audio_speeches,
+    images}
     GET /v1/organization/costs
 
 Same query parameters and ``page`` of ``bucket`` objects as OpenAI, so dashboards written for
@@ -27,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from appliance.api.services import Services
-from appliance.engines.base import CHAT, EMBEDDING, IMAGE, TRANSCRIPTION
+from appliance.engines.base import CHAT, EMBEDDING, IMAGE, SPEECH, TRANSCRIPTION
 from appliance.errors import InvalidRequest, NotFound
 from appliance.ledger import BucketQuery, BucketTotal
 
@@ -70,6 +71,12 @@ def _audio(rows: list[BucketTotal]) -> dict[str, Any]:
             "num_model_requests": sum(r.requests for r in rows)}
 
 
+def _speeches(rows: list[BucketTotal]) -> dict[str, Any]:
+    return {"object": "organization.usage.audio_speeches.result",
+            "characters": sum(r.characters for r in rows),
+            "num_model_requests": sum(r.requests for r in rows)}
+
+
 def _images(rows: list[BucketTotal]) -> dict[str, Any]:
     return {"object": "organization.usage.images.result", "images": sum(r.images for r in rows),
             "num_model_requests": sum(r.requests for r in rows), "source": None, "size": None}
@@ -88,6 +95,7 @@ REPORTS = {
     "completions": _Report((CHAT.name,), _completions, _USAGE_GROUPS),
     "embeddings": _Report((EMBEDDING.name,), _embeddings, _USAGE_GROUPS),
     "audio_transcriptions": _Report((TRANSCRIPTION.name,), _audio, _USAGE_GROUPS),
+    "audio_speeches": _Report((SPEECH.name,), _speeches, _USAGE_GROUPS),
     "images": _Report((IMAGE.name,), _images, _USAGE_GROUPS),
 }
 COSTS = _Report(None, _costs, ("api_key_id", "line_item"))

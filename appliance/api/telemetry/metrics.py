@@ -118,6 +118,14 @@ class ApplianceMetrics:
         self.engine_errors = Counter(
             "appliance_engine_errors", "Requests the server failed (5xx or an error mid-stream)",
             ["model", "code"], registry=self.registry)
+        self.speech_characters = Counter(
+            "appliance_speech_characters", "Input characters of finished speech requests",
+            ["model"], registry=self.registry)
+        # Counted by the speech route as each sentence's audio arrives from the engine: how
+        # far synthesis has got, while a response is still streaming.
+        self.speech_sentences = Counter(
+            "appliance_speech_sentences", "Sentences synthesised for speech requests",
+            ["model"], registry=self.registry)
         if ledger_lag is not None:
             Gauge("appliance_ledger_write_lag_seconds",
                   "Age of the oldest row in the ledger writer's last batch when it was written",
@@ -133,6 +141,8 @@ class ApplianceMetrics:
             self.ttft.labels(route, model).observe(row.ttft_ms / 1000.0)
         if row.completion_tokens:
             self.generated.labels(model).inc(row.completion_tokens)
+        if row.characters:
+            self.speech_characters.labels(model).inc(row.characters)
         if row.status == "error" and not 400 <= row.http_status < 500:
             self.engine_errors.labels(model, row.error_code or "unknown").inc()
         self.health.observe(row)
