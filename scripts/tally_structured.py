@@ -117,6 +117,12 @@ async def tally_tools(client: openai.AsyncOpenAI, model: str, runs: int,
                 tool_choice=choice, messages=[{"role": "user", "content": prompt}], **extra)
         thought.append(reasoned(completion))
         result = completion.choices[0]
+        outcome = judge(result, choice)
+        if outcome == "invalid":  # what went wrong, to look into
+            print(f"invalid: seed {seed}: {result.model_dump_json()[:2000]}", file=sys.stderr)
+        return outcome
+
+    def judge(result: Any, choice: Any) -> str:
         if result.finish_reason == "length":
             return "length"
         calls = result.message.tool_calls or []

@@ -23,8 +23,9 @@ from appliance.engines.base import (
     TextDelta,
 )
 from appliance.engines.llm.grammar import grammar_for
-from appliance.engines.llm.model import LoadedModel
+from appliance.engines.llm.model import LoadedModel, grammar_allows
 from appliance.engines.llm.reasoning import THINK, Phase, ReasoningPlan, ReasoningProfile
+from appliance.engines.llm.sampling import SamplerChain
 from appliance.engines.llm.scheduler import GenerationRequest, Scheduler, StepReport
 from devtools.server_harness import SMOLLM2
 
@@ -188,3 +189,26 @@ def test_a_request_without_a_plan_is_plain_output(scheduler: Scheduler,
     assert seen.reasoning == "" and seen.content
     assert seen.finish.usage.reasoning_tokens == 0
     assert not [e for e in seen.events if isinstance(e, ReasoningDelta)]
+
+
+def test_answer_text_the_grammar_refuses_is_kept_out_and_the_grammar_starts_after_it(
+        model: LoadedModel) -> None:
+    """A model may close its thinking and write on in the same token ("</think>Sure"):
+    that text is no part of the constrained answer, and the grammar holds from the next."""
+    refused = SamplerChain(JSON_OBJECT, model, 512)
+    try:
+        assert refused.prime("Sure") is False
+        grammar = refused._grammar  # what the next token is held to
+        assert grammar is not None
+        assert grammar_allows(grammar, model.tokenize("{", add_bos=False)[0])
+        assert not grammar_allows(grammar, model.tokenize("Sure", add_bos=False)[0])
+    finally:
+        refused.close()
+    started = SamplerChain(JSON_OBJECT, model, 512)
+    try:
+        assert started.prime('{"name"') is True
+        grammar = started._grammar
+        assert grammar is not None
+        assert not grammar_allows(grammar, model.tokenize("{", add_bos=False)[0])
+    finally:
+        started.close()

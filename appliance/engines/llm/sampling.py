@@ -171,20 +171,25 @@ class SamplerChain:
             llama_cpp.llama_sampler_accept(grammar, piece_token)
         return True
 
-    def prime(self, answer: str) -> None:
+    def prime(self, answer: str) -> bool:
         """This sampler takes over a reasoning model's choice as its answer begins (the
         grammar starts after thinking), ``answer`` being the answer's text so far: a lazy
-        grammar looks for its trigger in it, a grammar from the start reads it. Text the
-        grammar refuses means the model left the format before the grammar could hold it:
-        the rest stays free, as a lazy grammar does."""
+        grammar looks for its trigger in it, a grammar from the start reads it. False: that
+        grammar refuses the text (the model closed its thinking and wrote on in one token,
+        before the grammar could hold it); the grammar then starts afresh after it, and the
+        caller keeps that text out of the answer, so the answer still matches."""
         if not answer:
-            return
+            return True
         if self._trigger:
             self._watch_bytes(answer.encode())
-        elif self._grammar is not None and not self._read_into(self._grammar, answer):
-            log.debug("grammar not armed: the answer left the format before it began")
-            llama_cpp.llama_sampler_free(self._grammar)
-            self._grammar = None
+            return True
+        if self._grammar is None or self._read_into(self._grammar, answer):
+            return True
+        log.debug("the answer's first text left the format: kept out of the answer")
+        llama_cpp.llama_sampler_free(self._grammar)
+        self._grammar = None
+        self._grammar = self._new_grammar()
+        return False
 
     def close(self) -> None:
         if self.handle is not None:

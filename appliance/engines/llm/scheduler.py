@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 
 import llama_cpp
 
@@ -393,9 +394,11 @@ class Scheduler:
         if Phase.THINKING in (before, reader.phase):
             slot.reasoning_tokens += 1
             slot.logprobs.clear()  # reasoning tokens report none, as OpenAI's do not
+        if before is not Phase.ANSWERING and reader.phase is Phase.ANSWERING \
+                and not self._answer_begins(slot, read.content):
+            read = replace(read, content="")  # refused by the answer's grammar: see prime
+            slot.logprobs.clear()
         stopped = self._deliver(slot, read)
-        if before is not Phase.ANSWERING and reader.phase is Phase.ANSWERING:
-            self._answer_begins(slot, read.content)
         budget = request.reasoning.budget
         if reader.phase is Phase.THINKING and budget is not None \
                 and slot.reasoning_tokens >= budget:
@@ -438,24 +441,27 @@ class Scheduler:
         self._answer_begins(slot, "")
         return True
 
-    def _answer_begins(self, slot: Slot, answer: str) -> None:
+    def _answer_begins(self, slot: Slot, answer: str) -> bool:
         """The grammar of a response_format or tool call holds from the answer on: its
-        sampler takes over, told the answer's text so far."""
+        sampler takes over, told the answer's text so far. False: the grammar refused that
+        text, which is then no part of the answer."""
         request = slot.request
         assert request is not None and request.reasoning is not None
         sampling = request.reasoning.answer_sampling
         if sampling is None:
-            return
+            return True
         sampler = self._samplers(sampling, self._model, self._context_length)
+        kept = True
         if isinstance(sampler, SamplerChain):
             try:
-                sampler.prime(answer)
+                kept = sampler.prime(answer)
             except BaseException:
                 sampler.close()
                 raise
         old = slot.swap_sampler(sampler)
         if old is not None:
             old.close()
+        return kept
 
     def _ends(self, token: int) -> bool:
         return token in self._stop_tokens or self._model.is_end_of_generation(token)
