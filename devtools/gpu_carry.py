@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +42,18 @@ def describe(path: Path) -> CarriedFile:
     return CarriedFile(path.name, path.stat().st_size, sha256_of(path))
 
 
-def split_into_loads(files: Iterable[CarriedFile], room: int) -> list[CarriedFile]:
+def split_into_loads(files: Iterable[CarriedFile], room: int,
+                     first: Collection[str] = ()) -> list[CarriedFile]:
     """First-fit decreasing: the largest file first into the first load with room, so the
-    count of loads (device calls) stays near the least. A file larger than ``room`` cannot
-    travel and is refused by name."""
+    count of loads (device calls) stays near the least. The files named in ``first`` go into
+    load 1 before any other (what the first call needs to start the build). A file larger
+    than ``room`` cannot travel and is refused by name."""
     loads: list[int] = []  # bytes used per load
     placed: list[CarriedFile] = []
-    for item in sorted(files, key=lambda f: (-f.size, f.name)):
+    ordered = sorted(files, key=lambda f: (f.name not in first, -f.size, f.name))
+    if sum(f.size for f in ordered if f.name in first) > room:
+        raise ValueError(f"{', '.join(sorted(first))} together exceed a call's {mib(room)}")
+    for item in ordered:
         if item.size > room:
             raise ValueError(f"{item.name} is {mib(item.size)}, more than the {mib(room)} a "
                              "device call has room for")

@@ -57,8 +57,6 @@ MARGIN = 2 * gpu_carry.MIB
 FIRST_LOAD = (LLAMA_SRC, MODELS)
 GGUFS = ("SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf")
 WHISPERS = ("whisper-tiny.en", "whisper-base")
-WHISPER_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt",
-                      "preprocessor_config.json")
 IMAGE_MODEL = "tiny-random-sd"
 SPEECH = ("The appliance loads every model at boot and serves them through one API. "
           "Teams run it on a workstation, on a shared server, or on a laptop.")
@@ -146,9 +144,9 @@ def pack_models(destination: Path) -> None:
                              staging / name)
     for name in WHISPERS:
         (staging / name).mkdir()
-        for side in WHISPER_SIDE_FILES:
-            if (models / name / side).is_file():
-                shutil.copy2(models / name / side, staging / name / side)
+        for side in (models / name).iterdir():  # config, tokenizer, vocabulary: all but weights
+            if side.is_file() and side.name != "model.bin":
+                shutil.copy2(side, staging / name / side.name)
         model_skeletons.save(model_skeletons.ct2_skeleton(models / name / "model.bin"),
                              models / name / "model.bin", staging / name / "model.bin")
     shutil.copytree(models / IMAGE_MODEL, staging / IMAGE_MODEL)
@@ -186,10 +184,8 @@ def prepare() -> int:
     sources = [*wheels, CACHE / LLAMA_SRC, CACHE / MODELS]
     tree = tree_size()
     room = gpu_carry.CALL_LIMIT - tree - MARGIN
-    described = [gpu_carry.describe(p) for p in sources]
-    first = [f for f in described if f.name in FIRST_LOAD]
-    rest = gpu_carry.split_into_loads([f for f in described if f.name not in FIRST_LOAD], room)
-    placed = pin_first(first, rest, room)
+    placed = gpu_carry.split_into_loads([gpu_carry.describe(p) for p in sources], room,
+                                        first=FIRST_LOAD)
     for old in CARRY.glob("load-*"):
         shutil.rmtree(old)
     by_name = {p.name: p for p in sources}
@@ -202,19 +198,6 @@ def prepare() -> int:
     print(f"prepared in {time.perf_counter() - started:.0f} s", flush=True)
     print_plan(placed, tree)
     return 0
-
-
-def pin_first(first: list[CarriedFile], rest: list[CarriedFile],
-              room: int) -> list[CarriedFile]:
-    """``first`` into load 1, the loads of ``rest`` after it; merged into load 1 when it all
-    fits there."""
-    first_size = sum(f.size for f in first)
-    if first_size > room:
-        raise ValueError(f"{', '.join(f.name for f in first)} alone exceed a call's room")
-    shift = 0 if first_size + gpu_carry.load_size(rest, 1) <= room else 1
-    shifted = [CarriedFile(f.name, f.size, f.sha256, f.load + shift) for f in rest]
-    return sorted([CarriedFile(f.name, f.size, f.sha256, 1) for f in first] + shifted,
-                  key=lambda f: (f.load, f.name))
 
 
 def print_plan(placed: list[CarriedFile], tree: int) -> None:
@@ -232,8 +215,7 @@ def print_plan(placed: list[CarriedFile], tree: int) -> None:
         last = load == count
         command = f"scripts/gpu-check --stage {load}" + (" --build" if load == 1 else "") + (
             " --run $OUT" if last else "")
-        print(f"  {load}. carry [\".gpu-carry/load-{load}\"]  {command}  timeout_s "
-              f"{540 if last else 480}")
+        print(f"  {load}. carry [\".gpu-carry/load-{load}\"]  {command}  timeout_s 540")
     run_s = sum(v for k, v in ESTIMATE_S.items() if k != "transfer per call")
     total = run_s + ESTIMATE_S["transfer per call"] * count
     print("\nestimate of the GPU run:")
@@ -376,7 +358,7 @@ def check_models_toml(layout: Layout) -> str:
     embedding model with gpu_layers = "all", every other with device = "auto", and the
     SmolLM2 chat model with parallel = "auto" (16 slots on a GPU, 4 on a CPU)."""
     text = (ROOT / "models.toml").read_text(encoding="utf-8")
-    body = text[text.index("[[models]]"):]
+    body = text[text.index("\n[[models]]") + 1:]
     lines: list[str] = []
     for line in body.splitlines():
         stripped = line.split("#", 1)[0].rstrip()
