@@ -59,13 +59,17 @@ SERIES = 10  # requests in a row per model: the first against the tenth
 # of nonsense is low): one temperature keeps it to one decode, over HTTP and in-process alike.
 WHISPER_TEMPERATURE = 0.2
 DRY_SERIES = 3  # on the dry run's 2 shared cores a random-weight whisper request takes ~15 s
+# A GGUF loaded as engines/llm/model.py loads it (n_gpu_layers "all" = 1 << 30), with
+# llama.cpp's log left on (the appliance keeps it quiet), for its "offloaded N/M" line.
 PROBE = """
 import sys, llama_cpp
-from appliance.engines.llm.model import LoadedModel, default_slots
+from llama_cpp import _internals, _logger
 from appliance.config import GPU_LAYERS_ALL
-from llama_cpp import _logger
+from appliance.engines.llm.model import default_slots
 _logger.set_verbose(True)
-model = LoadedModel(__import__("pathlib").Path(sys.argv[1]), GPU_LAYERS_ALL)
+params = llama_cpp.llama_model_default_params()
+params.n_gpu_layers = 1 << 30
+model = _internals.LlamaModel(path_model=sys.argv[1], params=params, verbose=True)
 print("SLOTS", default_slots(GPU_LAYERS_ALL), "GPU_OFFLOAD",
       int(llama_cpp.llama_supports_gpu_offload()), flush=True)
 """
@@ -117,12 +121,17 @@ def offload(path: str, env_root: Path) -> tuple[str, bool, int]:
     text = done.stdout + done.stderr
     found = re.search(r"offloaded (\d+)/(\d+) layers to GPU", text)
     slots = re.search(r"SLOTS (\d+) GPU_OFFLOAD (\d)", text)
-    if found is None:
-        return (f"no offload line (exit {done.returncode})", False, int(slots.group(1))
-                if slots else 0)
-    on, total = int(found.group(1)), int(found.group(2))
-    return (f"{on}/{total} layers offloaded", on == total and on > 0,
-            int(slots.group(1)) if slots else 0)
+    slot_count = int(slots.group(1)) if slots else 0
+    if found is not None:  # a GPU build says it in one line
+        on, total = int(found.group(1)), int(found.group(2))
+        return f"{on}/{total} layers offloaded", on == total and on > 0, slot_count
+    # a CPU build only lists each layer's device
+    devices = re.findall(r"layer +\d+ assigned to device (\w+)", text)
+    if not devices:
+        return f"no layer placement in llama.cpp's log (exit {done.returncode})", False, 0
+    on = sum(device != "CPU" for device in devices)
+    names = "/".join(sorted(set(devices)))
+    return f"{on}/{len(devices)} layers off the CPU ({names})", on == len(devices), slot_count
 
 
 def placements(models: list[dict[str, Any]], log: str, work: Path) -> list[Placement]:
