@@ -62,9 +62,11 @@ SPEECH = ("The appliance loads every model at boot and serves them through one A
           "Teams run it on a workstation, on a shared server, or on a laptop.")
 # Seconds, for the estimate: read off the dry run's steps here and what llama.cpp's CUDA
 # build and a cold machine cost elsewhere; the GPU run prints what each step really took.
+# Boot and the whisper requests are long because random whisper weights decode to the token
+# limit (warm-up at six temperatures; the check's requests at one) on the CPU fallback.
 ESTIMATE_S = {"machine start": 90, "transfer per call": 15, "wheel install": 15,
-              "CUDA build (sm_90, -j 16)": 270, "models written": 15, "boot": 40,
-              "first vs tenth requests": 60, "chat vs llama-server": 120,
+              "CUDA build (sm_90, -j 16)": 270, "models written": 15, "boot": 120,
+              "first vs tenth requests": 100, "chat vs llama-server": 120,
               "in-process baselines": 40}
 
 

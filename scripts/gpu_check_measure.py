@@ -404,6 +404,7 @@ def main() -> int:
     steps = json.loads(args.steps.read_text()) if args.steps.is_file() else {}
     report = Report(args.dry_run, steps, series_length=DRY_SERIES if args.dry_run else SERIES)
     body = (args.work / "models.body.toml").read_text(encoding="utf-8")
+    shutil.rmtree(args.work / "data", ignore_errors=True)  # a fresh ledger, keys and state
     port = free_port()
     config = write_config(args.work, port, body)
     models = models_of(body)
