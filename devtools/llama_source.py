@@ -22,8 +22,9 @@ from pathlib import Path, PurePosixPath
 
 VENDOR = PurePosixPath("vendor/llama.cpp")
 # Under vendor/llama.cpp: what no CPU or CUDA build reads.
+# scripts/ stays: tools/ui builds through scripts/ui-assets.cmake (no UI embedded offline).
 DROPPED = ("models", "docs", "media", "benches", "tests", "examples", "pocs", "conversion",
-           "gguf-py", "scripts", "ci", "app", "skills", ".github", "requirements",
+           "gguf-py", "ci", "app", "skills", ".github", "requirements",
            "tools/ui/tests", "tools/ui/e2e", "tools/ui/static", "tools/ui/src")
 OTHER_BACKENDS = ("ggml-vulkan", "ggml-sycl", "ggml-metal", "ggml-opencl", "ggml-cann",
                   "ggml-musa", "ggml-hip", "ggml-webgpu", "ggml-hexagon", "ggml-openvino",

@@ -426,8 +426,10 @@ def main() -> int:
         chat_bench(report, models, base, key, args.llama_server, args.work, args.dry_run)
     finally:
         stop_process(process)
-    whisper_baselines(report, models, args.models / "speech.wav")
+    # torch before CTranslate2: CTranslate2's OpenMP threads keep spinning after their work
+    # and would take the cores from torch's.
     image_baseline(report, models)
+    whisper_baselines(report, models, args.models / "speech.wav")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu-check.json").write_text(
         json.dumps(asdict(report), indent=1, default=str), encoding="utf-8")
