@@ -324,6 +324,7 @@ def dry_build_finished(layout: Layout) -> bool:
     """A dry-run build left to finish on its own earlier (ninja would do nothing more)."""
     if not llama_source.llama_server(layout.build).is_file():
         return False
+    record(layout, "llama.cpp build", "CPU, ninja -j 2, finished before this run (not timed)")
     (layout.root / "build.done").touch()
     return True
 
