@@ -1,9 +1,9 @@
 """Speech to text on faster-whisper (CTranslate2).
 
-Owns loading a whisper folder on the right device (CUDA + float16 when CTranslate2 sees a GPU,
-int8 on CPU, unless models.toml says otherwise), a pool of ``workers`` threads so several
-transcriptions run at once without touching the event loop (requests wait for a worker in a
-``WorkerPool``: bounded, round-robin across keys), and turning faster-whisper's
+Owns loading a whisper folder on the right device (CUDA + float16 when CTranslate2 sees a GPU
+and can compute on it, int8 on CPU, unless models.toml says otherwise), a pool of ``workers``
+threads so several transcriptions run at once without touching the event loop (requests wait
+for a worker in a ``WorkerPool``: bounded, round-robin across keys), and turning faster-whisper's
 lazy segment generator into events: decoding happens segment by segment, so a cancelled
 request stops at the next segment. Uploads are read within the model's bounds
 (``audio_decode``: duration, sample rate, channels, streams, packets) before any decoding.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
+from typing import TypeVar
 
 import ctranslate2
 import numpy as np
@@ -34,7 +35,7 @@ from appliance.engines.runtime.fair_gate import Occupancy, OccupancyReport
 from appliance.engines.runtime.thread_events import ThreadEvents
 from appliance.engines.runtime.worker_pool import WorkerPool
 from appliance.engines.whisper_languages import LANGUAGE_NAMES
-from appliance.errors import InvalidRequest
+from appliance.errors import ConfigError, InvalidRequest
 
 log = logging.getLogger("appliance.engines.whisper")
 # OpenAI: "If set to 0, the model will use log probability to automatically increase the
@@ -46,6 +47,7 @@ BEAM_SIZE = 5
 # those of the original audio.
 VAD_FILTER = True
 Emit = Callable[[TranscriptionEvent | BaseException | None], None]
+M = TypeVar("M")
 
 
 def choose_device(configured: str) -> str:
@@ -58,6 +60,47 @@ def choose_compute_type(configured: str, device: str) -> str:
     if configured != "auto":
         return configured
     return "float16" if device == "cuda" else "int8"
+
+
+def place(model_id: str, configured_device: str, configured_compute: str, cuda_devices: int,
+          load: Callable[[str, str], M], probe: Callable[[M], None]) -> tuple[M, str, str]:
+    """Loads on CUDA when asked or when "auto" finds a GPU, proves it with ``probe``, and
+    returns (model, device, compute type).
+
+    CTranslate2 opens its CUDA libraries (cuBLAS, cuDNN) only at the first computation, and a
+    PyPI wheel is built against one CUDA major (4.8.5: CUDA 12, ``libcublas.so.12``): on a
+    machine with another CUDA it counts the GPU, loads the weights, then fails the first
+    request. So the probe computes once here. With "auto" a failure is one warning and the
+    CPU; with "cuda" it stops the boot, naming what CTranslate2 could not open.
+    """
+    wants_cuda = configured_device == "cuda" or (configured_device == "auto" and cuda_devices > 0)
+    if wants_cuda:
+        compute_type = choose_compute_type(configured_compute, "cuda")
+        try:
+            model = load("cuda", compute_type)
+            probe(model)
+            return model, "cuda", compute_type
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if configured_device == "cuda":
+                raise ConfigError(
+                    f"model {model_id!r}: device = \"cuda\" but CTranslate2 "
+                    f"{ctranslate2.__version__} cannot compute there: {reason}") from exc
+            log.warning("whisper %s: CTranslate2 %s sees %d CUDA device(s) but cannot compute "
+                        "there (%s); loading on the CPU instead", model_id,
+                        ctranslate2.__version__, cuda_devices, reason)
+    compute_type = choose_compute_type(configured_compute, "cpu")
+    return load("cpu", compute_type), "cpu", compute_type
+
+
+def probe_inference(model: WhisperModel) -> None:
+    """A quarter second of tone through the encoder and one decoder step: the first use of
+    the device's math libraries."""
+    tone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(SAMPLE_RATE // 4) / SAMPLE_RATE)
+    segments, _ = model.transcribe(tone.astype(np.float32), beam_size=1, language="en",
+                                   max_new_tokens=1, vad_filter=False)
+    for _ in segments:
+        pass
 
 
 class WhisperEngine:
@@ -78,10 +121,14 @@ class WhisperEngine:
              report: OccupancyReport | None = None) -> WhisperEngine:
         # faster-whisper logs every request at INFO; our own log says what matters.
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)
-        device = choose_device(config.device)
-        compute_type = choose_compute_type(config.compute_type, device)
-        model = WhisperModel(str(config.path), device=device, compute_type=compute_type,
-                             num_workers=config.workers, local_files_only=True)
+        def load_on(device: str, compute_type: str) -> WhisperModel:
+            return WhisperModel(str(config.path), device=device, compute_type=compute_type,
+                                num_workers=config.workers, local_files_only=True)
+
+        model, device, compute_type = place(
+            config.id, config.device, config.compute_type,
+            ctranslate2.get_cuda_device_count() if config.device != "cpu" else 0,
+            load_on, probe_inference)
         log.info("whisper %s on %s (%s), %d workers", config.id, device, compute_type,
                  config.workers)
         return cls(config, model, device, report)
