@@ -51,6 +51,9 @@ xxhash yarl zipp
 """
 DEVICE_HAS = frozenset(_DEVICE_LIST.split())
 BUILT_THERE = frozenset({"llama-cpp-python"})
+# Packages only the kinds the check leaves out need (scripts/gpu_check.py NOT_CARRIED): the
+# speech engine imports piper lazily, so a check without the voice runs without them.
+LEFT_OUT = frozenset({"piper-tts"})
 BENCH_CLIENT = ("openai", "httpx2")
 # pip matches manylinux tags exactly: every glibc level a wheel of these may carry.
 PLATFORMS = (*(f"manylinux_2_{n}_x86_64" for n in range(17, 40)),
@@ -87,7 +90,7 @@ def missing(pyproject: Path) -> list[tuple[str, str]]:
         if name in seen:
             continue
         seen.add(name)
-        if name in DEVICE_HAS:
+        if name in DEVICE_HAS or name in LEFT_OUT:
             continue
         distribution = metadata.distribution(name)
         if name not in BUILT_THERE:
