@@ -29,6 +29,31 @@ GEMMA = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
 WHISPER_TINY = ROOT / "models" / "whisper-tiny.en"
 WHISPER_BASE = ROOT / "models" / "whisper-base"
 PIPER_JOE = ROOT / "models" / "piper-joe-medium" / "en_US-joe-medium.onnx"
+# The speech model as the session and hostile servers serve it (the default voice, OpenAI's
+# voice names mapped to it); it goes last in their configs.
+PIPER_MODEL = f"""[[models]]
+id = "piper-joe-medium"
+kind = "speech"
+path = "{PIPER_JOE}"
+aliases = ["tts-1", "gpt-4o-mini-tts"]
+price_per_request = 0.015
+threads = 1
+# Its voices last: a sub-table belongs to the [[models]] entry above it.
+[models.voices]
+alloy = "joe"
+ash = "joe"
+ballad = "joe"
+coral = "joe"
+echo = "joe"
+fable = "joe"
+nova = "joe"
+onyx = "joe"
+sage = "joe"
+shimmer = "joe"
+verse = "joe"
+marin = "joe"
+cedar = "joe"
+"""
 # Built (not fetched) by scripts/build_tiny_sd.py: see build_tiny_sd().
 TINY_SD = ROOT / "models" / "tiny-random-sd"
 APPLIANCE = (sys.executable, "-m", "appliance.cli")  # argv prefix: `appliance` in this venv

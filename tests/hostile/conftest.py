@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from devtools.server_harness import (
-    PIPER_JOE,
+    PIPER_MODEL,
     SMOLLM2,
     TINY_SD,
     WHISPER_TINY,
@@ -56,29 +56,7 @@ price_per_request = 0.03
 steps = 2
 sizes = ["64x64"]
 
-[[models]]
-id = "piper-joe-medium"
-kind = "speech"
-path = "{PIPER_JOE}"
-aliases = ["tts-1", "gpt-4o-mini-tts"]
-price_per_request = 0.015
-threads = 1
-# Its voices last: a sub-table belongs to the [[models]] entry above it.
-[models.voices]
-alloy = "joe"
-ash = "joe"
-ballad = "joe"
-coral = "joe"
-echo = "joe"
-fable = "joe"
-nova = "joe"
-onyx = "joe"
-sage = "joe"
-shimmer = "joe"
-verse = "joe"
-marin = "joe"
-cedar = "joe"
-"""
+{PIPER_MODEL}"""
 
 GROWTH_FILE_KEY = pytest.StashKey[Path]()
 

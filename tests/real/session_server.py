@@ -21,7 +21,7 @@ import pytest
 
 from devtools.server_harness import (
     GEMMA,
-    PIPER_JOE,
+    PIPER_MODEL,
     SMOLLM2,
     TINY_SD,
     WHISPER_BASE,
@@ -103,29 +103,7 @@ price_per_request = 0.03
 steps = 2
 sizes = ["64x64", "128x64"]
 
-[[models]]
-id = "piper-joe-medium"
-kind = "speech"
-path = "{PIPER_JOE}"
-aliases = ["tts-1", "gpt-4o-mini-tts"]
-price_per_request = 0.015
-threads = 1
-# Its voices last: a sub-table belongs to the [[models]] entry above it.
-[models.voices]
-alloy = "joe"
-ash = "joe"
-ballad = "joe"
-coral = "joe"
-echo = "joe"
-fable = "joe"
-nova = "joe"
-onyx = "joe"
-sage = "joe"
-shimmer = "joe"
-verse = "joe"
-marin = "joe"
-cedar = "joe"
-"""
+{PIPER_MODEL}"""
 # Short, so a test can watch a URL expire; fetches right after a response are far inside it.
 IMAGE_URL_TTL_S = 4
 
