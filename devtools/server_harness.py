@@ -54,6 +54,14 @@ verse = "joe"
 marin = "joe"
 cedar = "joe"
 """
+# SmolLM2 as a think-family reasoning model (models.toml `reasoning = "think"`): ChatML whose
+# generation prompt opens <think>, so the output starts inside the block; earlier turns'
+# reasoning is not rendered (as Qwen3's template drops it).
+THINK_TEMPLATE = '''chat_template = """{% for m in messages %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endfor %}<|im_start|>assistant
+<think>
+"""'''
 # Built (not fetched) by scripts/build_tiny_sd.py: see build_tiny_sd().
 TINY_SD = ROOT / "models" / "tiny-random-sd"
 APPLIANCE = (sys.executable, "-m", "appliance.cli")  # argv prefix: `appliance` in this venv

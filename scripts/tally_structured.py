@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from bench_chat import specs, start_server, write_config
 
 from devtools import server_harness
-from devtools.server_harness import SMOLLM2, create_key, free_port
+from devtools.server_harness import SMOLLM2, THINK_TEMPLATE, create_key, free_port
 
 PET = {"type": "object", "additionalProperties": False,
        "required": ["name", "species", "age", "vaccinated"],
@@ -86,11 +86,7 @@ context_length = 4096
 parallel = 8
 reasoning = "think"
 reasoning_budget = {{ low = 8, medium = 24, high = 64 }}
-chat_template = \"\"\"{{% for m in messages %}}<|im_start|>{{{{ m.role }}}}
-{{{{ m.content }}}}<|im_end|>
-{{% endfor %}}<|im_start|>assistant
-<think>
-\"\"\"
+{THINK_TEMPLATE}
 """
 
 

@@ -23,6 +23,7 @@ from devtools.server_harness import (
     GEMMA,
     PIPER_MODEL,
     SMOLLM2,
+    THINK_TEMPLATE,
     TINY_SD,
     WHISPER_BASE,
     WHISPER_TINY,
@@ -51,11 +52,7 @@ context_length = 1024
 parallel = 2
 reasoning = "think"
 reasoning_budget = {{ low = 8, medium = 24, high = 64 }}
-chat_template = \"\"\"{{% for m in messages %}}<|im_start|>{{{{ m.role }}}}
-{{{{ m.content }}}}<|im_end|>
-{{% endfor %}}<|im_start|>assistant
-<think>
-\"\"\"
+{THINK_TEMPLATE}
 
 [[models]]
 id = "smollm2-135m-embed"
