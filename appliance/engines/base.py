@@ -28,6 +28,22 @@ class ToolCall:
     arguments: str
 
 
+# What a picture's `detail` asks for (OpenAI's image_url.detail); see ImageInput.
+ImageDetail = Literal["low", "high", "auto"]
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """A picture in a user turn as the client sent it (PNG, JPEG, WebP or GIF bytes). The api
+    checked its format and read its size from the header, within the bounds; the engine
+    decodes it off the event loop, in its prompt threads."""
+
+    data: bytes
+    width: int
+    height: int
+    detail: ImageDetail = "auto"
+
+
 @dataclass(frozen=True)
 class ChatMessage:
     role: Role
@@ -38,6 +54,9 @@ class ChatMessage:
     # Assistant turns: the reasoning the model wrote before this answer, given back by the
     # client (reasoning_content); each template keeps or drops it as the model was trained.
     reasoning: str | None = None
+    # User turns: the pictures among the content, each at the character offset in
+    # ``content`` where it stood between the text parts (ascending offsets).
+    images: tuple[tuple[int, ImageInput], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,6 +153,7 @@ class Usage:
     completion_tokens: int
     cached_tokens: int = 0
     reasoning_tokens: int = 0  # of completion_tokens, those the model spent reasoning
+    image_tokens: int = 0  # of prompt_tokens, those a projector made of pictures
 
     @property
     def total_tokens(self) -> int:
@@ -238,6 +258,7 @@ class ModelInfo:
     # Chat models that reason: the format their reasoning comes in ("think": a
     # <think>...</think> block; "harmony": gpt-oss's analysis channel); None: no reasoning.
     reasoning: str | None = None
+    vision: bool = False  # chat models with a projector (mmproj): user turns may hold images
 
 
 @dataclass(frozen=True)
