@@ -45,8 +45,9 @@ from appliance.errors import ApplianceError, ConfigError
 
 log = logging.getLogger("appliance.engines")
 
-# Called from a chat model's decode thread after each step: (model id, busy slots, waiting).
-StepObserver = Callable[[str, int, int], None]
+# Called from a chat model's decode thread after each step: (model id, busy slots, waiting,
+# the step's seconds, the prompt tokens it read).
+StepObserver = Callable[[str, int, int, float, int], None]
 # Called on the event loop when a worker-pool model's (embeddings, whisper, images) occupancy
 # changes: (model id, busy workers, waiting requests).
 OccupancyObserver = Callable[[str, int, int], None]
@@ -58,7 +59,8 @@ def _step_reporter(model_id: str,
         return None
 
     def report(step: StepReport) -> None:
-        observer(model_id, step.generating + step.prefilling, step.waiting)
+        observer(model_id, step.generating + step.prefilling, step.waiting, step.seconds,
+                 step.prefill_tokens)
 
     return report
 

@@ -337,3 +337,15 @@ async def test_draining_waits_for_in_flight_requests_at_most_the_grace_period() 
     state.left(request)
     assert await state.wait_idle(0.01)
     assert state.in_flight == 0
+
+
+def test_decode_steps_fill_the_step_time_and_prefill_histograms() -> None:
+    metrics = ApplianceMetrics()
+    metrics.observe_step("fake-chat", 2, 0, seconds=0.04, prefill_tokens=0)
+    metrics.observe_step("fake-chat", 2, 0, seconds=0.09, prefill_tokens=24)
+    assert _sample(metrics, "appliance_engine_step_seconds_count", model="fake-chat") == 2
+    assert _sample(metrics, "appliance_engine_step_seconds_bucket", model="fake-chat",
+                   le="0.05") == 1
+    assert _sample(metrics, "appliance_engine_step_prefill_tokens_sum", model="fake-chat") == 24
+    assert _sample(metrics, "appliance_engine_step_prefill_tokens_bucket", model="fake-chat",
+                   le="32.0") == 2

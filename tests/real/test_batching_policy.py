@@ -1,63 +1,109 @@
 """The scheduler's batching policy on the real SmolLM2, observed step by step in-process.
 
-A long prompt is read in chunks while an ongoing stream keeps getting a token every step, so
-it never waits for the whole prompt.
+While a long prompt is read, every running stream gets its token in every step (the step
+reports say so, not a timer), the prompt is read in chunks the step budget sizes, and a short
+prompt that arrives meanwhile is read first.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
 
 from appliance.config import ChatModelConfig
-from appliance.engines.base import CancelToken, ChatMessage, ChatParams, Sampling, TextDelta
-from appliance.engines.llm.engine import BATCH_SIZE, LlamaChatEngine
+from appliance.engines.base import (
+    CancelToken,
+    ChatEvent,
+    ChatMessage,
+    ChatParams,
+    Finish,
+    Sampling,
+    TextDelta,
+)
+from appliance.engines.llm.engine import LlamaChatEngine
+from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.scheduler import StepReport
+from appliance.engines.llm.step_budget import MIN_CHUNK
 from devtools.server_harness import SMOLLM2
 
 pytestmark = pytest.mark.real
+RUNNING = 3  # streams generating while the long prompt is read
 
 
-def test_long_prompt_is_chunked_and_never_stalls_a_running_stream() -> None:
+def _end_tokens() -> frozenset[int]:
+    model = LoadedModel(SMOLLM2, 0)
+    try:
+        return model.single_tokens(("<|im_end|>", "<|endoftext|>"))
+    finally:
+        model.close()
+
+
+def test_a_long_prompt_never_stalls_running_streams_and_short_prompts_go_first() -> None:
     steps: list[StepReport] = []
-    config = ChatModelConfig(id="smol", path=SMOLLM2, context_length=4096, parallel=2)
+    # A tight budget: every step that reads the document reads the minimum chunk, on any box.
+    config = ChatModelConfig(id="smol", path=SMOLLM2, context_length=4096, parallel=5,
+                             max_step_ms=1)
+    # The stories never end by themselves: they run until the test has seen enough.
+    endless = Sampling(temperature=0, logit_bias=tuple((t, -100.0) for t in _end_tokens()))
     engine = LlamaChatEngine.load(config, on_step=steps.append)
     try:
         engine.warm_up()
-        running = ChatParams(messages=(ChatMessage("user", "Tell a long story about a fox."),),
-                             max_tokens=120, sampling=Sampling(temperature=0))
-        long_prompt = replace(running, max_tokens=4, messages=(
-            ChatMessage("user", " ".join(f"Fact {i}: foxes are clever." for i in range(300))),))
+        stories = [ChatParams(messages=(ChatMessage("user", f"Tell a long story about fox {i}."),),
+                              max_tokens=3000, sampling=endless) for i in range(RUNNING)]
+        document = replace(stories[0], max_tokens=2, sampling=Sampling(temperature=0),
+                           messages=(ChatMessage("user", " ".join(
+                               f"Fact {i}: foxes are clever." for i in range(150))),))
+        question = replace(document, messages=(ChatMessage("user", "Name a colour."),))
 
-        async def run() -> tuple[int, int]:
-            stream = engine.chat(running, CancelToken())
-            produced = 0
-            async for event in stream:
-                if isinstance(event, TextDelta):
-                    produced += 1
-                    if produced == 3:
-                        break
+        async def run() -> list[str]:
+            cancels = [CancelToken() for _ in stories]
+            streams = [engine.chat(story, cancel) for story, cancel in
+                       zip(stories, cancels, strict=True)]
+            for stream in streams:  # every story is generating before the document comes
+                await _first_text(stream)
             steps.clear()
-            second = asyncio.ensure_future(_drain(engine.chat(long_prompt, CancelToken())))
-            async for event in stream:
-                if isinstance(event, TextDelta):
-                    produced += 1
-            return produced, await second
+            order: list[str] = []
+            reading = asyncio.ensure_future(_answer(engine.chat(document, CancelToken()),
+                                                    "document", order))
+            while not any(step.prefill_tokens > 1 for step in steps):
+                await asyncio.sleep(0.01)  # the document is being read from now on
+            asked = asyncio.ensure_future(_answer(engine.chat(question, CancelToken()),
+                                                  "question", order))
+            keep_going = [asyncio.ensure_future(_drain(stream)) for stream in streams]
+            await asyncio.gather(reading, asked)
+            for cancel in cancels:
+                cancel.cancel()
+            await asyncio.gather(*keep_going)
+            return order
 
-        produced, _ = asyncio.run(run())
+        order = asyncio.run(run())
     finally:
         engine.close()
-    assert produced > 3
-    prefill_steps = [s for s in steps if s.prefill_tokens > 1]
-    assert len(prefill_steps) >= 3  # ~2,400 prompt tokens read in chunks, not at once
-    assert all(s.prefill_tokens + s.generating <= BATCH_SIZE for s in steps)
-    assert all(s.generating >= 1 for s in prefill_steps)  # the story got a token every step
+    assert order == ["question", "document"]  # the short prompt was read first
+    reading = [s for s in steps if s.prefill_tokens > 1]
+    assert len(reading) >= 10  # ~1,200 prompt tokens read in chunks, not at once
+    # Every stream got its token in every step that read the prompt.
+    assert all(s.generating >= RUNNING for s in reading), [s.generating for s in reading]
+    # The chunks are the budget's, not the batch's: never over what the step was offered.
+    assert all(s.prefill_tokens <= s.prefill_share for s in reading)
+    assert all(s.prefill_share == MIN_CHUNK for s in reading)
 
 
-async def _drain(events: object) -> int:
-    count = 0
-    async for _ in events:  # type: ignore[attr-defined]
-        count += 1
-    return count
+async def _first_text(events: AsyncIterator[ChatEvent]) -> None:
+    async for event in events:
+        if isinstance(event, TextDelta) and event.text:
+            return
+
+
+async def _answer(events: AsyncIterator[ChatEvent], name: str, order: list[str]) -> None:
+    async for event in events:  # the first token, or the end if it had no text
+        if isinstance(event, (TextDelta, Finish)) and name not in order:
+            order.append(name)
+
+
+async def _drain(events: AsyncIterator[ChatEvent]) -> None:
+    async for _ in events:
+        pass

@@ -29,6 +29,10 @@ SLOWEST_STEP_S = 5.0
 UNMATCHED_ROUTE = "unmatched"  # a 404 path: one label, whatever the path, to bound cardinality
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# A decode step is what every running stream waits for between two tokens; the step budget
+# (max_step_ms) aims near 25 ms on a GPU and 75 ms on a CPU.
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
+PREFILL_BUCKETS = (0, 1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,13 @@ class ApplianceMetrics:
         self.speech_sentences = Counter(
             "appliance_speech_sentences", "Sentences synthesised for speech requests",
             ["model"], registry=self.registry)
+        self.step_seconds = Histogram(
+            "appliance_engine_step_seconds",
+            "Chat decode steps: time from building the batch to the last token sampled",
+            ["model"], buckets=STEP_BUCKETS, registry=self.registry)
+        self.step_prefill = Histogram(
+            "appliance_engine_step_prefill_tokens", "Prompt tokens read per chat decode step",
+            ["model"], buckets=PREFILL_BUCKETS, registry=self.registry)
         if ledger_lag is not None:
             Gauge("appliance_ledger_write_lag_seconds",
                   "Age of the oldest row in the ledger writer's last batch when it was written",
@@ -147,9 +158,13 @@ class ApplianceMetrics:
             self.engine_errors.labels(model, row.error_code or "unknown").inc()
         self.health.observe(row)
 
-    def observe_step(self, model: str, busy_slots: int, waiting: int) -> None:
+    def observe_step(self, model: str, busy_slots: int, waiting: int, seconds: float = 0.0,
+                     prefill_tokens: int = 0) -> None:
         """Called from a chat engine's decode thread after every step."""
         self.engine_load.observe_step(model, busy_slots, waiting)
+        if seconds > 0:
+            self.step_seconds.labels(model).observe(seconds)
+            self.step_prefill.labels(model).observe(prefill_tokens)
 
     def observe_occupancy(self, model: str, busy: int, waiting: int) -> None:
         """Called by a worker-pool model (whisper, images) whenever its occupancy changes."""

@@ -1,0 +1,72 @@
+"""The step budget's arithmetic, fed step costs by hand (no model, no clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.engines.llm.step_budget import MIN_CHUNK, StepBudget
+
+
+def test_nobody_generating_reads_as_much_as_the_batch_holds() -> None:
+    budget = StepBudget(0.075, capacity=512)
+    assert budget.prefill_share(0) == 512
+
+
+def test_before_any_measure_a_step_reads_the_minimum_chunk() -> None:
+    budget = StepBudget(0.075, capacity=512)
+    assert budget.prefill_share(4) == MIN_CHUNK
+
+
+def test_the_share_fills_the_target_left_after_decoding() -> None:
+    budget = StepBudget(0.100, capacity=512)
+    budget.observe(generating=4, prefill_tokens=0, seconds=0.020)  # d(4) = 20 ms
+    budget.observe(generating=4, prefill_tokens=100, seconds=0.220)  # 2 ms a prompt token
+    assert budget.decode_seconds(4) == pytest.approx(0.020)
+    assert budget.token_seconds() == pytest.approx(0.002)
+    assert budget.prefill_share(4) == 40  # (100 ms - 20 ms) / 2 ms
+
+
+def test_slow_hardware_still_gives_prompts_half_of_each_step() -> None:
+    budget = StepBudget(0.050, capacity=512)
+    budget.observe(generating=2, prefill_tokens=0, seconds=0.200)  # decoding alone: 200 ms
+    budget.observe(generating=2, prefill_tokens=64, seconds=0.200 + 64 * 0.005)
+    # The target becomes twice the decode step: 200 ms left for prompt tokens at 5 ms each.
+    assert budget.prefill_share(2) == 40
+
+
+def test_an_unmeasured_width_is_scaled_from_the_nearest_measured() -> None:
+    budget = StepBudget(0.100, capacity=512)
+    budget.observe(generating=2, prefill_tokens=0, seconds=0.010)
+    assert budget.decode_seconds(4) == pytest.approx(0.020)
+    assert budget.decode_seconds(1) == pytest.approx(0.005)
+
+
+def test_the_share_never_exceeds_the_batch_nor_drops_under_the_minimum() -> None:
+    fast = StepBudget(1.0, capacity=64)
+    fast.observe(generating=1, prefill_tokens=0, seconds=0.001)
+    fast.observe(generating=1, prefill_tokens=32, seconds=0.001 + 32e-5)
+    assert fast.prefill_share(1) == 64
+    slow = StepBudget(0.010, capacity=512)
+    slow.observe(generating=1, prefill_tokens=0, seconds=0.009)
+    slow.observe(generating=1, prefill_tokens=16, seconds=0.009 + 16 * 0.01)
+    assert slow.prefill_share(1) == MIN_CHUNK
+
+
+def test_means_follow_the_machine_as_it_changes() -> None:
+    budget = StepBudget(0.100, capacity=512)
+    budget.observe(generating=1, prefill_tokens=0, seconds=0.010)
+    for _ in range(40):  # a neighbour takes half the CPU: steps now cost twice as much
+        budget.observe(generating=1, prefill_tokens=0, seconds=0.020)
+    assert budget.decode_seconds(1) == pytest.approx(0.020, rel=0.01)
+
+
+def test_tiny_prompt_chunks_do_not_move_the_token_cost() -> None:
+    budget = StepBudget(0.100, capacity=512)
+    budget.observe(generating=1, prefill_tokens=0, seconds=0.010)
+    budget.observe(generating=1, prefill_tokens=2, seconds=0.050)  # overhead, not tokens
+    assert budget.token_seconds() is None
+
+
+def test_a_target_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        StepBudget(0.0, capacity=512)
