@@ -102,6 +102,9 @@ class ChatModelConfig(_LlamaModelConfig):
     stop: tuple[str, ...] = ()
     prompt_cache_mb: int = 256
     generation_timeout_s: float | None = None  # generating longer ends as "length"
+    # The multimodal projector (a GGUF "mmproj" file) beside the model: user turns may then
+    # hold pictures (engines/llm/vision.py). None: a text-only model.
+    mmproj: Path | None = None
     # Reasoning models (engines/llm/reasoning.py): "auto" reads the family off the template
     # and vocabulary, "none" never reasons, "think" / "harmony" name the family.
     reasoning: str = "auto"
@@ -402,7 +405,21 @@ def _chat_keys(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:
             "stop": _string_list(where, raw, "stop"),
             "prompt_cache_mb": _non_negative(where, raw, "prompt_cache_mb", 256),
             "generation_timeout_s": _seconds(where, raw, "generation_timeout_s", None),
+            "mmproj": _mmproj_path(where, raw),
             **_reasoning_keys(where, raw, llama["context_length"])}
+
+
+def _mmproj_path(where: _Where, raw: Mapping[str, Any]) -> Path | None:
+    text = _take(where, raw, "mmproj", str, None)
+    if text is None:
+        return None
+    if not text.strip():
+        raise where.fail("mmproj", "expected the path of the model's projector GGUF")
+    path = (where.source.parent / text).resolve()
+    if not path.is_file():
+        raise where.fail("mmproj", f"projector GGUF file {path} does not exist "
+                         "(scripts/build-tiny-mmproj builds the test fixture's)")
+    return path
 
 
 REASONING_SETTINGS: tuple[str, ...] = ("auto", "none", "think", "harmony")
