@@ -415,7 +415,7 @@ def _mmproj_path(where: _Where, raw: Mapping[str, Any]) -> Path | None:
         return None
     if not text.strip():
         raise where.fail("mmproj", "expected the path of the model's projector GGUF")
-    path = (where.source.parent / text).resolve()
+    path: Path = (where.source.parent / text).resolve()
     if not path.is_file():
         raise where.fail("mmproj", f"projector GGUF file {path} does not exist "
                          "(scripts/build-tiny-mmproj builds the test fixture's)")

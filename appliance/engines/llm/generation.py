@@ -18,6 +18,7 @@ from typing import Protocol
 
 from appliance.engines.base import CancelToken, ChatEvent, Sampling, TokenLogprob
 from appliance.engines.llm.model import LoadedModel
+from appliance.engines.llm.prompt_images import PromptImages
 from appliance.engines.llm.reasoning import Reader, ReasoningPlan
 from appliance.engines.llm.textstream import TextAssembler
 from appliance.engines.runtime.round_robin import RoundRobin
@@ -59,6 +60,10 @@ class GenerationRequest:
     prompt_ready_in: Slot | None = None
     ended: bool = False
     reasoning: ReasoningPlan | None = None  # a reasoning model's plan; None: plain output
+    # The pictures' runs among ``tokens`` (shared by the choices); None: text only. Freed
+    # when the request ends (images_released), whichever way it ends.
+    images: PromptImages | None = None
+    images_released: bool = False
 
 
 @dataclass(frozen=True)
