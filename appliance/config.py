@@ -102,6 +102,9 @@ class ChatModelConfig(_LlamaModelConfig):
     stop: tuple[str, ...] = ()
     prompt_cache_mb: int = 256
     generation_timeout_s: float | None = None  # generating longer ends as "length"
+    # The step budget (engines/llm/step_budget.py): None is "auto" (the device's default),
+    # 0 turns it off (a step reads as many prompt tokens as the batch holds).
+    max_step_ms: float | None = None
     # The multimodal projector (a GGUF "mmproj" file) beside the model: user turns may then
     # hold pictures (engines/llm/vision.py). None: a text-only model.
     mmproj: Path | None = None
@@ -405,8 +408,19 @@ def _chat_keys(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:
             "stop": _string_list(where, raw, "stop"),
             "prompt_cache_mb": _non_negative(where, raw, "prompt_cache_mb", 256),
             "generation_timeout_s": _seconds(where, raw, "generation_timeout_s", None),
+            "max_step_ms": _step_budget(where, raw),
             "mmproj": _mmproj_path(where, raw),
             **_reasoning_keys(where, raw, llama["context_length"])}
+
+
+def _step_budget(where: _Where, raw: Mapping[str, Any]) -> float | None:
+    value = _take(where, raw, "max_step_ms", (int, float, str), "auto")
+    if value == "auto":
+        return None
+    if isinstance(value, (str, bool)) or not 0 <= value <= 60_000:
+        raise where.fail("max_step_ms", f"expected \"auto\", 0 (off) or milliseconds up to "
+                         f"60000, got {value!r}")
+    return float(value)
 
 
 def _mmproj_path(where: _Where, raw: Mapping[str, Any]) -> Path | None:

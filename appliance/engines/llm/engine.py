@@ -41,7 +41,12 @@ from appliance.engines.base import (
     TextDelta,
 )
 from appliance.engines.llm.grammar import grammar_for
-from appliance.engines.llm.model import LoadedModel, default_slots, default_threads
+from appliance.engines.llm.model import (
+    LoadedModel,
+    default_slots,
+    default_step_seconds,
+    default_threads,
+)
 from appliance.engines.llm.prompt_images import PromptImages
 from appliance.engines.llm.prompt_tokens import PromptTokenizer, PromptTooLong, RequestText
 from appliance.engines.llm.reasoning import (
@@ -60,6 +65,7 @@ from appliance.engines.llm.scheduler import (
     Scheduler,
     StepReport,
 )
+from appliance.engines.llm.step_budget import StepBudget
 from appliance.engines.llm.templates import ChatTemplate
 from appliance.engines.llm.tool_dialects import (
     HERMES,
@@ -123,6 +129,7 @@ class LlamaChatEngine:
             prompt_cache_bytes=config.prompt_cache_mb * 1024 * 1024,
             on_step=on_step,
             samplers=samplers,
+            step_budget=step_budget(config, BATCH_SIZE),
         )
         self._info = ModelInfo(id=config.id, kind=config.kind,
                                context_length=config.context_length,
@@ -536,6 +543,15 @@ class LlamaChatEngine:
         if sampling.grammar is not None:
             self._model.check_grammar(sampling.grammar)
         return sampling
+
+
+def step_budget(config: ChatModelConfig, batch_size: int) -> StepBudget | None:
+    """The model's step budget from models.toml's max_step_ms (None: off)."""
+    if config.max_step_ms == 0:
+        return None
+    seconds = default_step_seconds(config.gpu_layers) if config.max_step_ms is None \
+        else config.max_step_ms / 1000.0
+    return StepBudget(seconds, batch_size)
 
 
 def reasoning_profile(config: ChatModelConfig, model: LoadedModel, template: ChatTemplate,

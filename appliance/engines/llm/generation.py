@@ -74,7 +74,9 @@ class StepReport:
     prefill_tokens: int  # prompt tokens decoded in this step
     prefilling: int  # slots still reading their prompt after this step
     waiting: int  # requests queued for a slot
-    seconds: float
+    seconds: float  # the whole step: building the batch, decoding it, sampling
+    decode_seconds: float = 0.0  # of which llama_decode
+    prefill_share: int = 0  # prompt tokens the step budget offered this step
 
 
 class SlotState(enum.Enum):

@@ -19,6 +19,7 @@ from llama_cpp import _internals
 from llama_cpp import _logger as llama_cpp_logger
 
 from appliance.config import GPU_LAYERS_ALL
+from appliance.engines.llm.step_budget import DEFAULT_CPU_STEP_S, DEFAULT_GPU_STEP_S
 from appliance.errors import InvalidRequest
 
 # llama.cpp takes a layer count; "all" means more layers than any model has.
@@ -186,5 +187,16 @@ def default_slots(gpu_layers: int) -> int:
     On a GPU a decode step costs nearly the same for 1 or 16 sequences, so more slots is more
     throughput; on a CPU the step cost grows with the batch and 4 keeps streams responsive.
     """
-    on_gpu = bool(llama_cpp.llama_supports_gpu_offload()) and gpu_layers != 0
-    return 16 if on_gpu else 4
+    return 16 if on_gpu(gpu_layers) else 4
+
+
+def on_gpu(gpu_layers: int) -> bool:
+    """Whether a model loaded with these gpu_layers runs on a GPU."""
+    return bool(llama_cpp.llama_supports_gpu_offload()) and gpu_layers != 0
+
+
+def default_step_seconds(gpu_layers: int) -> float:
+    """The step budget's target when models.toml says "auto" (see step_budget.py): a GPU
+    decodes a step in a few milliseconds, so a stream there should never pause long; a CPU
+    decode step alone takes tens of them."""
+    return DEFAULT_GPU_STEP_S if on_gpu(gpu_layers) else DEFAULT_CPU_STEP_S

@@ -2,9 +2,13 @@
 
 Every step builds a single llama_batch holding one token for each slot that is generating plus
 a chunk of prompt tokens for slots still reading their prompt (chunked prefill: a long prompt
-delays the other streams by at most one chunk per step). Each request samples with its own
-chain. A new request starts from the longest cached prefix of its prompt (kv_reuse.py decides
-where that comes from) and decodes only the rest. Cancelled requests free their slot at the
+delays the other streams by at most one chunk per step). How many prompt tokens a step reads
+is the step budget's (step_budget.py: sized from measured costs so a step stays near
+``max_step_ms``); the prompts share it shortest-remaining first, so a short request starts
+soon even while a document is being read, and a prompt's rank improves the longer it has
+been reading, so no prompt starves. Each request samples with its own chain. A new request
+starts from the longest cached prefix of its prompt (kv_reuse.py decides where that comes
+from) and decodes only the rest. Cancelled requests free their slot at the
 next step; requests beyond the slots wait in order and are never dropped. The choices of an
 ``n > 1`` request share the prompt: once the first choice has read it, the others copy its KV
 sequence and only decode the prompt's last token themselves.
@@ -50,6 +54,7 @@ from appliance.engines.llm.logprobs import token_logprob
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.reasoning import Phase, Read
 from appliance.engines.llm.sampling import SamplerChain
+from appliance.engines.llm.step_budget import StepBudget
 from appliance.engines.runtime.round_robin import RoundRobin
 from appliance.errors import ApplianceError, EngineFailure, Overloaded
 
@@ -62,8 +67,12 @@ class Scheduler:
                  threads: int, batch_size: int, stop_tokens: frozenset[int],
                  prompt_cache_bytes: int = 0,
                  on_step: Callable[[StepReport], None] | None = None,
-                 samplers: SamplerFactory = SamplerChain):
+                 samplers: SamplerFactory = SamplerChain,
+                 step_budget: StepBudget | None = None):
+        """``step_budget``: None reads prompts as fast as the batch allows (a step may then
+        take as long as ``batch_size`` prompt tokens do)."""
         self._model = model
+        self._budget = step_budget
         self._on_step = on_step
         self._on_step_failed = False  # a broken metrics hook is logged once, not every step
         self._samplers = samplers
@@ -240,6 +249,7 @@ class Scheduler:
             self._queue = [r for r in self._queue if r not in done]
 
     def _step(self) -> None:
+        started = time.perf_counter()
         batch = self._batch
         batch.clear()
         in_batch: list[Slot] = []
@@ -253,17 +263,21 @@ class Scheduler:
                 slot.in_batch = [slot.next_token]
                 slot.logits_at = batch.add(slot.next_token, len(slot.cached), slot.sequence, True)
                 in_batch.append(slot)
-        prefilling = sorted((s for s in self._slots if s.state is SlotState.PREFILLING),
-                            key=lambda s: s.seated_at)
-        for slot in prefilling:
-            take = min(batch.free, len(slot.pending))
+        share = batch.free if self._budget is None \
+            else min(batch.free, self._budget.prefill_share(len(in_batch)))
+        offered = share
+        for slot in self._prefill_order():
+            take = min(share, len(slot.pending))
             if take == len(slot.pending) > 1:
                 # The prompt's last token is decoded on its own, as it is when the rest of
                 # the prompt comes from cache: its logits (so a seeded draw) then never depend
                 # on whether the prefix was cached.
                 take -= 1
             if take == 0:
-                break
+                if share == 0:
+                    break
+                continue  # only its last token is left, and it waits for the next step
+            share -= take
             chunk = slot.pending[:take]
             finishes_prompt = take == len(slot.pending)
             base = len(slot.cached)
@@ -279,13 +293,14 @@ class Scheduler:
                 self._fail(slot, EngineFailure("The slot had nothing to decode."), "stepping")
         if batch.size == 0:
             return
-        started = time.perf_counter()
         generating = sum(1 for slot in in_batch if not slot.pending)
+        decode_started = time.perf_counter()
         fault: Exception | None = None
         try:
             status = llama_cpp.llama_decode(self._context, batch.handle)
         except Exception as exc:  # the binding refused the call: nothing was decoded
             status, fault = -1, exc
+        decode_seconds = time.perf_counter() - decode_started
         self._reuse.decoded()
         if status != 0:
             # The step is shared: every slot in it loses this step's KV, and its request.
@@ -307,13 +322,29 @@ class Scheduler:
                     self._sample(slot, slot.logits_at)
                 except Exception as exc:
                     self._fail(slot, exc, "sampling")
+        seconds = time.perf_counter() - started
+        prefill_tokens = batch.size - generating
+        if self._budget is not None:
+            self._budget.observe(generating, prefill_tokens, seconds)
         self._report(StepReport(
             generating=generating,
-            prefill_tokens=batch.size - generating,
+            prefill_tokens=prefill_tokens,
             prefilling=sum(1 for slot in self._slots if slot.state is SlotState.PREFILLING),
             waiting=len(self._queue),
-            seconds=time.perf_counter() - started,
+            seconds=seconds,
+            decode_seconds=decode_seconds,
+            prefill_share=offered,
         ))
+
+    def _prefill_order(self) -> list[Slot]:
+        """Slots reading their prompt, the one with the least left first (a short request
+        then waits for a few chunks, not for a document), each rank divided by one plus the
+        seconds the slot has been reading: a long prompt overtakes fresh short ones after a
+        while, so it cannot starve. A prompt mostly cached has little left and goes early."""
+        now = time.monotonic()
+        reading = [slot for slot in self._slots if slot.state is SlotState.PREFILLING]
+        return sorted(reading, key=lambda slot: (
+            len(slot.pending) / (1.0 + max(0.0, now - slot.seated_at)), slot.seated_at))
 
     def _add_forced(self, slot: Slot) -> bool:
         """The tokens the engine writes into a choice's output (the close of its thinking),
