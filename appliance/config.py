@@ -63,6 +63,12 @@ class ServerConfig:
     public_url: str | None = None  # base of image URLs; None: the socket the request came in on
     trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For/-Proto count
     reasoning_field: ReasoningField = "both"  # see ReasoningField
+    # Remote image URLs in chat/Responses image parts (api/image_fetch.py): fetched only from
+    # these hosts (empty: never; a server fetching URLs its clients name is an SSRF risk),
+    # at most remote_image_max_mb each, each fetch within remote_image_timeout_s.
+    remote_image_hosts: tuple[str, ...] = ()
+    remote_image_max_mb: int = 5
+    remote_image_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,7 +229,8 @@ _SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currenc
                 "cors_origins", "tls_certfile", "tls_keyfile", "max_body_mb",
                 "max_connections", "header_timeout_s", "body_timeout_s", "public_url",
                 "trusted_proxies", "response_retention_days", "max_stored_mb_per_key",
-                "max_conversation_items", "reasoning_field"}
+                "max_conversation_items", "reasoning_field", "remote_image_hosts",
+                "remote_image_max_mb", "remote_image_timeout_s"}
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
 
 
@@ -275,6 +282,7 @@ def _server(source: Path, raw: Mapping[str, Any], env: Mapping[str, str]) -> Ser
         max_stored_mb_per_key=_positive(where, raw, "max_stored_mb_per_key", 256),
         max_conversation_items=_positive(where, raw, "max_conversation_items", 10_000),
         reasoning_field=_reasoning_field(where, raw),
+        **_remote_images(where, raw),
         **_exposure(where, raw, base),
         **_edge(where, raw),
     )
@@ -286,6 +294,31 @@ def _reasoning_field(where: _Where, raw: Mapping[str, Any]) -> ReasoningField:
         if name == known:
             return known
     raise where.fail("reasoning_field", f"{name!r} is not one of {', '.join(REASONING_FIELDS)}")
+
+
+def _remote_images(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The [server] keys of remote image URLs: the hosts fetched from, a size cap, a timeout."""
+    hosts = _take(where, raw, "remote_image_hosts", list, [])
+    for host in hosts:
+        # Host names only: a scheme, a path or a port would never match a URL's host.
+        malformed = not isinstance(host, str) or not host or (
+            any(c in host for c in "/:@ ") and not _is_ip(host))
+        if malformed:
+            raise where.fail("remote_image_hosts", f"{host!r} is not a host name or address "
+                             "such as \"images.example.com\" or \"192.168.1.20\"")
+    return {
+        "remote_image_hosts": tuple(host.lower() for host in hosts),
+        "remote_image_max_mb": _positive(where, raw, "remote_image_max_mb", 5),
+        "remote_image_timeout_s": _seconds(where, raw, "remote_image_timeout_s", 10.0),
+    }
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _retention_days(where: _Where, raw: Mapping[str, Any]) -> float:

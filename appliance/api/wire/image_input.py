@@ -174,9 +174,10 @@ def _data_url_bytes(ref: ImageRef) -> bytes:
 
 
 def read_header(data: bytes, ref: ImageRef, bounds: RequestBounds) -> ImageInput:
-    """The picture's format and size from its header (no pixel decoded), within the bounds."""
+    """The picture's format and size from its header (no pixel decoded), within the bounds.
+    A fetched picture's bytes were bounded by the fetcher's own cap while it read them."""
     param = ref.url_param
-    if len(data) > bounds.max_image_bytes:
+    if not ref.remote and len(data) > bounds.max_image_bytes:
         raise PayloadTooLarge(f"Invalid '{param}': the image is {len(data)} bytes; this server "
                               f"allows at most {bounds.max_image_bytes} bytes per image.",
                               param=param)
