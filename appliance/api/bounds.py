@@ -52,6 +52,9 @@ class RequestBounds:
     max_image_bytes: int = 5 * 1024 * 1024  # one picture, decoded from base64 (413 past it)
     max_image_pixels: int = 4096 * 4096  # width x height, read from the header
     max_images: int = 16  # image parts in one request (a continued history's included)
+    # All the pictures of one request together: the engine holds each decoded (3 bytes a
+    # pixel) until the projector has read it, so this bounds a request's pictures to 96 MiB.
+    max_request_image_pixels: int = 2 * 4096 * 4096
     # Embeddings: OpenAI's 2,048 inputs. Tokens per input (the model's context) and per
     # request (models.toml max_request_tokens, OpenAI's 300,000 by default) need the model's
     # tokenizer, so the embedding engine checks them.

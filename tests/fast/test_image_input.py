@@ -186,6 +186,20 @@ async def test_images_per_request_bounded_across_messages() -> None:
         assert "at most 2" in error["message"]
 
 
+async def test_pixels_per_request_bounded() -> None:
+    bounds = replace(RequestBounds(), max_request_image_pixels=40 * 30 * 2 + 10)
+    async with vision_stack(bounds) as stack:
+        two = await stack.post("/v1/chat/completions", chat_body(
+            user_turn(image_part(RED), image_part(RED, "low"))))
+        assert two.status_code == 200, two.text
+        three = await stack.post("/v1/chat/completions", chat_body(
+            user_turn(image_part(RED)), {"role": "assistant", "content": "ok"},
+            user_turn(image_part(RED), image_part(RED))))  # the same picture counts each time
+        error = error_of(three)
+        assert three.status_code == 400
+        assert error["param"] == "messages[2].content[1]" and "at most 2410" in error["message"]
+
+
 @pytest.mark.parametrize("role", ["system", "developer", "assistant", "tool"])
 async def test_images_only_in_user_turns(role: str) -> None:
     async with vision_stack() as stack:

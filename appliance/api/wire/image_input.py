@@ -244,7 +244,22 @@ async def resolve_images(refs: list[ImageRef], model: ModelInfo, bounds: Request
         assert fetch is not None
         data = await fetch(ref.url, ref.url_param)
         found[ref.key] = await anyio.to_thread.run_sync(read_header, data, ref, bounds)
+    _check_total_pixels(refs, found, bounds)
     return found
+
+
+def _check_total_pixels(refs: list[ImageRef], found: Mapping[ImageKey, ImageInput],
+                        bounds: RequestBounds) -> None:
+    """Every part counts, a picture sent twice twice: the engine decodes each part."""
+    total = 0
+    for ref in refs:
+        image = found[ref.key]
+        total += image.width * image.height
+        if total > bounds.max_request_image_pixels:
+            raise _invalid(ref.part_param, f"Invalid '{ref.part_param}': the request's images "
+                           f"hold more than {bounds.max_request_image_pixels} pixels in all; "
+                           f"this server allows at most {bounds.max_request_image_pixels} per "
+                           "request.", "image_too_large")
 
 
 def images_at(parts: list[tuple[int, ImageKey]],
