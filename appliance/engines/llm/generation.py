@@ -77,6 +77,7 @@ class StepReport:
     seconds: float  # the whole step: building the batch, decoding it, sampling
     decode_seconds: float = 0.0  # of which llama_decode
     prefill_share: int = 0  # prompt tokens the step budget offered this step
+    image_tokens: int = 0  # evaluated from a picture in this step (at most one picture a step)
 
 
 class SlotState(enum.Enum):

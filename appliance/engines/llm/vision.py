@@ -191,7 +191,7 @@ class Projector:
                  tokens: int) -> None:
         """Encodes an image chunk and decodes its embeddings into ``sequence`` from
         ``position`` on (the decode thread only)."""
-        reached = llama_cpp.llama_pos(0)
+        reached = ctypes.c_int32(0)  # a llama_pos
         status = mtmd_cpp.mtmd_helper_eval_chunk_single(
             self._open(), context, chunk, position, sequence, self._batch_size, False,
             ctypes.byref(reached))
