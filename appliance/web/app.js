@@ -273,7 +273,7 @@ function setupChat() {
     if (usage) parts.push(`${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens`);
     const pictured = usage && usage.prompt_tokens_details
       && usage.prompt_tokens_details.image_tokens;
-    if (pictured) parts.push(`${pictured} of the prompt's from the image`);
+    if (pictured) parts.push(`${pictured} prompt tokens from the image`);
     const reasoned = usage && usage.completion_tokens_details
       && usage.completion_tokens_details.reasoning_tokens;
     if (reasoned) parts.push(`of them ${reasoned} reasoning`);
