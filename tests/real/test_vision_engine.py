@@ -70,7 +70,7 @@ def steps() -> list[StepReport]:
 def engine(steps: list[StepReport]) -> Iterator[LlamaChatEngine]:
     build_tiny_mmproj()
     config = ChatModelConfig(id="smollm2-vision", path=SMOLLM2, mmproj=TINY_MMPROJ,
-                             context_length=2048, parallel=4, max_step_ms=0)
+                             context_length=2048, parallel=4)
     loaded = LlamaChatEngine.load(config, on_step=steps.append)
     try:
         loaded.warm_up()
@@ -173,10 +173,20 @@ def test_a_second_turn_on_the_same_picture_reuses_its_kv(
 
 def test_pictures_are_evaluated_between_steps_while_streams_keep_flowing(
         engine: LlamaChatEngine, steps: list[StepReport]) -> None:
+    # The story cannot end early (its end-of-turn tokens are banned): it streams through
+    # every step the others take.
+    vocabulary = LoadedModel(SMOLLM2, 0, vocab_only=True)
+    try:
+        ends = vocabulary.single_tokens(("<|im_end|>", "<|endoftext|>"))
+    finally:
+        vocabulary.close()
     story = ChatParams(messages=(ChatMessage("user", "Tell a long story about a fox."),),
-                       max_tokens=160, sampling=GREEDY)
+                       max_tokens=160, sampling=replace(GREEDY, logit_bias=tuple(
+                           (token, -100.0) for token in sorted(ends))))
+    story_steps = 0  # steps taken until the story's last token
 
     async def scenario() -> tuple[int, str, list[tuple[str, Usage]]]:
+        nonlocal story_steps
         stream = engine.chat(story, CancelToken())
         produced = 0
         reason = ""
@@ -199,7 +209,8 @@ def test_pictures_are_evaluated_between_steps_while_streams_keep_flowing(
             if isinstance(event, TextDelta):
                 produced += 1
             elif isinstance(event, Finish):
-                reason = event.reason
+                reason = f"{event.reason}:{event.usage.completion_tokens}"
+                story_steps = len(steps)
         return produced, reason, list(await asyncio.gather(*others))
 
     produced, reason, results = asyncio.run(scenario())
@@ -210,9 +221,11 @@ def test_pictures_are_evaluated_between_steps_while_streams_keep_flowing(
     pictured = [step for step in steps if step.image_tokens]
     assert sum(step.image_tokens for step in pictured) == 4 * IMAGE_TOKENS
     assert all(step.image_tokens == IMAGE_TOKENS for step in pictured)  # one a step
-    if reason == "length":  # the story outlived the others: it got its token every step
-        assert all(step.generating >= 1 for step in steps)
-    assert produced > 3
+    assert reason == "length:160" and produced > 3
+    assert all(usage.completion_tokens for _, usage in results)
+    # Every step while the story ran, pictures' steps included, gave the story its token.
+    assert pictured and all(step.generating >= 1 for step in steps[:story_steps])
+    assert all(step in steps[:story_steps] for step in pictured)
     assert engine.live_image_chunks == 0
 
 
