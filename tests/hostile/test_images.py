@@ -35,6 +35,17 @@ def _bomb(width: int, height: int) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
+def _padded_png(total_bytes: int) -> str:
+    """A 4 x 4 PNG padded with a private chunk after its pixels to ``total_bytes``."""
+    head = (b"\x89PNG\r\n\x1a\n"
+            + _chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
+            + _chunk(b"IDAT", zlib.compress(b"\0" * 52)))
+    tail = _chunk(b"IEND", b"")
+    png = head + _chunk(b"prVt", b"\0" * (total_bytes - len(head) - len(tail) - 12)) + tail
+    assert len(png) == total_bytes
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
 def _largest(shade: int) -> str:
     """A 4096 x 4096 PNG (16.7 megapixels, 48 MiB once decoded), a few dozen KiB as sent."""
     out = io.BytesIO()
@@ -70,13 +81,16 @@ def test_an_image_bomb_is_a_400_before_any_decode(hostile: HostileServer) -> Non
                      "input[0].content[0].image_url", "pixels")
 
 
-def test_past_the_count_and_total_bounds_is_a_400(hostile: HostileServer) -> None:
+def test_past_the_count_size_and_total_bounds_is_refused(hostile: HostileServer) -> None:
     small = _bomb(4, 4)
-    with hostile.attack("17 pictures; 3 of the largest in one request",
+    with hostile.attack("17 pictures; 5 MiB + 1 byte; 3 of the largest in one request",
                         Bounds(peak_rss_mib=80, log_kib=16, ledger_kib=ledger_kib(10))), \
             hostile.http() as http:
         _refused(http.post("/v1/chat/completions", json=_body(*[small] * 17)),
                  "messages[0].content[17]", "at most 16")
+        past_bytes = _padded_png(5 * 1024 * 1024 + 1)
+        _refused(http.post("/v1/chat/completions", json=_body(past_bytes)), URL,
+                 "at most 5242880 bytes", status=413)
         largest = [_largest(shade) for shade in (10, 20, 30)]
         _refused(http.post("/v1/chat/completions", json=_body(*largest)),
                  "messages[0].content[3]", "pixels in all")
