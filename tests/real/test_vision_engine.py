@@ -8,12 +8,17 @@ getting a token every step, and every libmtmd chunk is freed, however a request 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import io
 import random
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from typing import Any
 
+import llama_cpp
 import pytest
+from llama_cpp import mtmd_cpp
 from PIL import Image
 
 from appliance.config import ChatModelConfig
@@ -35,7 +40,7 @@ from appliance.engines.llm.prompt_images import index_in_run, is_placeholder
 from appliance.engines.llm.scheduler import StepReport
 from appliance.engines.llm.vision import Projector
 from appliance.errors import ContextLengthExceeded, InvalidRequest
-from devtools.server_harness import SMOLLM2, TINY_MMPROJ, build_tiny_mmproj
+from devtools.server_harness import ROOT, SMOLLM2, TINY_MMPROJ, build_tiny_mmproj
 
 pytestmark = pytest.mark.real
 
@@ -287,3 +292,74 @@ def _wait_for(condition: object, attempts: int = 200) -> None:
         if condition():  # type: ignore[operator]
             return
         time.sleep(0.05)
+
+
+# The libmtmd functions vision.py calls, as mtmd.h / mtmd-helper.h declare them in the pinned
+# llama-cpp-python (0.3.36): a changed signature fails here, naming the function, rather than
+# as a crash in the decode thread (tests/fast/test_llama_bindings.py pins llama.h's the same
+# way). Kept here, beside the only module that calls them.
+_i32, _size, _ptr = ctypes.c_int32, ctypes.c_size_t, ctypes.c_void_p
+MTMD_FUNCTIONS: dict[str, tuple[list[Any], Any]] = {
+    "mtmd_bitmap_free": ([_ptr], None),
+    "mtmd_bitmap_init": ([ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint8)],
+                         _ptr),
+    "mtmd_context_params_default": ([], mtmd_cpp.mtmd_context_params),
+    "mtmd_decode_use_mrope": ([_ptr], ctypes.c_bool),
+    "mtmd_decode_use_non_causal": ([_ptr, _ptr], ctypes.c_bool),
+    "mtmd_default_marker": ([], ctypes.c_char_p),
+    "mtmd_free": ([_ptr], None),
+    "mtmd_get_cap_from_file": ([ctypes.c_char_p], mtmd_cpp.mtmd_caps),
+    "mtmd_helper_eval_chunk_single": ([_ptr, _ptr, _ptr, _i32, _i32, ctypes.c_int,
+                                       ctypes.c_bool, ctypes.POINTER(_i32)], ctypes.c_int),
+    "mtmd_helper_log_set": ([llama_cpp.llama_log_callback, _ptr], None),
+    "mtmd_init_from_file": ([ctypes.c_char_p, _ptr, mtmd_cpp.mtmd_context_params], _ptr),
+    "mtmd_input_chunk_copy": ([_ptr], _ptr),
+    "mtmd_input_chunk_free": ([_ptr], None),
+    "mtmd_input_chunk_get_n_pos": ([_ptr], _i32),
+    "mtmd_input_chunk_get_n_tokens": ([_ptr], _size),
+    "mtmd_input_chunk_get_tokens_text": ([_ptr, ctypes.POINTER(_size)],
+                                         ctypes.POINTER(_i32)),
+    "mtmd_input_chunk_get_type": ([_ptr], ctypes.c_int),
+    "mtmd_input_chunks_free": ([_ptr], None),
+    "mtmd_input_chunks_get": ([_ptr, _size], _ptr),
+    "mtmd_input_chunks_init": ([], _ptr),
+    "mtmd_input_chunks_size": ([_ptr], _size),
+    "mtmd_log_set": ([llama_cpp.llama_log_callback, _ptr], None),
+    "mtmd_tokenize": ([_ptr, _ptr, ctypes.POINTER(mtmd_cpp.mtmd_input_text),
+                       ctypes.POINTER(_ptr), _size], ctypes.c_int),
+}
+MTMD_STRUCTS: dict[str, list[tuple[str, Any]]] = {
+    "mtmd_input_text": [("text", ctypes.c_char_p), ("text_len", _size),
+                        ("add_special", ctypes.c_bool), ("parse_special", ctypes.c_bool)],
+    "mtmd_caps": [("inp_vision", ctypes.c_bool), ("inp_audio", ctypes.c_bool)],
+}
+
+
+def test_every_libmtmd_function_the_projector_calls_has_its_pinned_signature() -> None:
+    source = (ROOT / "appliance" / "engines" / "llm" / "vision.py").read_text()
+    used = set(re.findall(r"\bmtmd_cpp\.(mtmd_\w+)", source))
+    functions = {name for name in used if callable(getattr(mtmd_cpp, name))
+                 and hasattr(getattr(mtmd_cpp, name), "argtypes")}
+    assert functions == set(MTMD_FUNCTIONS), "pin the signatures of what vision.py calls"
+    for name, (argtypes, restype) in MTMD_FUNCTIONS.items():
+        function = getattr(mtmd_cpp, name)
+        assert [_kind(t) for t in function.argtypes] == [_kind(t) for t in argtypes], name
+        assert _kind(function.restype) == _kind(restype), name
+    for struct, fields in MTMD_STRUCTS.items():
+        declared = getattr(mtmd_cpp, struct)._fields_
+        assert all(field in declared for field in fields), struct
+    set_fields = {"use_gpu", "n_threads", "print_timings", "warmup"}
+    assert set_fields <= {name for name, _ in mtmd_cpp.mtmd_context_params._fields_}
+
+
+def _kind(ctype: Any) -> str:
+    """What a ctypes type is, by shape: pointers are pointers whatever they point to."""
+    if ctype is None:
+        return "void"
+    if ctype is llama_cpp.llama_log_callback:
+        return "log callback"
+    if issubclass(ctype, ctypes.Structure):
+        return ctype.__name__
+    if issubclass(ctype, ctypes._Pointer) or ctype in (ctypes.c_void_p, ctypes.c_char_p):
+        return f"pointer {ctypes.sizeof(ctype)}"
+    return f"{ctype._type_}{ctypes.sizeof(ctype)}"
