@@ -17,7 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.api.bounds import RequestBounds
 from appliance.api.wire.generation import GenerationFields, check_stream_options, stops, to_sampling
-from appliance.api.wire.image_input import ImageKey, ImageRef, ImageRefs, chat_part_key, images_at
+from appliance.api.wire.image_input import (
+    ImageKey,
+    ImageRef,
+    ImageRefs,
+    chat_part_key,
+    chat_part_ref,
+    images_at,
+)
 from appliance.api.wire.reasoning import (
     GIVEN_REASONING_NAMES,
     effort_with_template,
@@ -150,7 +157,8 @@ def image_refs(body: ChatCompletionRequest, bounds: RequestBounds) -> list[Image
             continue
         for part_index, part in enumerate(message.content):
             if part.get("type") == "image_url":
-                refs.chat_part(part, f"messages[{index}].content[{part_index}]", message.role)
+                refs.add(chat_part_ref(part, f"messages[{index}].content[{part_index}]",
+                                       message.role))
     return refs.refs
 
 

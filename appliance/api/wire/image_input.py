@@ -2,10 +2,10 @@
 
 Two steps, so that nothing is decoded or fetched before every part was checked:
 
-1. ``ImageRefs`` collects the parts as they are written (chat ``image_url`` parts, Responses
-   ``input_image`` parts), each checked for its shape, its ``detail``, its role (user turns
-   only), the count per request and, for a data URL, its encoded length against the byte
-   bound. That is cheap and linear, on the event loop.
+1. ``chat_part_ref`` / ``response_part_ref`` read a part as it is written (chat ``image_url``,
+   Responses ``input_image``), checked for its shape, its ``detail`` and its role (user turns
+   only); ``ImageRefs`` collects a request's, against the count per request and, for a data
+   URL, its encoded length against the byte bound. Cheap and linear, on the event loop.
 2. ``resolve_images`` reads each distinct picture: a data URL is base64-decoded strictly, a
    remote URL goes to the fetcher the server allows (api/image_fetch.py; none: a 400 saying how
    an operator enables it), and the bytes are sniffed with Pillow's lazy ``Image.open``: the
@@ -83,68 +83,70 @@ def max_encoded_chars(max_bytes: int) -> int:
     return 4 * -(-max_bytes // 3)
 
 
+def _ref(url: object, detail: ImageDetail, url_param: str, part_param: str,
+         role: str) -> ImageRef:
+    if role != "user":
+        raise _invalid(part_param, f"Invalid '{part_param}': images are only supported in "
+                       f"user messages (this one is {role!r}).")
+    if not isinstance(url, str) or not url:
+        raise _invalid(url_param, f"Missing required parameter: '{url_param}' (a data URL "
+                       "or an http(s) URL).", "missing_required_parameter")
+    if not url.startswith(("data:", "http://", "https://")):
+        raise _invalid(url_param, f"Invalid '{url_param}': expected a data URL "
+                       "(data:image/png;base64,...) or an http(s) URL.")
+    return ImageRef(url, detail, url_param, part_param)
+
+
+def chat_part_ref(part: Mapping[str, object], where: str, role: str) -> ImageRef:
+    """A chat ``image_url`` part, checked for its shape: ``{"image_url": {"url": ...,
+    "detail": ...}}`` (a bare string ``image_url``, as vLLM takes it, too)."""
+    image_url = part.get("image_url")
+    if isinstance(image_url, str):
+        return _ref(image_url, "auto", f"{where}.image_url", where, role)
+    if not isinstance(image_url, Mapping):
+        raise _invalid(f"{where}.image_url", f"Missing required parameter: "
+                       f"'{where}.image_url' (an object with a 'url').",
+                       "missing_required_parameter")
+    detail = _detail(image_url.get("detail"), f"{where}.image_url.detail")
+    return _ref(image_url.get("url"), detail, f"{where}.image_url.url", where, role)
+
+
+def response_part_ref(part: Mapping[str, object], where: str, role: str) -> ImageRef:
+    """A Responses ``input_image`` part, checked for its shape: ``image_url`` (a string) and
+    ``detail``; a ``file_id`` names a file of the Files API, which this server does not have."""
+    if part.get("file_id") is not None:
+        raise _invalid(f"{where}.file_id", f"Invalid '{where}.file_id': this server has no "
+                       "Files API; send the picture as 'image_url' (a data URL).",
+                       "unsupported_value")
+    detail = _detail(part.get("detail"), f"{where}.detail")
+    return _ref(part.get("image_url"), detail, f"{where}.image_url", where, role)
+
+
 class ImageRefs:
-    """The image parts of one request, in order, against the per-request bounds."""
+    """The image parts of one request, in order, against the per-request bounds: their
+    count, and each data URL's encoded length (before anything decodes it)."""
 
     def __init__(self, bounds: RequestBounds):
         self.bounds = bounds
         self.refs: list[ImageRef] = []
 
-    def _add(self, url: object, detail: ImageDetail, url_param: str, part_param: str,
-             role: str) -> ImageRef:
-        if role != "user":
-            raise _invalid(part_param, f"Invalid '{part_param}': images are only supported in "
-                           f"user messages (this one is {role!r}).")
-        if not isinstance(url, str) or not url:
-            raise _invalid(url_param, f"Missing required parameter: '{url_param}' (a data URL "
-                           "or an http(s) URL).", "missing_required_parameter")
+    def add(self, ref: ImageRef) -> None:
         bounds = self.bounds
         if len(self.refs) >= bounds.max_images:
-            raise _invalid(part_param, f"Invalid '{part_param}': more than {bounds.max_images} "
-                           f"images in one request; this server allows at most "
-                           f"{bounds.max_images}.")
-        if url.startswith("data:"):
-            _, comma, payload = url.partition(",")
-            limit = max_encoded_chars(bounds.max_image_bytes)
-            if comma and len(payload) > limit:
-                raise PayloadTooLarge(
-                    f"Invalid '{url_param}': the image's base64 data is {len(payload)} "
-                    f"characters (more than {bounds.max_image_bytes} bytes); this server "
-                    f"allows at most {bounds.max_image_bytes} bytes per image.",
-                    param=url_param)
-        elif not url.startswith(("http://", "https://")):
-            raise _invalid(url_param, f"Invalid '{url_param}': expected a data URL "
-                           "(data:image/png;base64,...) or an http(s) URL.")
-        ref = ImageRef(url, detail, url_param, part_param)
+            raise _invalid(ref.part_param, f"Invalid '{ref.part_param}': more than "
+                           f"{bounds.max_images} images in one request; this server allows at "
+                           f"most {bounds.max_images}.")
+        _, comma, payload = ref.url.partition(",")
+        if not ref.remote and comma and len(payload) > max_encoded_chars(bounds.max_image_bytes):
+            raise PayloadTooLarge(
+                f"Invalid '{ref.url_param}': the image's base64 data is {len(payload)} "
+                f"characters (more than {bounds.max_image_bytes} bytes); this server allows at "
+                f"most {bounds.max_image_bytes} bytes per image.", param=ref.url_param)
         self.refs.append(ref)
-        return ref
-
-    def chat_part(self, part: Mapping[str, object], where: str, role: str) -> ImageRef:
-        """A chat ``image_url`` part: ``{"image_url": {"url": ..., "detail": ...}}`` (a bare
-        string ``image_url``, which vLLM and LangChain's older messages send, is taken too)."""
-        image_url = part.get("image_url")
-        if isinstance(image_url, str):
-            return self._add(image_url, "auto", f"{where}.image_url", where, role)
-        if not isinstance(image_url, Mapping):
-            raise _invalid(f"{where}.image_url", f"Missing required parameter: "
-                           f"'{where}.image_url' (an object with a 'url').",
-                           "missing_required_parameter")
-        detail = _detail(image_url.get("detail"), f"{where}.image_url.detail")
-        return self._add(image_url.get("url"), detail, f"{where}.image_url.url", where, role)
-
-    def response_part(self, part: Mapping[str, object], where: str, role: str) -> ImageRef:
-        """A Responses ``input_image`` part: ``image_url`` (a string) and ``detail``; a
-        ``file_id`` names a file of the Files API, which this server does not have."""
-        if part.get("file_id") is not None:
-            raise _invalid(f"{where}.file_id", f"Invalid '{where}.file_id': this server has no "
-                           "Files API; send the picture as 'image_url' (a data URL).",
-                           "unsupported_value")
-        detail = _detail(part.get("detail"), f"{where}.detail")
-        return self._add(part.get("image_url"), detail, f"{where}.image_url", where, role)
 
 
 def chat_part_key(part: Mapping[str, object]) -> ImageKey:
-    """The key of a chat ``image_url`` part ``ImageRefs.chat_part`` already checked."""
+    """The key of a chat ``image_url`` part ``chat_part_ref`` already checked."""
     image_url = part.get("image_url")
     if isinstance(image_url, Mapping):
         return (str(image_url.get("url")), _detail(image_url.get("detail"), "detail"))
@@ -152,7 +154,7 @@ def chat_part_key(part: Mapping[str, object]) -> ImageKey:
 
 
 def response_part_key(part: Mapping[str, object]) -> ImageKey:
-    """The key of a Responses ``input_image`` part ``ImageRefs.response_part`` checked."""
+    """The key of a Responses ``input_image`` part ``response_part_ref`` already checked."""
     return (str(part.get("image_url")), _detail(part.get("detail"), "detail"))
 
 

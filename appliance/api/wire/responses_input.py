@@ -1,13 +1,15 @@
 """The Responses API's input items: validated into the shape they are stored and listed in, and
 read into the engine's ``ChatMessage`` history.
 
-An item is a ``message`` (roles user, assistant, system, developer; text parts), a
+An item is a ``message`` (roles user, assistant, system, developer; text parts, and in user
+messages ``input_image`` parts: stored as sent, their pictures read by the route through
+``image_refs`` and wire/image_input.py, placed at their offsets in the turn's text), a
 ``function_call`` the assistant made, the ``function_call_output`` answering it (paired by
 ``call_id`` over the whole history, as chat pairs tool turns), or a ``reasoning`` item given
 back: its text (its ``reasoning_text`` content, or the text its ``encrypted_content`` seals,
 which wins when both are there: it is what this server wrote) becomes the ``reasoning`` of the
 assistant turn that follows it, and is dropped when no assistant turn follows. Items of the
-built-in tools this server does not run, and images or files, are a 400 naming the item. The
+built-in tools this server does not run, and files, are a 400 naming the item. The
 history reads the same items whether they came in this request, from a ``previous_response_id``
 chain or from a conversation; consecutive system texts (instructions, developer messages)
 become one system message, which every chat template accepts.
@@ -29,6 +31,7 @@ from appliance.api.wire.image_input import (
     ImageRefs,
     images_at,
     response_part_key,
+    response_part_ref,
 )
 from appliance.api.wire.responses_tools import shown_name
 from appliance.engines.base import ChatMessage, ImageInput, Role, ToolCall
@@ -45,8 +48,6 @@ _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output":
 _ROLES: dict[str, Role] = {"user": "user", "assistant": "assistant", "system": "system",
                           "developer": "system"}
 _UNSUPPORTED_PARTS = ("input_file", "input_audio")
-# Checks an input_image part's shape alone: its count and size are the route's (image_refs).
-_SHAPE_ONLY = RequestBounds(max_images=1, max_image_bytes=2**62)
 
 
 def _invalid(param: str, message: str, code: str = "invalid_value") -> InvalidRequest:
@@ -62,10 +63,10 @@ def _string(item: Mapping[str, Any], key: str, where: str) -> str:
 
 
 def _image_part(part: Mapping[str, Any], where: str, role: str) -> JSON:
-    """An input_image part in its stored shape (checked by ImageRefs; read by the route)."""
-    ImageRefs(_SHAPE_ONLY).response_part(part, where, role)
-    url, detail = response_part_key(part)
-    return {"type": "input_image", "image_url": url, "detail": detail}
+    """An input_image part in its stored shape: its shape checked here; counted, sized and
+    read with the request's other pictures (``image_refs``, then the route)."""
+    ref = response_part_ref(part, where, role)
+    return {"type": "input_image", "image_url": ref.url, "detail": ref.detail}
 
 
 def _text_part(part: Any, where: str, assistant: bool) -> JSON:
@@ -227,7 +228,8 @@ def image_refs(items: Sequence[Sourced], bounds: RequestBounds) -> list[ImageRef
         content = item.get("content") if item.get("type", "message") == "message" else None
         for index, part in enumerate(content if isinstance(content, list) else ()):
             if isinstance(part, Mapping) and part.get("type") == "input_image":
-                refs.response_part(part, f"{where}.content[{index}]", str(item.get("role")))
+                refs.add(response_part_ref(part, f"{where}.content[{index}]",
+                                           str(item.get("role"))))
     return refs.refs
 
 
