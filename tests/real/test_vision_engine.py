@@ -363,3 +363,39 @@ def _kind(ctype: Any) -> str:
     if issubclass(ctype, ctypes._Pointer) or ctype in (ctypes.c_void_p, ctypes.c_char_p):
         return f"pointer {ctypes.sizeof(ctype)}"
     return f"{ctype._type_}{ctypes.sizeof(ctype)}"
+
+
+def test_pictures_are_decoded_upright_first_frame_rgb_and_low_detail_shrunk() -> None:
+    # A JPEG 40x20 whose EXIF says "rotate 90° clockwise to view" (orientation 6).
+    sideways = Image.new("RGB", (40, 20), (250, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    encoded = io.BytesIO()
+    sideways.save(encoded, format="JPEG", exif=exif)
+    upright = decode_picture(ImageInput(encoded.getvalue(), 40, 20))
+    assert (upright.width, upright.height) == (20, 40)
+    assert len(upright.rgb) == 20 * 40 * 3
+    # A two-frame GIF with transparency: its first frame, in RGB.
+    frames = [Image.new("P", (8, 8), 1), Image.new("P", (8, 8), 2)]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:],
+                   transparency=0)
+    first = decode_picture(ImageInput(gif.getvalue(), 8, 8))
+    with Image.open(io.BytesIO(gif.getvalue())) as opened:
+        expected = opened.convert("RGB").tobytes()
+    assert first.rgb == expected
+    big = png(1, (1200, 600))
+    low = decode_picture(replace(big, detail="low"))
+    assert (low.width, low.height) == (512, 256)
+    assert (decode_picture(big).width, decode_picture(replace(big, detail="high")).width) \
+        == (1200, 1200)
+    assert low.digest != decode_picture(big).digest
+
+
+def test_a_picture_whose_header_lies_about_its_size_is_refused() -> None:
+    real = png(2, (64, 64))
+    with pytest.raises(InvalidRequest) as refused:
+        decode_picture(replace(real, width=8, height=8))
+    assert refused.value.param == "messages"
+    with pytest.raises(InvalidRequest):
+        decode_picture(ImageInput(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 8, 8))
