@@ -63,6 +63,12 @@ class ServerConfig:
     public_url: str | None = None  # base of image URLs; None: the socket the request came in on
     trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For/-Proto count
     reasoning_field: ReasoningField = "both"  # see ReasoningField
+    # Remote image URLs in chat/Responses image parts (api/image_fetch.py): fetched only from
+    # these hosts (empty: never; a server fetching URLs its clients name is an SSRF risk),
+    # at most remote_image_max_mb each, each fetch within remote_image_timeout_s.
+    remote_image_hosts: tuple[str, ...] = ()
+    remote_image_max_mb: int = 5
+    remote_image_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +111,9 @@ class ChatModelConfig(_LlamaModelConfig):
     # The step budget (engines/llm/step_budget.py): None is "auto" (the device's default),
     # 0 turns it off (a step reads as many prompt tokens as the batch holds).
     max_step_ms: float | None = None
+    # The multimodal projector (a GGUF "mmproj" file) beside the model: user turns may then
+    # hold pictures (engines/llm/vision.py). None: a text-only model.
+    mmproj: Path | None = None
     # Reasoning models (engines/llm/reasoning.py): "auto" reads the family off the template
     # and vocabulary, "none" never reasons, "think" / "harmony" name the family.
     reasoning: str = "auto"
@@ -220,7 +229,8 @@ _SERVER_KEYS = {"host", "port", "data_dir", "ledger_path", "keys_path", "currenc
                 "cors_origins", "tls_certfile", "tls_keyfile", "max_body_mb",
                 "max_connections", "header_timeout_s", "body_timeout_s", "public_url",
                 "trusted_proxies", "response_retention_days", "max_stored_mb_per_key",
-                "max_conversation_items", "reasoning_field"}
+                "max_conversation_items", "reasoning_field", "remote_image_hosts",
+                "remote_image_max_mb", "remote_image_timeout_s"}
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
 
 
@@ -272,6 +282,7 @@ def _server(source: Path, raw: Mapping[str, Any], env: Mapping[str, str]) -> Ser
         max_stored_mb_per_key=_positive(where, raw, "max_stored_mb_per_key", 256),
         max_conversation_items=_positive(where, raw, "max_conversation_items", 10_000),
         reasoning_field=_reasoning_field(where, raw),
+        **_remote_images(where, raw),
         **_exposure(where, raw, base),
         **_edge(where, raw),
     )
@@ -283,6 +294,31 @@ def _reasoning_field(where: _Where, raw: Mapping[str, Any]) -> ReasoningField:
         if name == known:
             return known
     raise where.fail("reasoning_field", f"{name!r} is not one of {', '.join(REASONING_FIELDS)}")
+
+
+def _remote_images(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The [server] keys of remote image URLs: the hosts fetched from, a size cap, a timeout."""
+    hosts = _take(where, raw, "remote_image_hosts", list, [])
+    for host in hosts:
+        # Host names only: a scheme, a path or a port would never match a URL's host.
+        malformed = not isinstance(host, str) or not host or (
+            any(c in host for c in "/:@ ") and not _is_ip(host))
+        if malformed:
+            raise where.fail("remote_image_hosts", f"{host!r} is not a host name or address "
+                             "such as \"images.example.com\" or \"192.168.1.20\"")
+    return {
+        "remote_image_hosts": tuple(host.lower() for host in hosts),
+        "remote_image_max_mb": _positive(where, raw, "remote_image_max_mb", 5),
+        "remote_image_timeout_s": _seconds(where, raw, "remote_image_timeout_s", 10.0),
+    }
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _retention_days(where: _Where, raw: Mapping[str, Any]) -> float:
@@ -406,6 +442,7 @@ def _chat_keys(where: _Where, raw: Mapping[str, Any]) -> dict[str, Any]:
             "prompt_cache_mb": _non_negative(where, raw, "prompt_cache_mb", 256),
             "generation_timeout_s": _seconds(where, raw, "generation_timeout_s", None),
             "max_step_ms": _step_budget(where, raw),
+            "mmproj": _mmproj_path(where, raw),
             **_reasoning_keys(where, raw, llama["context_length"])}
 
 
@@ -417,6 +454,19 @@ def _step_budget(where: _Where, raw: Mapping[str, Any]) -> float | None:
         raise where.fail("max_step_ms", f"expected \"auto\", 0 (off) or milliseconds up to "
                          f"60000, got {value!r}")
     return float(value)
+
+
+def _mmproj_path(where: _Where, raw: Mapping[str, Any]) -> Path | None:
+    text = _take(where, raw, "mmproj", str, None)
+    if text is None:
+        return None
+    if not text.strip():
+        raise where.fail("mmproj", "expected the path of the model's projector GGUF")
+    path: Path = (where.source.parent / text).resolve()
+    if not path.is_file():
+        raise where.fail("mmproj", f"projector GGUF file {path} does not exist "
+                         "(scripts/build-tiny-mmproj builds the test fixture's)")
+    return path
 
 
 REASONING_SETTINGS: tuple[str, ...] = ("auto", "none", "think", "harmony")

@@ -17,6 +17,7 @@ import uvicorn
 
 from appliance.api.app import create_app
 from appliance.api.bounds import RequestBounds
+from appliance.api.image_fetch import ImageFetcher
 from appliance.api.image_files import ImageFiles
 from appliance.api.middleware.connections import EdgeBounds, edge_protocol, ensure_file_limit
 from appliance.api.middleware.drain import DrainingServer, DrainState
@@ -69,6 +70,11 @@ def serve(config: ApplianceConfig) -> None:
                                          default=RequestBounds().max_upload_bytes)),
                 state=state,
                 reasoning_seal=reasoning_seal,
+                image_fetch=ImageFetcher(
+                    hosts=frozenset(server_config.remote_image_hosts),
+                    max_bytes=server_config.remote_image_max_mb * 1024 * 1024,
+                    timeout_s=server_config.remote_image_timeout_s)
+                if server_config.remote_image_hosts else None,
                 image_files=ImageFiles(server_config.data_dir / "images",
                                        ttl_s=server_config.image_url_ttl_s,
                                        public_url=server_config.public_url),

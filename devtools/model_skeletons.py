@@ -114,7 +114,9 @@ def _segments_from_holes(size: int, holes: list[tuple[int, Hole]]) -> tuple[Segm
 
 
 def gguf_skeleton(path: Path) -> Skeleton:
-    import gguf  # type: ignore[import-not-found]  # llama.cpp's gguf-py, from the llama-cpp-python sources (--prepare only)
+    # llama.cpp's gguf-py: --prepare puts the llama-cpp-python sources' copy first on sys.path;
+    # the pinned dev dependency (the vision fixture's writer) type-checks it.
+    import gguf
 
     reader = gguf.GGUFReader(str(path))
     holes: list[tuple[int, Hole]] = []

@@ -64,6 +64,9 @@ THINK_TEMPLATE = '''chat_template = """{% for m in messages %}<|im_start|>{{ m.r
 """'''
 # Built (not fetched) by scripts/build_tiny_sd.py: see build_tiny_sd().
 TINY_SD = ROOT / "models" / "tiny-random-sd"
+# Built (not fetched) by scripts/build_tiny_mmproj.py: see build_tiny_mmproj(). SmolLM2 with
+# it beside is the vision fixture (random projector weights: the answers are nonsense).
+TINY_MMPROJ = ROOT / "models" / "tiny-random-mmproj-smollm2.gguf"
 APPLIANCE = (sys.executable, "-m", "appliance.cli")  # argv prefix: `appliance` in this venv
 
 READY_TIMEOUT_S = 120.0
@@ -123,6 +126,13 @@ def create_key(config: Path, name: str, admin: bool = False) -> str:
 def build_tiny_sd(folder: Path = TINY_SD, quiet: bool = True) -> None:
     """The tiny random-weights diffusers pipeline, built offline (kept while its recipe holds)."""
     subprocess.run([sys.executable, str(ROOT / "scripts" / "build_tiny_sd.py"), str(folder)],
+                   check=True, capture_output=quiet)
+
+
+def build_tiny_mmproj(path: Path = TINY_MMPROJ, quiet: bool = True) -> None:
+    """The tiny random-weight vision projector for SmolLM2, built offline (kept while its
+    recipe holds)."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_tiny_mmproj.py"), str(path)],
                    check=True, capture_output=quiet)
 
 

@@ -172,6 +172,42 @@ class FakeChatEngine:
         yield Finish(reason, Usage(prompt, produced), index)
 
 
+IMAGE_TOKENS = 16  # what one picture costs the fake vision model (the fixture projector's)
+
+
+@dataclass
+class FakeVisionEngine(FakeChatEngine):
+    """A chat model with a projector: each picture of the prompt costs ``IMAGE_TOKENS``
+    prompt tokens, and when the last user turn holds pictures the reply describes them, one
+    word each: ``WIDTHxHEIGHT:DETAIL@OFFSET`` (so tests see what reached the engine)."""
+
+    model_id: str = "fake-vision"
+    context_length: int = 4096
+
+    @property
+    def info(self) -> ModelInfo:
+        return replace(super().info, vision=True)
+
+    @staticmethod
+    def _prompt_tokens(params: ChatParams) -> int:
+        pictures = sum(len(m.images) for m in params.messages)
+        return FakeChatEngine._prompt_tokens(params) + IMAGE_TOKENS * pictures
+
+    async def chat(
+        self, params: ChatParams, cancel: CancelToken
+    ) -> AsyncGenerator[ChatEvent, None]:
+        last = [m for m in params.messages if m.role == "user"][-1:]
+        seen = [f"{image.width}x{image.height}:{image.detail}@{offset}"
+                for message in last for offset, image in message.images]
+        pictures = sum(len(m.images) for m in params.messages)
+        engine = replace(self, reply=" ".join(seen)) if seen else self  # shares self.calls
+        async for event in FakeChatEngine.chat(engine, params, cancel):
+            if isinstance(event, Finish):
+                event = replace(event, usage=replace(event.usage,
+                                                     image_tokens=IMAGE_TOKENS * pictures))
+            yield event
+
+
 @dataclass
 class FakeEmbeddingEngine:
     """Vectors made from the inputs' characters: deterministic, unit length, 8 dimensions."""

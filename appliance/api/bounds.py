@@ -43,6 +43,18 @@ class RequestBounds:
     max_template_kwarg_name_chars: int = 64  # one name (an identifier)
     max_template_kwarg_value_chars: int = 1024  # one string value (or list item)
     max_template_kwarg_items: int = 16  # one list value (of scalars, not nested)
+    # Images in chat and Responses user turns (api/wire/image_input.py). 5 MiB: a phone
+    # photo as JPEG, and its base64 (6.7 MiB) still fits the 8 MiB JSON body (a smaller
+    # max_body_bytes is then the effective bound). 16 megapixels: a 12 MP camera's full
+    # resolution, at most 48 MiB once decoded to RGB (the projector shrinks it to its own input
+    # size anyway); a header declaring more is refused before any decode (an image bomb).
+    # 16 images: each costs a projector encode and its tokens (256 on Gemma 3) in the context.
+    max_image_bytes: int = 5 * 1024 * 1024  # one picture, decoded from base64 (413 past it)
+    max_image_pixels: int = 4096 * 4096  # width x height, read from the header
+    max_images: int = 16  # image parts in one request (a continued history's included)
+    # All the pictures of one request together: the engine holds each decoded (3 bytes a
+    # pixel) until the projector has read it, so this bounds a request's pictures to 96 MiB.
+    max_request_image_pixels: int = 2 * 4096 * 4096
     # Embeddings: OpenAI's 2,048 inputs. Tokens per input (the model's context) and per
     # request (models.toml max_request_tokens, OpenAI's 300,000 by default) need the model's
     # tokenizer, so the embedding engine checks them.

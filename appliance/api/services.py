@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from appliance.api.bounds import RequestBounds
+from appliance.api.image_fetch import ImageFetcher
 from appliance.api.image_files import ImageFiles
 from appliance.api.middleware.drain import DrainState
 from appliance.api.middleware.failed_auth import FailedAuthLimiter
@@ -84,6 +85,9 @@ class Services:
     pricing: Pricing = field(default_factory=Pricing)
     bounds: RequestBounds = field(default_factory=RequestBounds)  # sizes and counts of inputs
     image_files: ImageFiles | None = None  # None: no `response_format: "url"` images
+    # Fetches remote image URLs of chat/Responses image parts from the hosts an operator
+    # allowed ([server] remote_image_hosts). None: remote image URLs are a 400 (data URLs only).
+    image_fetch: ImageFetcher | None = None
     key_admin: KeyAdmin | None = None  # None: the admin key routes answer 404
     reports: LedgerReader | None = None  # None: usage endpoints report nothing, quotas start at 0
     # Stored responses, conversations and stored chat completions. None: `store: true` is a 400

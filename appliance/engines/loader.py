@@ -41,6 +41,7 @@ from appliance.engines.llm.engine import LlamaChatEngine, reasoning_profile
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.scheduler import StepReport
 from appliance.engines.llm.templates import ChatTemplate
+from appliance.engines.llm.vision import describe_projector
 from appliance.errors import ApplianceError, ConfigError
 
 log = logging.getLogger("appliance.engines")
@@ -147,7 +148,10 @@ def describe_chat_model(model: ChatModelConfig) -> str:
             return "no chat template (set chat_template in models.toml)"
         template = ChatTemplate(source, loaded.bos_text, loaded.eos_text, model.id)
         profile = reasoning_profile(model, loaded, template, source)
-        return "no reasoning" if profile is None else f"reasoning: {profile.describe()}"
+        said = "no reasoning" if profile is None else f"reasoning: {profile.describe()}"
+        if model.mmproj is not None:
+            said += f"; {describe_projector(model.mmproj)}"
+        return said
     finally:
         loaded.close()
 

@@ -60,7 +60,9 @@ function setupTabs() {
 
 // ---- models ----
 // /v1/models says each model's kind; the menus offer the models of their kind. A chat model
-// that reasons says `reasoning` too: its option remembers it, for the effort selector.
+// that reasons says `reasoning` too: its option remembers it, for the effort selector; one
+// whose `input_modalities` include "image" takes pictures: its option remembers that, for the
+// attach button.
 const MENUS = [["chat", "chat-model"], ["transcription", "transcribe-model"],
                ["image", "images-model"], ["speech", "speak-model"]];
 
@@ -69,17 +71,41 @@ function fill(select, models) {
   select.replaceChildren(...models.map((m) => {
     const option = new Option(m.id, m.id);
     if (m.reasoning) option.dataset.reasoning = m.reasoning;
+    if ((m.input_modalities || []).includes("image")) option.dataset.vision = "yes";
     return option;
   }));
   if (models.some((m) => m.id === previous)) select.value = previous;
 }
 
-// The effort selector is offered only for a model that reasons (others refuse the field).
+// The effort selector is offered only for a model that reasons (others refuse the field),
+// the image input only for a model that takes images (others refuse image parts).
 function showEffort() {
   const chosen = $("chat-model").selectedOptions[0];
   const reasons = Boolean(chosen && chosen.dataset.reasoning);
   $("chat-effort").hidden = !reasons;
   $("chat-effort-label").hidden = !reasons;
+  $("chat-image-row").hidden = !(chosen && chosen.dataset.vision);
+}
+
+// The attached picture as a data URL (the server takes no file uploads in chat: the picture
+// travels in the JSON body, as OpenAI's image_url part).
+function readAsDataURL(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new Error(`Could not read ${file.name}.`));
+    reader.readAsDataURL(file);
+  });
+}
+
+// The user turn: its text alone, or its text and the attached picture as content parts.
+async function userTurn() {
+  const text = $("chat-prompt").value;
+  const file = $("chat-image").files[0];
+  if ($("chat-image-row").hidden || !file) return { role: "user", content: text };
+  const url = await readAsDataURL(file);
+  return { role: "user", content: [{ type: "text", text },
+                                   { type: "image_url", image_url: { url } }] };
 }
 
 async function loadModels() {
@@ -165,13 +191,19 @@ function setupChat() {
   const stats = $("chat-stats");
   const thinking = reasoningView();
   $("chat-model").addEventListener("change", showEffort);
+  $("chat-image-clear").addEventListener("click", () => { $("chat-image").value = ""; });
   $("chat-stop").addEventListener("click", () => { if (controller) controller.abort(); });
   $("chat-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const messages = [];
     const system = $("chat-system").value.trim();
     if (system) messages.push({ role: "system", content: system });
-    messages.push({ role: "user", content: $("chat-prompt").value });
+    try {
+      messages.push(await userTurn());
+    } catch (error) {
+      say(error.message, true);
+      return;
+    }
     const body = {
       model: $("chat-model").value, messages, stream: true,
       stream_options: { include_usage: true },
@@ -239,6 +271,9 @@ function setupChat() {
     }
     const parts = [];
     if (usage) parts.push(`${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens`);
+    const pictured = usage && usage.prompt_tokens_details
+      && usage.prompt_tokens_details.image_tokens;
+    if (pictured) parts.push(`${pictured} prompt tokens from the image`);
     const reasoned = usage && usage.completion_tokens_details
       && usage.completion_tokens_details.reasoning_tokens;
     if (reasoned) parts.push(`of them ${reasoned} reasoning`);

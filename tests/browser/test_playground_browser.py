@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -145,6 +146,32 @@ def test_stop_cancels_the_stream(page: webdriver.Chrome) -> None:
     time.sleep(0.5)
     assert len(output.text) == length  # nothing arrives after the stop
     shoot(page, "chat-stopped")
+    assert console_errors(page) == []
+
+
+def test_a_picture_is_attached_to_a_chat_turn(page: webdriver.Chrome, tmp_path: Path) -> None:
+    """The attach input shows for a model whose /v1/models entry takes images, and the
+    picture goes as an image_url data URL part (the stats count its tokens)."""
+    open_tab(page, "chat")
+    Select(by_id(page, "chat-model")).select_by_value("smollm2-135m-instruct")
+    assert not by_id(page, "chat-image").is_displayed()
+    Select(by_id(page, "chat-model")).select_by_value("smollm2-135m-vision")
+    wait_for(lambda: by_id(page, "chat-image").is_displayed())
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (48, 32), (220, 30, 30)).save(picture)
+    by_id(page, "chat-image").send_keys(str(picture))
+    by_id(page, "chat-max-tokens").clear()
+    by_id(page, "chat-max-tokens").send_keys("8")
+    by_id(page, "chat-prompt").clear()
+    by_id(page, "chat-prompt").send_keys("What is in this picture?")
+    by_id(page, "chat-send").click()
+    output = by_id(page, "chat-output")
+    wait_for(lambda: output.get_attribute("data-state") in ("done", "error"))
+    assert output.get_attribute("data-state") == "done", by_id(page, "status").text
+    assert "prompt tokens from the image" in by_id(page, "chat-stats").text
+    shoot(page, "chat-picture")
+    by_id(page, "chat-image-clear").click()
+    assert by_id(page, "chat-image").get_attribute("value") == ""
     assert console_errors(page) == []
 
 

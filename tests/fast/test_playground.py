@@ -91,3 +91,16 @@ async def test_usage_days_are_checked_and_admins_use_the_organization_routes(
     admin = keys.create("root", KeyLimits(), admin=True)[1]
     assert (await http.get("/v1/usage", headers=bearer(admin))).status_code == 403
     assert (await http.get("/v1/usage")).status_code == 401
+
+
+async def test_the_chat_can_attach_an_image(
+        served: tuple[httpx2.AsyncClient, KeyStore]) -> None:
+    """The page offers a picture input (the four formats the server reads), shown for models
+    whose /v1/models entry takes images, and sends it as an image_url data URL part."""
+    http, _ = served
+    page = (await http.get("/")).text
+    assert '<input id="chat-image" type="file" ' \
+        'accept="image/png,image/jpeg,image/webp,image/gif">' in page
+    script = (await http.get("/web/app.js")).text
+    assert 'includes("image")' in script and "input_modalities" in script
+    assert 'type: "image_url", image_url: { url }' in script and "readAsDataURL" in script

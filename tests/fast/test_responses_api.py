@@ -194,8 +194,11 @@ async def test_logprobs_come_with_include(stack: ResponsesStack) -> None:
     ({"reasoning": {"effort": "enormous"}}, "reasoning.effort"),
     ({"truncation": "sometimes"}, "truncation"),
     ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type"),
-    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]},
      "input[0].content[0].type"),
+    # Not a data URL (test_image_input.py has the rest of image input).
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+     "input[0].content[0].image_url"),
     ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
     ({"input": [{"type": "function_call_output", "call_id": "c1", "output": "x"}]},
      "input[0].call_id"),

@@ -14,8 +14,10 @@ import pytest
 from devtools.server_harness import (
     PIPER_MODEL,
     SMOLLM2,
+    TINY_MMPROJ,
     TINY_SD,
     WHISPER_TINY,
+    build_tiny_mmproj,
     build_tiny_sd,
     create_key,
     free_port,
@@ -25,11 +27,20 @@ from devtools.server_harness import (
 from tests.hostile.harness import HostileServer
 
 CHAT_MODEL = "smollm2-135m-instruct"
+VISION_MODEL = "smollm2-135m-vision"  # SmolLM2 with the tiny random projector (image attacks)
 MODELS = f"""
 [[models]]
 id = "{CHAT_MODEL}"
 path = "{SMOLLM2}"
 price_per_request = 0.5
+context_length = 2048
+parallel = 2
+threads = 1
+
+[[models]]
+id = "{VISION_MODEL}"
+path = "{SMOLLM2}"
+mmproj = "{TINY_MMPROJ}"
 context_length = 2048
 parallel = 2
 threads = 1
@@ -72,6 +83,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def hostile(tmp_path_factory: pytest.TempPathFactory,
             request: pytest.FixtureRequest) -> Iterator[HostileServer]:
     build_tiny_sd()
+    build_tiny_mmproj()
     folder: Path = tmp_path_factory.mktemp("hostile-server")
     port = free_port()
     config = write_config(folder, port, MODELS)

@@ -6,6 +6,10 @@ ChatML template opens ``<think>`` in the generation prompt and, as Qwen3's does,
 reasoning of earlier assistant turns; small thinking budgets let a test see the engine close
 the block (no reasoning GGUF is reachable here).
 
+``smollm2-135m-vision`` is SmolLM2 with the tiny random-weight projector beside it
+(scripts/build_tiny_mmproj.py): it takes images through the real libmtmd path, and its
+answers are nonsense (16 image tokens a picture; different pictures, different tokens).
+
 The fixture is registered in tests/conftest.py, so the real tier and the compat suite share
 one server.
 """
@@ -24,10 +28,12 @@ from devtools.server_harness import (
     PIPER_MODEL,
     SMOLLM2,
     THINK_TEMPLATE,
+    TINY_MMPROJ,
     TINY_SD,
     WHISPER_BASE,
     WHISPER_TINY,
     RunningServer,
+    build_tiny_mmproj,
     build_tiny_sd,
     create_key,
     free_port,
@@ -53,6 +59,14 @@ parallel = 2
 reasoning = "think"
 reasoning_budget = {{ low = 8, medium = 24, high = 64 }}
 {THINK_TEMPLATE}
+
+[[models]]
+id = "smollm2-135m-vision"
+path = "{SMOLLM2}"
+mmproj = "{TINY_MMPROJ}"
+aliases = ["gpt-4.1-mini"]
+context_length = 4096
+parallel = 4
 
 [[models]]
 id = "smollm2-135m-embed"
@@ -121,6 +135,7 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer
     if not SMOLLM2.is_file() or not GEMMA.is_file():
         pytest.fail("default models are missing: run scripts/fetch-models (scripts/test does)")
     build_tiny_sd()
+    build_tiny_mmproj()
     folder: Path = tmp_path_factory.mktemp("real-server")
     port = free_port()
     config = write_config(folder, port, MODELS)

@@ -40,13 +40,14 @@ from appliance.api.stored_state import (
     StoredCompletion,
     stored_size,
 )
-from appliance.api.wire.chat import ChatCompletionRequest, to_chat_params
+from appliance.api.wire.chat import ChatCompletionRequest, image_refs, to_chat_params
 from appliance.api.wire.generation import (
     SYSTEM_FINGERPRINT,
     token_usage_json,
     total_token_usage,
 )
 from appliance.api.wire.generation_bounds import check_chat, check_choice_tokens
+from appliance.api.wire.image_input import resolve_images
 from appliance.api.wire.reasoning import reasoning_fields
 from appliance.api.wire.sse import frame
 from appliance.api.wire.stored_completions import stored_messages
@@ -146,8 +147,10 @@ async def create_chat_completion(request: Request) -> Response:
     note.model = engine.info.id
     check_choice_tokens(body.n or 1, body.max_completion_tokens or body.max_tokens
                         or engine.info.context_length, bounds)
+    images = await resolve_images(image_refs(body, bounds), engine.info, bounds,
+                                  services.image_fetch)
     params = owned(to_chat_params(body, storable=services.state is not None,
-                                  model=engine.info), note)
+                                  model=engine.info, images=images), note)
     identity = _Identity(engine.info.id)
     calls = _CallShape(legacy=body.functions is not None or body.function_call is not None,
                        offered=params.tools is not None and params.tools.choice != "none",

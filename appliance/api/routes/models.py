@@ -8,7 +8,10 @@ Each model also says its ``kind`` (chat, embedding, transcription, image), a fie
 Model schema does not have and allows (it forbids no extra fields): the playground fills its
 model menus from it instead of guessing from names. A chat model that reasons also says
 ``reasoning``: the format its thinking comes in (``"think"``, ``"harmony"``), absent for the
-others; the playground offers its effort selector on those.
+others; the playground offers its effort selector on those. A chat model also says
+``input_modalities``: ``["text", "image"]`` when it has a projector (models.toml ``mmproj``)
+and takes image parts, ``["text"]`` otherwise; the playground offers its attach button on
+those that take images.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from appliance.api.services import Services
-from appliance.engines.base import Kind, ModelInfo
+from appliance.engines.base import CHAT, Kind, ModelInfo
 
 
 def _model_json(name: str, info: ModelInfo, kind: Kind[Any]) -> dict[str, Any]:
@@ -27,6 +30,8 @@ def _model_json(name: str, info: ModelInfo, kind: Kind[Any]) -> dict[str, Any]:
                              "owned_by": info.owned_by, "kind": kind.name}
     if info.reasoning is not None:
         entry["reasoning"] = info.reasoning
+    if kind.name == CHAT.name:
+        entry["input_modalities"] = ["text", "image"] if info.vision else ["text"]
     return entry
 
 

@@ -39,6 +39,7 @@ from appliance.api.routes.responses_run import Admitted, Keeping, ResponseRun, a
 from appliance.api.routes.stored_state_access import NOT_STORED_HEADER
 from appliance.api.services import Services
 from appliance.api.stored_state import StateStore, StorageQuotaExceeded, StoredResponse
+from appliance.api.wire.image_input import resolve_images
 from appliance.api.wire.responses import (
     ENCRYPTED_REASONING,
     INCLUDABLE,
@@ -52,7 +53,7 @@ from appliance.api.wire.responses import (
     wants_sealed_reasoning,
 )
 from appliance.api.wire.responses_bounds import check_response
-from appliance.api.wire.responses_input import Unseal, with_fresh_ids
+from appliance.api.wire.responses_input import Unseal, image_refs, with_fresh_ids
 from appliance.api.wire.responses_object import (
     ENDING_EVENTS,
     EventNumbers,
@@ -149,8 +150,10 @@ async def _prepare(request: Request) -> _Prepared:
         raise InvalidRequest("Background responses are stored, and this server runs without "
                              "a state store.", param="background", code="unsupported_value")
     earlier = await continued(services.state, note.key_id, ask, bounds)
+    images = await resolve_images(image_refs(ask.sourced(earlier), bounds), engine.info,
+                                  bounds, services.image_fetch)
     params = owned(ask.params(earlier, _unseal(services, note.key_id),
-                              reasons=engine.info.reasoning is not None), note)
+                              reasons=engine.info.reasoning is not None, images=images), note)
     if ask.tools.withheld:
         log.info("built-in tools withheld from the model (not run here): %s",
                  ", ".join(ask.tools.withheld))
@@ -384,9 +387,11 @@ async def count_input_tokens(request: Request) -> Response:
     ask = translate_inputs(body)
     engine = services.catalog.get(CHAT, body.model)  # not charged: no model on the row
     earlier = await continued(services.state, note.key_id, ask, bounds)
+    images = await resolve_images(image_refs(ask.sourced(earlier), bounds), engine.info,
+                                  bounds, services.image_fetch)
     cancel = CancelToken()
     params = ask.params(earlier, _unseal(services, note.key_id),
-                        reasons=engine.info.reasoning is not None)
+                        reasons=engine.info.reasoning is not None, images=images)
     count = await watched(request, engine.count_tokens(params, cancel), cancel)
     return JSONResponse({"object": "response.input_tokens", "input_tokens": count})
 

@@ -9,12 +9,22 @@ messages) is checked and translated by ``wire/reasoning.py``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from appliance.api.bounds import RequestBounds
 from appliance.api.wire.generation import GenerationFields, check_stream_options, stops, to_sampling
+from appliance.api.wire.image_input import (
+    ImageKey,
+    ImageRef,
+    ImageRefs,
+    chat_part_key,
+    chat_part_ref,
+    images_at,
+)
 from appliance.api.wire.reasoning import (
     GIVEN_REASONING_NAMES,
     effort_with_template,
@@ -25,6 +35,7 @@ from appliance.api.wire.tools import history_calls, legacy_call, tool_use
 from appliance.engines.base import (
     ChatMessage,
     ChatParams,
+    ImageInput,
     ModelInfo,
     OutputFormat,
     Role,
@@ -98,15 +109,24 @@ def _reject_unhonoured(body: ChatCompletionRequest) -> None:
 
 
 def _message_text(message: WireMessage, index: int) -> str:
+    return _message_content(message, index, {})[0]
+
+
+def _message_content(message: WireMessage, index: int, images: Mapping[ImageKey, ImageInput]
+                     ) -> tuple[str, tuple[tuple[int, ImageInput], ...]]:
+    """The message's text (its text parts joined with "") and its pictures, each at the offset
+    in that text where it stood between the parts."""
     content = message.content
     if content is None:
         if message.role == "assistant":
-            return ""
+            return "", ()
         raise InvalidRequest(f"Missing content in messages[{index}].",
                              param=f"messages[{index}].content")
     if isinstance(content, str):
-        return content
+        return content, ()
     texts: list[str] = []
+    pictures: list[tuple[int, ImageKey]] = []
+    length = 0
     for part_index, part in enumerate(content):
         param = f"messages[{index}].content[{part_index}]"
         kind = part.get("type")
@@ -117,14 +137,33 @@ def _message_text(message: WireMessage, index: int) -> str:
         elif kind in ("text", "input_text"):
             raise InvalidRequest(f"Invalid value for '{param}.text': expected a string.",
                                  param=f"{param}.text", code="invalid_value")
+        elif kind == "image_url" and chat_part_key(part) in images:
+            pictures.append((length, chat_part_key(part)))
+            continue
         else:
             raise InvalidRequest(
-                f"Content parts of type {kind!r} are not supported by this server (text only).",
-                param=f"{param}.type", code="unsupported_content_type")
-    return "".join(texts)
+                f"Content parts of type {kind!r} are not supported by this server (text and "
+                "image_url only).", param=f"{param}.type", code="unsupported_content_type")
+        length += len(texts[-1])
+    return "".join(texts), images_at(pictures, images)
 
 
-def _messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
+def image_refs(body: ChatCompletionRequest, bounds: RequestBounds) -> list[ImageRef]:
+    """The request's image parts, checked (shape, detail, user turns only, count, encoded
+    size) but not yet read: the route reads them (image_input.resolve_images)."""
+    refs = ImageRefs(bounds)
+    for index, message in enumerate(body.messages):
+        if not isinstance(message.content, list):
+            continue
+        for part_index, part in enumerate(message.content):
+            if part.get("type") == "image_url":
+                refs.add(chat_part_ref(part, f"messages[{index}].content[{part_index}]",
+                                       message.role))
+    return refs.refs
+
+
+def _messages(body: ChatCompletionRequest,
+              images: Mapping[ImageKey, ImageInput]) -> tuple[ChatMessage, ...]:
     """The history, with tool turns paired to the calls they answer (as OpenAI checks)."""
     out: list[ChatMessage] = []
     unanswered: dict[str, tuple[ToolCall, int]] = {}  # call id -> (call, its message index)
@@ -175,8 +214,9 @@ def _messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
                                  param=f"{where}.{field}", code="invalid_value")
         # 'developer' is OpenAI's newer name for the system role.
         role: Role = "system" if message.role == "developer" else message.role
-        out.append(ChatMessage(role=role, content=_message_text(message, index),
-                               tool_calls=calls, reasoning=reasoning))
+        text, pictures = _message_content(message, index, images)
+        out.append(ChatMessage(role=role, content=text, tool_calls=calls, reasoning=reasoning,
+                               images=pictures))
     _check_answered(unanswered)
     return tuple(out)
 
@@ -225,11 +265,14 @@ def _output_format(response_format: dict[str, Any] | None) -> OutputFormat | Non
 
 
 def to_chat_params(body: ChatCompletionRequest, *, storable: bool = False,
-                   model: ModelInfo | None = None) -> ChatParams:
+                   model: ModelInfo | None = None,
+                   images: Mapping[ImageKey, ImageInput] | None = None) -> ChatParams:
     """``storable``: the server has a state store, so ``store: true`` is honoured (the route
     stores the completion); without one it is refused by name. ``model``: the model asked,
     whose reasoning format decides whether ``reasoning_effort`` is honoured (None: a model
-    that does not reason)."""
+    that does not reason). ``images``: the request's pictures, read by the route
+    (``image_refs``, then image_input.resolve_images); an image part not among them is
+    refused as an unsupported part."""
     _reject_unhonoured(body)
     if body.store and not storable:
         raise _unsupported("store", "= true is not supported: this server stores no completions")
@@ -243,7 +286,7 @@ def to_chat_params(body: ChatCompletionRequest, *, storable: bool = False,
     effort = effort_with_template(reasoning_effort(body.reasoning_effort, thinks),
                                   template_kwargs, thinks)
     return ChatParams(
-        messages=_messages(body),
+        messages=_messages(body, images or {}),
         max_tokens=body.max_completion_tokens or body.max_tokens,
         stop=stops(body.stop),
         sampling=replace(to_sampling(body), logprobs=(body.top_logprobs or 0)

@@ -95,12 +95,16 @@ def to_sampling(body: GenerationFields) -> Sampling:
 
 def token_usage_json(usage: Usage) -> dict[str, Any]:
     """OpenAI's ``usage`` object of a chat or legacy completion: its token counts (the
-    reasoning tokens are among the completion tokens, as OpenAI counts them)."""
+    reasoning tokens are among the completion tokens, as OpenAI counts them; the image tokens
+    among the prompt tokens, and said only when the prompt had pictures)."""
+    prompt_details: dict[str, int] = {"cached_tokens": usage.cached_tokens, "audio_tokens": 0}
+    if usage.image_tokens:
+        prompt_details["image_tokens"] = usage.image_tokens
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "audio_tokens": 0},
+        "prompt_tokens_details": prompt_details,
         "completion_tokens_details": {
             "reasoning_tokens": usage.reasoning_tokens,
             "audio_tokens": 0,
@@ -115,4 +119,5 @@ def total_token_usage(finishes: list[Finish]) -> Usage:
     across choices."""
     first = min(finishes, key=lambda finish: finish.index).usage
     return Usage(first.prompt_tokens, sum(f.usage.completion_tokens for f in finishes),
-                 first.cached_tokens, sum(f.usage.reasoning_tokens for f in finishes))
+                 first.cached_tokens, sum(f.usage.reasoning_tokens for f in finishes),
+                 first.image_tokens)

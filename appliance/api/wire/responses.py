@@ -15,16 +15,23 @@ store.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from appliance.api.wire.image_input import ImageKey
 from appliance.api.wire.reasoning import SPEC_EFFORTS
 from appliance.api.wire.responses_input import Sourced, Unseal, history, input_items
 from appliance.api.wire.responses_tools import OfferedTools, offered_tools
-from appliance.engines.base import ChatParams, OutputFormat, ReasoningEffort, Sampling
+from appliance.engines.base import (
+    ChatParams,
+    ImageInput,
+    OutputFormat,
+    ReasoningEffort,
+    Sampling,
+)
 from appliance.errors import InvalidRequest
 
 JSON = dict[str, Any]
@@ -182,15 +189,19 @@ class ResponseAsk:
     conversation_id: str | None
     reasoning_effort: ReasoningEffort | None = None
 
-    def params(self, earlier: Sequence[Sourced], unseal: Unseal, *,
-               reasons: bool) -> ChatParams:
+    def sourced(self, earlier: Sequence[Sourced]) -> list[Sourced]:
+        """The ``earlier`` items continued, then this turn's input (``input[i]`` in errors)."""
+        return [*earlier, *((item, "input" if self.from_text else f"input[{index}]")
+                            for index, item in enumerate(self.items))]
+
+    def params(self, earlier: Sequence[Sourced], unseal: Unseal, *, reasons: bool,
+               images: Mapping[ImageKey, ImageInput] | None = None) -> ChatParams:
         """The engine's params: the instructions, the ``earlier`` items continued, then this
         turn's input. ``earlier`` keeps its params for errors; this turn's are ``input[i]``.
         ``unseal`` opens reasoning items' encrypted_content; the effort reaches the engine only
-        of a model that ``reasons`` (elsewhere it is accepted, without effect)."""
-        mine: list[Sourced] = [(item, "input" if self.from_text else f"input[{index}]")
-                               for index, item in enumerate(self.items)]
-        messages = history([*earlier, *mine], self.instructions, unseal)
+        of a model that ``reasons`` (elsewhere it is accepted, without effect). ``images``:
+        the pictures of those items, read by the route (responses_input.image_refs)."""
+        messages = history(self.sourced(earlier), self.instructions, unseal, images)
         if not messages:
             raise InvalidRequest("Invalid 'input': there is nothing to respond to.",
                                  param="input", code="invalid_value")

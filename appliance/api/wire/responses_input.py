@@ -1,13 +1,15 @@
 """The Responses API's input items: validated into the shape they are stored and listed in, and
 read into the engine's ``ChatMessage`` history.
 
-An item is a ``message`` (roles user, assistant, system, developer; text parts), a
+An item is a ``message`` (roles user, assistant, system, developer; text parts, and in user
+messages ``input_image`` parts: stored as sent, their pictures read by the route through
+``image_refs`` and wire/image_input.py, placed at their offsets in the turn's text), a
 ``function_call`` the assistant made, the ``function_call_output`` answering it (paired by
 ``call_id`` over the whole history, as chat pairs tool turns), or a ``reasoning`` item given
 back: its text (its ``reasoning_text`` content, or the text its ``encrypted_content`` seals,
 which wins when both are there: it is what this server wrote) becomes the ``reasoning`` of the
 assistant turn that follows it, and is dropped when no assistant turn follows. Items of the
-built-in tools this server does not run, and images or files, are a 400 naming the item. The
+built-in tools this server does not run, and files, are a 400 naming the item. The
 history reads the same items whether they came in this request, from a ``previous_response_id``
 chain or from a conversation; consecutive system texts (instructions, developer messages)
 become one system message, which every chat template accepts.
@@ -22,8 +24,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from appliance.api.bounds import RequestBounds
+from appliance.api.wire.image_input import (
+    ImageKey,
+    ImageRef,
+    ImageRefs,
+    images_at,
+    response_part_key,
+    response_part_ref,
+)
 from appliance.api.wire.responses_tools import shown_name
-from appliance.engines.base import ChatMessage, Role, ToolCall
+from appliance.engines.base import ChatMessage, ImageInput, Role, ToolCall
 from appliance.errors import InvalidRequest
 
 JSON = dict[str, Any]
@@ -36,7 +47,7 @@ _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output":
 # Message roles as the engine knows them: developer is OpenAI's newer name for system.
 _ROLES: dict[str, Role] = {"user": "user", "assistant": "assistant", "system": "system",
                           "developer": "system"}
-_UNSUPPORTED_PARTS = ("input_image", "input_file", "input_audio")
+_UNSUPPORTED_PARTS = ("input_file", "input_audio")
 
 
 def _invalid(param: str, message: str, code: str = "invalid_value") -> InvalidRequest:
@@ -51,11 +62,18 @@ def _string(item: Mapping[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _image_part(part: Mapping[str, Any], where: str, role: str) -> JSON:
+    """An input_image part in its stored shape: its shape checked here; counted, sized and
+    read with the request's other pictures (``image_refs``, then the route)."""
+    ref = response_part_ref(part, where, role)
+    return {"type": "input_image", "image_url": ref.url, "detail": ref.detail}
+
+
 def _text_part(part: Any, where: str, assistant: bool) -> JSON:
     kind = part.get("type") if isinstance(part, Mapping) else None
     if kind in _UNSUPPORTED_PARTS:
         raise _invalid(f"{where}.type", f"Content parts of type {kind!r} are not supported by "
-                       "this server (text only).", "unsupported_content_type")
+                       "this server (text and input_image only).", "unsupported_content_type")
     if kind == "refusal" and assistant:
         return {"type": "refusal", "refusal": _string(part, "refusal", where)}
     if kind == "input_text" or (kind == "output_text" and assistant):
@@ -79,7 +97,9 @@ def _message(item: Mapping[str, Any], where: str) -> JSON:
         parts = [_text_part({"type": "output_text" if assistant else "input_text",
                              "text": content}, f"{where}.content", assistant)]
     elif isinstance(content, list):
-        parts = [_text_part(part, f"{where}.content[{index}]", assistant)
+        parts = [_image_part(part, f"{where}.content[{index}]", role)
+                 if isinstance(part, Mapping) and part.get("type") == "input_image"
+                 else _text_part(part, f"{where}.content[{index}]", assistant)
                  for index, part in enumerate(content)]
     else:
         raise _invalid(f"{where}.content", f"Missing required parameter: '{where}.content' "
@@ -200,11 +220,46 @@ def _with_reasoning(message: ChatMessage, reasoning: str) -> ChatMessage:
     return replace(message, reasoning=reasoning)
 
 
+def image_refs(items: Sequence[Sourced], bounds: RequestBounds) -> list[ImageRef]:
+    """The pictures of ``items`` (stored shapes), checked against the per-request bounds
+    (count, encoded size) but not yet read: the route reads them."""
+    refs = ImageRefs(bounds)
+    for item, where in items:
+        content = item.get("content") if item.get("type", "message") == "message" else None
+        for index, part in enumerate(content if isinstance(content, list) else ()):
+            if isinstance(part, Mapping) and part.get("type") == "input_image":
+                refs.add(response_part_ref(part, f"{where}.content[{index}]",
+                                           str(item.get("role"))))
+    return refs.refs
+
+
+def _user_turn(parts: Any, images: Mapping[ImageKey, ImageInput]) -> ChatMessage:
+    """A user message: its text parts joined, its pictures at their offsets in that text."""
+    if isinstance(parts, str):
+        return ChatMessage("user", parts)
+    texts: list[str] = []
+    pictures: list[tuple[int, ImageKey]] = []
+    length = 0
+    for part in parts:
+        if not isinstance(part, Mapping):
+            continue
+        if part.get("type") == "input_image":
+            pictures.append((length, response_part_key(part)))
+            continue
+        text = str(part.get("text", part.get("refusal", "")))
+        texts.append(text)
+        length += len(text)
+    return ChatMessage("user", "".join(texts), images=images_at(pictures, images))
+
+
 def history(items: Sequence[Sourced], instructions: str | None,
-            unseal: Unseal) -> tuple[ChatMessage, ...]:
+            unseal: Unseal, images: Mapping[ImageKey, ImageInput] | None = None
+            ) -> tuple[ChatMessage, ...]:
     """The chat history of ``items`` (stored shapes, as ``input_item`` makes them), after
     ``instructions``. Every function call needs its output before the next message, and every
-    output a call before it. Reasoning goes to the assistant turn after it."""
+    output a call before it. Reasoning goes to the assistant turn after it. ``images``: the
+    pictures of the user turns (``image_refs``, read by the route)."""
+    pictures = images or {}
     out: list[ChatMessage] = [ChatMessage("system", instructions)] if instructions else []
     unanswered: dict[str, tuple[ToolCall, str]] = {}
     thought: list[str] = []  # reasoning items since the last assistant turn
@@ -243,6 +298,8 @@ def history(items: Sequence[Sourced], instructions: str | None,
         text = _text(item["content"])
         if role == "system" and out and out[-1].role == "system":
             out[-1] = replace(out[-1], content=f"{out[-1].content}\n\n{text}")
+        elif role == "user":
+            out.append(_user_turn(item["content"], pictures))
         else:
             out.append(ChatMessage(role, text))
         if role == "assistant":

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import io
 import logging
 import math
 import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
+
+from PIL import Image
 
 from appliance.config import ChatModelConfig
 from appliance.engines.base import (
@@ -31,6 +34,7 @@ from appliance.engines.base import (
     ChatMessage,
     ChatParams,
     Finish,
+    ImageInput,
     ModelInfo,
     Sampling,
     Started,
@@ -43,6 +47,7 @@ from appliance.engines.llm.model import (
     default_step_seconds,
     default_threads,
 )
+from appliance.engines.llm.prompt_images import PromptImages
 from appliance.engines.llm.prompt_tokens import PromptTokenizer, PromptTooLong, RequestText
 from appliance.engines.llm.reasoning import (
     HARMONY,
@@ -71,6 +76,8 @@ from appliance.engines.llm.tool_dialects import (
 from appliance.engines.llm.tool_dialects import detect as detect_tool_support
 from appliance.engines.llm.tool_grammar import tool_call_grammar
 from appliance.engines.llm.tool_parser import ToolCallParser
+from appliance.engines.llm.vision import Projector, projector_on_gpu
+from appliance.engines.llm.vision_prompt import PromptPictures
 from appliance.engines.runtime.thread_events import ThreadEvents
 from appliance.errors import ConfigError, ContextLengthExceeded, InvalidRequest, Overloaded
 
@@ -86,11 +93,14 @@ class LlamaChatEngine:
                  tool_support: ToolSupport,
                  on_step: Callable[[StepReport], None] | None = None,
                  samplers: SamplerFactory = SamplerChain,
-                 reasoning: ReasoningProfile | None = None):
+                 reasoning: ReasoningProfile | None = None,
+                 projector: Projector | None = None):
         """``samplers`` builds each request's sampler (tests pass ones that fail);
-        ``reasoning``: how the model reasons (see reasoning_profile), None if it does not."""
+        ``reasoning``: how the model reasons (see reasoning_profile), None if it does not;
+        ``projector``: the model's vision projector (models.toml mmproj), None: text only."""
         self._config = config
         self._model = model
+        self._projector = projector
         self._template = template
         self._reasoning = reasoning
         if reasoning is not None and reasoning.family == HARMONY:
@@ -124,14 +134,22 @@ class LlamaChatEngine:
         self._info = ModelInfo(id=config.id, kind=config.kind,
                                context_length=config.context_length,
                                owned_by=config.owned_by, created=int(time.time()),
-                               reasoning=None if reasoning is None else reasoning.family)
+                               reasoning=None if reasoning is None else reasoning.family,
+                               vision=projector is not None)
         self._preparing = 0  # requests queued for or in the prompt threads
 
     @classmethod
     def load(cls, config: ChatModelConfig,
              on_step: Callable[[StepReport], None] | None = None) -> LlamaChatEngine:
         model = LoadedModel(config.path, config.gpu_layers)
+        projector: Projector | None = None
         try:
+            if config.mmproj is not None:
+                # On the GPU with the model's layers; as many threads as the model's.
+                projector = Projector(config.mmproj, model,
+                                      use_gpu=projector_on_gpu(config.gpu_layers),
+                                      threads=default_threads(config.threads),
+                                      batch_size=BATCH_SIZE, model_id=config.id)
             source = config.chat_template or model.chat_template
             if not source:
                 raise ConfigError(f"model {config.id!r}: {config.path.name} carries no chat "
@@ -141,8 +159,10 @@ class LlamaChatEngine:
             if reasoning is not None:
                 log.info("model %s reasons: %s", config.id, reasoning.describe())
             return cls(config, model, template, detect_tool_support(source), on_step,
-                       reasoning=reasoning)
+                       reasoning=reasoning, projector=projector)
         except BaseException:
+            if projector is not None:
+                projector.close()
             model.close()
             raise
 
@@ -163,28 +183,52 @@ class LlamaChatEngine:
         return self._scheduler.waiting()
 
     def warm_up(self) -> None:
-        """One short real generation, so the first client request pays no first-use costs."""
-        params = ChatParams(messages=(ChatMessage("user", "Hello"),), max_tokens=4,
+        """One short real generation, so the first client request pays no first-use costs;
+        for a model with a projector, with a small picture in it (decoded, encoded and its
+        embeddings decoded: the whole path)."""
+        message = ChatMessage("user", "Hello")
+        if self._projector is not None:
+            message = ChatMessage("user", "Hello", images=((0, warm_up_picture()),))
+        params = ChatParams(messages=(message,), max_tokens=4,
                             sampling=Sampling(temperature=0.0))
         done = threading.Event()
         failure: list[BaseException] = []
+        finished: list[Finish] = []
 
         def emit(event: ChatEvent | BaseException) -> None:
             if isinstance(event, BaseException):
                 failure.append(event)
+            if isinstance(event, Finish):
+                finished.append(event)
             if isinstance(event, (Finish, BaseException)):
                 done.set()
 
-        self._scheduler.submit(self._request(params, CancelToken(), emit))
+        request = self._request(params, CancelToken(), emit)
+        try:
+            self._scheduler.submit(request)
+        except BaseException:
+            self._release_images(request)
+            raise
         if not done.wait(timeout=300):
             raise TimeoutError(f"model {self._config.id} did not finish its warm-up")
         if failure:
             raise failure[0]
+        if self._projector is not None and finished:
+            log.info("model %s takes images: a %dx%d picture cost %d prompt tokens",
+                     self._config.id, WARM_UP_PICTURE_SIDE, WARM_UP_PICTURE_SIDE,
+                     finished[0].usage.image_tokens)
 
     def close(self) -> None:
         self._preparers.shutdown(wait=True, cancel_futures=True)
-        self._scheduler.close()
+        self._scheduler.close()  # frees the image chunks of what it still held
+        if self._projector is not None:
+            self._projector.close()
         self._model.close()
+
+    @property
+    def live_image_chunks(self) -> int:
+        """Image chunks held by requests now (0 without a projector): for tests and leaks."""
+        return 0 if self._projector is None else self._projector.live_chunks
 
     async def chat(
         self, params: ChatParams, cancel: CancelToken
@@ -201,9 +245,15 @@ class LlamaChatEngine:
         finally:
             self._preparing -= 1
         choices = [first, *(self._sibling(first, i) for i in range(1, params.n))]
+        if first.images is not None:
+            first.images.hold(len(choices))  # freed when the last choice ends
         # Queued at once (no await since the count above): generation may start while the
         # caller is still sending its response headers.
-        self._scheduler.submit(*choices)
+        try:
+            self._scheduler.submit(*choices)
+        except BaseException:
+            self._release_images(first)
+            raise
         calls_tools = params.tools is not None and params.tools.choice != "none" \
             and not self._harmony
         parsers = {index: ToolCallParser(self._tool_support.dialect, index)
@@ -240,12 +290,16 @@ class LlamaChatEngine:
 
     def _count(self, params: ChatParams, cancel: CancelToken, limit: int | None) -> int:
         marks = RequestText(self._tokenizer)
-        rendered = self._render(params, marks, cancel)
+        pictures = PromptPictures(self._projector)
+        rendered = self._render(params, marks, cancel, pictures)
         try:
-            return len(self._tokenizer.tokenize(rendered, marks, limit=limit or sys.maxsize,
-                                                cancel=cancel))
+            tokens, images = pictures.tokenize(self._tokenizer, rendered, marks,
+                                               limit=limit or sys.maxsize, cancel=cancel)
         except PromptTooLong as too_long:
             return too_long.at_least
+        if images is not None:
+            images.close()  # counted, never evaluated
+        return len(tokens)
 
     async def _prepare(self, params: ChatParams, cancel: CancelToken,
                        emit: Emit) -> GenerationRequest:
@@ -258,6 +312,9 @@ class LlamaChatEngine:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:
             cancel.cancel()
+            # A request prepared after its client left never reaches the scheduler: its
+            # pictures' chunks are freed here, when the job ends.
+            job.add_done_callback(_free_unused_images)
             raise
         except Cancelled:
             # The token was set with no task cancelled: nobody waits for an answer.
@@ -272,12 +329,15 @@ class LlamaChatEngine:
         return replace(first, sampling=sampling, index=index, leader=first,
                        enough=threading.Event())
 
-    def _render(self, params: ChatParams, marks: RequestText, cancel: CancelToken) -> str:
-        """The chat prompt, every piece of request text in it marked (see prompt_tokens.py);
-        for a reasoning model with effort none, closed thinking appended."""
+    def _render(self, params: ChatParams, marks: RequestText, cancel: CancelToken,
+                pictures: PromptPictures) -> str:
+        """The chat prompt, every piece of request text in it marked (see prompt_tokens.py)
+        and a marker of ``pictures`` where each image stood (vision_prompt.py); for a
+        reasoning model with effort none, closed thinking appended."""
         support = self._tool_support
         uses_tools = params.tools is not None and params.tools.choice != "none"
-        messages = marks.messages(params.messages)
+        self._check_images(params)
+        messages = marks.messages(params.messages, pictures.marker)
         tools = marks.tools(params.tools) if uses_tools else None
         variables = self._template_variables(params)
         if support.native:
@@ -291,6 +351,19 @@ class LlamaChatEngine:
         if profile is not None and self._thinks_not(params):
             rendered += profile.no_thinking(rendered, tools_pending=uses_tools)
         return rendered
+
+    def _check_images(self, params: ChatParams) -> None:
+        """Images only in user turns, only for a model with a projector (the api refuses
+        others first; this holds for any caller)."""
+        for at, message in enumerate(params.messages):
+            if not message.images:
+                continue
+            if self._projector is None:
+                raise InvalidRequest(f"The model `{self._info.id}` does not take images.",
+                                     param=f"messages[{at}].content", code="invalid_value")
+            if message.role != "user":
+                raise InvalidRequest("Images may only be in user messages.",
+                                     param=f"messages[{at}].content", code="invalid_value")
 
     def _thinks_not(self, params: ChatParams) -> bool:
         """Effort none/minimal, or a budget of 0 tokens: the prompt closes the thinking."""
@@ -324,15 +397,17 @@ class LlamaChatEngine:
         return variables
 
     def _prompt_tokens(self, params: ChatParams, cancel: CancelToken
-                       ) -> tuple[list[int], str | None]:
-        """The prompt's tokens and its rendered text (None for a raw prompt). Raises
-        ContextLengthExceeded when the prompt and ``max_tokens`` cannot fit; a prompt far too
-        long is refused before it is tokenized."""
+                       ) -> tuple[list[int], str | None, PromptImages | None]:
+        """The prompt's tokens (pictures' placeholders included), its rendered text (None for
+        a raw prompt) and its pictures' runs (None without pictures; the caller frees them).
+        Raises ContextLengthExceeded when the prompt and ``max_tokens`` cannot fit; a prompt
+        far too long is refused before it is tokenized."""
         n_ctx = self._info.context_length
         limit = n_ctx - params.max_tokens if params.max_tokens is not None else n_ctx - 1
         marks = RequestText(self._tokenizer)
+        pictures = PromptPictures(self._projector)
         if params.prompt is None:
-            rendered = self._render(params, marks, cancel)
+            rendered = self._render(params, marks, cancel, pictures)
         elif isinstance(params.prompt, str):
             rendered = marks.text(params.prompt, trailing=False)  # the client's text, all of it
         else:
@@ -341,14 +416,19 @@ class LlamaChatEngine:
                 raise InvalidRequest("The prompt holds token ids outside this model's "
                                      f"vocabulary of {self._model.n_vocab}.", param="prompt",
                                      code="invalid_value")
-            return self._fits(tokens, len(tokens), params, exact=True), None
+            return self._fits(tokens, len(tokens), params, exact=True), None, None
         try:
-            tokens = self._tokenizer.tokenize(rendered, marks, limit=max(limit, 0),
-                                              cancel=cancel)
+            tokens, images = pictures.tokenize(self._tokenizer, rendered, marks,
+                                               limit=max(limit, 0), cancel=cancel)
         except PromptTooLong as too_long:
-            return self._fits([], too_long.at_least, params, exact=False), None
+            return self._fits([], too_long.at_least, params, exact=False), None, None
         chat = rendered if params.prompt is None else None
-        return self._fits(tokens, len(tokens), params, exact=True), chat
+        try:
+            return self._fits(tokens, len(tokens), params, exact=True), chat, images
+        except BaseException:
+            if images is not None:
+                images.close()
+            raise
 
     def _fits(self, tokens: list[int], count: int, params: ChatParams,
               exact: bool) -> list[int]:
@@ -377,7 +457,17 @@ class LlamaChatEngine:
         return tokens
 
     def _request(self, params: ChatParams, cancel: CancelToken, emit: Emit) -> GenerationRequest:
-        tokens, rendered = self._prompt_tokens(params, cancel)
+        tokens, rendered, images = self._prompt_tokens(params, cancel)
+        try:
+            return self._generation(params, cancel, emit, tokens, rendered, images)
+        except BaseException:
+            if images is not None:
+                images.close()
+            raise
+
+    def _generation(self, params: ChatParams, cancel: CancelToken, emit: Emit,
+                    tokens: list[int], rendered: str | None,
+                    images: PromptImages | None) -> GenerationRequest:
         n_ctx = self._info.context_length
         for token, _ in params.sampling.logit_bias:
             if token >= self._model.n_vocab:
@@ -406,7 +496,13 @@ class LlamaChatEngine:
             wait_until=time.monotonic() + self._config.queue_timeout_s,
             generate_for=self._config.generation_timeout_s or math.inf,
             reasoning=plan,
+            images=images,
         )
+
+    @staticmethod
+    def _release_images(request: GenerationRequest) -> None:
+        if request.images is not None:
+            request.images.close()
 
     def _plan(self, params: ChatParams, rendered: str | None,
               sampling: Sampling) -> ReasoningPlan | None:
@@ -470,6 +566,28 @@ def reasoning_profile(config: ChatModelConfig, model: LoadedModel, template: Cha
         config.reasoning, config.reasoning_tags, source,
         lambda texts: len(model.single_tokens(texts)) == len(texts),
         one_message_prompt, dict(config.reasoning_budget))
+
+
+# The warm-up's picture: small, so the boot log's cost is one projector input's (a projector
+# that resizes to its own input, as most do, costs the same for any picture).
+WARM_UP_PICTURE_SIDE = 64
+
+
+def warm_up_picture() -> ImageInput:
+    """A PNG of a smooth gradient, made here (no file shipped)."""
+    side = WARM_UP_PICTURE_SIDE
+    picture = Image.new("RGB", (side, side))
+    picture.putdata([(x * 4, y * 4, 128) for y in range(side) for x in range(side)])
+    encoded = io.BytesIO()
+    picture.save(encoded, format="PNG")
+    return ImageInput(encoded.getvalue(), side, side)
+
+
+def _free_unused_images(job: Future[GenerationRequest]) -> None:
+    if not job.cancelled() and job.exception() is None:
+        request = job.result()
+        if request.images is not None:
+            request.images.close()
 
 
 def _through_parser(parser: ToolCallParser, event: ChatEvent) -> list[ChatEvent]:

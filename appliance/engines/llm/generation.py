@@ -18,6 +18,7 @@ from typing import Protocol
 
 from appliance.engines.base import CancelToken, ChatEvent, Sampling, TokenLogprob
 from appliance.engines.llm.model import LoadedModel
+from appliance.engines.llm.prompt_images import PromptImages
 from appliance.engines.llm.reasoning import Reader, ReasoningPlan
 from appliance.engines.llm.textstream import TextAssembler
 from appliance.engines.runtime.round_robin import RoundRobin
@@ -59,6 +60,10 @@ class GenerationRequest:
     prompt_ready_in: Slot | None = None
     ended: bool = False
     reasoning: ReasoningPlan | None = None  # a reasoning model's plan; None: plain output
+    # The pictures' runs among ``tokens`` (shared by the choices); None: text only. Freed
+    # when the request ends (images_released), whichever way it ends.
+    images: PromptImages | None = None
+    images_released: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class StepReport:
     seconds: float  # the whole step: building the batch, decoding it, sampling
     decode_seconds: float = 0.0  # of which llama_decode
     prefill_share: int = 0  # prompt tokens the step budget offered this step
+    image_tokens: int = 0  # evaluated from a picture in this step (at most one picture a step)
 
 
 class SlotState(enum.Enum):

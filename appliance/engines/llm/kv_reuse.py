@@ -3,9 +3,10 @@
 Owns the choice of slot for a request and the KV moves that choice needs: trimming a slot's
 own cache, copying a longer prefix from another slot's stream (busy ones included), saving a
 slot's tokens to the host-memory prompt cache before they are dropped, and restoring a saved
-prompt. Sequences live in separate KV streams; llama.cpp copies across streams only whole
-and only at the next decode, while a restore writes at once, so a stream that a pending copy
-reads from is never restored into.
+prompt. A reused prefix never ends inside a picture's run of image tokens (it is rounded
+down to the run's start: a picture is evaluated whole). Sequences live in separate KV
+streams; llama.cpp copies across streams only whole and only at the next decode, while a
+restore writes at once, so a stream that a pending copy reads from is never restored into.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Protocol, TypeVar
 import llama_cpp
 
 from appliance.engines.llm.prompt_cache import PromptCache, SavedPrompt, common_prefix
+from appliance.engines.llm.prompt_images import outside_runs
 
 # Copying a KV stream costs about as much as decoding a few prompt tokens on a CPU, so a
 # cold slot copies another slot's cache only when that skips at least this many tokens.
@@ -57,11 +59,12 @@ class PrefixReuse:
         The prompt's last token is never reused: its logits must come from a decode."""
         usable = len(tokens) - 1
         slot = max(free, key=lambda s: (common_prefix(s.cached, tokens), -s.last_used))
-        reuse = min(common_prefix(slot.cached, tokens), usable)
+        reuse = outside_runs(tokens, min(common_prefix(slot.cached, tokens), usable))
         donor = max(slots, key=lambda s: common_prefix(s.cached, tokens))
-        offered = min(common_prefix(donor.cached, tokens), usable) if donor is not slot else 0
+        offered = outside_runs(tokens, min(common_prefix(donor.cached, tokens), usable)) \
+            if donor is not slot else 0
         saved_length, saved = self._saved.best(tokens)
-        saved_length = min(saved_length, usable)
+        saved_length = outside_runs(tokens, min(saved_length, usable))
         if offered - reuse >= COPY_MIN_GAIN or saved_length - reuse >= RESTORE_MIN_GAIN:
             target = min(free, key=lambda s: (common_prefix(s.cached, tokens), s.last_used))
             kept = common_prefix(target.cached, tokens)
@@ -84,7 +87,7 @@ class PrefixReuse:
     def place_sibling(self, tokens: list[int], source: CachedSequence,
                       free: list[SlotT]) -> tuple[SlotT, int]:
         """Another choice of the same prompt: copies all of it but the last token."""
-        shared = len(tokens) - 1
+        shared = outside_runs(tokens, len(tokens) - 1)
         target = min(free, key=lambda s: s.last_used)
         self._save(target, common_prefix(target.cached, tokens))
         self._copy(source, target, tokens[:shared])

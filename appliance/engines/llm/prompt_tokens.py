@@ -28,11 +28,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from appliance.engines.base import CancelToken, ChatMessage, ToolCall, ToolSpec, ToolUse
+from appliance.engines.base import (
+    CancelToken,
+    ChatMessage,
+    ImageInput,
+    ToolCall,
+    ToolSpec,
+    ToolUse,
+)
 from appliance.engines.llm.model import LoadedModel, SpecialToken
 
 # A marker: MARK and two characters of plane 15's private use area spelling the index of the
@@ -106,13 +113,17 @@ class PromptTokenizer:
                                            if not t.parsed_only_as_special)
 
     def tokenize(self, rendered: str, marks: RequestText, *, limit: int,
-                 cancel: CancelToken | None = None) -> list[int]:
+                 cancel: CancelToken | None = None, leading: bool = True) -> list[int]:
         """The tokens of a rendered prompt, BOS first when the model wants one (once, whoever
-        writes it). Raises PromptTooLong past ``limit`` tokens, Cancelled once cancelled."""
+        writes it). Raises PromptTooLong past ``limit`` tokens, Cancelled once cancelled.
+        ``leading``: the text starts the prompt; False for the text after a picture in it
+        (vision_prompt.py), which takes no BOS."""
         model = self._model
-        if model.add_bos and model.bos_text and rendered.startswith(model.bos_text):
-            rendered = rendered[len(model.bos_text):]
-        tokens = [model.bos] if model.add_bos and model.bos >= 0 else []
+        tokens: list[int] = []
+        if leading:
+            if model.add_bos and model.bos_text and rendered.startswith(model.bos_text):
+                rendered = rendered[len(model.bos_text):]
+            tokens = [model.bos] if model.add_bos and model.bos >= 0 else []
         pieces = self._split(rendered, marks)
         if pieces is None:
             return self._tokenize_parsing(rendered, marks, tokens, limit, cancel)
@@ -293,19 +304,38 @@ class RequestText:
 
     # -- the structures a chat prompt is rendered from --
 
-    def messages(self, messages: Iterable[ChatMessage]) -> tuple[ChatMessage, ...]:
-        return tuple(self._message(m) for m in messages)
+    def messages(self, messages: Iterable[ChatMessage],
+                 picture: Callable[[ImageInput], str] | None = None
+                 ) -> tuple[ChatMessage, ...]:
+        """The messages marked; ``picture`` gives the marker text put where each of a
+        message's images stood (vision_prompt.py). Markers go in after the text is marked:
+        request text can hold no marker of ours, so it can forge no picture."""
+        return tuple(self._message(m, picture) for m in messages)
 
-    def _message(self, message: ChatMessage) -> ChatMessage:
+    def _content(self, message: ChatMessage,
+                 picture: Callable[[ImageInput], str] | None) -> str:
+        if not message.images or picture is None:
+            return self.text(message.content)
+        parts: list[str] = []
+        at = 0
+        for offset, image in message.images:
+            parts += [self.text(message.content[at:offset]), picture(image)]
+            at = offset
+        parts.append(self.text(message.content[at:]))
+        return "".join(parts)
+
+    def _message(self, message: ChatMessage,
+                 picture: Callable[[ImageInput], str] | None) -> ChatMessage:
         # Reasoning given back is request text like content: templates print it (Qwen3's
         # <think> of the current turn, gpt-oss's analysis before a call).
         reasoning = None if message.reasoning is None else self.text(message.reasoning)
+        content = self._content(message, picture)
         if not message.tool_calls and message.name is None and message.tool_call_id is None:
-            return replace(message, content=self.text(message.content), reasoning=reasoning)
+            return replace(message, content=content, reasoning=reasoning)
         name, call_id = message.name, message.tool_call_id
         return replace(
             message,
-            content=self.text(message.content),
+            content=content,
             reasoning=reasoning,
             tool_calls=tuple(self._call(call) for call in message.tool_calls),
             tool_call_id=None if call_id is None else self.text(call_id),

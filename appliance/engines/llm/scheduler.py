@@ -125,6 +125,10 @@ class Scheduler:
         self._thread.join(timeout=30)
         for slot in self._slots:
             self._release(slot)
+        with self._wake:
+            left = [*self._queue, *self._inbox]
+        for request in left:  # never seated: nobody will answer them now
+            self._let_go(request)
         self._batch.close()
         if self._context is not None:
             llama_cpp.llama_free(self._context)
@@ -213,6 +217,9 @@ class Scheduler:
         """Fills free slots in fair order (see fair_order); a sibling choice waits until it
         can copy its first choice's prompt. A request that cannot be set up fails alone."""
         self._refuse_overdue()
+        for request in self._queue:
+            if request.cancel.cancelled:
+                self._let_go(request)
         self._queue = [r for r in self._queue if not r.cancel.cancelled]
         done: list[GenerationRequest] = []
         for request in fair_order(self._queue, self._turns):
@@ -266,15 +273,23 @@ class Scheduler:
         share = batch.free if self._budget is None \
             else min(batch.free, self._budget.prefill_share(len(in_batch)))
         offered = share
+        picture: Slot | None = None  # the one slot whose next picture this step evaluates
         for slot in self._prefill_order():
-            take = min(share, len(slot.pending))
+            ahead = self._text_ahead(slot)
+            if ahead == 0:
+                # Its next tokens are a picture's: one picture per step, across all slots,
+                # so that the streams' next tokens never wait for more than one.
+                if picture is None:
+                    picture = slot
+                continue
+            take = min(share, ahead)  # a chunk stops before a picture
             if take == len(slot.pending) > 1:
                 # The prompt's last token is decoded on its own, as it is when the rest of
                 # the prompt comes from cache: its logits (so a seeded draw) then never depend
                 # on whether the prefix was cached.
                 take -= 1
             if take == 0:
-                if share == 0:
+                if share == 0 and picture is not None:
                     break
                 continue  # only its last token is left, and it waits for the next step
             share -= take
@@ -291,24 +306,18 @@ class Scheduler:
             if slot.state is SlotState.DECODING and slot not in in_batch and not slot.forced:
                 # Busy with nothing to decode would keep the loop awake for ever.
                 self._fail(slot, EngineFailure("The slot had nothing to decode."), "stepping")
-        if batch.size == 0:
+        if batch.size == 0 and picture is None:
             return
+        image_started = time.perf_counter()
+        image_tokens = 0 if picture is None else self._evaluate_picture(picture)
+        image_seconds = time.perf_counter() - image_started
         generating = sum(1 for slot in in_batch if not slot.pending)
-        decode_started = time.perf_counter()
-        fault: Exception | None = None
-        try:
-            status = llama_cpp.llama_decode(self._context, batch.handle)
-        except Exception as exc:  # the binding refused the call: nothing was decoded
-            status, fault = -1, exc
-        decode_seconds = time.perf_counter() - decode_started
-        self._reuse.decoded()
-        if status != 0:
-            # The step is shared: every slot in it loses this step's KV, and its request.
-            for slot in in_batch:
-                self._fail(slot, fault or EngineFailure(
-                    f"llama_decode failed with status {status} on model {self._model_id}"),
-                    "decoding", forget=True)
-            return
+        decode_seconds = 0.0
+        if batch.size:
+            decoded = self._decode_batch(in_batch)
+            if decoded is None:
+                return
+            decode_seconds = decoded
         for slot in in_batch:
             slot.cached.extend(slot.in_batch)
             if slot.state is SlotState.PREFILLING:  # a chunk of the prompt
@@ -325,7 +334,8 @@ class Scheduler:
         seconds = time.perf_counter() - started
         prefill_tokens = batch.size - generating
         if self._budget is not None:
-            self._budget.observe(generating, prefill_tokens, seconds)
+            # A picture's cost is its own: counted in, it would read as dear prompt tokens.
+            self._budget.observe(generating, prefill_tokens, seconds - image_seconds)
         self._report(StepReport(
             generating=generating,
             prefill_tokens=prefill_tokens,
@@ -334,7 +344,56 @@ class Scheduler:
             seconds=seconds,
             decode_seconds=decode_seconds,
             prefill_share=offered,
+            image_tokens=image_tokens,
         ))
+
+    def _decode_batch(self, in_batch: list[Slot]) -> float | None:
+        """llama_decode of the step's batch: the seconds it took, or None when it failed
+        (every slot in it has then failed: they all lose this step's KV)."""
+        decode_started = time.perf_counter()
+        fault: Exception | None = None
+        try:
+            status = llama_cpp.llama_decode(self._context, self._batch.handle)
+        except Exception as exc:  # the binding refused the call: nothing was decoded
+            status, fault = -1, exc
+        decode_seconds = time.perf_counter() - decode_started
+        self._reuse.decoded()
+        if status != 0:
+            for slot in in_batch:
+                self._fail(slot, fault or EngineFailure(
+                    f"llama_decode failed with status {status} on model {self._model_id}"),
+                    "decoding", forget=True)
+            return None
+        return decode_seconds
+
+    @staticmethod
+    def _text_ahead(slot: Slot) -> int:
+        """Prompt tokens the slot may read before its next picture (all it has left when no
+        picture is ahead); 0: a picture is next."""
+        request = slot.request
+        images = None if request is None else request.images
+        start = None if images is None else images.next_start(len(slot.cached))
+        return len(slot.pending) if start is None else start - len(slot.cached)
+
+    def _evaluate_picture(self, slot: Slot) -> int:
+        """The picture the slot's prompt holds next, encoded and decoded into its sequence
+        in a call of its own (libmtmd's, beside this step's batch); its placeholders join the
+        slot's cache. Returns its image tokens; 0 when it failed, which fails that request
+        alone (its sequence's KV past the cache is then unknown: forgotten)."""
+        request = slot.request
+        assert request is not None and request.images is not None
+        position = len(slot.cached)
+        run = request.images.run_at(position)
+        try:
+            if run is None:
+                raise EngineFailure("A picture's placeholders had no image run behind them.")
+            run.evaluate(self._context, slot.sequence, position)
+        except Exception as exc:
+            self._fail(slot, exc, "evaluating a picture of", forget=True)
+            return 0
+        slot.cached.extend(slot.pending[:run.tokens])
+        del slot.pending[:run.tokens]
+        return run.tokens
 
     def _prefill_order(self) -> list[Slot]:
         """Slots reading their prompt, the one with the least left first (a short request
@@ -515,7 +574,9 @@ class Scheduler:
         if tail or (slot.logprobs and reason != "stop"):
             # Tokens that became a stop string are dropped with their text.
             self._emit(request, TextDelta(tail, request.index, self._take_logprobs(slot)))
-        usage = Usage(len(request.tokens), slot.produced, slot.reused, slot.reasoning_tokens)
+        usage = Usage(len(request.tokens), slot.produced, slot.reused, slot.reasoning_tokens,
+                      0 if request.images is None else request.images.tokens)
+        self._let_go(request)  # before the Finish: whoever reads it finds the chunks freed
         self._emit(request, Finish(reason, usage, request.index))
         self._release(slot)
 
@@ -532,6 +593,7 @@ class Scheduler:
         """Ends one request with an error: logged once, here, and never retried. A sibling
         choice shares the request's cancel token, so the other choices end with it."""
         request.ended = True
+        self._let_go(request)
         if request.cancel.cancelled:
             # Already answered (a sibling choice failed first) or nobody is waiting.
             log.debug("model %s: a cancelled request failed while %s it", self._model_id, doing)
@@ -566,7 +628,17 @@ class Scheduler:
             log.exception("model %s: could not clear slot %d", self._model_id, slot.sequence)
             slot.cached = []
 
+    @staticmethod
+    def _let_go(request: GenerationRequest) -> None:
+        """The request has ended, whichever way: its share of its pictures' chunks is given
+        back (the last choice to end frees them). Once per request."""
+        if request.images is not None and not request.images_released:
+            request.images_released = True
+            request.images.release()
+
     def _release(self, slot: Slot, forget: bool = False) -> None:
+        if slot.request is not None:
+            self._let_go(slot.request)
         sampler = slot.clear(time.monotonic())
         if sampler is not None:
             try:
