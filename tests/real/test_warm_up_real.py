@@ -1,0 +1,58 @@
+"""The warm-ups leave nothing for the first request to pay, told by page faults, not timers.
+
+llama.cpp touches the pages of its buffers only when a decode first needs them (and grows its
+output buffer to the most outputs a decode has had so far): a first request larger than the
+warm-up's faults in memory that later ones find ready. A minor page fault is a count the
+kernel keeps per process (getrusage), so the test holds whatever the machine's speed.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from appliance.config import EmbeddingModelConfig
+from appliance.engines.base import CancelToken
+from appliance.engines.llm.embedder import MAX_BATCH_TOKENS, MAX_SEQUENCES, LlamaEmbeddingEngine
+from devtools.server_harness import SMOLLM2
+
+pytestmark = pytest.mark.real
+# Without the full-batch warm-up the first 60-token input took ~6,400 faults (25 MB) and the
+# first full batch ~25,000; after it both take a handful (Python's own allocations).
+FEW_FAULTS = 1500
+
+
+def faults(work: Callable[[], object]) -> int:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    work()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[LlamaEmbeddingEngine]:
+    engine = LlamaEmbeddingEngine.load(EmbeddingModelConfig(
+        id="smollm2-embed", path=SMOLLM2, context_length=1024))
+    try:
+        engine.warm_up()
+        yield engine
+    finally:
+        engine.close()
+
+
+def test_after_the_warm_up_no_request_up_to_a_full_batch_faults_in_memory(
+        embedder: LlamaEmbeddingEngine) -> None:
+    def embed(inputs: list[list[int]]) -> None:
+        result = embedder._embed_all(inputs, CancelToken())
+        assert len(result.vectors) == len(inputs)
+
+    each = MAX_BATCH_TOKENS // MAX_SEQUENCES
+    cases = {
+        "one input of 60 tokens": [list(range(1000, 1060))],
+        f"one input of {MAX_BATCH_TOKENS} tokens": [list(range(1000, 1000 + MAX_BATCH_TOKENS))],
+        "a full batch": [list(range(2000 + each * i, 2000 + each * (i + 1)))
+                         for i in range(MAX_SEQUENCES)],
+    }
+    counted = {name: faults(lambda inputs=inputs: embed(inputs)) for name, inputs in cases.items()}
+    assert all(count < FEW_FAULTS for count in counted.values()), counted
