@@ -1,22 +1,33 @@
-"""The warm-ups leave nothing for the first request to pay, told by page faults, not timers.
+"""The warm-ups leave nothing for the first request to pay, told by counts, not timers.
 
-llama.cpp touches the pages of its buffers only when a decode first needs them (and grows its
-output buffer to the most outputs a decode has had so far): a first request larger than the
-warm-up's faults in memory that later ones find ready. A minor page fault is a count the
-kernel keeps per process (getrusage), so the test holds whatever the machine's speed.
+Embeddings: llama.cpp touches the pages of its buffers only when a decode first needs them
+(and grows its output buffer to the most outputs a decode has had so far), so a first request
+larger than the warm-up's faults in memory that later ones find ready. A minor page fault is
+a count the kernel keeps per process (getrusage): the test holds whatever the machine's speed.
+
+Transcription: the first request used to import PyAV modules for its upload and load
+faster-whisper's voice-activity model (both once per process); after the warm-up it does
+neither.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import resource
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import faster_whisper.vad
 import pytest
 
-from appliance.config import EmbeddingModelConfig
-from appliance.engines.base import CancelToken
+from appliance.config import EmbeddingModelConfig, TranscriptionModelConfig
+from appliance.engines.base import CancelToken, Segment, TranscriptionParams
 from appliance.engines.llm.embedder import MAX_BATCH_TOKENS, MAX_SEQUENCES, LlamaEmbeddingEngine
-from devtools.server_harness import SMOLLM2
+from appliance.engines.whisper import WhisperEngine
+from devtools.server_harness import SMOLLM2, WHISPER_TINY
 
 pytestmark = pytest.mark.real
 # Without the full-batch warm-up the first 60-token input took ~6,400 faults (25 MB) and the
@@ -56,3 +67,29 @@ def test_after_the_warm_up_no_request_up_to_a_full_batch_faults_in_memory(
     }
     counted = {name: faults(embed, inputs) for name, inputs in cases.items()}
     assert all(count < FEW_FAULTS for count in counted.values()), counted
+
+
+def test_after_the_warm_up_a_transcription_imports_and_loads_nothing(tmp_path: Path) -> None:
+    # Loaded here, not in a fixture, so nothing else in this process loaded the filter first.
+    if faster_whisper.vad.get_vad_model.cache_info().currsize:
+        pytest.skip("faster-whisper's voice-activity model was loaded before this test")
+    engine = WhisperEngine.load(TranscriptionModelConfig(id="whisper", path=WHISPER_TINY))
+    try:
+        engine.warm_up()
+        assert faster_whisper.vad.get_vad_model.cache_info().currsize == 1
+        speech = tmp_path / "speech.wav"
+        subprocess.run(["espeak-ng", "-w", str(speech), "The first request pays nothing."],
+                       check=True, timeout=60)
+
+        async def transcribe() -> str:
+            params = TranscriptionParams(audio=io.BytesIO(speech.read_bytes()))
+            return "".join([event.text async for event in engine.transcribe(
+                params, CancelToken()) if isinstance(event, Segment)])
+
+        modules = set(sys.modules)
+        text = asyncio.run(transcribe())
+        assert "request" in text.lower()
+        assert set(sys.modules) - modules == set()
+        assert faster_whisper.vad.get_vad_model.cache_info().misses == 1  # loaded once
+    finally:
+        engine.close()
