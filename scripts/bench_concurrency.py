@@ -34,6 +34,8 @@ server request carries the same stop strings.
 Usage: scripts/bench-concurrency [--model smollm2|gemma|both] [--slots 8]
        [--concurrency 1,4,8,16] [--max-tokens 64] [--requests-per-level N]
        [--skip inprocess,appliance,llama_server,llama_cpp_server] [--llama-server PATH]
+       scripts/bench-concurrency --mixed [...]: long prompts among running streams and the
+       short levels, against llama-server in interleaved rounds (scripts/bench_mixed.py)
 """
 
 from __future__ import annotations
@@ -372,16 +374,24 @@ def run_llama_server(spec: ModelSpec, plan: Plan, folder: Path) -> SideReport:
         report.note = plan.llama_server_note
         return report
     port = free_port()
-    argv = [plan.llama_server, "-m", str(spec.path), "-c", str(CONTEXT * plan.slots),
-            "-np", str(plan.slots), "--no-kv-unified", "-fa", "on", "-t", str(CPUS),
+    argv = llama_server_argv(plan.llama_server, spec, plan.slots, port, folder)
+    serve_and_measure(report, spec, plan, argv, folder, "/health", port, "none", True, True)
+    report.log_lines += log_lines(folder, ("n_ctx_seq", "n_ctx_slot", "n_seq_max"))
+    return report
+
+
+def llama_server_argv(binary: str, spec: ModelSpec, slots: int, port: int,
+                      folder: Path) -> list[str]:
+    """llama-server on loopback with ``slots`` slots of CONTEXT tokens each, flash attention
+    on, every CPU for decode and batch; a template file in ``folder`` where the GGUF has none."""
+    argv = [binary, "-m", str(spec.path), "-c", str(CONTEXT * slots),
+            "-np", str(slots), "--no-kv-unified", "-fa", "on", "-t", str(CPUS),
             "-tb", str(CPUS), "--host", "127.0.0.1", "--port", str(port), "--no-webui"]
     if spec.chat_template is not None:
         template = folder / "chat_template.jinja"
         template.write_text(spec.chat_template, encoding="utf-8")
         argv += ["--jinja", "--chat-template-file", str(template)]
-    serve_and_measure(report, spec, plan, argv, folder, "/health", port, "none", True, True)
-    report.log_lines += log_lines(folder, ("n_ctx_seq", "n_ctx_slot", "n_seq_max"))
-    return report
+    return argv
 
 
 def run_llama_cpp_server(spec: ModelSpec, plan: Plan, folder: Path, version: str) -> SideReport:
@@ -703,6 +713,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
+    if "--mixed" in sys.argv[1:]:  # issue 18's mixed load and short levels: bench_mixed.py
+        import bench_mixed
+
+        return bench_mixed.main([a for a in sys.argv[1:] if a != "--mixed"])
     args = parse_args()
     if args.worker:
         return worker(args.worker, args.worker_runs, args.max_tokens)
