@@ -63,7 +63,7 @@ def test_means_follow_the_machine_as_it_changes() -> None:
 def test_tiny_prompt_chunks_do_not_move_the_token_cost() -> None:
     budget = StepBudget(0.100, capacity=512)
     budget.observe(generating=1, prefill_tokens=0, seconds=0.010)
-    budget.observe(generating=1, prefill_tokens=2, seconds=0.050)  # overhead, not tokens
+    budget.observe(generating=1, prefill_tokens=1, seconds=0.050)  # overhead, not tokens
     assert budget.token_seconds() is None
 
 

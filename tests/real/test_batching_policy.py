@@ -23,7 +23,7 @@ from appliance.engines.base import (
     Sampling,
     TextDelta,
 )
-from appliance.engines.llm.engine import LlamaChatEngine
+from appliance.engines.llm.engine import BATCH_SIZE, LlamaChatEngine
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.scheduler import StepReport
 from appliance.engines.llm.step_budget import MIN_CHUNK
@@ -43,7 +43,7 @@ def _end_tokens() -> frozenset[int]:
 
 def test_a_long_prompt_never_stalls_running_streams_and_short_prompts_go_first() -> None:
     steps: list[StepReport] = []
-    # A tight budget: every step that reads the document reads the minimum chunk, on any box.
+    # A tight budget: a step reading the document reads about what its decoding costs.
     config = ChatModelConfig(id="smol", path=SMOLLM2, context_length=4096, parallel=5,
                              max_step_ms=1)
     # The stories never end by themselves: they run until the test has seen enough.
@@ -55,7 +55,7 @@ def test_a_long_prompt_never_stalls_running_streams_and_short_prompts_go_first()
                               max_tokens=3000, sampling=endless) for i in range(RUNNING)]
         document = replace(stories[0], max_tokens=2, sampling=Sampling(temperature=0),
                            messages=(ChatMessage("user", " ".join(
-                               f"Fact {i}: foxes are clever." for i in range(150))),))
+                               f"Fact {i}: foxes are clever." for i in range(80))),))
         question = replace(document, messages=(ChatMessage("user", "Name a colour."),))
 
         async def run() -> list[str]:
@@ -84,12 +84,12 @@ def test_a_long_prompt_never_stalls_running_streams_and_short_prompts_go_first()
         engine.close()
     assert order == ["question", "document"]  # the short prompt was read first
     reading = [s for s in steps if s.prefill_tokens > 1]
-    assert len(reading) >= 10  # ~1,200 prompt tokens read in chunks, not at once
+    assert len(reading) >= 10  # ~650 prompt tokens read in chunks, not at once
     # Every stream got its token in every step that read the prompt.
     assert all(s.generating >= RUNNING for s in reading), [s.generating for s in reading]
     # The chunks are the budget's, not the batch's: never over what the step was offered.
     assert all(s.prefill_tokens <= s.prefill_share for s in reading)
-    assert all(s.prefill_share == MIN_CHUNK for s in reading)
+    assert all(MIN_CHUNK <= s.prefill_share <= BATCH_SIZE // 8 for s in reading)
 
 
 async def _first_text(events: AsyncIterator[ChatEvent]) -> None:

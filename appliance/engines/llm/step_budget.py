@@ -21,11 +21,11 @@ dearer): each new step counts for a fixed share (SMOOTHING) of them.
 
 from __future__ import annotations
 
-MIN_CHUNK = 16  # prompt tokens a step reads at least, whatever the estimates say
+MIN_CHUNK = 4  # prompt tokens a step reads at least, whatever the estimates say
 SMOOTHING = 0.2  # weight of the newest step in each running mean
 # Steps reading fewer prompt tokens than this say more about per-step overhead than about
 # the cost of a token: they do not move the per-token mean.
-MEASURED_FROM = 8
+MEASURED_FROM = 2
 # A step's target is never below this many decode-only steps of the same width.
 DECODE_MULTIPLE = 2.0
 DEFAULT_CPU_STEP_S = 0.075
