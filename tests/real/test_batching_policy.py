@@ -74,9 +74,12 @@ def test_a_long_prompt_never_stalls_running_streams_and_short_prompts_go_first()
                                                   "question", order))
             keep_going = [asyncio.ensure_future(_drain(stream)) for stream in streams]
             await asyncio.gather(reading, asked)
-            for cancel in cancels:
-                cancel.cancel()
-            await asyncio.gather(*keep_going)
+            for cancel, task in zip(cancels, keep_going, strict=True):
+                cancel.cancel()  # the client leaves: the slot frees, the stream sends no more
+                task.cancel()
+            await asyncio.gather(*keep_going, return_exceptions=True)
+            for stream in streams:
+                await stream.aclose()
             return order
 
         order = asyncio.run(run())
