@@ -58,6 +58,7 @@ FIRST_LOAD = (LLAMA_SRC, MODELS)
 GGUFS = ("SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf")
 WHISPERS = ("whisper-tiny.en", "whisper-base")
 IMAGE_MODEL = "tiny-random-sd"
+PROJECTOR = "tiny-random-mmproj-smollm2.gguf"  # the vision fixture's (0.9 MB): carried whole
 # Default models the check leaves out, and why (the report says so): the Piper voice is a
 # 63 MB ONNX file (no skeleton writer for ONNX yet), and its piper-tts wheel would not fit a
 # load beside the others; on the GPU it would run on ONNX Runtime's CUDA provider only if the
@@ -157,6 +158,7 @@ def pack_models(destination: Path) -> None:
         model_skeletons.save(model_skeletons.ct2_skeleton(models / name / "model.bin"),
                              models / name / "model.bin", staging / name / "model.bin")
     shutil.copytree(models / IMAGE_MODEL, staging / IMAGE_MODEL)
+    shutil.copy2(models / PROJECTOR, staging / PROJECTOR)
     speech_clip(staging / "speech.wav")
     with tarfile.open(destination, "w:xz", preset=6) as archive:
         archive.add(staging, arcname="models-src")
@@ -374,10 +376,11 @@ def check_models_toml(layout: Layout) -> str:
     lines: list[str] = []
     for line in body.splitlines():
         stripped = line.split("#", 1)[0].rstrip()
-        if stripped.startswith("path = \"models/"):
-            name = stripped.split("\"")[1].removeprefix("models/")
-            line = f"path = {json.dumps(str(layout.models / name))}"
-        elif stripped == "parallel = 8":
+        for key in ("path", "mmproj"):
+            if stripped.startswith(f"{key} = \"models/"):
+                name = stripped.split("\"")[1].removeprefix("models/")
+                line = f"{key} = {json.dumps(str(layout.models / name))}"
+        if stripped == "parallel = 8":
             line = 'parallel = "auto"'
         lines.append(line)
         if stripped in ('kind = "chat"', 'kind = "embedding"'):
