@@ -76,8 +76,12 @@ async def test_unknown_model_is_404_naming_model(stack: FastStack) -> None:
         ({"model": "fake-chat", "messages": USER, "stream_options": {"include_usage": True}},
          "stream_options"),
         ({"model": "fake-chat", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
+            {"type": "file", "file": {"file_id": "file-1"}}]}]},
          "messages[0].content[0].type"),
+        # fake-chat has no projector: a picture for it is refused, naming the part.
+        ({"model": "fake-chat", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
+         "messages[0].content[0]"),
         ({"model": "fake-chat", "messages": [{"role": "tool", "content": "x",
                                               "tool_call_id": "c1"}]},
          "messages[0].tool_call_id"),
