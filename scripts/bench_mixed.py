@@ -58,6 +58,7 @@ from bench_chat import ModelSpec, median, specs
 from bench_concurrency import (
     CONTEXT,
     CPUS,
+    TOPICS,
     find_llama_server,
     fmt,
     launch,
@@ -89,24 +90,6 @@ PHASE_TIMEOUT_S = 1800.0
 SETTLE_S = 0.5  # the other side's last bookkeeping (ledger rows, slot release) ends first
 WARM_MAX_TOKENS = 8
 
-TOPICS = (
-    "a lighthouse keeper who finds a map inside a bottle",
-    "a robot that learns to bake bread in a small village",
-    "two friends crossing a desert to find a lost city",
-    "a girl who can talk to the wind on a northern island",
-    "an old clockmaker whose clocks start running backwards",
-    "a cat that becomes the mayor of a mountain town",
-    "a sailor stranded on an island of talking birds",
-    "a library that rearranges its books every night",
-    "a young astronomer who discovers a new comet",
-    "a chef who cooks for a travelling circus",
-    "a dragon that is afraid of the dark",
-    "a postman delivering letters across a frozen lake",
-    "twin brothers who inherit a haunted vineyard",
-    "a gardener who grows a tree that touches the clouds",
-    "a detective solving a mystery on a night train",
-    "a musician who loses her voice before a great concert",
-)
 PLACES = ("the harbour archive", "the night ferry", "the old observatory", "the village bakery",
           "the mountain railway", "the river lock", "the glass workshop", "the winter market",
           "the school library", "the lighthouse", "the orchard cooperative", "the clock tower")
