@@ -118,6 +118,20 @@ TOPICS = (
     "a musician who loses her voice before a great concert",
 )
 PROMPTS = tuple(f"Write a long story about {topic}." for topic in TOPICS)
+# Words the long prompts are made of, varied so no tokenizer squeezes them into repeats.
+PLACES = ("the harbour archive", "the night ferry", "the old observatory", "the village bakery",
+          "the mountain railway", "the river lock", "the glass workshop", "the winter market",
+          "the school library", "the lighthouse", "the orchard cooperative", "the clock tower")
+VERBS = ("must be inspected", "is recorded in the ledger", "opens to visitors",
+         "is repaired by volunteers", "closes for cleaning", "receives new supplies",
+         "is painted a fresh colour", "hosts a small concert")
+TIMES = ("every Monday at dawn", "on the first day of each month", "after the spring floods",
+         "before the autumn fair", "whenever the wind turns north",
+         "during the long summer evenings", "once the snow has melted",
+         "at the end of every season", "on the night of the full moon")
+REASONS = ("because the records must stay complete", "so that travellers feel welcome",
+           "since the mayor asked for it years ago", "to keep the old promise to the founders",
+           "as the insurance contract requires", "because the children enjoy it")
 WARM_PROMPTS = ("Write a long story about a bridge builder.",
                 "Write a long story about a fisherman and a storm.")
 
@@ -258,21 +272,8 @@ async def run_level(client: openai.AsyncOpenAI, spec: ModelSpec, usage: bool, co
 
 def long_system_message() -> str:
     """~1,500 tokens of varied sentences, so no tokenizer squeezes it into a few repeats."""
-    places = ("the harbour archive", "the night ferry", "the old observatory", "the village bakery",
-              "the mountain railway", "the river lock", "the glass workshop", "the winter market",
-              "the school library", "the lighthouse", "the orchard cooperative", "the clock tower")
-    verbs = ("must be inspected", "is recorded in the ledger", "opens to visitors",
-             "is repaired by volunteers", "closes for cleaning", "receives new supplies",
-             "is painted a fresh colour", "hosts a small concert")
-    times = ("every Monday at dawn", "on the first day of each month", "after the spring floods",
-             "before the autumn fair", "whenever the wind turns north",
-             "during the long summer evenings", "once the snow has melted",
-             "at the end of every season", "on the night of the full moon")
-    reasons = ("because the records must stay complete", "so that travellers feel welcome",
-               "since the mayor asked for it years ago", "to keep the old promise to the founders",
-               "as the insurance contract requires", "because the children enjoy it")
-    notes = [f"Note {i + 1}: {places[i % 12]} {verbs[i * 5 % 8]} {times[i * 7 % 9]}, "
-             f"{reasons[i * 11 % 6]}." for i in range(PREFIX_NOTES)]
+    notes = [f"Note {i + 1}: {PLACES[i % 12]} {VERBS[i * 5 % 8]} {TIMES[i * 7 % 9]}, "
+             f"{REASONS[i * 11 % 6]}." for i in range(PREFIX_NOTES)]
     return "You are the town clerk. Answer briefly from these notes. " + " ".join(notes)
 
 

@@ -58,7 +58,11 @@ from bench_chat import ModelSpec, median, specs
 from bench_concurrency import (
     CONTEXT,
     CPUS,
+    PLACES,
+    REASONS,
+    TIMES,
     TOPICS,
+    VERBS,
     find_llama_server,
     fmt,
     launch,
@@ -89,21 +93,6 @@ REQUEST_TIMEOUT_S = 600.0
 PHASE_TIMEOUT_S = 1800.0
 SETTLE_S = 0.5  # the other side's last bookkeeping (ledger rows, slot release) ends first
 WARM_MAX_TOKENS = 8
-
-PLACES = ("the harbour archive", "the night ferry", "the old observatory", "the village bakery",
-          "the mountain railway", "the river lock", "the glass workshop", "the winter market",
-          "the school library", "the lighthouse", "the orchard cooperative", "the clock tower")
-VERBS = ("must be inspected", "is recorded in the ledger", "opens to visitors",
-         "is repaired by volunteers", "closes for cleaning", "receives new supplies",
-         "is painted a fresh colour", "hosts a small concert")
-TIMES = ("every Monday at dawn", "on the first day of each month", "after the spring floods",
-         "before the autumn fair", "whenever the wind turns north",
-         "during the long summer evenings", "once the snow has melted",
-         "at the end of every season", "on the night of the full moon")
-REASONS = ("because the records must stay complete", "so that travellers feel welcome",
-           "since the mayor asked for it years ago", "to keep the old promise to the founders",
-           "as the insurance contract requires", "because the children enjoy it")
-
 
 class Prompts:
     """Unique prompts, each opening with a digest of the run's nonce and its serial: a shared
