@@ -12,6 +12,7 @@ restore writes at once, so a stream that a pending copy reads from is never rest
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 import llama_cpp
@@ -28,6 +29,13 @@ RESTORE_MIN_GAIN = 2
 # Saving a slot to host memory copies its whole sequence; worth it when it would lose at
 # least this many tokens, or half of what it holds.
 SAVE_MIN_LOSS = 64
+# What a busy neighbour is worth, in cached prompt tokens, when a request picks its slot.
+# llama.cpp runs one pass over the model per run of consecutive busy sequences in a step (see
+# Scheduler._write_batch): a slot next to busy ones joins their pass, a lone one costs a pass
+# of its own in every step while both generate (on a 2-core CPU ~5-15 ms a step, over a
+# hundred steps: more than reading this many prompt tokens once). A longer prefix elsewhere
+# is still reached by a copy (COPY_MIN_GAIN).
+NEIGHBOUR_TOKENS = 64
 
 
 class CachedSequence(Protocol):
@@ -58,16 +66,20 @@ class PrefixReuse:
         """Picks the slot for a prompt and readies its KV; returns it and the tokens reused.
         The prompt's last token is never reused: its logits must come from a decode."""
         usable = len(tokens) - 1
-        slot = max(free, key=lambda s: (common_prefix(s.cached, tokens), -s.last_used))
-        reuse = outside_runs(tokens, min(common_prefix(slot.cached, tokens), usable))
+        prefix = {s.sequence: common_prefix(s.cached, tokens) for s in free}
+        together = _neighbours(free, slots)
+        slot = max(free, key=lambda s: (prefix[s.sequence] + NEIGHBOUR_TOKENS * together(s),
+                                        -s.last_used))
+        reuse = outside_runs(tokens, min(prefix[slot.sequence], usable))
         donor = max(slots, key=lambda s: common_prefix(s.cached, tokens))
         offered = outside_runs(tokens, min(common_prefix(donor.cached, tokens), usable)) \
             if donor is not slot else 0
         saved_length, saved = self._saved.best(tokens)
         saved_length = outside_runs(tokens, min(saved_length, usable))
         if offered - reuse >= COPY_MIN_GAIN or saved_length - reuse >= RESTORE_MIN_GAIN:
-            target = min(free, key=lambda s: (common_prefix(s.cached, tokens), s.last_used))
-            kept = common_prefix(target.cached, tokens)
+            target = min(free, key=lambda s: (
+                prefix[s.sequence] - NEIGHBOUR_TOKENS * together(s), s.last_used))
+            kept = prefix[target.sequence]
             if saved is not None and target.sequence not in self._copy_sources and \
                     saved_length >= offered and saved_length - reuse >= RESTORE_MIN_GAIN:
                 self._save(target, kept)
@@ -85,10 +97,11 @@ class PrefixReuse:
         return slot, reuse
 
     def place_sibling(self, tokens: list[int], source: CachedSequence,
-                      free: list[SlotT]) -> tuple[SlotT, int]:
+                      free: list[SlotT], slots: list[SlotT]) -> tuple[SlotT, int]:
         """Another choice of the same prompt: copies all of it but the last token."""
         shared = outside_runs(tokens, len(tokens) - 1)
-        target = min(free, key=lambda s: s.last_used)
+        together = _neighbours(free, slots)
+        target = min(free, key=lambda s: (-together(s), s.last_used))
         self._save(target, common_prefix(target.cached, tokens))
         self._copy(source, target, tokens[:shared])
         return target, shared
@@ -122,3 +135,10 @@ class PrefixReuse:
         llama_cpp.llama_memory_seq_rm(self._memory, target.sequence, length, -1)
         target.cached = list(saved.tokens[:length])
         return length
+
+
+def _neighbours(free: list[SlotT], slots: list[SlotT]) -> Callable[[SlotT], int]:
+    """How many of a free slot's two neighbouring sequences are busy (0, 1 or 2)."""
+    idle = {s.sequence for s in free}
+    busy = {s.sequence for s in slots} - idle
+    return lambda s: (s.sequence - 1 in busy) + (s.sequence + 1 in busy)

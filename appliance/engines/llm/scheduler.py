@@ -241,8 +241,8 @@ class Scheduler:
                 continue
             try:
                 if leader is not None and leader.prompt_ready_in is not None:
-                    slot, reuse = self._reuse.place_sibling(request.tokens,
-                                                            leader.prompt_ready_in, free)
+                    slot, reuse = self._reuse.place_sibling(
+                        request.tokens, leader.prompt_ready_in, free, self._slots)
                 else:
                     slot, reuse = self._reuse.place(request.tokens, free, self._slots)
             except Exception as exc:
@@ -259,19 +259,24 @@ class Scheduler:
         started = time.perf_counter()
         batch = self._batch
         batch.clear()
-        in_batch: list[Slot] = []
+        # What each slot decodes this step: its tokens and whether the last one's logits
+        # are wanted. Planned first, then written in sequence order (see _write_batch).
+        planned: dict[Slot, bool] = {}
+        room = batch.capacity
         for slot in self._slots:
             if slot.state is not SlotState.DECODING:
                 continue
             if slot.forced:
-                if self._add_forced(slot):
-                    in_batch.append(slot)
-            elif slot.next_token is not None:
+                wants = self._plan_forced(slot, room)
+                if wants is not None:
+                    planned[slot] = wants
+                    room -= len(slot.in_batch)
+            elif slot.next_token is not None and room > 0:
                 slot.in_batch = [slot.next_token]
-                slot.logits_at = batch.add(slot.next_token, len(slot.cached), slot.sequence, True)
-                in_batch.append(slot)
-        share = batch.free if self._budget is None \
-            else min(batch.free, self._budget.prefill_share(len(in_batch)))
+                planned[slot] = True
+                room -= 1
+        share = room if self._budget is None \
+            else min(room, self._budget.prefill_share(len(planned)))
         offered = share
         picture: Slot | None = None  # the one slot whose next picture this step evaluates
         for slot in self._prefill_order():
@@ -293,15 +298,9 @@ class Scheduler:
                     break
                 continue  # only its last token is left, and it waits for the next step
             share -= take
-            chunk = slot.pending[:take]
-            finishes_prompt = take == len(slot.pending)
-            base = len(slot.cached)
-            for offset, token in enumerate(chunk):
-                last = finishes_prompt and offset == take - 1
-                index = batch.add(token, base + offset, slot.sequence, last)
-            slot.logits_at = index if finishes_prompt else None
-            slot.in_batch = chunk
-            in_batch.append(slot)
+            slot.in_batch = slot.pending[:take]
+            planned[slot] = take == len(slot.pending)  # logits once the prompt is all read
+        in_batch = self._write_batch(planned)
         for slot in self._slots:
             if slot.state is SlotState.DECODING and slot not in in_batch and not slot.forced:
                 # Busy with nothing to decode would keep the loop awake for ever.
@@ -405,24 +404,40 @@ class Scheduler:
         return sorted(reading, key=lambda slot: (
             len(slot.pending) / (1.0 + max(0.0, now - slot.seated_at)), slot.seated_at))
 
-    def _add_forced(self, slot: Slot) -> bool:
+    def _write_batch(self, planned: dict[Slot, bool]) -> list[Slot]:
+        """Writes the planned tokens into the batch slot by slot in sequence order, and
+        notes where each slot's logits will be. The order matters for speed: with a KV
+        stream per sequence, llama.cpp splits a batch into micro-batches of consecutive
+        sequence ids with as many tokens each, and every micro-batch is a pass over the
+        whole model. In sequence order one pass takes a token from every slot, and only
+        the rest of a prompt chunk needs another; listing the decode tokens first and the
+        chunks after would cut the first pass at every slot that reads a prompt."""
+        batch = self._batch
+        in_batch = sorted(planned, key=lambda slot: slot.sequence)
+        for slot in in_batch:
+            base = len(slot.cached)
+            last = len(slot.in_batch) - 1
+            index = 0
+            for offset, token in enumerate(slot.in_batch):
+                index = batch.add(token, base + offset, slot.sequence,
+                                  planned[slot] and offset == last)
+            slot.logits_at = index if planned[slot] else None
+        return in_batch
+
+    def _plan_forced(self, slot: Slot, room: int) -> bool | None:
         """The tokens the engine writes into a choice's output (the close of its thinking),
-        after the token sampled last, go into the batch like a chunk of prompt: logits only
-        at the last, which the answer is then sampled from. What does not fit waits for the
-        next step."""
+        after the token sampled last, are planned like a chunk of prompt: logits only at the
+        last, which the answer is then sampled from. What does not fit the ``room`` left in
+        the batch waits for the next step. Returns whether the last one's logits are wanted;
+        None: nothing fits."""
         feed = ([] if slot.next_token is None else [slot.next_token]) + slot.forced
-        take = min(len(feed), self._batch.free)
+        take = min(len(feed), room)
         if take == 0:
-            return False
-        base = len(slot.cached)
-        index = 0
-        for offset, token in enumerate(feed[:take]):
-            index = self._batch.add(token, base + offset, slot.sequence, offset == len(feed) - 1)
+            return None
         slot.in_batch = feed[:take]
         slot.next_token = None
         slot.forced = feed[take:]
-        slot.logits_at = None if slot.forced else index
-        return True
+        return not slot.forced
 
     def _sample(self, slot: Slot, logits_at: int) -> None:
         assert slot.sampler is not None and slot.request is not None
