@@ -70,3 +70,46 @@ def test_tiny_prompt_chunks_do_not_move_the_token_cost() -> None:
 def test_a_target_must_be_positive() -> None:
     with pytest.raises(ValueError):
         StepBudget(0.0, capacity=512)
+
+
+def _read_at(budget: StepBudget, position: int, per_token: float, tokens: int = 8) -> None:
+    """A step decoding one slot (10 ms) and reading ``tokens`` prompt tokens near
+    ``position`` at ``per_token`` seconds each."""
+    budget.observe(generating=1, prefill_tokens=tokens, seconds=0.010 + tokens * per_token,
+                   position=position)
+
+
+def test_later_tokens_of_a_document_are_budgeted_dearer() -> None:
+    budget = StepBudget(0.100, capacity=512)
+    budget.observe(generating=1, prefill_tokens=0, seconds=0.010)
+    for _ in range(6):  # a short prompt's chunks near the start, a document's far in
+        _read_at(budget, 50, 0.006)
+        _read_at(budget, 1400, 0.020)
+    assert budget.token_seconds(50) == pytest.approx(0.006, rel=0.05)
+    assert budget.token_seconds(1400) == pytest.approx(0.020, rel=0.05)
+    near, far = budget.prefill_share(1, position=50), budget.prefill_share(1, position=1400)
+    assert near == pytest.approx(90 / 6.2, abs=1.5)  # 90 ms left after decoding
+    assert far == MIN_CHUNK  # 90 ms holds 4 tokens at ~20 ms: the minimum, not 15 at 6 ms
+
+
+def test_steps_near_one_position_fit_no_slope() -> None:
+    budget = StepBudget(0.100, capacity=512)
+    budget.observe(generating=1, prefill_tokens=0, seconds=0.010)
+    for position in (400, 410, 420, 430):
+        _read_at(budget, position, 0.010)
+    assert budget.token_seconds(0) == pytest.approx(0.010)
+    assert budget.token_seconds(4000) == pytest.approx(0.010)
+
+
+def test_the_tokens_within_a_time_cost_no_more_than_it() -> None:
+    budget = StepBudget(0.100, capacity=512)
+    budget.observe(generating=1, prefill_tokens=0, seconds=0.010)
+    for _ in range(4):
+        _read_at(budget, 100, 0.005)
+        _read_at(budget, 2000, 0.025)
+    for seconds in (0.001, 0.03, 0.09, 0.5):
+        for position in (0, 700, 3000):
+            tokens = budget.tokens_within(seconds, position)
+            assert budget.seconds_for(tokens, position) <= seconds + 1e-12
+            if tokens < budget.capacity:
+                assert budget.seconds_for(tokens + 1, position) > seconds

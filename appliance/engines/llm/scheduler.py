@@ -275,9 +275,13 @@ class Scheduler:
                 slot.in_batch = [slot.next_token]
                 planned[slot] = True
                 room -= 1
-        share = room if self._budget is None \
-            else min(room, self._budget.prefill_share(len(planned)))
-        offered = share
+        budget = self._budget
+        # Seconds of prompt reading this step may hold (None: as many tokens as fit).
+        allowance = None if budget is None else budget.allowance(len(planned))
+        share = room  # prompt tokens the batch still holds
+        offered = room  # the prompt tokens the budget gave the step's first prompt, reported
+        first = True
+        positions = 0  # the sum of the positions of the prompt tokens read, for the budget
         picture: Slot | None = None  # the one slot whose next picture this step evaluates
         for slot in self._prefill_order():
             ahead = self._text_ahead(slot)
@@ -288,6 +292,14 @@ class Scheduler:
                     picture = slot
                 continue
             take = min(share, ahead)  # a chunk stops before a picture
+            if budget is not None and allowance is not None:
+                # What fits the rest of the allowance at this prompt's own position (a
+                # document's later tokens cost more); the step's first chunk never fewer
+                # than the minimum, so prompts always progress.
+                fits = budget.tokens_within(allowance, len(slot.cached))
+                if first:
+                    fits = offered = max(fits, budget.min_chunk)
+                take = min(take, fits)
             if take == len(slot.pending) > 1:
                 # The prompt's last token is decoded on its own, as it is when the rest of
                 # the prompt comes from cache: its logits (so a seeded draw) then never depend
@@ -298,6 +310,11 @@ class Scheduler:
                     break
                 continue  # only its last token is left, and it waits for the next step
             share -= take
+            first = False
+            start = len(slot.cached)
+            positions += take * start + take * (take - 1) // 2
+            if budget is not None and allowance is not None:
+                allowance -= budget.seconds_for(take, start)
             slot.in_batch = slot.pending[:take]
             planned[slot] = take == len(slot.pending)  # logits once the prompt is all read
         in_batch = self._write_batch(planned)
@@ -332,9 +349,10 @@ class Scheduler:
                     self._fail(slot, exc, "sampling")
         seconds = time.perf_counter() - started
         prefill_tokens = batch.size - generating
-        if self._budget is not None:
+        if budget is not None:
             # A picture's cost is its own: counted in, it would read as dear prompt tokens.
-            self._budget.observe(generating, prefill_tokens, seconds - image_seconds)
+            budget.observe(generating, prefill_tokens, seconds - image_seconds,
+                           positions / max(1, prefill_tokens))
         self._report(StepReport(
             generating=generating,
             prefill_tokens=prefill_tokens,
