@@ -133,12 +133,11 @@ class _LineFit:
         self._means: tuple[float, float, float, float] | None = None
 
     def add(self, x: float, y: float) -> None:
-        sample = (x, y, x * x, x * y)
         if self._means is None:
-            self._means = sample
+            self._means = (x, y, x * x, x * y)
             return
-        self._means = tuple(  # type: ignore[assignment]
-            mean + SMOOTHING * (new - mean) for mean, new in zip(self._means, sample, strict=True))
+        mx, my, mxx, mxy = self._means
+        self._means = (_blend(mx, x), _blend(my, y), _blend(mxx, x * x), _blend(mxy, x * y))
 
     def line(self) -> tuple[float, float] | None:
         """(a, b), with b >= 0 (a token never gets cheaper further in) and a > 0; None
