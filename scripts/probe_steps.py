@@ -31,6 +31,8 @@ from pathlib import Path
 import llama_cpp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root
+from appliance.engines.llm.batch import TokenBatch
+from appliance.engines.llm.model import LoadedModel
 from devtools.server_harness import SMOLLM2
 
 CONTEXT = 4096  # tokens per sequence, as bench-concurrency configures the appliance
@@ -50,11 +52,7 @@ class Case:
 
 class Probe:
     def __init__(self, threads: int, slots: int):
-        llama_cpp.llama_backend_init()
-        params = llama_cpp.llama_model_default_params()
-        self._model = llama_cpp.llama_model_load_from_file(str(SMOLLM2).encode(), params)
-        if self._model is None:
-            raise SystemExit(f"could not load {SMOLLM2} (run scripts/setup)")
+        self._model = LoadedModel(SMOLLM2, 0)
         context = llama_cpp.llama_context_default_params()
         context.n_ctx = CONTEXT * slots
         context.n_batch = context.n_ubatch = PRIME_CHUNK
@@ -63,26 +61,23 @@ class Probe:
         context.kv_unified = False
         context.swa_full = True
         context.no_perf = True
-        self._context = llama_cpp.llama_init_from_model(self._model, context)
+        self._context = llama_cpp.llama_init_from_model(self._model.handle, context)
+        if self._context is None:
+            raise SystemExit(f"could not make a context for {SMOLLM2}")
         self._memory = llama_cpp.llama_get_memory(self._context)
-        self._batch = llama_cpp.llama_batch_init(PRIME_CHUNK, 0, 1)
+        self._batch = TokenBatch(PRIME_CHUNK)
 
     def close(self) -> None:
-        llama_cpp.llama_batch_free(self._batch)
+        self._batch.close()
         llama_cpp.llama_free(self._context)
-        llama_cpp.llama_model_free(self._model)
+        self._model.close()
 
     def decode(self, tokens: list[Token]) -> float:
-        batch = self._batch
-        batch.n_tokens = len(tokens)
-        for index, (token, position, sequence, logits) in enumerate(tokens):
-            batch.token[index] = token
-            batch.pos[index] = position
-            batch.n_seq_id[index] = 1
-            batch.seq_id[index][0] = sequence
-            batch.logits[index] = logits
+        self._batch.clear()
+        for token, position, sequence, logits in tokens:
+            self._batch.add(token, position, sequence, logits)
         started = time.perf_counter()
-        if llama_cpp.llama_decode(self._context, batch) != 0:
+        if llama_cpp.llama_decode(self._context, self._batch.handle) != 0:
             raise SystemExit("llama_decode failed")
         return time.perf_counter() - started
 

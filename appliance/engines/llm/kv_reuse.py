@@ -66,13 +66,13 @@ class PrefixReuse:
         """Picks the slot for a prompt and readies its KV; returns it and the tokens reused.
         The prompt's last token is never reused: its logits must come from a decode."""
         usable = len(tokens) - 1
-        prefix = {s.sequence: common_prefix(s.cached, tokens) for s in free}
+        prefix = {s.sequence: common_prefix(s.cached, tokens) for s in slots}
         together = _neighbours(free, slots)
         slot = max(free, key=lambda s: (prefix[s.sequence] + NEIGHBOUR_TOKENS * together(s),
                                         -s.last_used))
         reuse = outside_runs(tokens, min(prefix[slot.sequence], usable))
-        donor = max(slots, key=lambda s: common_prefix(s.cached, tokens))
-        offered = outside_runs(tokens, min(common_prefix(donor.cached, tokens), usable)) \
+        donor = max(slots, key=lambda s: prefix[s.sequence])
+        offered = outside_runs(tokens, min(prefix[donor.sequence], usable)) \
             if donor is not slot else 0
         saved_length, saved = self._saved.best(tokens)
         saved_length = outside_runs(tokens, min(saved_length, usable))

@@ -279,8 +279,8 @@ class Scheduler:
         # Seconds of prompt reading this step may hold (None: as many tokens as fit).
         allowance = None if budget is None else budget.allowance(len(planned))
         share = room  # prompt tokens the batch still holds
-        offered = room  # the prompt tokens the budget gave the step's first prompt, reported
-        first = True
+        # Reported: what the budget offered the step (at its first prompt's position).
+        offered = room if budget is None else min(room, budget.prefill_share(len(planned)))
         positions = 0  # the sum of the positions of the prompt tokens read, for the budget
         picture: Slot | None = None  # the one slot whose next picture this step evaluates
         for slot in self._prefill_order():
@@ -297,8 +297,9 @@ class Scheduler:
                 # document's later tokens cost more); the step's first chunk never fewer
                 # than the minimum, so prompts always progress.
                 fits = budget.tokens_within(allowance, len(slot.cached))
-                if first:
-                    fits = offered = max(fits, budget.min_chunk)
+                if share == room:  # the step's first chunk
+                    fits = max(fits, budget.min_chunk)
+                    offered = min(room, fits)
                 take = min(take, fits)
             if take == len(slot.pending) > 1:
                 # The prompt's last token is decoded on its own, as it is when the rest of
@@ -310,7 +311,6 @@ class Scheduler:
                     break
                 continue  # only its last token is left, and it waits for the next step
             share -= take
-            first = False
             start = len(slot.cached)
             positions += take * start + take * (take - 1) // 2
             if budget is not None and allowance is not None:
