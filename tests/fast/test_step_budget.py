@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.engines.llm.step_budget import MIN_CHUNK, StepBudget
+from appliance.engines.llm.step_budget import MIN_CHUNK, TRUSTED_AFTER, StepBudget
 
 
 def test_nobody_generating_reads_as_much_as_the_batch_holds() -> None:
@@ -113,3 +113,37 @@ def test_the_tokens_within_a_time_cost_no_more_than_it() -> None:
             assert budget.seconds_for(tokens, position) <= seconds + 1e-12
             if tokens < budget.capacity:
                 assert budget.seconds_for(tokens + 1, position) > seconds
+
+
+def test_one_slow_step_at_a_rare_width_does_not_set_its_cost() -> None:
+    budget = StepBudget(0.075, capacity=512)
+    for _ in range(20):
+        budget.observe(generating=4, prefill_tokens=0, seconds=0.028)
+        budget.observe(generating=1, prefill_tokens=0, seconds=0.013)
+    budget.observe(generating=3, prefill_tokens=0, seconds=0.051)  # one step, a busy moment
+    # Read off the line through widths 1 to 4 (23 ms, which the one step moves by its
+    # share of the fading means), not that one step's 51 ms.
+    assert budget.decode_seconds(3) == pytest.approx(0.023, abs=0.008)
+    for _ in range(TRUSTED_AFTER):
+        budget.observe(generating=3, prefill_tokens=0, seconds=0.026)
+    # Seen often enough: that width's own mean, where the slow step weighs one part in five.
+    assert budget.decode_seconds(3) == pytest.approx((0.051 + 4 * 0.026) / 5)
+
+
+def test_steps_that_overrun_their_estimate_get_less_of_it() -> None:
+    budget = StepBudget(0.075, capacity=512)
+    for _ in range(TRUSTED_AFTER):
+        budget.observe(generating=3, prefill_tokens=0, seconds=0.025)
+    budget.observe(generating=0, prefill_tokens=400, seconds=400 * 0.004)  # read alone: cheap
+    before = budget.allowance(3)
+    assert before == pytest.approx(0.050)
+    for _ in range(40):
+        # Beside the streams, a chunk the estimate put at 50 ms takes 75 (its own pass).
+        budget.observe(generating=3, prefill_tokens=12, seconds=0.025 + 0.075,
+                       estimated=0.050)
+    assert budget.correction == pytest.approx(1.5, rel=0.05)
+    allowance = budget.allowance(3)
+    assert allowance is not None and allowance == pytest.approx(before / 1.5, rel=0.05)
+    # Steps read alone (nobody waits) leave the correction as it is.
+    budget.observe(generating=0, prefill_tokens=400, seconds=400 * 0.004, estimated=0.0)
+    assert budget.correction == pytest.approx(1.5, rel=0.05)

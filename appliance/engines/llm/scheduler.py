@@ -282,6 +282,7 @@ class Scheduler:
         # Reported: what the budget offered the step (at its first prompt's position).
         offered = room if budget is None else min(room, budget.prefill_share(len(planned)))
         positions = 0  # the sum of the positions of the prompt tokens read, for the budget
+        estimated = 0.0  # what the budget put on them
         picture: Slot | None = None  # the one slot whose next picture this step evaluates
         for slot in self._prefill_order():
             ahead = self._text_ahead(slot)
@@ -314,7 +315,9 @@ class Scheduler:
             start = len(slot.cached)
             positions += take * start + take * (take - 1) // 2
             if budget is not None and allowance is not None:
-                allowance -= budget.seconds_for(take, start)
+                cost = budget.seconds_for(take, start)
+                allowance -= cost
+                estimated += cost
             slot.in_batch = slot.pending[:take]
             planned[slot] = take == len(slot.pending)  # logits once the prompt is all read
         in_batch = self._write_batch(planned)
@@ -352,7 +355,7 @@ class Scheduler:
         if budget is not None:
             # A picture's cost is its own: counted in, it would read as dear prompt tokens.
             budget.observe(generating, prefill_tokens, seconds - image_seconds,
-                           positions / max(1, prefill_tokens))
+                           positions / max(1, prefill_tokens), estimated)
         self._report(StepReport(
             generating=generating,
             prefill_tokens=prefill_tokens,

@@ -6,7 +6,10 @@ for that long; one that reads a handful keeps streams flowing but reads long pro
 The budget sizes each step's prompt share from what steps have cost on this machine, with
 this model, lately:
 
-- a decode-only step with n generating slots costs d(n) (a running mean per n);
+- a decode-only step with n generating slots costs d(n): a running mean per n once that width
+  has been seen TRUSTED_AFTER times, before that a line a + b*n fitted over every width
+  (through the origin while one width is all it knows): one slow step at a rare width would
+  otherwise set that width's cost, and with it the target;
 - a prompt token at position x costs p(x) = a + b*x: attention reads every earlier token,
   so a document's later tokens cost more than its first (on a 2-core CPU with SmolLM2, ~6 ms
   a token near the start, ~20 ms at 1,400). a and b are a running least-squares fit of each
@@ -22,6 +25,15 @@ reads as much as the batch holds.
 
 The estimates move as the machine does (a busy neighbour, longer contexts making attention
 dearer): each new step counts for a fixed share (SMOOTHING) of them.
+
+The per-token line alone runs steps long: a step that reads a chunk beside decoding streams
+pays a pass over the weights for the chunk (llama.cpp cuts such a batch into one micro-batch
+of a token per sequence and one of the chunk's rest), which a few tokens bear alone while a
+prompt read with nobody generating spreads it over hundreds; and the line lags a document's
+growing positions. So the budget also keeps how far its estimates of the prompt part fell
+short in the steps where streams waited (``correction``: measured over estimated, a running
+mean, bounded) and gives each such step that much less estimated time: steps then settle on
+the target instead of over it.
 """
 
 from __future__ import annotations
@@ -38,8 +50,16 @@ DECODE_MULTIPLE = 2.0
 # Positions must spread over more than this (a standard deviation of ~64 tokens) before the
 # fit trusts a slope: a few steps near one position say nothing of how the cost grows.
 MIN_POSITION_SPREAD = 64.0 * 64.0
+# The same for the widths of decode-only steps (a standard deviation of half a slot).
+MIN_WIDTH_SPREAD = 0.25
+# Decode-only steps of a width seen before its own mean is used for that width.
+TRUSTED_AFTER = 4
 # The fitted cost of a token at position 0 is kept at no less than this share of the mean.
 MIN_INTERCEPT_SHARE = 0.1
+# The correction of the estimates (see above) is a running mean with this weight, between
+# these bounds: slower than the estimates themselves, so the two do not chase each other.
+CORRECTION_SMOOTHING = 0.1
+CORRECTION_BOUNDS = (0.5, 3.0)
 DEFAULT_CPU_STEP_S = 0.075
 DEFAULT_GPU_STEP_S = 0.025
 
@@ -54,7 +74,11 @@ class StepBudget:
         self.capacity = capacity
         self.min_chunk = min(min_chunk, capacity)
         self._decode_s: dict[int, float] = {}  # generating slots -> mean decode-only step
-        self._token_cost = _LineFit()  # seconds per prompt token against its position
+        self._decode_seen: dict[int, int] = {}  # generating slots -> decode-only steps seen
+        # A decode-only step against its width, for widths not yet seen TRUSTED_AFTER times.
+        self._decode_line = _LineFit(MIN_WIDTH_SPREAD, proportional=True)
+        self._token_cost = _LineFit(MIN_POSITION_SPREAD)  # prompt token against its position
+        self.correction = 1.0  # measured prompt seconds over estimated, in steps with streams
 
     def allowance(self, generating: int) -> float | None:
         """Seconds of prompt reading the next step may hold while ``generating`` slots
@@ -62,7 +86,7 @@ class StepBudget:
         if generating == 0:
             return None
         decode = self.decode_seconds(generating)
-        return max(self.target_s, DECODE_MULTIPLE * decode) - decode
+        return (max(self.target_s, DECODE_MULTIPLE * decode) - decode) / self.correction
 
     def tokens_within(self, seconds: float, position: int) -> int:
         """How many prompt tokens from ``position`` on cost at most ``seconds`` (0 before
@@ -96,14 +120,13 @@ class StepBudget:
 
     def decode_seconds(self, generating: int) -> float:
         """The estimated cost of a step that decodes ``generating`` tokens and reads none:
-        measured at that width, else scaled from the nearest width measured (0 if none)."""
-        known = self._decode_s.get(generating)
-        if known is not None:
-            return known
-        if not self._decode_s:
+        that width's mean once it is trusted, else the line over all widths (0 before any)."""
+        if self._decode_seen.get(generating, 0) >= TRUSTED_AFTER:
+            return self._decode_s[generating]
+        line = self._decode_line.line()
+        if line is None:
             return 0.0
-        nearest = min(self._decode_s, key=lambda width: abs(width - generating))
-        return self._decode_s[nearest] * generating / nearest
+        return line[0] + line[1] * generating
 
     def token_seconds(self, position: int = 0) -> float | None:
         """The estimated cost of one prompt token at ``position`` (None: not measured)."""
@@ -111,25 +134,40 @@ class StepBudget:
         return None if line is None else line[0] + line[1] * position
 
     def observe(self, generating: int, prefill_tokens: int, seconds: float,
-                position: float = 0.0) -> None:
+                position: float = 0.0, estimated: float = 0.0) -> None:
         """What a finished step did and how long it took; ``position``: the mean position of
-        the prompt tokens it read."""
+        the prompt tokens it read; ``estimated``: what seconds_for put on them, summed."""
         if prefill_tokens == 0:
             if generating > 0:
-                self._decode_s[generating] = _blend(self._decode_s.get(generating), seconds)
-            return
-        if prefill_tokens < MEASURED_FROM:
+                seen = self._decode_seen.get(generating, 0) + 1
+                self._decode_seen[generating] = seen
+                # A plain mean of the first steps, then a fading one: the first step seen at
+                # a width (maybe a slow moment) weighs no more than any other.
+                self._decode_s[generating] = _blend(self._decode_s.get(generating), seconds,
+                                                    max(SMOOTHING, 1.0 / seen))
+                self._decode_line.add(generating, seconds)
             return
         spent = seconds - (self.decode_seconds(generating) if generating else 0.0)
+        if generating > 0 and estimated > 0:
+            low, high = CORRECTION_BOUNDS
+            shortfall = min(high, max(low, spent / estimated))
+            self.correction += CORRECTION_SMOOTHING * (shortfall - self.correction)
+        if prefill_tokens < MEASURED_FROM:
+            return
         per_token = max(spent, seconds * 0.1) / prefill_tokens  # a noisy d(n) cannot zero it
         self._token_cost.add(position, per_token)
 
 
 class _LineFit:
     """y = a + b*x by least squares over exponentially fading samples (each new one weighs
-    SMOOTHING): the running means of x, y, x*x and x*y."""
+    SMOOTHING): the running means of x, y, x*x and x*y. Until the x seen spread over more
+    than ``min_spread`` (their variance) no slope is fitted: the line is then flat, or with
+    ``proportional`` it runs through the origin (a cost that grows with x, as a step's does
+    with its width, known at one x only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, min_spread: float, proportional: bool = False) -> None:
+        self._min_spread = min_spread
+        self._proportional = proportional
         self._means: tuple[float, float, float, float] | None = None
 
     def add(self, x: float, y: float) -> None:
@@ -140,13 +178,15 @@ class _LineFit:
         self._means = (_blend(mx, x), _blend(my, y), _blend(mxx, x * x), _blend(mxy, x * y))
 
     def line(self) -> tuple[float, float] | None:
-        """(a, b), with b >= 0 (a token never gets cheaper further in) and a > 0; None
-        before any sample."""
+        """(a, b), with b >= 0 (a token never gets cheaper further in) and a > 0 (a = 0 for
+        a proportional line not fitted yet); None before any sample."""
         if self._means is None:
             return None
         x, y, xx, xy = self._means
         spread = xx - x * x
-        slope = max(0.0, (xy - x * y) / spread) if spread > MIN_POSITION_SPREAD else 0.0
+        if self._proportional and spread <= self._min_spread and x > 0:
+            return 0.0, y / x
+        slope = max(0.0, (xy - x * y) / spread) if spread > self._min_spread else 0.0
         intercept = y - slope * x
         floor = y * MIN_INTERCEPT_SHARE
         if intercept < floor:  # a steep fit through far positions: keep tokens costing
@@ -155,5 +195,5 @@ class _LineFit:
         return intercept, slope
 
 
-def _blend(mean: float | None, sample: float) -> float:
-    return sample if mean is None else mean + SMOOTHING * (sample - mean)
+def _blend(mean: float | None, sample: float, weight: float = SMOOTHING) -> float:
+    return sample if mean is None else mean + weight * (sample - mean)
