@@ -82,7 +82,9 @@ class StepBudget:
 
     def allowance(self, generating: int) -> float | None:
         """Seconds of prompt reading the next step may hold while ``generating`` slots
-        decode in it; None: nobody is generating, read as much as the batch holds."""
+        decode in it, as the estimates count them (spend it with seconds_for): the time the
+        target leaves after decoding, divided by the correction. None: nobody is generating,
+        read as much as the batch holds."""
         if generating == 0:
             return None
         decode = self.decode_seconds(generating)
