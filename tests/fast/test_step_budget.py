@@ -147,3 +147,15 @@ def test_steps_that_overrun_their_estimate_get_less_of_it() -> None:
     # Steps read alone (nobody waits) leave the correction as it is.
     budget.observe(generating=0, prefill_tokens=400, seconds=400 * 0.004, estimated=0.0)
     assert budget.correction == pytest.approx(1.5, rel=0.05)
+
+
+def test_steps_under_their_estimate_never_get_more_than_it() -> None:
+    budget = StepBudget(0.075, capacity=512)
+    for _ in range(TRUSTED_AFTER):
+        budget.observe(generating=3, prefill_tokens=0, seconds=0.025)
+    budget.observe(generating=0, prefill_tokens=400, seconds=400 * 0.004)
+    for _ in range(40):  # the chunks cost half what was estimated
+        budget.observe(generating=3, prefill_tokens=12, seconds=0.025 + 0.025,
+                       estimated=0.050)
+    assert budget.correction == 1.0  # the line learns the cheaper tokens; no bonus on top
+    assert budget.allowance(3) == pytest.approx(0.050)

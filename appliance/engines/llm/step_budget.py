@@ -32,8 +32,8 @@ of a token per sequence and one of the chunk's rest), which a few tokens bear al
 prompt read with nobody generating spreads it over hundreds; and the line lags a document's
 growing positions. So the budget also keeps how far its estimates of the prompt part fell
 short in the steps where streams waited (``correction``: measured over estimated, a running
-mean, bounded) and gives each such step that much less estimated time: steps then settle on
-the target instead of over it.
+mean, never below 1) and gives each such step that much less estimated time: steps then
+settle on the target instead of over it.
 """
 
 from __future__ import annotations
@@ -56,10 +56,13 @@ MIN_WIDTH_SPREAD = 0.25
 TRUSTED_AFTER = 4
 # The fitted cost of a token at position 0 is kept at no less than this share of the mean.
 MIN_INTERCEPT_SHARE = 0.1
-# The correction of the estimates (see above) is a running mean with this weight, between
-# these bounds: slower than the estimates themselves, so the two do not chase each other.
+# The correction of the estimates (see above) is a running mean with this weight, slower
+# than the estimates themselves so the two do not chase each other, and between these
+# bounds. Never below 1: it only takes time away. Estimates that ran long are the line's to
+# learn (it sees the same steps); running short beside streams is what the line cannot see,
+# and a correction under 1 would also hand a step more than the estimates say fits.
 CORRECTION_SMOOTHING = 0.1
-CORRECTION_BOUNDS = (0.5, 3.0)
+CORRECTION_BOUNDS = (1.0, 3.0)
 DEFAULT_CPU_STEP_S = 0.075
 DEFAULT_GPU_STEP_S = 0.025
 
