@@ -33,6 +33,7 @@ import llama_cpp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root
 from appliance.engines.llm.batch import TokenBatch
 from appliance.engines.llm.model import LoadedModel
+from appliance.engines.llm.scheduler import context_params
 from devtools.server_harness import SMOLLM2
 
 CONTEXT = 4096  # tokens per sequence, as bench-concurrency configures the appliance
@@ -53,15 +54,8 @@ class Case:
 class Probe:
     def __init__(self, threads: int, slots: int):
         self._model = LoadedModel(SMOLLM2, 0)
-        context = llama_cpp.llama_context_default_params()
-        context.n_ctx = CONTEXT * slots
-        context.n_batch = context.n_ubatch = PRIME_CHUNK
-        context.n_seq_max = slots
-        context.n_threads = context.n_threads_batch = threads
-        context.kv_unified = False
-        context.swa_full = True
-        context.no_perf = True
-        self._context = llama_cpp.llama_init_from_model(self._model.handle, context)
+        self._context = llama_cpp.llama_init_from_model(
+            self._model.handle, context_params(slots, CONTEXT, threads, PRIME_CHUNK))
         if self._context is None:
             raise SystemExit(f"could not make a context for {SMOLLM2}")
         self._memory = llama_cpp.llama_get_memory(self._context)

@@ -62,6 +62,25 @@ __all__ = ["Emit", "GenerationRequest", "Sampler", "SamplerFactory", "Scheduler"
 log = logging.getLogger("appliance.engines.llm")
 
 
+def context_params(slots: int, context_length: int, threads: int,
+                   batch_size: int) -> llama_cpp.llama_context_params:
+    """The llama.cpp context a scheduler decodes in (scripts/probe-steps measures the same)."""
+    params: llama_cpp.llama_context_params = llama_cpp.llama_context_default_params()
+    params.n_ctx = context_length * slots  # each slot may use a whole context_length
+    params.n_batch = batch_size
+    params.n_ubatch = batch_size
+    params.n_seq_max = slots
+    params.n_threads = threads
+    params.n_threads_batch = threads
+    # One KV stream per sequence: attention over a shared cache changes float sums with
+    # the neighbours, so a batched answer could differ from the same request alone.
+    params.kv_unified = False
+    # Sliding-window models drop old KV; keeping it full lets prefixes be reused.
+    params.swa_full = True
+    params.no_perf = True
+    return params
+
+
 class Scheduler:
     def __init__(self, model: LoadedModel, *, model_id: str, slots: int, context_length: int,
                  threads: int, batch_size: int, stop_tokens: frozenset[int],
@@ -79,20 +98,8 @@ class Scheduler:
         self._model_id = model_id
         self._context_length = context_length
         self._stop_tokens = stop_tokens
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = context_length * slots  # each slot may use a whole context_length
-        params.n_batch = batch_size
-        params.n_ubatch = batch_size
-        params.n_seq_max = slots
-        params.n_threads = threads
-        params.n_threads_batch = threads
-        # One KV stream per sequence: attention over a shared cache changes float sums with
-        # the neighbours, so a batched answer could differ from the same request alone.
-        params.kv_unified = False
-        # Sliding-window models drop old KV; keeping it full lets prefixes be reused.
-        params.swa_full = True
-        params.no_perf = True
-        self._context = llama_cpp.llama_init_from_model(model.handle, params)
+        self._context = llama_cpp.llama_init_from_model(
+            model.handle, context_params(slots, context_length, threads, batch_size))
         if self._context is None:
             raise EngineFailure(f"model {model_id}: llama.cpp could not create a context")
         self._memory = llama_cpp.llama_get_memory(self._context)

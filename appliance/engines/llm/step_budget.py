@@ -76,8 +76,8 @@ class StepBudget:
         self.target_s = target_s
         self.capacity = capacity
         self.min_chunk = min(min_chunk, capacity)
-        self._decode_s: dict[int, float] = {}  # generating slots -> mean decode-only step
-        self._decode_seen: dict[int, int] = {}  # generating slots -> decode-only steps seen
+        # generating slots -> (mean decode-only step, decode-only steps seen at that width)
+        self._decode_s: dict[int, tuple[float, int]] = {}
         # A decode-only step against its width, for widths not yet seen TRUSTED_AFTER times.
         self._decode_line = _LineFit(MIN_WIDTH_SPREAD, proportional=True)
         self._token_cost = _LineFit(MIN_POSITION_SPREAD)  # prompt token against its position
@@ -126,8 +126,9 @@ class StepBudget:
     def decode_seconds(self, generating: int) -> float:
         """The estimated cost of a step that decodes ``generating`` tokens and reads none:
         that width's mean once it is trusted, else the line over all widths (0 before any)."""
-        if self._decode_seen.get(generating, 0) >= TRUSTED_AFTER:
-            return self._decode_s[generating]
+        mean, seen = self._decode_s.get(generating, (0.0, 0))
+        if seen >= TRUSTED_AFTER:
+            return mean
         line = self._decode_line.line()
         if line is None:
             return 0.0
@@ -144,12 +145,12 @@ class StepBudget:
         the prompt tokens it read; ``estimated``: what seconds_for put on them, summed."""
         if prefill_tokens == 0:
             if generating > 0:
-                seen = self._decode_seen.get(generating, 0) + 1
-                self._decode_seen[generating] = seen
+                mean, seen = self._decode_s.get(generating, (seconds, 0))
+                seen += 1
                 # A plain mean of the first steps, then a fading one: the first step seen at
                 # a width (maybe a slow moment) weighs no more than any other.
-                self._decode_s[generating] = _blend(self._decode_s.get(generating), seconds,
-                                                    max(SMOOTHING, 1.0 / seen))
+                self._decode_s[generating] = (
+                    _blend(mean, seconds, max(SMOOTHING, 1.0 / seen)), seen)
                 self._decode_line.add(generating, seconds)
             return
         spent = seconds - (self.decode_seconds(generating) if generating else 0.0)
