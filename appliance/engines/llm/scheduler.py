@@ -73,7 +73,9 @@ def context_params(slots: int, context_length: int, threads: int,
     params.n_threads = threads
     params.n_threads_batch = threads
     # One KV stream per sequence: attention over a shared cache changes float sums with
-    # the neighbours, so a batched answer could differ from the same request alone.
+    # the neighbours even for short prompts (a unified cache failed the 16-concurrent test).
+    # Per-sequence streams keep short requests exact; past 64 prompt or 256 context tokens
+    # llama.cpp's CPU attention picks kernels by micro-batch shape (scripts/probe-invariance).
     params.kv_unified = False
     # Sliding-window models drop old KV; keeping it full lets prefixes be reused.
     params.swa_full = True
@@ -311,8 +313,9 @@ class Scheduler:
                 take = min(take, fits)
             if take == len(slot.pending) > 1:
                 # The prompt's last token is decoded on its own, as it is when the rest of
-                # the prompt comes from cache: its logits (so a seeded draw) then never depend
-                # on whether the prefix was cached.
+                # the prompt comes from cache: its logits (so a seeded draw) then do not
+                # depend on whether the prefix was cached (within the shapes llama.cpp's
+                # kernels agree on: see scripts/probe-invariance).
                 take -= 1
             if take == 0:
                 if share == 0 and picture is not None:
