@@ -221,7 +221,7 @@ class Server:
     base_url: str
     api_key: str
     model: str
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | None  # None: a server someone else started and stops
     folder: Path
     boot_s: float
 
@@ -514,7 +514,8 @@ def main(argv: list[str]) -> int:
                                           not args.skip_short))
         finally:
             for server in servers.values():
-                stop_process(server.process)
+                if server.process is not None:
+                    stop_process(server.process)
                 for line in log_lines(server.folder, ("ERROR", "Traceback", "error:")):
                     print(f"  {server.side} log: {line[:200]}")
     verdicts = [] if args.skip_mixed else print_mixed(results, plan)

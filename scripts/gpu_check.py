@@ -73,7 +73,7 @@ SPEECH = ("The appliance loads every model at boot and serves them through one A
 ESTIMATE_S = {"machine start": 90, "transfer per call": 15, "wheel install": 15,
               "CUDA build (sm_90, -j 16)": 270, "models written": 15, "boot": 120,
               "first vs tenth requests": 100, "chat vs llama-server": 120,
-              "in-process baselines": 40}
+              "mixed load (issue 18)": 30, "in-process baselines": 40}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ on PYTHONPATH. It boots `appliance serve` on the check's models.toml and reports
 - chat: aggregate tok/s and TTFT p50/p99 at concurrency 1, 16 and 64, the appliance and
   llama-server (built from the same sources, the same slots and context per slot) both up,
   each level run on one then the other, alternating which goes first (bench_concurrency's
-  requests: streamed, temperature 0, max_tokens, usage);
+  requests: streamed, temperature 0, max_tokens, usage); then, on the first chat model,
+  issue 18's mixed load (bench_mixed: a ~1,500-token prompt every fourth request among
+  streams; gap p50/p99, short TTFT, aggregate, pure-decode gap, verdicts) on the same pair;
 - whisper's real-time factor and the image model's seconds per step, over HTTP against the
   same library in this process on the same device (after the server is stopped).
 
@@ -23,7 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import json
+import random
 import re
 import shutil
 import statistics
@@ -37,6 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_concurrency, bench_chat
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root
 
+import bench_mixed
 import httpx2
 import openai
 from bench_chat import ModelSpec
@@ -95,6 +101,7 @@ class Report:
     series: dict[str, list[float]] = field(default_factory=dict)
     series_length: int = SERIES
     chat: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    mixed: list[str] = field(default_factory=list)  # bench_mixed's printed table and verdicts
     whisper: dict[str, dict[str, float]] = field(default_factory=dict)
     image: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -271,9 +278,29 @@ def chat_bench(report: Report, models: list[dict[str, Any]], appliance_url: str,
         try:
             report.chat[model["id"]] = asyncio.run(
                 interleaved(sides, spec, LEVELS, per_level, max_tokens))
+            if "llama-server" in sides and not report.mixed:
+                report.mixed = mixed_load(sides, spec, dry)
         finally:
             if process is not None:
                 stop_process(process)
+
+
+def mixed_load(sides: dict[str, tuple[str, str]], spec: ModelSpec, dry: bool) -> list[str]:
+    """Issue 18's mixed load on the two servers already up; the lines bench_mixed prints."""
+    plan = (bench_mixed.Plan(1, 0, 2, 4, 2, 8, 8, ()) if dry  # the plumbing, on 2 CPU cores
+            else bench_mixed.Plan(2, 0, 4, 16, 8, 64, 64, ()))
+    servers = {
+        side: bench_mixed.Server(side, url, key, spec.model_id, None, Path(), 0.0)
+        for side, (url, key) in ((bench_mixed.APPLIANCE_SIDE, sides["appliance"]),
+                                 (bench_mixed.LLAMA_SIDE, sides["llama-server"]))}
+    results = asyncio.run(bench_mixed.measure(servers, plan, bench_mixed.Prompts(
+        random.randrange(2**32)), mixed=True, short=False))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        verdicts = bench_mixed.print_mixed(results, plan)
+    lines = [*printed.getvalue().strip("\n").splitlines(), *verdicts]
+    print("\n".join(lines), flush=True)
+    return lines
 
 
 def whisper_baselines(report: Report, models: list[dict[str, Any]], speech: Path) -> None:
@@ -377,6 +404,8 @@ def markdown(report: Report) -> str:
     for model, numbers in report.whisper.items():
         lines.append(f"| {model} | {numbers['audio_s']} | {numbers['rtf_inprocess']} | "
                      f"{numbers['rtf_http']} |")
+    if report.mixed:
+        lines += ["", "mixed load (bench_mixed):", "", "```", *report.mixed, "```"]
     if report.image:
         lines += ["", "| image | placement | steps | s/step in-process | s/step over HTTP |",
                   "| --- | --- | --- | --- | --- |",
