@@ -57,8 +57,9 @@ MARGIN = 2 * gpu_carry.MIB
 FIRST_LOAD = (LLAMA_SRC, MODELS)
 GGUFS = ("SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf")
 WHISPERS = ("whisper-tiny.en", "whisper-base")
-IMAGE_MODEL = "tiny-random-sd"
-PROJECTOR = "tiny-random-mmproj-smollm2.gguf"  # the vision fixture's (0.9 MB): carried whole
+# Carried as they are: tiny-random-sd (5 MB, random already) and the vision fixture's
+# projector (0.9 MB). One list for packing and writing, so neither can leave one out.
+CARRIED_WHOLE = ("tiny-random-sd", "tiny-random-mmproj-smollm2.gguf")
 # Default models the check leaves out, and why (the report says so): the Piper voice is a
 # 63 MB ONNX file (no skeleton writer for ONNX yet), and its piper-tts wheel would not fit a
 # load beside the others; on the GPU it would run on ONNX Runtime's CUDA provider only if the
@@ -157,11 +158,23 @@ def pack_models(destination: Path) -> None:
                 shutil.copy2(side, staging / name / side.name)
         model_skeletons.save(model_skeletons.ct2_skeleton(models / name / "model.bin"),
                              models / name / "model.bin", staging / name / "model.bin")
-    shutil.copytree(models / IMAGE_MODEL, staging / IMAGE_MODEL)
-    shutil.copy2(models / PROJECTOR, staging / PROJECTOR)
+    for name in CARRIED_WHOLE:
+        copy_whole(models / name, staging / name)
     speech_clip(staging / "speech.wav")
     with tarfile.open(destination, "w:xz", preset=6) as archive:
         archive.add(staging, arcname="models-src")
+
+
+def copy_whole(source: Path, target: Path) -> None:
+    if source.is_dir():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    else:
+        shutil.copy2(source, target)
+
+
+def carried_names() -> frozenset[str]:
+    """Every file or folder under models/ that the check writes on the GPU machine."""
+    return frozenset((*GGUFS, *WHISPERS, *CARRIED_WHOLE))
 
 
 def gguf_py() -> None:
@@ -357,7 +370,8 @@ def write_models(layout: Layout) -> None:
                 shutil.copy2(side, folder / side.name)
         model_skeletons.rebuild(source / name / "model.bin.skeleton.json",
                                 source / name / "model.bin.skeleton.bin", folder / "model.bin")
-    shutil.copytree(source / IMAGE_MODEL, layout.models / IMAGE_MODEL, dirs_exist_ok=True)
+    for name in CARRIED_WHOLE:
+        copy_whole(source / name, layout.models / name)
     shutil.copy2(source / "speech.wav", layout.models / "speech.wav")
     record(layout, "models written s", round(time.perf_counter() - started, 1))
     (layout.root / "models.done").touch()

@@ -279,7 +279,11 @@ def chat_bench(report: Report, models: list[dict[str, Any]], appliance_url: str,
             report.chat[model["id"]] = asyncio.run(
                 interleaved(sides, spec, LEVELS, per_level, max_tokens))
             if "llama-server" in sides and not report.mixed:
-                report.mixed = mixed_load(sides, spec, dry)
+                try:  # the one GPU run must still reach whisper and the image model
+                    report.mixed = mixed_load(sides, spec, dry)
+                except Exception as exc:
+                    report.mixed = [f"mixed load failed: {exc!r}"[:800]]
+                    report.errors.append(report.mixed[0])
         finally:
             if process is not None:
                 stop_process(process)

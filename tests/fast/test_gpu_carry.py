@@ -1,16 +1,47 @@
 """The GPU check's carry: loads that fit a device call, sha256 checks naming what is missing,
 and skeletons that rebuild files of the original's size and layout (devtools/gpu_carry.py,
-devtools/model_skeletons.py). No GPU, no models: small files written here."""
+devtools/model_skeletons.py). No GPU, no models: small files written here; and
+that every model file the check's models.toml names is one it writes (scripts/gpu_check.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import struct
+import sys
+import tomllib
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from devtools import gpu_carry, model_skeletons
 from devtools.gpu_carry import CarriedFile
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def gpu_check_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_model_file_the_checks_models_toml_names_is_written_on_the_gpu_machine(
+    tmp_path: Path,
+) -> None:
+    # The check once carried the vision fixture's projector but never wrote it out, and
+    # would have failed to boot on the one lent machine.
+    script = gpu_check_script()
+    layout = script.Layout(tmp_path)
+    config = tomllib.loads(script.check_models_toml(layout))
+    named = [Path(model[key]) for model in config["models"]
+             for key in ("path", "mmproj") if key in model]
+    assert named and all(path.parent == layout.models for path in named), named
+    missing = {path.name for path in named} - script.carried_names()
+    assert not missing, f"named by the check's models.toml, never written: {sorted(missing)}"
 
 
 def files(*sizes: int) -> list[CarriedFile]:
