@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.engines.llm.step_budget import MIN_CHUNK, TRUSTED_AFTER, StepBudget
+from appliance.engines.llm.step_budget import (
+    MIN_CHUNK,
+    OUTLIER_MULTIPLE,
+    SMOOTHING,
+    TRUSTED_AFTER,
+    StepBudget,
+)
 
 
 def test_nobody_generating_reads_as_much_as_the_batch_holds() -> None:
@@ -120,6 +126,7 @@ def test_one_slow_step_at_a_rare_width_does_not_set_its_cost() -> None:
     for _ in range(20):
         budget.observe(generating=4, prefill_tokens=0, seconds=0.028)
         budget.observe(generating=1, prefill_tokens=0, seconds=0.013)
+    counted = min(0.051, OUTLIER_MULTIPLE * budget.decode_seconds(3))
     budget.observe(generating=3, prefill_tokens=0, seconds=0.051)  # one step, a busy moment
     # Read off the line through widths 1 to 4 (23 ms, which the one step moves by its
     # share of the fading means), not that one step's 51 ms.
@@ -127,7 +134,26 @@ def test_one_slow_step_at_a_rare_width_does_not_set_its_cost() -> None:
     for _ in range(TRUSTED_AFTER):
         budget.observe(generating=3, prefill_tokens=0, seconds=0.026)
     # Seen often enough: that width's own mean, where the slow step weighs one part in five.
-    assert budget.decode_seconds(3) == pytest.approx((0.051 + 4 * 0.026) / 5)
+    assert budget.decode_seconds(3) == pytest.approx((counted + 4 * 0.026) / 5)
+
+
+def test_one_stall_before_a_document_does_not_make_its_tokens_look_cheap() -> None:
+    # The flaky real-tier failure: a step over 300 ms stalled (a GC pause), then a document
+    # was read beside the streams, with no decode-only step to bring d(3) back.
+    budget = StepBudget(0.001, capacity=512)  # as tight as test_batching_policy's
+    for _ in range(10):
+        budget.observe(generating=3, prefill_tokens=0, seconds=0.020)
+    budget.observe(generating=0, prefill_tokens=100, seconds=100 * 0.0045)
+    budget.observe(generating=3, prefill_tokens=0, seconds=0.900)
+    assert budget.decode_seconds(3) <= 0.020 * (1 + SMOOTHING)
+    position = 0
+    for _ in range(60):  # the document, read beside the three streams: 4.5 ms a token
+        share = budget.prefill_share(3, position)
+        assert MIN_CHUNK <= share <= 512 // 8
+        budget.observe(generating=3, prefill_tokens=share, seconds=0.027 + share * 0.0045,
+                       position=position + share / 2,
+                       estimated=budget.seconds_for(share, position))
+        position += share
 
 
 def test_steps_that_overrun_their_estimate_get_less_of_it() -> None:

@@ -92,7 +92,8 @@ def test_a_long_prompt_never_stalls_running_streams_and_short_prompts_go_first()
     assert all(s.generating >= RUNNING for s in reading), [s.generating for s in reading]
     # The chunks are the budget's, not the batch's: never over what the step was offered.
     assert all(s.prefill_tokens <= s.prefill_share for s in reading)
-    assert all(MIN_CHUNK <= s.prefill_share <= BATCH_SIZE // 8 for s in reading)
+    assert all(MIN_CHUNK <= s.prefill_share <= BATCH_SIZE // 8 for s in reading), [
+        (s.prefill_share, s.prefill_tokens, s.generating, round(s.seconds * 1000)) for s in steps]
 
 
 async def _first_text(events: AsyncIterator[ChatEvent]) -> None:

@@ -24,7 +24,9 @@ prompts always progress. With nobody generating there is nobody to keep waiting,
 reads as much as the batch holds.
 
 The estimates move as the machine does (a busy neighbour, longer contexts making attention
-dearer): each new step counts for a fixed share (SMOOTHING) of them.
+dearer): each new step counts for a fixed share (SMOOTHING) of them, a decode-only step at
+most OUTLIER_MULTIPLE times what its width was estimated to cost (one slow moment must not
+set d(n) for a whole document's read, see there).
 
 The per-token line alone runs steps long: a step that reads a chunk beside decoding streams
 pays a pass over the weights for the chunk (llama.cpp cuts such a batch into one micro-batch
@@ -54,6 +56,13 @@ MIN_POSITION_SPREAD = 64.0 * 64.0
 MIN_WIDTH_SPREAD = 0.25
 # Decode-only steps of a width seen before its own mean is used for that width.
 TRUSTED_AFTER = 4
+# A decode-only step counts as at most this many times what its width is estimated to cost.
+# Only decode-only steps correct d(n), and none come while a document is being read: one
+# slow moment just before (a GC pause holding the GIL, a neighbour's burst) would otherwise
+# inflate d(n) for the whole read, and every step would then credit its tokens with less
+# than they cost (seconds - d(n)), so the token line would fall and the shares grow far past
+# the target. A real change of speed still gets through, by up to a fifth a step.
+OUTLIER_MULTIPLE = 2.0
 # The fitted cost of a token at position 0 is kept at no less than this share of the mean.
 MIN_INTERCEPT_SHARE = 0.1
 # The correction of the estimates (see above) is a running mean with this weight, slower
@@ -145,6 +154,9 @@ class StepBudget:
         the prompt tokens it read; ``estimated``: what seconds_for put on them, summed."""
         if prefill_tokens == 0:
             if generating > 0:
+                expected = self.decode_seconds(generating)
+                if expected > 0:
+                    seconds = min(seconds, OUTLIER_MULTIPLE * expected)
                 mean, seen = self._decode_s.get(generating, (seconds, 0))
                 seen += 1
                 # A plain mean of the first steps, then a fading one: the first step seen at
