@@ -48,7 +48,13 @@ def test_a_long_prompt_never_stalls_running_streams_and_short_prompts_go_first()
                              max_step_ms=1)
     # The stories never end by themselves: they run until the test has seen enough.
     endless = Sampling(temperature=0, logit_bias=tuple((t, -100.0) for t in _end_tokens()))
-    engine = LlamaChatEngine.load(config, on_step=steps.append)
+    history: list[StepReport] = []  # every step from the warm-up on, for a failure to show
+
+    def seen(step: StepReport) -> None:
+        steps.append(step)
+        history.append(step)
+
+    engine = LlamaChatEngine.load(config, on_step=seen)
     try:
         engine.warm_up()
         stories = [ChatParams(messages=(ChatMessage("user", f"Tell a long story about fox {i}."),),
@@ -85,15 +91,17 @@ def test_a_long_prompt_never_stalls_running_streams_and_short_prompts_go_first()
         order = asyncio.run(run())
     finally:
         engine.close()
-    assert order == ["question", "document"]  # the short prompt was read first
+    # What the budget saw: (generating, prompt tokens read, share offered, ms) of each step.
+    trace = [(s.generating, s.prefill_tokens, s.prefill_share, round(s.seconds * 1000))
+             for s in history]
+    assert order == ["question", "document"], trace  # the short prompt was read first
     reading = [s for s in steps if s.prefill_tokens > 1]
-    assert len(reading) >= 10  # ~650 prompt tokens read in chunks, not at once
+    assert len(reading) >= 10, trace  # ~650 prompt tokens read in chunks, not at once
     # Every stream got its token in every step that read the prompt.
     assert all(s.generating >= RUNNING for s in reading), [s.generating for s in reading]
     # The chunks are the budget's, not the batch's: never over what the step was offered.
     assert all(s.prefill_tokens <= s.prefill_share for s in reading)
-    assert all(MIN_CHUNK <= s.prefill_share <= BATCH_SIZE // 8 for s in reading), [
-        (s.prefill_share, s.prefill_tokens, s.generating, round(s.seconds * 1000)) for s in steps]
+    assert all(MIN_CHUNK <= s.prefill_share <= BATCH_SIZE // 8 for s in reading), trace
 
 
 async def _first_text(events: AsyncIterator[ChatEvent]) -> None:

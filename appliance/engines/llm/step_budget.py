@@ -6,10 +6,12 @@ for that long; one that reads a handful keeps streams flowing but reads long pro
 The budget sizes each step's prompt share from what steps have cost on this machine, with
 this model, lately:
 
-- a decode-only step with n generating slots costs d(n): a running mean per n once that width
-  has been seen TRUSTED_AFTER times, before that a line a + b*n fitted over every width
-  (through the origin while one width is all it knows): one slow step at a rare width would
-  otherwise set that width's cost, and with it the target;
+- a decode-only step with n generating slots costs d(n): the lower median of that width's
+  last DECODE_WINDOW decode-only steps once it has seen TRUSTED_AFTER of them, before that a
+  line a + b*n fitted through the medians of the widths that have (through the origin while
+  one width is all it knows). Medians, not means: a stall (a GC pause holding the GIL, a
+  neighbour's burst) only ever adds time, and one at a width seen twice, or the first step
+  after loading, would otherwise set that width's cost, and with it the target;
 - a prompt token at position x costs p(x) = a + b*x: attention reads every earlier token,
   so a document's later tokens cost more than its first (on a 2-core CPU with SmolLM2, ~6 ms
   a token near the start, ~20 ms at 1,400). a and b are a running least-squares fit of each
@@ -24,9 +26,10 @@ prompts always progress. With nobody generating there is nobody to keep waiting,
 reads as much as the batch holds.
 
 The estimates move as the machine does (a busy neighbour, longer contexts making attention
-dearer): each new step counts for a fixed share (SMOOTHING) of them, a decode-only step at
-most OUTLIER_MULTIPLE times what its width was estimated to cost (one slow moment must not
-set d(n) for a whole document's read, see there).
+dearer): each new step counts for a fixed share (SMOOTHING) of the token line, and a width's
+median moves once half its window has moved; a decode-only step counts as at most
+OUTLIER_MULTIPLE times what its width was estimated to cost (one slow moment must not set
+d(n) for a whole document's read, see there).
 
 The per-token line alone runs steps long: a step that reads a chunk beside decoding streams
 pays a pass over the weights for the chunk (llama.cpp cuts such a batch into one micro-batch
@@ -41,6 +44,8 @@ settle on the target instead of over it.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 
 MIN_CHUNK = 4  # prompt tokens a step reads at least, whatever the estimates say
 SMOOTHING = 0.2  # weight of the newest step in each running mean
@@ -52,16 +57,20 @@ DECODE_MULTIPLE = 2.0
 # Positions must spread over more than this (a standard deviation of ~64 tokens) before the
 # fit trusts a slope: a few steps near one position say nothing of how the cost grows.
 MIN_POSITION_SPREAD = 64.0 * 64.0
-# The same for the widths of decode-only steps (a standard deviation of half a slot).
-MIN_WIDTH_SPREAD = 0.25
-# Decode-only steps of a width seen before its own mean is used for that width.
-TRUSTED_AFTER = 4
+# Decode-only steps of a width seen before its own median is used for that width: the lower
+# median of three ignores one stall among them.
+TRUSTED_AFTER = 3
+# The decode-only steps kept per width. Their lower median follows a real change of speed
+# once half of them have seen it.
+DECODE_WINDOW = 9
 # A decode-only step counts as at most this many times what its width is estimated to cost.
 # Only decode-only steps correct d(n), and none come while a document is being read: one
 # slow moment just before (a GC pause holding the GIL, a neighbour's burst) would otherwise
 # inflate d(n) for the whole read, and every step would then credit its tokens with less
 # than they cost (seconds - d(n)), so the token line would fall and the shares grow far past
-# the target. A real change of speed still gets through, by up to a fifth a step.
+# the target. That is why d(n) errs low where it must err: a d(n) too low makes tokens look
+# dearer and the shares smaller, which the next steps' measures correct; one too high feeds
+# itself. A real change of speed still gets through: the window fills with it.
 OUTLIER_MULTIPLE = 2.0
 # The fitted cost of a token at position 0 is kept at no less than this share of the mean.
 MIN_INTERCEPT_SHARE = 0.1
@@ -85,10 +94,9 @@ class StepBudget:
         self.target_s = target_s
         self.capacity = capacity
         self.min_chunk = min(min_chunk, capacity)
-        # generating slots -> (mean decode-only step, decode-only steps seen at that width)
-        self._decode_s: dict[int, tuple[float, int]] = {}
-        # A decode-only step against its width, for widths not yet seen TRUSTED_AFTER times.
-        self._decode_line = _LineFit(MIN_WIDTH_SPREAD, proportional=True)
+        # generating slots -> that width's last decode-only steps, and their lower median
+        self._decode_steps: dict[int, deque[float]] = {}
+        self._decode_median: dict[int, float] = {}
         self._token_cost = _LineFit(MIN_POSITION_SPREAD)  # prompt token against its position
         self.correction = 1.0  # measured prompt seconds over estimated, in steps with streams
 
@@ -134,14 +142,37 @@ class StepBudget:
 
     def decode_seconds(self, generating: int) -> float:
         """The estimated cost of a step that decodes ``generating`` tokens and reads none:
-        that width's mean once it is trusted, else the line over all widths (0 before any)."""
-        mean, seen = self._decode_s.get(generating, (0.0, 0))
-        if seen >= TRUSTED_AFTER:
-            return mean
-        line = self._decode_line.line()
-        if line is None:
+        that width's median once it is trusted, else the line through the widths' medians
+        (0 before any)."""
+        seen = self._decode_steps.get(generating)
+        if seen is not None and len(seen) >= TRUSTED_AFTER:
+            return self._decode_median[generating]
+        return self._width_line(generating)
+
+    def _width_line(self, generating: int) -> float:
+        """d(n) read off a + b*n through the medians of the trusted widths (of every width
+        seen while none is trusted), each weighing as many steps as it holds: b >= 0 and
+        a >= 0, since a step never gets cheaper for decoding more."""
+        trusted = [width for width, seen in self._decode_steps.items()
+                   if len(seen) >= TRUSTED_AFTER]
+        widths = trusted or list(self._decode_steps)
+        if not widths:
             return 0.0
-        return line[0] + line[1] * generating
+        # (width, its median, the steps behind it)
+        points = [(width, self._decode_median[width], len(self._decode_steps[width]))
+                  for width in widths]
+        total = sum(weight for _, _, weight in points)
+        mean_x = sum(weight * x for x, _, weight in points) / total
+        mean_y = sum(weight * y for _, y, weight in points) / total
+        spread = sum(weight * (x - mean_x) ** 2 for x, _, weight in points)
+        through_origin = mean_y * generating / mean_x
+        if spread == 0:  # one width known: its cost scales with the width
+            return through_origin
+        slope = max(0.0, sum(weight * (x - mean_x) * (y - mean_y)
+                             for x, y, weight in points) / spread)
+        intercept = mean_y - slope * mean_x
+        # A negative a: the line through the origin and the widths' centre instead.
+        return through_origin if intercept < 0 else intercept + slope * generating
 
     def token_seconds(self, position: int = 0) -> float | None:
         """The estimated cost of one prompt token at ``position`` (None: not measured)."""
@@ -157,13 +188,9 @@ class StepBudget:
                 expected = self.decode_seconds(generating)
                 if expected > 0:
                     seconds = min(seconds, OUTLIER_MULTIPLE * expected)
-                mean, seen = self._decode_s.get(generating, (seconds, 0))
-                seen += 1
-                # A plain mean of the first steps, then a fading one: the first step seen at
-                # a width (maybe a slow moment) weighs no more than any other.
-                self._decode_s[generating] = (
-                    _blend(mean, seconds, max(SMOOTHING, 1.0 / seen)), seen)
-                self._decode_line.add(generating, seconds)
+                seen = self._decode_steps.setdefault(generating, deque(maxlen=DECODE_WINDOW))
+                seen.append(seconds)
+                self._decode_median[generating] = statistics.median_low(seen)
             return
         spent = seconds - (self.decode_seconds(generating) if generating else 0.0)
         if generating > 0 and estimated > 0:
@@ -179,13 +206,10 @@ class StepBudget:
 class _LineFit:
     """y = a + b*x by least squares over exponentially fading samples (each new one weighs
     SMOOTHING): the running means of x, y, x*x and x*y. Until the x seen spread over more
-    than ``min_spread`` (their variance) no slope is fitted: the line is then flat, or with
-    ``proportional`` it runs through the origin (a cost that grows with x, as a step's does
-    with its width, known at one x only)."""
+    than ``min_spread`` (their variance) no slope is fitted: the line is then flat."""
 
-    def __init__(self, min_spread: float, proportional: bool = False) -> None:
+    def __init__(self, min_spread: float) -> None:
         self._min_spread = min_spread
-        self._proportional = proportional
         self._means: tuple[float, float, float, float] | None = None
 
     def add(self, x: float, y: float) -> None:
@@ -196,14 +220,12 @@ class _LineFit:
         self._means = (_blend(mx, x), _blend(my, y), _blend(mxx, x * x), _blend(mxy, x * y))
 
     def line(self) -> tuple[float, float] | None:
-        """(a, b), with b >= 0 (a token never gets cheaper further in) and a > 0 (a = 0 for
-        a proportional line not fitted yet); None before any sample."""
+        """(a, b), with b >= 0 (a token never gets cheaper further in) and a > 0; None
+        before any sample."""
         if self._means is None:
             return None
         x, y, xx, xy = self._means
         spread = xx - x * x
-        if self._proportional and spread <= self._min_spread and x > 0:
-            return 0.0, y / x
         slope = max(0.0, (xy - x * y) / spread) if spread > self._min_spread else 0.0
         intercept = y - slope * x
         floor = y * MIN_INTERCEPT_SHARE
