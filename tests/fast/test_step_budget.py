@@ -134,6 +134,20 @@ def test_one_slow_step_at_a_rare_width_does_not_set_its_cost() -> None:
     assert budget.decode_seconds(3) == pytest.approx(0.026)
 
 
+def _read_document_beside_three_streams(budget: StepBudget, position: int,
+                                        per_token: float) -> None:
+    """60 steps of a document read from ``position`` beside three decoding streams (27 ms
+    with the chunk's own pass), ``per_token`` seconds a prompt token: every share stays
+    between the minimum chunk and an eighth of the batch."""
+    for _ in range(60):
+        share = budget.prefill_share(3, position)
+        assert MIN_CHUNK <= share <= 512 // 8
+        budget.observe(generating=3, prefill_tokens=share, seconds=0.027 + share * per_token,
+                       position=position + share / 2,
+                       estimated=budget.seconds_for(share, position))
+        position += share
+
+
 def test_stalls_among_the_first_steps_after_loading_do_not_set_decode_costs() -> None:
     # The real tier's failure on a noisy CI machine, replayed from its step reports: the
     # warm-up's first decode-only step stalled (823 ms against 7), then so did the first at
@@ -149,14 +163,7 @@ def test_stalls_among_the_first_steps_after_loading_do_not_set_decode_costs() ->
                        estimated=budget.seconds_for(prefill_tokens, 20))
     assert budget.decode_seconds(1) == pytest.approx(0.007)
     assert budget.decode_seconds(3) == pytest.approx(0.021)
-    position = 60
-    for _ in range(60):  # the document, read beside the three streams: 5 ms a token
-        share = budget.prefill_share(3, position)
-        assert MIN_CHUNK <= share <= 512 // 8
-        budget.observe(generating=3, prefill_tokens=share, seconds=0.027 + share * 0.005,
-                       position=position + share / 2,
-                       estimated=budget.seconds_for(share, position))
-        position += share
+    _read_document_beside_three_streams(budget, position=60, per_token=0.005)
 
 
 def test_one_stall_before_a_document_does_not_make_its_tokens_look_cheap() -> None:
@@ -168,14 +175,7 @@ def test_one_stall_before_a_document_does_not_make_its_tokens_look_cheap() -> No
     budget.observe(generating=0, prefill_tokens=100, seconds=100 * 0.0045)
     budget.observe(generating=3, prefill_tokens=0, seconds=0.900)
     assert budget.decode_seconds(3) <= 0.020 * (1 + SMOOTHING)
-    position = 0
-    for _ in range(60):  # the document, read beside the three streams: 4.5 ms a token
-        share = budget.prefill_share(3, position)
-        assert MIN_CHUNK <= share <= 512 // 8
-        budget.observe(generating=3, prefill_tokens=share, seconds=0.027 + share * 0.0045,
-                       position=position + share / 2,
-                       estimated=budget.seconds_for(share, position))
-        position += share
+    _read_document_beside_three_streams(budget, position=0, per_token=0.0045)
 
 
 def test_steps_that_overrun_their_estimate_get_less_of_it() -> None:
