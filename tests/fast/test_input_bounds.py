@@ -136,6 +136,41 @@ async def test_nan_and_endless_integers_are_not_json(http: httpx2.AsyncClient,
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("path", "raw", "param"), [
+    ("/v1/chat/completions",
+     rb'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi \ud800"}]}',
+     "messages[0].content"),
+    ("/v1/chat/completions",
+     rb'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": '
+     rb'[{"type": "text", "text": "\uDFFF\ud83d"}]}]}', "messages[0].content[0].text"),
+    ("/v1/chat/completions", rb'{"model": "gpt-4o-mini", "messages": [{"role": "user", '
+     rb'"content": "hi"}], "logit_bias": {"\ud800": 1}}', "logit_bias"),
+    ("/v1/completions", rb'{"model": "gpt-4o-mini", "prompt": ["ok", "\udc00"]}', "prompt[1]"),
+    ("/v1/embeddings", rb'{"model": "text-embedding-3-small", "input": "\ud800"}', "input"),
+    ("/v1/chat/completions", rb'{"\ud800": 1, "model": "gpt-4o-mini"}', None),
+])
+async def test_a_lone_surrogate_escape_is_a_400_naming_where_it_is(
+        http: httpx2.AsyncClient, path: str, raw: bytes, param: str | None) -> None:
+    """JSON can escape half a UTF-16 pair; that is no Unicode text, and failed as an engine
+    error in the tokenizer (counted against the model's readiness)."""
+    error = _error(await http.post(path, content=raw,
+                                   headers={"Content-Type": "application/json"}))
+    assert (error["param"], error["code"]) == (param, "invalid_value")
+    assert "lone UTF-16 surrogate" in error["message"]
+
+
+@pytest.mark.anyio
+async def test_surrogate_pairs_and_escaped_backslashes_are_text(
+        http: httpx2.AsyncClient) -> None:
+    for text in [r"\ud83d\ude00 grin", r"a \\ud800 written out"]:
+        raw = ('{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "'
+               + text + '"}]}').encode()
+        answer = await http.post("/v1/chat/completions", content=raw,
+                                 headers={"Content-Type": "application/json"})
+        assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.anyio
 async def test_too_many_fields_and_a_short_log_line(http: httpx2.AsyncClient,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     many = {f"x{i}": 1 for i in range(300)}

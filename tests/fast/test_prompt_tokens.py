@@ -25,6 +25,7 @@ from appliance.engines.llm.prompt_tokens import (
 )
 from appliance.engines.llm.templates import ChatTemplate
 from appliance.engines.llm.tool_dialects import HERMES_LIST, rewrite_for_prompt
+from appliance.errors import InvalidRequest
 from devtools.server_harness import GEMMA, ROOT, SMOLLM2
 
 IM_START, IM_END = 1, 2  # SmolLM2's ChatML control tokens
@@ -143,6 +144,25 @@ def test_tool_calls_and_results_are_text(smol: Prompts) -> None:
                                                        HERMES_LIST))
     tokens = smol.tokenizer.tokenize(rendered, marks, limit=NO_LIMIT)
     assert tokens.count(IM_START) == 5  # system, user, assistant, user (the result), answer
+
+
+def test_a_lone_surrogate_nested_in_arguments_is_the_requests_fault(smol: Prompts) -> None:
+    """The wire refuses a lone surrogate escape; one escaped twice (JSON arguments inside the
+    JSON body) comes out of the arguments' own parse, and once a control token's text there is
+    marked, the arguments are written back unescaped. The tokenizer's encode then fails: a 400,
+    not an engine error against the model."""
+    arguments = '{"city": "\\ud800 \\u003c|im_start|>"}'
+    assert "\ud800" in json.loads(arguments)["city"]
+    messages = [
+        ChatMessage("user", "Weather?"),
+        ChatMessage("assistant", "", tool_calls=(ToolCall("call_1", "get", arguments),)),
+        ChatMessage("tool", "sunny", tool_call_id="call_1", name="get"),
+    ]
+    marks = RequestText(smol.tokenizer)
+    rendered = smol.template.render(rewrite_for_prompt(marks.messages(messages), None,
+                                                       HERMES_LIST))
+    with pytest.raises(InvalidRequest, match="lone UTF-16 surrogate"):
+        smol.tokenizer.tokenize(rendered, marks, limit=NO_LIMIT)
 
 
 def test_a_legacy_prompt_is_text(smol: Prompts) -> None:

@@ -165,3 +165,43 @@ def test_just_inside_the_bounds_is_served(hostile: HostileServer) -> None:
             "model": hostile.chat_model, "prompt": [[1, 2, 3]] * 16, "max_tokens": 4})
         assert answer.status_code == 200, answer.text
         assert len(answer.json()["choices"]) == 16
+
+
+def test_lone_surrogates_are_400s_and_leave_the_models_ready(hostile: HostileServer) -> None:
+    """A JSON escape of half a UTF-16 pair failed in the tokenizer as an engine error, on
+    every LLM route, and four of them put the models in /ready's ``failing``. The wire refuses
+    it naming the field; inside a tool call's arguments (JSON in a string) the tokenizer
+    refuses it as the request's fault."""
+    # Arguments whose own JSON holds the escape, beside a control token's text: once that is
+    # marked, the arguments are written back unescaped, and reach the tokenizer.
+    escaped_twice = json.dumps({"city": "\ud800 <|im_start|>"}).replace("<", "\\u003c")
+    assert "\\ud800" in escaped_twice
+    cases: list[tuple[str, bytes, str | None]] = [
+        ("/v1/chat/completions", json.dumps({"model": hostile.chat_model, "max_tokens": 2,
+         "messages": [{"role": "user", "content": "hi \ud800"}]}).encode(),
+         "messages[0].content"),
+        ("/v1/completions", json.dumps({"model": hostile.chat_model, "max_tokens": 2,
+         "prompt": "hi \udfff"}).encode(), "prompt"),
+        ("/v1/embeddings", json.dumps({"model": "smollm2-135m-embed",
+         "input": ["ok", "\ud800"]}).encode(), "input[1]"),
+        ("/v1/responses", json.dumps({"model": hostile.chat_model, "max_output_tokens": 16,
+         "input": "\ud800"}).encode(), "input"),
+        ("/v1/chat/completions", json.dumps({"model": hostile.chat_model, "max_tokens": 2,
+         "messages": [{"role": "user", "content": "weather?"},
+                      {"role": "assistant", "content": None, "tool_calls": [
+                          {"id": "call_1", "type": "function", "function": {
+                              "name": "weather", "arguments": escaped_twice}}]},
+                      {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]}).encode(),
+         None),
+    ]
+    with hostile.attack("lone surrogates", Bounds(peak_rss_mib=60, log_kib=8,
+                                                  ledger_kib=ledger_kib(len(cases)))):
+        for path, body, param in cases:
+            answer, _ = _post(hostile, path, body)
+            assert answer.status_code == 400, (path, answer.text)
+            error = answer.json()["error"]
+            assert "lone UTF-16 surrogate" in error["message"], error
+            assert error["param"] == param, error
+    with hostile.http() as http:
+        ready = http.get("/ready").json()
+    assert ready["status"] == "ready" and not ready.get("failing"), ready

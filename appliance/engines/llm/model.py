@@ -42,6 +42,18 @@ class SpecialToken:
     rstrip: bool  # eats the whitespace after it
 
 
+def encoded(text: str) -> bytes:
+    """``text`` in UTF-8, as llama.cpp reads it. The wire refuses a lone surrogate (a JSON
+    escape of half a UTF-16 pair); one can still come out of text a request nests, such as a
+    tool call's arguments, JSON inside a string: the request's fault, not the engine's."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise InvalidRequest("The request's text holds a lone UTF-16 surrogate (a \\ud800-"
+                             "\\udfff escape not part of a pair), which is not a Unicode "
+                             "character. Send valid UTF-8 text.", code="invalid_value") from None
+
+
 class LoadedModel:
     def __init__(self, path: Path, gpu_layers: int, vocab_only: bool = False):
         """``vocab_only``: the vocabulary and metadata without the weights (check-config
@@ -70,7 +82,7 @@ class LoadedModel:
     def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
         """``special``: parse control tokens' text as those tokens; only for text the
         appliance wrote (a template, models.toml), never a request's (see prompt_tokens.py)."""
-        data = text.encode()
+        data = encoded(text)
         # A token covers at least a byte, save BOS/EOS and SentencePiece's space prefixes: one
         # call nearly always suffices (llama-cpp-python's own tokenize often calls twice).
         room = len(data) + 8

@@ -40,7 +40,7 @@ from appliance.engines.base import (
     ToolSpec,
     ToolUse,
 )
-from appliance.engines.llm.model import LoadedModel, SpecialToken
+from appliance.engines.llm.model import LoadedModel, SpecialToken, encoded
 
 # A marker: MARK and two characters of plane 15's private use area spelling the index of the
 # text it stands for. MARK is a Unicode noncharacter; request text holding one has it marked
@@ -142,7 +142,7 @@ class PromptTokenizer:
         return tokens
 
     def _check_size(self, tokens: int, texts: list[str], limit: int) -> None:
-        least = tokens + sum(-(-len(text.encode()) // self._model.longest_piece)
+        least = tokens + sum(-(-len(encoded(text)) // self._model.longest_piece)
                              for text in texts)
         if least > limit:
             raise PromptTooLong(least)
