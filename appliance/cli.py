@@ -17,7 +17,7 @@ from pathlib import Path
 
 from appliance.config import ApplianceConfig, ChatModelConfig, load_config, with_overrides
 from appliance.errors import ConfigError
-from appliance.ledger import KeyLimits, KeyRecord
+from appliance.ledger import KeyLimits, KeyRecord, money
 
 DEFAULT_CONFIG = Path("models.toml")
 
@@ -163,7 +163,7 @@ def _limits_text(record: KeyRecord) -> str:
              if limits.max_concurrent is not None else "",
              f"monthly_requests={limits.monthly_requests}"
              if limits.monthly_requests is not None else "",
-             f"monthly_budget={limits.monthly_budget:.2f}"
+             f"monthly_budget={money(limits.monthly_budget)}"
              if limits.monthly_budget is not None else "",
              f"expires={_when(limits.expires_at)}" if limits.expires_at is not None else ""]
     return " ".join(p for p in parts if p) or "no limits"
@@ -183,7 +183,8 @@ def _describe(record: KeyRecord) -> list[tuple[str, str]]:
         ("models", ",".join(limits.models) if limits.models is not None else "all"),
         ("rpm", text(limits.rpm)), ("max_concurrent", text(limits.max_concurrent)),
         ("monthly_requests", text(limits.monthly_requests)),
-        ("monthly_budget", text(limits.monthly_budget)),
+        ("monthly_budget", "-" if limits.monthly_budget is None
+         else money(limits.monthly_budget)),
     ]
 
 
@@ -248,7 +249,8 @@ def _clearable(parse: Callable[[str], object], *words: str) -> Callable[[str], o
 
 
 def _count(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
+    text = text.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 18) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return int(text)
 

@@ -575,9 +575,14 @@ def _sizes(where: _Where, raw: Mapping[str, Any]) -> tuple[str, ...]:
     sizes = _string_list(where, raw, "sizes")
     for size in sizes:
         width, _, height = size.partition("x")
-        if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        if not (_dimension(width) and _dimension(height)):
             raise where.fail("sizes", f"{size!r} is not WIDTHxHEIGHT, e.g. \"512x512\"")
     return sizes
+
+
+def _dimension(text: str) -> bool:
+    """A positive whole number of pixels in ASCII digits (str.isdigit() takes '²')."""
+    return text.isascii() and text.isdigit() and len(text) <= 6 and int(text) > 0
 
 
 def _string_list(where: _Where, raw: Mapping[str, Any], key: str) -> tuple[str, ...]:

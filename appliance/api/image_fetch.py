@@ -87,7 +87,8 @@ class ImageFetcher:
             raise _refused(param, f"the URL answered content of type {media!r}, not a PNG, "
                            "JPEG, WebP or GIF image.", "invalid_image_format")
         declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
+        # ASCII digits only: str.isdigit() takes '²', which int() refuses.
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes:
             raise self._too_large(param)
         received = bytearray()
         async for piece in response.aiter_bytes():

@@ -1,6 +1,7 @@
 """The ledger: one row per request, API keys, and usage reports, in SQLite.
 
-    records.py  RequestRecord, KeyRecord, KeyLimits (plain dataclasses the api builds and reads)
+    records.py  RequestRecord, KeyRecord, KeyLimits (plain dataclasses the api builds and reads),
+                money (an amount as people write it)
     schema.py   append-only migrations and open_database (WAL, pragmas)
     writer.py   LedgerWriter: one writer thread fed by a queue; record() never blocks
     keys.py     KeyStore: hashed secrets, constant-time lookup, limits, revocation
@@ -12,7 +13,7 @@ Imports only the standard library and sqlite-utils; never the api or the engines
 
 from appliance.ledger.buckets import BucketQuery, BucketTotal, LedgerReports, bucket_totals
 from appliance.ledger.keys import SECRET_PREFIX, KeyStore, check_key_name, hash_secret
-from appliance.ledger.records import KeyLimits, KeyRecord, RequestRecord, RequestStatus
+from appliance.ledger.records import KeyLimits, KeyRecord, RequestRecord, RequestStatus, money
 from appliance.ledger.schema import MIGRATION_SET, migrations, open_database
 from appliance.ledger.usage import (
     GROUPINGS,
@@ -43,6 +44,7 @@ __all__ = [
     "check_key_name",
     "hash_secret",
     "migrations",
+    "money",
     "month_to_date",
     "open_database",
     "usage_report",

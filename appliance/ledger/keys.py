@@ -32,6 +32,9 @@ _FIELDS = ("id, name, prefix, created_at, revoked_at, admin, models, rpm, max_co
            " monthly_requests, monthly_budget, expires_at")
 # Names appear in tables, CSV and URLs: printable, no leading space, no separators of our own.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}")
+# Keys are named by id, name or prefix alike: a name shaped like an id or a secret's prefix
+# could shadow another key's (a decoy named after a leaked key's id kept it from revocation).
+_LIKE_AN_ID = re.compile(r"key_[0-9a-f]{12}|sk-.*", re.IGNORECASE)
 
 
 def hash_secret(secret: str) -> str:
@@ -46,6 +49,9 @@ def check_key_name(name: str) -> str:
             f"invalid key name {name!r}: 1 to 64 characters, letters, digits, space and . _ @ -,"
             " starting with a letter or digit"
         )
+    if _LIKE_AN_ID.fullmatch(name):
+        raise ValueError(f"invalid key name {name!r}: it has the shape of a key's id "
+                         "(key_ and 12 hex digits) or secret (sk-...), which name keys too")
     return name
 
 
@@ -185,6 +191,11 @@ class KeyStore:
             " ORDER BY created_at",
             [ident, ident, ident],
         )
+        exact = [m for m in matches if m.id == ident]
+        if exact:  # an id names one key, whatever other keys are called
+            if active_only and not exact[0].active:
+                raise KeyError(f"the key {ident!r} is not active")
+            return exact[0]
         active = [m for m in matches if m.active]
         candidates = active if (active or active_only) else matches
         if not candidates:

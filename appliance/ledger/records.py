@@ -10,6 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+
+def money(amount: float) -> str:
+    """An amount as people write it: with cents, or every digit when it has a finer part
+    (a budget of 0.0025 is not "0.00")."""
+    if round(amount * 1e9) % 10_000_000 == 0:  # whole cents, to a billionth
+        return f"{amount:.2f}"
+    return f"{amount:.9f}".rstrip("0")
+
+
 # "started": written at admission, overwritten by the final status when the request ends.
 # "interrupted": a "started" row found at the next start, i.e. the process died mid-request.
 RequestStatus = Literal["started", "ok", "error", "cancelled", "interrupted"]

@@ -98,7 +98,7 @@ def usage_report(
 
 @dataclass(frozen=True)
 class MonthToDate:
-    requests: int  # admitted requests: refusals at the door (401, 429) are not counted
+    requests: int  # every request but those answered 401, 403 or 429 (not admitted)
     spend: float
 
 
@@ -109,7 +109,7 @@ def month_to_date(path: Path, key_id: str, since: float) -> MonthToDate:
     with read_only(path) as conn:
         count, spend = conn.execute(
             "SELECT count(*), total(price) FROM requests WHERE key_id = ? AND started_at >= ?"
-            " AND http_status NOT IN (401, 429)",
+            " AND http_status NOT IN (401, 403, 429)",  # as key_quota counts: not admitted
             [key_id, since],
         ).fetchone()
     return MonthToDate(int(count), float(spend))

@@ -160,6 +160,20 @@ async def test_a_lone_surrogate_escape_is_a_400_naming_where_it_is(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("raw", "param"), [
+    (b'{"model": "gpt-4o-mini", "messages": [], "temperature": 1e400}', "temperature"),
+    (b'{"model": "gpt-4o-mini", "messages": [], "logit_bias": {"1": -1' + b"0" * 400 + b'.0}}',
+     "logit_bias.1"),
+])
+async def test_a_number_past_a_double_is_a_400_naming_it(http: httpx2.AsyncClient, raw: bytes,
+                                                        param: str) -> None:
+    """json reads 1e400 as infinity, which passed every bound written as a comparison."""
+    error = _error(await http.post("/v1/chat/completions", content=raw,
+                                   headers={"Content-Type": "application/json"}))
+    assert error["param"] == param and "beyond a double's range" in error["message"]
+
+
+@pytest.mark.anyio
 async def test_surrogate_pairs_and_escaped_backslashes_are_text(
         http: httpx2.AsyncClient) -> None:
     for text in [r"\ud83d\ude00 grin", r"a \\ud800 written out"]:
@@ -216,6 +230,10 @@ FUNCTION = {"type": "function", "function": {"name": "f"}}
     ({"stop": "a" * 9}, "stop", "at most 8"),
     ({"stop": ["a", "b" * 9]}, "stop[1]", "at most 8"),
     ({"logit_bias": {"1": 1, "2": 1, "3": 1, "4": 1}}, "logit_bias", "at most 3"),
+    # str.isdigit() takes these, int() refuses the first and reads the second as token 12.
+    ({"logit_bias": {"\u00b2": 1}}, "logit_bias", "not a token id"),
+    ({"logit_bias": {"\uff11\uff12": 1}}, "logit_bias", "not a token id"),
+    ({"logit_bias": {"1" * 5000: 1}}, "logit_bias", "not a token id"),
     ({"metadata": {"a": "1", "b": "2", "c": "3"}}, "metadata", "at most 2"),
     ({"metadata": {"abcde": "1"}}, "metadata", "at most 4"),
     ({"metadata": {"a": "1234567"}}, "metadata.a", "at most 6"),

@@ -57,6 +57,7 @@ class Appliance:
     clock: list[float]
     apps: list[tuple[httpx2.AsyncClient, list[openai.AsyncOpenAI]]] = field(default_factory=list)
     window: float = 60.0
+    prices: dict[str, float] = field(default_factory=lambda: {"fake-chat": 0.25})
 
     def start(self) -> httpx2.AsyncClient:
         services = Services(
@@ -65,7 +66,7 @@ class Appliance:
                 Listing(EMBEDDING, FakeEmbeddingEngine(), ("text-embedding-3-small",))]),
             ledger=self.ledger, keys=self.keys, key_admin=self.keys,
             reports=LedgerReports(self.path / "ledger.sqlite"),
-            pricing=Pricing(per_request={"fake-chat": 0.25}, currency="USD"),
+            pricing=Pricing(per_request=self.prices, currency="USD"),
             rate_window_seconds=self.window, clock=lambda: self.clock[0],
         )
         http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=create_app(services)),
@@ -278,6 +279,39 @@ async def test_monthly_budget_survives_a_restart(appliance: Appliance) -> None:
     assert [r.price for r in appliance.rows()] == [0.25, 0.0, 0.25, 0.0, 0.0]
 
 
+async def test_a_budget_is_spent_exactly_not_by_float_sums(appliance: Appliance) -> None:
+    """25 x 0.0001 in floats is 0.0024999...: a 26th request got past a 0.0025 budget."""
+    appliance.prices = {"fake-chat": 0.0001}
+    client = appliance.client(appliance.key("alice", monthly_budget=0.0025))
+    for _ in range(25):
+        await client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    with pytest.raises(openai.RateLimitError) as spent:
+        await client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    assert "monthly budget of 0.0025 USD (0.0025 spent)" in spent.value.message
+    restarted = appliance.client(appliance.keys.create("bob", KeyLimits(
+        monthly_budget=0.0025))[1], appliance.start())
+    assert (await restarted.chat.completions.create(**CHAT)).choices  # type: ignore[call-overload]
+
+
+async def test_the_month_counts_the_same_before_and_after_a_restart(
+        appliance: Appliance) -> None:
+    """The in-memory count skipped 403s (refused at the door) that the ledger's seed counted
+    after a restart, which then refused a request the month still had."""
+    secret = appliance.key("alice", monthly_requests=3)
+    client = appliance.client(secret)
+    for _ in range(2):
+        await client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    for _ in range(3):
+        with pytest.raises(openai.PermissionDeniedError):
+            await client.get("/organization/costs", cast_to=object,
+                             options={"params": {"start_time": 0}})
+    restarted = appliance.client(secret, appliance.start())
+    await restarted.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    with pytest.raises(openai.RateLimitError) as used:
+        await restarted.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    assert used.value.code == "insufficient_quota" and "its 3 requests" in used.value.message
+
+
 # -- the ledger -----------------------------------------------------------------------------
 
 async def test_the_row_is_on_disk_before_the_response_ends(appliance: Appliance) -> None:
@@ -343,6 +377,40 @@ async def test_admin_api_manages_keys(appliance: Appliance) -> None:
     assert shown["owner_project_access"] == "inactive" and shown["revoked_at"] is not None
 
 
+@pytest.mark.parametrize(("body", "param"), [
+    # json reads 1e400 as infinity: the key was stored, and no list could be answered again.
+    (b'{"name": "x", "monthly_budget": 1e400}', "monthly_budget"),
+    # datetime cannot write past year 9999: `appliance keys list` failed on every key.
+    (b'{"name": "x", "expires_at": 9007199254740992}', "expires_at"),
+])
+async def test_limits_no_answer_or_terminal_could_show_are_refused(
+        appliance: Appliance, body: bytes, param: str) -> None:
+    http = appliance.start()
+    answer = await http.post("/v1/organization/api_keys", content=body, headers={
+        "Authorization": f"Bearer {appliance.key('ops', admin=True)}",
+        "Content-Type": "application/json"})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == param, answer.text
+    assert [k.name for k in appliance.keys.list()] == ["ops"]
+
+
+async def test_an_id_names_its_key_whatever_others_are_called(appliance: Appliance) -> None:
+    admin = appliance.client(appliance.key("ops", admin=True))
+    victim = appliance.keys.create("victim")[0]
+    with pytest.raises(openai.BadRequestError) as shaped:
+        await admin.post("/organization/api_keys", cast_to=object, body={"name": victim.id})
+    assert "shape of a key's id" in shaped.value.message
+    with pytest.raises(ValueError, match="shape of a key's id"):
+        appliance.keys.create("sk-app-decoy")
+    decoy = appliance.keys.create("decoy")[0]  # a name from before the rule, as a database
+    with closing(sqlite3.connect(appliance.path / "keys.sqlite")) as db, db:  # may hold
+        db.execute("UPDATE api_keys SET name = ? WHERE id = ?", [victim.id, decoy.id])
+    revoked: Any = await admin.delete(f"/organization/api_keys/{victim.id}", cast_to=object)
+    assert revoked["id"] == victim.id
+    assert appliance.keys.get(decoy.id).active and not appliance.keys.get(victim.id).active
+    with pytest.raises(KeyError, match="not active"):
+        appliance.keys.revoke(victim.id)
+
+
 async def test_organization_usage_and_costs(appliance: Appliance) -> None:
     alice = appliance.client(appliance.key("alice"))
     bob = appliance.client(appliance.key("bob"))
@@ -378,8 +446,15 @@ async def test_organization_usage_and_costs(appliance: Appliance) -> None:
         "params": {"start_time": start - 180, "bucket_width": "1m", "limit": 2,
                    "page": first["next_page"]}})
     assert second["data"][0]["start_time"] == first["data"][-1]["end_time"]
+    by_alias: Any = await admin.get("/organization/usage/completions", cast_to=object,
+                                    options={"params": {"start_time": start,
+                                                        "models": "gpt-4o-mini"}})
+    assert sum(r["num_model_requests"] for b in by_alias["data"] for r in b["results"]) == 3
     for params, param in (({}, "start_time"), ({"start_time": start, "bucket_width": "1w"},
                                                "bucket_width"),
+                          ({"start_time": -86_400}, "start_time"),
+                          ({"start_time": start, "page": "page_\u00b2"}, "page"),
+                          ({"start_time": start, "page": "page_" + "9" * 5000}, "page"),
                           ({"start_time": start, "group_by": "color"}, "group_by"),
                           ({"start_time": start, "project_ids": "p"}, "project_ids")):
         with pytest.raises(openai.BadRequestError) as bad:

@@ -17,8 +17,9 @@ import pytest
 from appliance.api.bounds import RequestBounds
 from appliance.api.stored_state import StoredResponse
 from appliance.engines.base import CancelToken, ChatEvent, ChatParams, TextDelta
+from appliance.ledger import KeyLimits
 from appliance.store import StoreBounds
-from tests.fakes import FakeChatEngine
+from tests.fakes import FakeChatEngine, FakeKeys
 from tests.fast.responses_stack import API_KEY, ResponsesStack, responses_stack
 from tests.openapi_contract import validate
 
@@ -288,6 +289,30 @@ async def test_background_responses_in_flight_are_bounded_per_key(tmp_path: Path
         assert (await settled(stack, other.id, stack.other)).status == "completed"
 
 
+async def test_a_background_response_holds_its_keys_place_until_its_work_ends(
+        tmp_path: Path) -> None:
+    """Its place was given back when the POST answered: a key limited to one request in
+    flight ran up to eight background responses and a chat beside them. Polling the running
+    one calls no model and takes no place."""
+    engine = HeldEngine(context_length=256)
+    async with responses_stack(tmp_path, engine=engine) as stack:
+        keys = stack.services.keys
+        assert isinstance(keys, FakeKeys)
+        keys.secrets[API_KEY] = replace(keys.secrets[API_KEY],
+                                        limits=KeyLimits(max_concurrent=1))
+        made = await stack.client.responses.create(model="gpt-4o-mini", input="Hi",
+                                                   background=True)
+        for _ in range(2):
+            with pytest.raises(openai.RateLimitError) as busy:
+                await stack.client.responses.create(model="gpt-4o-mini", input="Hi",
+                                                    background=True)
+            assert "concurrent" in busy.value.message
+        assert (await stack.client.responses.retrieve(made.id)).status == "in_progress"
+        engine.gate.set()
+        assert (await settled(stack, made.id)).status == "completed"
+        assert (await stack.client.responses.create(model="gpt-4o-mini", input="Hi")).id
+
+
 async def test_work_left_unfinished_by_a_stopped_server_reads_as_failed(
         stack: ResponsesStack) -> None:
     assert stack.state is not None
@@ -306,6 +331,7 @@ async def test_retrieve_refuses_bad_query_values(stack: ResponsesStack) -> None:
     made = await stack.client.responses.create(model="gpt-4o-mini", input="Hi")
     for params, param in ([{"stream": "maybe"}, "stream"],
                           [{"starting_after": "-3"}, "starting_after"],
+                          [{"starting_after": "\u00b2"}, "starting_after"],
                           [{"stream": "true"}, "stream"]):
         raw = await stack.http.get(f"/v1/responses/{made.id}", headers=stack.auth(),
                                    params=params)

@@ -7,8 +7,10 @@ usage, other keys call models; the wrong one is a 403), the key's month (quota a
 admitted request of a ledgered route gets a durable "started" ledger row; every admitted
 request gets its key's model list for the catalog (``key_scope``), and
 ``x-ratelimit-*-requests`` headers on its response (keys with an rpm limit: every response,
-refusals included). Admission is this door alone: an engine accepts or queues what it is
-handed, it does not admit.
+refusals included). Concurrency counts model work: a request whose work outlives its response
+(a background response) holds its key's place until that work ends, and requests that call no
+model (stored state, usage, the model list) take none. Admission is this door alone: an
+engine accepts or queues what it is handed, it does not admit.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.api.errors import error_response, retry_headers
 from appliance.api.middleware.key_concurrency import KeyConcurrency
-from appliance.api.middleware.key_quota import KeyQuota
+from appliance.api.middleware.key_quota import KeyQuota, MonthTicket
 from appliance.api.middleware.key_rate import KeyRate, RateLimitedWithState
 from appliance.api.middleware.key_scope import KeyScopedCatalog
 from appliance.api.middleware.request_context import commit_row, ledger_row
@@ -53,9 +55,13 @@ class AdmissionMiddleware:
         if wrong_audience is not None:
             await self._refuse(note, wrong_audience, {}, scope, receive, send)
             return
+        # Concurrency is model work in flight: reading stored state (polling a background
+        # response that holds the key's one place, say) takes no place.
+        holds_place = policy.kind is not None
         try:
-            count_month = await self.quota.admit(key)
-            self.concurrency.enter(key)
+            ticket = await self.quota.admit(key)
+            if holds_place:
+                self.concurrency.enter(key)
         except InsufficientQuota as error:
             # Permanent until the month turns or the limit is raised: tell the SDKs not to retry.
             headers = {"x-should-retry": "false", **_rate_headers(self.rate, key)}
@@ -72,23 +78,34 @@ class AdmissionMiddleware:
                 headers = {**error.state.headers(), **retry_headers(error.retry_after)}
                 await self._refuse(note, error, headers, scope, receive, send)
                 return
-            if count_month is not None:
-                count_month()
+            if ticket is not None:
+                ticket.count()
             extra = rate_state.headers() if rate_state is not None else {}
-            await self._run(key, note, policy, extra, scope, receive, send)
+            await self._run(key, note, policy, extra, ticket, scope, receive, send)
         finally:
-            self.concurrency.leave(key)
+            later = note.outlives_response
+            if not holds_place:
+                pass
+            elif later is None or later.done():
+                self.concurrency.leave(key)
+            else:
+                # A background response is in flight until its work ends, not its POST.
+                later.add_done_callback(lambda _: self.concurrency.leave(key))
 
     async def _run(self, key: KeyRecord, note: RequestNote, policy: RoutePolicy,
-                   extra: dict[str, str], scope: Scope, receive: Receive, send: Send) -> None:
+                   extra: dict[str, str], ticket: MonthTicket | None, scope: Scope,
+                   receive: Receive, send: Send) -> None:
         if policy.ledgered:
             await commit_row(self.ledger, ledger_row(note, "started", 0, 0.0, self.currency),
                              self.commit_wait)
         encoded = [(k.encode(), v.encode()) for k, v in extra.items()]
 
         async def send_with_headers(message: Message) -> None:
-            if encoded and message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *encoded]}
+            if message["type"] == "http.response.start":
+                if ticket is not None and message["status"] == 429:
+                    ticket.give_back()  # as the ledger's seed leaves 429s out
+                if encoded:
+                    message = {**message, "headers": [*message.get("headers", []), *encoded]}
             await send(message)
 
         models = key.limits.models

@@ -21,17 +21,43 @@ import anyio
 import anyio.to_thread
 
 from appliance.errors import InsufficientQuota
-from appliance.ledger import KeyRecord, MonthToDate, RequestRecord
+from appliance.ledger import KeyRecord, MonthToDate, RequestRecord, money
 
 
 class MonthReader(Protocol):
     def month_to_date(self, key_id: str, since: float) -> MonthToDate: ...
 
 
+_NANOS = 1_000_000_000  # spend's unit: a billionth of the currency
+
+
+def nanos(amount: float) -> int:
+    return round(amount * _NANOS)
+
+
 @dataclass
 class _Month:
     requests: int
-    spend: float
+    spend_nanos: int
+
+
+@dataclass
+class MonthTicket:
+    """An admitted request's place in its key's month: counted once every other check has
+    passed, given back if the request is then refused with a 429."""
+
+    month: _Month
+    counted: bool = False
+
+    def count(self) -> None:
+        if not self.counted:
+            self.month.requests += 1
+            self.counted = True
+
+    def give_back(self) -> None:
+        if self.counted:
+            self.month.requests -= 1
+            self.counted = False
 
 
 def month_start(now: float) -> float:
@@ -54,10 +80,10 @@ class KeyQuota:
         self._months: dict[tuple[str, float], _Month] = {}
         self._loading: dict[tuple[str, float], anyio.Event] = {}
 
-    async def admit(self, key: KeyRecord) -> Callable[[], None] | None:
+    async def admit(self, key: KeyRecord) -> MonthTicket | None:
         """Raises InsufficientQuota when ``key``'s month is used up. Otherwise returns the
-        function that counts the request (call it once every other check has passed), or
-        None for a key without monthly limits."""
+        request's ticket (``count()`` it once every other check has passed), or None for a
+        key without monthly limits."""
         limits = key.limits
         if limits.monthly_requests is None and limits.monthly_budget is None:
             return None
@@ -69,18 +95,15 @@ class KeyQuota:
                 f"{limits.monthly_requests} requests for this month. It renews on "
                 f"{_next_month(start)}; ask an administrator to raise it."
             )
-        if limits.monthly_budget is not None and month.spend >= limits.monthly_budget:
+        budget = limits.monthly_budget
+        if budget is not None and month.spend_nanos >= nanos(budget):
             raise InsufficientQuota(
                 f"You exceeded your current quota: key {key.name!r} has spent its monthly "
-                f"budget of {limits.monthly_budget:.2f} {self._currency} "
-                f"({month.spend:.4f} spent). It renews on {_next_month(start)}; ask an "
-                "administrator to raise it."
+                f"budget of {money(budget)} {self._currency} "
+                f"({money(month.spend_nanos / _NANOS)} spent). It renews on "
+                f"{_next_month(start)}; ask an administrator to raise it."
             )
-
-        def count() -> None:
-            month.requests += 1
-
-        return count
+        return MonthTicket(month)
 
     def charge(self, row: RequestRecord) -> None:
         """Adds a finished request's price to its key's month, if that month is tracked."""
@@ -88,7 +111,7 @@ class KeyQuota:
             return
         month = self._months.get((row.key_id, month_start(row.started_at)))
         if month is not None:
-            month.spend += row.price
+            month.spend_nanos += nanos(row.price)
 
     async def _month(self, key_id: str, start: float) -> _Month:
         slot = (key_id, start)
@@ -106,7 +129,7 @@ class KeyQuota:
                 # Months past are never asked again: drop them as a new one begins.
                 for stale in [s for s in self._months if s[0] == key_id and s[1] != start]:
                     del self._months[stale]
-                self._months[slot] = _Month(seed.requests, seed.spend)
+                self._months[slot] = _Month(seed.requests, nanos(seed.spend))
             finally:
                 del self._loading[slot]
                 loading.set()

@@ -31,7 +31,7 @@ _MODEL_KINDS = tuple(kind.name for kind in KINDS)
 
 def _days(request: Request) -> int:
     text = request.query_params.get("days", "7")
-    if not text.isdigit() or not 1 <= int(text) <= 31:
+    if not (text.isascii() and text.isdigit() and len(text) <= 2) or not 1 <= int(text) <= 31:
         raise InvalidRequest(f"`days` must be an integer from 1 to 31, got {text!r}.",
                              param="days")
     return int(text)

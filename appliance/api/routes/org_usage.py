@@ -140,6 +140,9 @@ async def _report(request: Request, report: _Report, *, costs: bool) -> Response
     start = _integer(request, "start_time", None)
     if start is None:
         raise InvalidRequest("`start_time` (unix seconds) is required.", param="start_time")
+    if start < 0:
+        raise InvalidRequest("`start_time` must be at least 0 (unix seconds).",
+                             param="start_time")
     end = _integer(request, "end_time", None)
     end = int(services.wall_clock()) + 1 if end is None else end
     if end <= start:
@@ -165,7 +168,7 @@ async def _report(request: Request, report: _Report, *, costs: bool) -> Response
     query = BucketQuery(
         origin=origin, width=width, start=max(start, page_start), end=page_end,
         kinds=report.kinds, key_ids=tuple(_list(request, "api_key_ids")) or None,
-        models=tuple(_list(request, "models")) or None,
+        models=tuple(_ledger_model(services, name) for name in _list(request, "models")) or None,
         statuses=None if costs else ("ok", "cancelled"),
     )
     totals = ([] if services.reports is None
@@ -176,12 +179,22 @@ async def _report(request: Request, report: _Report, *, costs: bool) -> Response
                          "next_page": f"page_{page_end}" if has_more else None})
 
 
+def _ledger_model(services: Services, name: str) -> str:
+    """The ledger records model ids: an alias filters by its model, as everywhere else. A name
+    the catalog does not know may still be in the ledger (a model since removed)."""
+    try:
+        return services.catalog.resolve(name).id
+    except NotFound:
+        return name
+
+
 def _page(request: Request, origin: int, width: int, end: int) -> int:
     token = request.query_params.get("page")
     if token is None:
         return origin
     number = token.removeprefix("page_")
-    if not number.isdigit() or (int(number) - origin) % width or not origin <= int(number) < end:
+    if not (number.isascii() and number.isdigit() and len(number) <= 16) or \
+            (int(number) - origin) % width or not origin <= int(number) < end:
         raise InvalidRequest("`page` is not a `next_page` value of this query.", param="page")
     return int(number)
 

@@ -295,7 +295,7 @@ def _starting_after(request: Request) -> int:
     raw = request.query_params.get("starting_after")
     if raw is None:
         return -1
-    if not raw.isdigit() or len(raw) > 12:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
         raise InvalidRequest("Invalid value for 'starting_after': expected a sequence number "
                              "(an integer from 0).", param="starting_after",
                              code="invalid_value")

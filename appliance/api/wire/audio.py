@@ -72,7 +72,8 @@ async def read_form(request: Request, max_upload_bytes: int) -> FormData:
         raise InvalidRequest("Send the audio as multipart/form-data with a 'file' field.",
                              param="file", code="invalid_content_type")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_upload_bytes + MULTIPART_OVERHEAD:
+    if declared.isascii() and declared.isdigit() and \
+            int(declared) > max_upload_bytes + MULTIPART_OVERHEAD:
         raise _too_large(max_upload_bytes)
     limited = Request(request.scope, _counting(request.receive, max_upload_bytes))
     return await limited.form(max_files=1, max_fields=64)

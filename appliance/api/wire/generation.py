@@ -72,10 +72,13 @@ def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
     """OpenAI keys logit_bias by token id as a string; the engine checks ids against the vocab."""
     pairs: list[tuple[int, float]] = []
     for key, value in (bias or {}).items():
-        if not key.strip().isdigit():
+        # ASCII digits (str.isdigit() takes '²', which int() refuses), and no more than a
+        # vocabulary's id has (int() refuses 4,300).
+        digits = key.strip()
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 10):
             raise InvalidRequest(f"Invalid key in 'logit_bias': {key!r} is not a token id.",
                                  param="logit_bias", code="invalid_value")
-        pairs.append((int(key), value))
+        pairs.append((int(digits), value))
     return tuple(sorted(pairs))
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from appliance.ledger import KeyRecord
 
 _MAX_INTEGER = 2**53  # JSON clients round larger integers
+_YEAR_9999_ENDS = 253_402_300_799  # the last second a date can be written in (CLI, logs)
 
 
 class KeyFields(BaseModel):
@@ -26,7 +27,7 @@ class KeyFields(BaseModel):
     max_concurrent: int | None = Field(default=None, ge=1, le=_MAX_INTEGER)
     monthly_requests: int | None = Field(default=None, ge=1, le=_MAX_INTEGER)
     monthly_budget: float | None = Field(default=None, gt=0)
-    expires_at: int | None = Field(default=None, ge=0, le=_MAX_INTEGER)  # unix seconds
+    expires_at: int | None = Field(default=None, ge=0, le=_YEAR_9999_ENDS)  # unix seconds
 
 
 class CreateKey(KeyFields):

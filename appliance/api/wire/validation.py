@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from appliance.api.wire.json_values import could_hold_unrepresentable, find_unrepresentable
 from appliance.errors import InvalidRequest, PayloadTooLarge
 
 log = logging.getLogger("appliance.api")
@@ -31,7 +32,8 @@ Check = Callable[[dict[str, Any]], None]
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and declared.isascii() and declared.isdigit() and \
+            int(declared) > max_bytes:
         raise PayloadTooLarge(f"Request body is larger than the limit of {max_bytes} bytes.")
     chunks: list[bytes] = []
     size = 0
@@ -61,8 +63,12 @@ async def parse_json(request: Request, model: type[ModelT], max_bytes: int,
         ) from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    if _SURROGATE_ESCAPE.search(body) and _holds_lone_surrogate(data):
-        _refuse_lone_surrogates(data)
+    found = (await anyio.to_thread.run_sync(find_unrepresentable, body, data)
+             if could_hold_unrepresentable(body) else None)
+    if found is not None:
+        param = dotted(found.location) or None
+        where = f"Invalid value for '{param}'" if param else "Invalid field name"
+        raise InvalidRequest(f"{where}: {found.reason}", param=param, code="invalid_value")
     if len(data) > MAX_FIELDS:
         raise InvalidRequest(f"The request body has {len(data)} fields; this server allows at "
                              f"most {MAX_FIELDS}.", code="invalid_value")
@@ -82,61 +88,6 @@ async def parse_json(request: Request, model: type[ModelT], max_bytes: int,
         more = f" and {len(extra) - len(names)} more" if len(extra) > len(names) else ""
         log.info("ignoring unknown request fields: %s%s", ", ".join(sorted(names)), more)
     return parsed
-
-
-# JSON may escape a UTF-16 surrogate alone (``"\\ud800"``); Python then holds a string that
-# is not Unicode text and fails wherever it is encoded (the tokenizer, the ledger, a log
-# line): an engine error, counted against the model's readiness, for a request's bad text.
-# Only a body holding such an escape is walked (emoji escaped as pairs are common).
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _holds_lone_surrogate(data: dict[str, Any]) -> bool:
-    """The quick test, all in C: UTF-8 cannot encode a lone surrogate."""
-    try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _refuse_lone_surrogates(data: dict[str, Any]) -> None:
-    """400 naming the first string (or object key) that holds an unpaired surrogate. The walk
-    keeps its own stack (json.loads bounded the depth, Python's recursion need not), and each
-    entry links to its parent's path: a path tuple per value would cost depth x values."""
-    stack: list[tuple[Any, _Path]] = [(data, None)]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, str):
-            if _LONE_SURROGATE.search(value):
-                _refuse_surrogate(path)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if _LONE_SURROGATE.search(key):
-                    _refuse_surrogate(path)
-                if isinstance(item, (str, dict, list)):
-                    stack.append((item, (key, path)))
-        elif isinstance(value, list):
-            stack.extend((item, (i, path)) for i, item in enumerate(value)
-                         if isinstance(item, (str, dict, list)))
-
-
-# A value's place in the body: its key or index, then its parent's place (None: the body).
-_Path = tuple[int | str, "_Path"] | None
-
-
-def _refuse_surrogate(path: _Path) -> None:
-    location: list[int | str] = []
-    while path is not None:
-        location.append(path[0])
-        path = path[1]
-    param = dotted(tuple(reversed(location))) or None
-    where = f"Invalid value for '{param}'" if param else "Invalid field name"
-    raise InvalidRequest(
-        f"{where}: the text holds a lone UTF-16 surrogate (a \\ud800-"
-        "\\udfff escape not part of a pair), which is not a Unicode character. Send valid "
-        "UTF-8 text.", param=param, code="invalid_value")
 
 
 def _not_json(constant: str) -> None:
