@@ -273,6 +273,60 @@ async def test_just_inside_the_chat_bounds_is_served(http: httpx2.AsyncClient) -
     assert answer.status_code == 200, answer.text
 
 
+# -- labels on every route that takes them ----------------------------------------------------
+
+EMBED = {"model": "text-embedding-3-small", "input": "x"}
+RESPONSE = {"model": "gpt-4o-mini", "input": "Hi"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/embeddings", {**EMBED, "user": "u" * 100_000}, "user"),
+    ("/v1/embeddings", {**EMBED, "model": "m" * 300_000}, "model"),
+    ("/v1/embeddings", {**EMBED, "model": "m" * 13}, "model"),
+    ("/v1/images/generations", {"prompt": "a cat", "model": "m" * 300_000}, "model"),
+    ("/v1/images/generations", {"prompt": "a cat", "user": "u" * 13}, "user"),
+    ("/v1/images/generations", {"prompt": "a cat", "safety_identifier": "s" * 13},
+     "safety_identifier"),
+    ("/v1/responses", {**RESPONSE, "model": "m" * 300_000}, "model"),
+    ("/v1/responses/input_tokens", {**RESPONSE, "model": "m" * 300_000}, "model"),
+    ("/v1/completions", {"model": "m" * 300_000, "prompt": "x"}, "model"),
+    ("/v1/chat/completions", {**CHAT, "model": "m" * 300_000}, "model"),
+])
+async def test_labels_past_their_bound_are_400s_that_do_not_quote_them(
+        http: httpx2.AsyncClient, path: str, body: dict[str, Any], param: str) -> None:
+    answer = await http.post(path, json=body)
+    error = _error(answer)
+    assert (error["param"], error["code"]) == (param, "string_above_max_length"), error
+    assert "at most 12" in error["message"], error
+    assert len(answer.content) < 1024  # never the name back (a 404 quoted 300 KB of it)
+
+
+@pytest.mark.anyio
+async def test_labels_within_their_bound_still_reach_the_model(
+        http: httpx2.AsyncClient) -> None:
+    ok = await http.post("/v1/embeddings", json={**EMBED, "user": "u" * 12})
+    assert ok.status_code == 200, ok.text
+    unknown = _error(await http.post("/v1/embeddings", json={**EMBED, "model": "m" * 12}), 404)
+    assert unknown["code"] == "model_not_found"
+
+
+@pytest.mark.anyio
+async def test_a_model_name_in_a_path_or_a_key_is_bounded_too(
+        http: httpx2.AsyncClient) -> None:
+    long = "m" * 8000  # inside the URL bound
+    answer = await http.get(f"/v1/models/{long}")
+    error = _error(answer)
+    assert error["param"] == "model" and "at most 12" in error["message"], error
+    assert len(answer.content) < 1024
+    admin = {"Authorization": f"Bearer {http.headers['X-Test-Admin-Key']}"}
+    answer = await http.post("/v1/organization/api_keys", headers=admin,
+                             json={"name": "bob", "models": ["gpt-4o-mini", "m" * 300_000]})
+    error = _error(answer)
+    assert error["param"] == "models[1]" and "at most 12" in error["message"], error
+    assert len(answer.content) < 1024
+
+
 # -- legacy completions ---------------------------------------------------------------------
 
 @pytest.mark.anyio
@@ -447,12 +501,25 @@ def test_the_grammar_itself_is_bounded() -> None:
         check_grammar('root ::= "' + "a" * SCHEMA_BOUNDS.max_grammar_bytes + '"', "tools")
 
 
+# Unicode spaces ECMA-262 and Python's re both count (\s writes them, \S none of them).
+_SPACES = "\\xA0\\u1680\\u2000-\\u200A\\u2028-\\u2029\\u202F\\u205F\\u3000"
+
+
 @pytest.mark.parametrize(("pattern", "rewritten"), [
     ("^\\d{3}-\\d{4}$", "^[0-9]{3}-[0-9]{4}$"),
     ("^(\\d{1,3}\\.){3}$", "^([0-9]{1,3}[\\x2E]){3}$"),
-    ("^[\\w.-]+$", "^[a-zA-Z0-9_.-]+$"),
-    ("^\\S\\s[\\-\\]]$", "^[^ \\t\\n\\r\\x0B\\x0C][ \\t\\n\\r\\x0B\\x0C][\\x2D\\x5D]$"),
-    ("^\\x41\\u00e9\\t$", "^[\\x41][\\u00e9][\\t]$"),
+    ("^[\\w.-]+$", "^[\\x2D-\\x2E0-9A-Z\\x5Fa-z]+$"),
+    # \S and a negated class never write what JSON escapes; \s writes no tab or line end.
+    ("^\\S\\s[\\-\\]]$", "^[^\\x00-\\x20\\x22\\x5C\\x7F\\x85" + _SPACES + "\\uFEFF][\\x20" + _SPACES
+     + "][\\x2D\\x5D]$"),
+    ("^\\x41\\u00e9\\u4e2d$", "^[A][\\xE9][\\u4E2D]$"),
+    # Printable ASCII loses the quote and the backslash; '.' excludes them too.
+    ("^[ -~]{2}.$",
+     "^[\\x20-\\x21\\x23-\\x5B\\x5D-\\x7E]{2}[^\\x00-\\x1F\\x22\\x5C\\x7F\\u2028-\\u2029]$"),
+    # The converter gave the string's quotes to one branch each of a top-level choice.
+    ("^a|b$", "^(a|b)$"),
+    # Not quantifiers in ECMA-262: literal braces (the converter read them as counts).
+    ("^a{ 3 }{,2}$", "^a[\\x7B] 3 [\\x7D][\\x7B],2[\\x7D]$"),
 ])
 def test_pattern_escapes_become_what_gbnf_parses(pattern: str, rewritten: str) -> None:
     # llama.cpp cannot parse "\\d" or "\\." in a grammar: it printed the whole grammar to
@@ -462,7 +529,31 @@ def test_pattern_escapes_become_what_gbnf_parses(pattern: str, rewritten: str) -
     assert gbnf_pattern(pattern, "p") == rewritten
 
 
-@pytest.mark.parametrize("pattern", ["^\\bword$", "^(a)\\1$", "^\\p{L}$", "^[\\D]$", "^a\\"])
+def test_literals_reach_the_grammar_as_the_json_text_they_are() -> None:
+    """The converter escaped no backslash: the const's JSON text "a\\u0000b" became the code
+    point 0 in GBNF, which no token writes (llama.cpp then aborted the process)."""
+    grammar = grammar_for(OutputFormat("json_schema", {"enum": ["a\u0000b", 'q"', "b\\s"]},
+                                       strict=True))
+    root = next(line for line in grammar.splitlines() if line.startswith("root ::="))
+    assert root == ('root ::= "\\"a\\\\u0000b\\"" | "\\"q\\\\\\"\\"" | '
+                    '"\\"b\\\\\\\\s\\""')
+
+
+def test_a_required_name_properties_do_not_define_is_refused_when_strict() -> None:
+    schema = {"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["a"]}
+    with pytest.raises(InvalidRequest, match="'required' names 'a'") as refused:
+        grammar_for(OutputFormat("json_schema", schema, strict=True))
+    assert refused.value.param == f"{WHERE}.required"
+
+
+@pytest.mark.parametrize("pattern", [
+    "^\\bword$", "^(a)\\1$", "^\\p{L}$", "^[\\D]$", "^a\\",
+    # What only a JSON escape can write: the grammar writes a pattern's characters raw. A
+    # NUL (as \x00, \u0000 or \0) left no token to match and llama.cpp aborted the process.
+    "^\\x00$", "^\\u0000$", "^a\\0$", "^\\t$", "^[\\n\\r]$", '^a"$', "^\\\\$",
+    # Anchors inside (written as literal characters) and patterns not anchored at all.
+    "^a$|^b$", "^a^b$", "abc", "^[]$",
+])
 def test_pattern_escapes_without_a_grammar_form_are_refused(pattern: str) -> None:
     schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": pattern}}}
     refused = _refused(schema)

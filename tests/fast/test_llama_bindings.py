@@ -25,6 +25,7 @@ from llama_cpp.llama_grammar import SchemaConverter
 from appliance.engines.base import Sampling
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.sampling import TOKEN_DATA, SamplerChain
+from appliance.errors import InvalidRequest
 from devtools.server_harness import ROOT, SMOLLM2
 
 VERSION = "0.3.36"
@@ -210,3 +211,27 @@ def test_every_sampler_of_a_chain_can_be_built(model: LoadedModel) -> None:
     chain = SamplerChain(everything, model, 64)
     assert chain.handle is not None
     chain.close()
+
+
+class _DrawsOnly(SamplerChain):
+    """A chain whose draws give one token, whatever the logits (no context needed)."""
+
+    drawn = 0
+
+    def _draw(self, context: object, batch_index: int, constrained: bool) -> int:
+        return self.drawn
+
+
+def test_a_constraint_no_token_can_meet_fails_the_request_not_the_process(
+        model: LoadedModel) -> None:
+    """The code point 0 in a grammar literal matches no token: the constrained draw fell back
+    to a token the grammar refuses, and accepting it made llama.cpp abort the process
+    (GGML_ABORT in llama-grammar.cpp, every model and request gone)."""
+    chain = _DrawsOnly(Sampling(temperature=0, grammar='root ::= "\\x00"'), model, 64)
+    try:
+        for drawn in (model.bos, int(llama_cpp.llama_vocab_eos(model.vocab)), 0, 100):
+            chain.drawn = drawn
+            with pytest.raises(InvalidRequest, match="allows no token"):
+                chain.sample(None, 0)
+    finally:
+        chain.close()

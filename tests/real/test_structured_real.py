@@ -91,3 +91,34 @@ def test_cut_constrained_output_reports_length(real_server: RealServer) -> None:
         sdk(real_server).chat.completions.parse(
             model=SMOL, temperature=0, max_tokens=5, response_format=Pet,
             messages=[{"role": "user", "content": "Invent a pet."}])
+
+
+# Literals and patterns holding what JSON escapes. Before: "a\u0000b" reached llama.cpp's
+# grammar as the code point 0 and aborted the process; a tab const, a backslash in a name,
+# \s, [^...] and "." wrote raw control characters, quotes or backslashes (the output did not
+# parse); "^a|b$" gave the string's quotes to one branch each.
+ESCAPING_SCHEMAS = [
+    {"const": "a\u0000b"},
+    {"enum": ['say "hi"', "back\\slash", "tab\there"]},
+    {"type": "object", "properties": {"a\\b": {"const": 1}, 'q"': {"type": "boolean"}},
+     "required": ["a\\b", 'q"'], "additionalProperties": False},
+    {"type": "string", "pattern": "^[ -~]{12}$"},
+    {"type": "string", "pattern": "^\\W\\S\\s.[^a\\s]{3}$"},
+    {"type": "string", "pattern": "^ab|cd$"},
+    {"type": "string", "pattern": "^x{ 2 }$"},
+]
+
+
+@pytest.mark.parametrize("schema", ESCAPING_SCHEMAS)
+def test_strict_output_is_json_that_validates_whatever_the_schema_escapes(
+        real_server: RealServer, schema: dict[str, object]) -> None:
+    for seed in range(2):
+        completion = sdk(real_server).chat.completions.create(
+            model=SMOL, temperature=1.0, seed=seed, max_tokens=60,
+            messages=[{"role": "user", "content": 'Write "quotes", \\ and a\ttab.'}],
+            response_format={"type": "json_schema", "json_schema": {
+                "name": "escapes", "strict": True, "schema": schema}})
+        choice = completion.choices[0]
+        assert choice.finish_reason == "stop", choice
+        jsonschema.validate(json.loads(choice.message.content or ""), schema)
+    assert real_server.sdk.models.list().data  # the process lives

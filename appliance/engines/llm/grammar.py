@@ -11,6 +11,7 @@ before llama.cpp parses it.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,8 +59,27 @@ def grammar_for(output: OutputFormat) -> str:
     return finish(converter, "response_format")
 
 
+class _Converter(SchemaConverter):
+    """The converter, with its literals quoted for GBNF whole. It escaped only quotes and line
+    ends, never the backslash, and its literals are JSON text (``const``, ``enum``, property
+    names, through json.dumps): ``"a\\u0000b"`` reached GBNF as the code point 0, which no
+    token can write, and llama.cpp aborted the process at the end of generation; ``"a\\tb"``
+    wrote a raw tab and ``"a\\\\b"`` a backspace."""
+
+    def _format_literal(self, literal: str) -> str:
+        return '"' + _GBNF_LITERAL.sub(_gbnf_escape, literal) + '"'
+
+
+_GBNF_LITERAL = re.compile(r'[\\"\x00-\x1F\x7F]')
+
+
+def _gbnf_escape(found: re.Match[str]) -> str:
+    char = found.group()
+    return "\\" + char if char in '\\"' else f"\\x{ord(char):02X}"
+
+
 def new_converter(prop_order: Mapping[str, int] | None = None) -> SchemaConverter:
-    return SchemaConverter(  # type: ignore[no-untyped-call]
+    return _Converter(  # type: ignore[no-untyped-call]
         prop_order=dict(prop_order or {}), allow_fetch=False, dotall=False, raw_pattern=False)
 
 
@@ -113,6 +133,14 @@ def check_enforceable(node: Any, where: str) -> None:
     if "format" in node and node["format"] not in FORMATS:
         raise _refuse(f"{where}.format", f"the string format '{node['format']}' cannot be "
                       f"enforced (supported: {', '.join(sorted(FORMATS))})")
+    required = node.get("required")
+    if isinstance(required, list):
+        defined = node.get("properties") or {}
+        missing = [name for name in required if name not in defined]
+        if missing:
+            # The converter writes only the properties it knows: the output lacked these.
+            raise _refuse(f"{where}.required", f"'required' names {missing[0]!r}, which "
+                          "'properties' does not define, so it cannot be enforced")
     kinds = node.get("type")
     for kind in kinds if isinstance(kinds, list) else [kinds] if kinds else []:
         if kind not in TYPES:

@@ -1,14 +1,31 @@
-r"""JSON Schema ``pattern`` escapes, rewritten into what llama.cpp's GBNF parser reads.
+r"""JSON Schema ``pattern``s, rewritten into what llama.cpp's GBNF reads and a JSON string holds.
 
 llama-cpp-python's converter copies most regex escapes into the grammar as they are, and GBNF
-knows only ``\x \u \U \t \r \n \\ \" \[ \]``: ``^\d{3}$`` or ``\.`` made a grammar
-llama.cpp could not parse, which it printed whole to stderr (hundreds of KiB of log per
-request) and then constrained nothing at all. Classes (``\d \w \s`` and their negations)
-become GBNF classes, escaped punctuation a hex escape; what has no GBNF form (``\b``,
-backreferences, ``\p{...}``, a negated class inside a class) is a 400 naming the pattern.
+knows only ``\x \u \U \t \r \n \\ \" \[ \]``: ``^\d{3}$`` or ``\.`` made a grammar llama.cpp
+could not parse, which it printed whole to stderr (hundreds of KiB of log per request) and
+then constrained nothing at all. So every escape is rewritten here, before the converter.
 
-The converter still writes a pattern's characters raw, not as JSON escapes: a pattern that
-matches a quote, a backslash or a control character can yield a string JSON cannot read.
+The pattern constrains a string's *value*, and the grammar its JSON *text*: a character JSON
+must escape (a control character, ``"``, ``\``) written raw breaks the output (a ``\s``
+produced a raw newline, ``[^a]`` a quote). So:
+
+- classes and ``.`` never match those characters: a positive class has them taken out of its
+  ranges (``[ -~]`` loses ``"`` and ``\``), a negated class and ``.`` exclude them too, ``\s``
+  keeps the spaces JSON writes raw (no tab, no line end). Where ECMA-262 (JSON Schema's
+  dialect) and Python's re (what a Python validator uses) differ, a class writes what both
+  accept: ``\w`` and ``\d`` are ASCII, ``\W`` keeps to ASCII, ``\S`` avoids every space.
+  The output then matches a subset of what the pattern allows: still a match;
+- a pattern that can only match such a character there (``\n``, ``\x00``, ``\\``, a raw
+  quote) is a 400: writing it would take the JSON escape, which the converter cannot say;
+- anchors: the converter drops one leading ``^`` and one trailing ``$`` and writes any other
+  as a literal character (``^a$|^b$`` produced ``"a$``): others are a 400, and a top-level
+  alternation is grouped (the converter's ``"\"" "a" | "b" "\""`` left the quotes to one
+  branch each);
+- a ``{`` that is not an ECMA-262 quantifier (``a{ 3 }``, ``a{٣}``, ``{,5}`` are literal
+  text there) is written as a literal brace: the converter read those as counts.
+
+What has no GBNF form (``\b``, backreferences, ``\p{...}``, a class escape as a range end) is
+a 400 naming the pattern too.
 """
 
 from __future__ import annotations
@@ -17,48 +34,240 @@ import re
 
 from appliance.errors import InvalidRequest
 
-_SPACE = " \\t\\n\\r\\x0B\\x0C"
-_CLASSES = {"d": "0-9", "w": "a-zA-Z0-9_", "s": _SPACE}
-_CONTROL = {"t": "\\t", "n": "\\n", "r": "\\r", "f": "\\x0C", "v": "\\x0B", "0": "\\x00"}
-_HEX = re.compile(r"x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}")
+_Ranges = list[tuple[int, int]]
+
+# Characters JSON must escape inside a string: never written raw by a pattern's grammar.
+_JSON_ESCAPED: _Ranges = [(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C), (0x7F, 0x7F)]
+_DIGITS: _Ranges = [(0x30, 0x39)]
+_WORD: _Ranges = [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)]
+# Spaces both ECMA-262 (JSON Schema's dialect) and Python's re count as \s and JSON writes
+# raw: what \s may write. \S excludes every space either dialect counts.
+_SPACES: _Ranges = [(0x20, 0x20), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A),
+                    (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000)]
+_ANY_SPACE: _Ranges = [*_SPACES, (0x09, 0x0D), (0x1C, 0x1F), (0x85, 0x85), (0xFEFF, 0xFEFF)]
+_LINE_ENDS: _Ranges = [(0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029)]  # what '.' never matches
+_CLASS_ESCAPES = {"d": _DIGITS, "w": _WORD, "s": _SPACES}
+# What \D, \W, \S write: outside ``ranges`` in either dialect. Python's \w takes every
+# letter, ECMA's only ASCII ones: \W keeps to ASCII, where the two agree.
+_NEGATED_ESCAPES: dict[str, tuple[_Ranges, bool]] = {
+    "d": (_DIGITS, False), "w": (_WORD, True), "s": (_ANY_SPACE, False)}
+_CONTROL_ESCAPES = {"t": 0x09, "n": 0x0A, "r": 0x0D, "f": 0x0C, "v": 0x0B, "0": 0x00}
+_HEX = re.compile(r"x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})")
+_QUANTIFIER = re.compile(r"\{[0-9]+(,[0-9]*)?\}")
 
 
 def gbnf_pattern(pattern: str, where: str) -> str:
-    r"""The pattern with every escape in a form GBNF parses. Outside a class an escape becomes
-    a class of its own (``\.`` is ``[\x2E]``): the converter treats a class as one atom,
-    where an escape inside a run of literal characters took a quantifier after it for the
-    whole run's."""
-    out: list[str] = []
-    in_class = False
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
+    """The pattern as the converter should read it: anchored, every class and escape in a
+    GBNF form that matches only characters a JSON string writes raw."""
+    if not (pattern.startswith("^") and _ends_with_anchor(pattern)):
+        raise _refuse(where, "it must start with '^' and end with '$' (the whole string is "
+                      "matched)")
+    body, top_level_choice = _Rewriter(pattern[1:-1], where).run()
+    return f"^({body})$" if top_level_choice else f"^{body}$"
+
+
+def _ends_with_anchor(pattern: str) -> bool:
+    if len(pattern) < 2 or not pattern.endswith("$"):
+        return False
+    backslashes = len(pattern[:-1]) - len(pattern[:-1].rstrip("\\"))
+    return backslashes % 2 == 0  # an escaped '$' is the character
+
+
+class _Rewriter:
+    def __init__(self, body: str, where: str):
+        self._body = body
+        self._where = where
+        self._at = 0
+
+    def run(self) -> tuple[str, bool]:
+        out: list[str] = []
+        depth = 0
+        top_level_choice = False
+        body = self._body
+        while self._at < len(body):
+            c = body[self._at]
+            if c == "\\":
+                out.append(self._escape_outside())
+                continue
+            if c == "[":
+                out.append(self._class())
+                continue
+            self._at += 1
+            if c == ".":
+                out.append(_negated(_LINE_ENDS))
+            elif c in "^$":
+                raise _refuse(self._where, f"an anchor ('{c}') inside the pattern cannot be "
+                              "enforced (only one '^' at its start and one '$' at its end)")
+            elif c == "{":
+                quantifier = _QUANTIFIER.match(body, self._at - 1)
+                if quantifier:
+                    out.append(quantifier.group())
+                    self._at = quantifier.end()
+                else:
+                    out.append(_format_class([(0x7B, 0x7B)], negated=False))
+            elif c == "}":
+                out.append(_format_class([(0x7D, 0x7D)], negated=False))
+            elif c in "()|*+?":
+                depth += {"(": 1, ")": -1}.get(c, 0)
+                top_level_choice = top_level_choice or (c == "|" and depth == 0)
+                out.append(c)
+            elif _json_escaped(ord(c)):
+                raise self._json_escape_needed(c)
+            else:
+                out.append(c)
+        return "".join(out), top_level_choice
+
+    def _escape_outside(self) -> str:
+        """An escape outside a class, as a class of its own: the converter treats a class as
+        one atom, where an escape inside a run of literal characters took a quantifier after
+        it for the whole run's."""
+        letter = self._peek_escape()
+        if letter.lower() in _CLASS_ESCAPES and letter.isupper():
+            self._at += 2
+            excluded, ascii_only = _NEGATED_ESCAPES[letter.lower()]
+            if ascii_only:
+                ascii_rest = _subtract([(0x20, 0x7E)], _union(excluded))
+                return _format_class(self._positive(ascii_rest), negated=False)
+            return _negated(excluded)
+        return _format_class(self._positive(self._escape_ranges()), negated=False)
+
+    def _class(self) -> str:
+        body = self._body
+        self._at += 1  # the '['
+        negated = body.startswith("^", self._at)
+        if negated:
+            self._at += 1
+        ranges: _Ranges = []
+        while not body.startswith("]", self._at):
+            if self._at >= len(body):
+                raise _refuse(self._where, "a character class is not closed")
+            low = self._class_item(negated)
+            if isinstance(low, list):  # a class escape (\d): no range starts or ends there
+                ranges.extend(low)
+                continue
+            if body.startswith("-", self._at) and not body.startswith("-]", self._at):
+                self._at += 1
+                high = self._class_item(negated)
+                if isinstance(high, list):
+                    raise _refuse(self._where, "a class escape cannot end a range")
+                if high < low:
+                    raise _refuse(self._where, "a range in a character class runs backwards")
+                ranges.append((low, high))
+            else:
+                ranges.append((low, low))
+        self._at += 1  # the ']'
+        if not ranges:
+            raise _refuse(self._where, "an empty character class ('[]' or '[^]') cannot be "
+                          "enforced")
+        if negated:
+            return _negated(ranges)
+        return _format_class(self._positive(ranges), negated=False)
+
+    def _class_item(self, negated: bool) -> int | _Ranges:
+        r"""One character of a class (its code point), or a class escape's ranges (in a
+        negated class, ``\s`` is every space either dialect counts)."""
+        c = self._body[self._at]
         if c != "\\":
-            in_class = (in_class or c == "[") and not (in_class and c == "]")
-            out.append(c)
-            i += 1
-            continue
-        if i + 1 == len(pattern):
-            raise _refuse(where, "it ends with a lone backslash")
-        e = pattern[i + 1]
-        hexed = _HEX.match(pattern, i + 1)
+            self._at += 1
+            return ord(c)
+        letter = self._peek_escape()
+        if letter.lower() in _CLASS_ESCAPES and letter.isupper():
+            raise _refuse(self._where, f"the escape '\\{letter}' inside a character class "
+                          "has no equivalent in an output grammar")
+        ranges = self._escape_ranges()
+        if letter == "s" and negated:
+            return _ANY_SPACE
+        return ranges if letter in _CLASS_ESCAPES else ranges[0][0]
+
+    def _peek_escape(self) -> str:
+        if self._at + 1 >= len(self._body):
+            raise _refuse(self._where, "it ends with a lone backslash")
+        return self._body[self._at + 1]
+
+    def _escape_ranges(self) -> _Ranges:
+        """The one character an escape stands for (not a class escape)."""
+        letter = self._peek_escape()
+        hexed = _HEX.match(self._body, self._at + 1)
         if hexed:
-            char = "\\" + hexed.group(0)
-            i = hexed.end()
-        elif e in _CLASSES:
-            char = _CLASSES[e]
-        elif e.lower() in _CLASSES and not in_class:
-            char = "^" + _CLASSES[e.lower()]
-        elif e in _CONTROL:
-            char = _CONTROL[e]
-        elif e.isascii() and not e.isalnum():
-            char = f"\\x{ord(e):02X}"
+            self._at = hexed.end()
+            point = int(hexed.group(1) or hexed.group(2), 16)
+        elif letter in _CLASS_ESCAPES:
+            self._at += 2
+            return _CLASS_ESCAPES[letter]
+        elif letter in _CONTROL_ESCAPES:
+            self._at += 2
+            point = _CONTROL_ESCAPES[letter]
+        elif letter.isascii() and not letter.isalnum():
+            self._at += 2
+            point = ord(letter)
         else:
-            raise _refuse(where, f"the escape '\\{e}' has no equivalent in an output grammar")
-        if not hexed:
-            i += 2
-        out.append(char if in_class else f"[{char}]")
-    return "".join(out)
+            raise _refuse(self._where, f"the escape '\\{letter}' has no equivalent in an "
+                          "output grammar")
+        return [(point, point)]
+
+    def _positive(self, ranges: _Ranges) -> _Ranges:
+        """What a positive class may write raw: its ranges without JSON's escaped ones (the
+        space alone stays of ``\\s``). Nothing left: the pattern needs an escape here."""
+        kept = _subtract(_union(ranges), _JSON_ESCAPED)
+        if not kept:
+            point = ranges[0][0]
+            raise self._json_escape_needed(chr(point))
+        return kept
+
+    def _json_escape_needed(self, char: str) -> InvalidRequest:
+        return _refuse(self._where, f"it matches {char!r} there, which a JSON string must "
+                       "escape; the output grammar writes a pattern's characters as they are")
+
+
+def _union(ranges: _Ranges) -> _Ranges:
+    merged: _Ranges = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return merged
+
+
+def _subtract(ranges: _Ranges, removed: _Ranges) -> _Ranges:
+    kept: _Ranges = []
+    for low, high in ranges:
+        for cut_low, cut_high in removed:
+            if cut_high < low or cut_low > high:
+                continue
+            if cut_low > low:
+                kept.append((low, cut_low - 1))
+            low = cut_high + 1
+            if low > high:
+                break
+        if low <= high:
+            kept.append((low, high))
+    return kept
+
+
+def _negated(ranges: _Ranges) -> str:
+    """A class of every character a JSON string writes raw, but ``ranges``."""
+    return _format_class(_union(ranges + _JSON_ESCAPED), negated=True)
+
+
+def _json_escaped(point: int) -> bool:
+    return any(low <= point <= high for low, high in _JSON_ESCAPED)
+
+
+def _format_class(ranges: _Ranges, *, negated: bool) -> str:
+    items = [_char(low) if low == high else f"{_char(low)}-{_char(high)}"
+             for low, high in ranges]
+    return f"[{'^' if negated else ''}{''.join(items)}]"
+
+
+def _char(point: int) -> str:
+    if point < 0x80 and chr(point).isalnum():
+        return chr(point)
+    if point <= 0xFF:
+        return f"\\x{point:02X}"
+    if point <= 0xFFFF:
+        return f"\\u{point:04X}"
+    return f"\\U{point:08X}"
 
 
 def _refuse(where: str, why: str) -> InvalidRequest:

@@ -118,6 +118,14 @@ class SamplerChain:
         token = self._draw(context, batch_index, constrained=False)
         if not grammar_allows(self._grammar, token):
             token = self._draw(context, batch_index, constrained=True)
+            if not grammar_allows(self._grammar, token):
+                # Nothing the model can write fits (the constraint wants a character no token
+                # holds, or biases shut out every token it allows): accepting the draw would
+                # abort the whole process inside llama.cpp.
+                raise InvalidRequest(
+                    "The output constraint allows no token this model can write at this "
+                    "point of the answer, so it cannot be met. Check the schema's patterns, "
+                    "const and enum values, and any logit_bias.", code="unsupported_schema")
         llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self.handle, token)
         return token
