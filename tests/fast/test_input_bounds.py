@@ -57,7 +57,8 @@ async def http(tmp_path: Path) -> AsyncIterator[httpx2.AsyncClient]:
         services = Services(
             catalog=Catalog([
                 Listing(CHAT_KIND, FakeChatEngine(), ("gpt-4o-mini",)),
-                Listing(EMBEDDING, FakeEmbeddingEngine(), ("text-embedding-3-small",)),
+                Listing(EMBEDDING, FakeEmbeddingEngine(),
+                        ("text-embedding-3-small", "embed-small")),
                 Listing(IMAGE, FakeImageEngine(), ("dall-e-2",))]),
             ledger=ListLedger(), keys=keys, key_admin=keys,
             bounds=SMALL)
@@ -230,6 +231,8 @@ FUNCTION = {"type": "function", "function": {"name": "f"}}
     ({"stop": "a" * 9}, "stop", "at most 8"),
     ({"stop": ["a", "b" * 9]}, "stop[1]", "at most 8"),
     ({"logit_bias": {"1": 1, "2": 1, "3": 1, "4": 1}}, "logit_bias", "at most 3"),
+    # Logits are divided by it in float32: 1e-300 overflowed them and the output was noise.
+    ({"repeat_penalty": 1e-300}, "repeat_penalty", "greater than or equal to 0.01"),
     # str.isdigit() takes these, int() refuses the first and reads the second as token 12.
     ({"logit_bias": {"\u00b2": 1}}, "logit_bias", "not a token id"),
     ({"logit_bias": {"\uff11\uff12": 1}}, "logit_bias", "not a token id"),
@@ -275,7 +278,7 @@ async def test_just_inside_the_chat_bounds_is_served(http: httpx2.AsyncClient) -
 
 # -- labels on every route that takes them ----------------------------------------------------
 
-EMBED = {"model": "text-embedding-3-small", "input": "x"}
+EMBED = {"model": "embed-small", "input": "x"}  # within the small bound of 12
 RESPONSE = {"model": "gpt-4o-mini", "input": "Hi"}
 
 

@@ -235,3 +235,19 @@ def test_a_constraint_no_token_can_meet_fails_the_request_not_the_process(
                 chain.sample(None, 0)
     finally:
         chain.close()
+
+
+def _sampler_names(chain: SamplerChain) -> list[str]:
+    count = llama_cpp.llama_sampler_chain_n(chain.handle)
+    return [llama_cpp.llama_sampler_name(llama_cpp.llama_sampler_chain_get(chain.handle, i))
+            .decode() for i in range(count)]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1e-39, 1e-45, 5e-5])
+def test_a_temperature_near_zero_draws_greedily(model: LoadedModel, temperature: float) -> None:
+    """Logits divided by 1e-39 in float32 overflowed: NaN probabilities, noise for output."""
+    chain = SamplerChain(Sampling(temperature=temperature), model, 64)
+    try:
+        assert _sampler_names(chain) == ["greedy"]
+    finally:
+        chain.close()

@@ -191,3 +191,35 @@ def test_a_schema_just_inside_every_bound_still_works(hostile: HostileServer,
     else:
         output = choice["message"]["tool_calls"][0]["function"]["arguments"]
     jsonschema.validate(json.loads(output), schema)
+
+
+def test_schemas_holding_a_nul_are_answered_and_the_process_lives(
+        hostile: HostileServer) -> None:
+    """Each of these aborted the whole process inside llama.cpp (the red team's finding): a
+    NUL in a const, an enum of a required tool call, a Responses text format; the pattern
+    form is refused, the others are answered with JSON holding the escape."""
+    nul_tool = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"enum": ["x\u0000"]}}, "required": ["a"]}}}]
+    nul_object = {"type": "object", "properties": {"k": {"const": "\u0000"}},
+                  "required": ["k"], "additionalProperties": False}
+    with hostile.attack("schemas holding a NUL", Bounds(peak_rss_mib=60, log_kib=16,
+                                                        ledger_kib=ledger_kib(4))):
+        answer = _chat(hostile, response_format=_schema_format({"const": "a\u0000b"}, True))
+        assert answer.status_code == 200, answer.text
+        assert json.loads(answer.json()["choices"][0]["message"]["content"]) == "a\u0000b"
+        answer = _chat(hostile, tools=nul_tool, tool_choice="required")
+        assert answer.status_code == 200, answer.text
+        call = answer.json()["choices"][0]["message"]["tool_calls"][0]["function"]
+        assert json.loads(call["arguments"]) == {"a": "x\u0000"}
+        answer = _chat(hostile, response_format=_schema_format(
+            {"type": "string", "pattern": "^\\x00$"}, True))
+        _refused(answer, f"{WHERE}.pattern", "a JSON string must escape")
+        with hostile.http(120.0) as http:
+            answer = http.post("/v1/responses", json={
+                "model": hostile.chat_model, "max_output_tokens": 40, "temperature": 0,
+                "input": "hi", "text": {"format": {"type": "json_schema", "name": "x",
+                                                   "strict": True, "schema": nul_object}}})
+        assert answer.status_code == 200, answer.text
+        texts = [part["text"] for item in answer.json()["output"] if item["type"] == "message"
+                 for part in item["content"]]
+        assert json.loads(texts[0]) == {"k": "\u0000"}

@@ -42,7 +42,8 @@ class GenerationFields(BaseModel):
     # Extensions (llama.cpp samplers OpenAI does not have); documented in the README.
     top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    repeat_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
+    # Logits are divided by it in float32: below 0.01 they overflow and the draw is noise.
+    repeat_penalty: Annotated[float, Field(ge=0.01, le=10)] | None = None
 
     @property
     def wants_usage_chunk(self) -> bool:

@@ -27,6 +27,12 @@ log = logging.getLogger("appliance.engines.llm")
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
+# Temperatures under this draw greedily: the temperature sampler divides float32 logits by
+# it, and near 1e-38 they overflow to infinity (the softmax turned to NaN and the output to
+# noise); well before that the distribution is all on the top token anyway.
+GREEDY_BELOW = 1e-4
+
+
 class SamplerChain:
     """The request's samplers, and its grammar kept beside them rather than in the chain.
 
@@ -95,7 +101,7 @@ class SamplerChain:
             add(llama_cpp.llama_sampler_init_penalties(
                 self._model.n_vocab, self._penalty_window, sampling.repeat_penalty,
                 sampling.frequency_penalty, sampling.presence_penalty))
-        if sampling.temperature <= 0.0:
+        if sampling.temperature < GREEDY_BELOW:
             add(llama_cpp.llama_sampler_init_greedy())
             return
         if sampling.top_k > 0:
