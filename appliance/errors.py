@@ -123,6 +123,15 @@ class EngineFailure(ApplianceError):
     default_code = "engine_error"
 
 
+class InternalError(ApplianceError):
+    """A failure outside any engine (a bug, logged with its traceback): not ``engine_error``,
+    which says a model failed the request."""
+
+    status = 500
+    error_type = "server_error"
+    default_code = "internal_error"
+
+
 class ServiceUnavailable(ApplianceError):
     status = 503
     error_type = "server_error"

@@ -349,3 +349,27 @@ def test_decode_steps_fill_the_step_time_and_prefill_histograms() -> None:
     assert _sample(metrics, "appliance_engine_step_prefill_tokens_sum", model="fake-chat") == 24
     assert _sample(metrics, "appliance_engine_step_prefill_tokens_bucket", model="fake-chat",
                    le="32.0") == 2
+
+
+@dataclasses.dataclass
+class _BuggyEmbedder(FakeEmbeddingEngine):
+    """Fails with a plain exception, as a bug would, not an engine's failure."""
+
+    async def embed(self, *args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug")
+
+
+async def test_a_bug_is_an_internal_error_not_an_engines(
+        caplog: pytest.LogCaptureFixture) -> None:
+    setup = harness(catalog=Catalog([Listing(CHAT_KIND, FakeChatEngine()),
+                                     Listing(EMBEDDING, _BuggyEmbedder())]))
+    async with setup.client() as client:
+        failed = await client.post("/v1/embeddings", headers=bearer(USER_KEY),
+                                   json={"model": "fake-embed", "input": "x"})
+    assert failed.status_code == 500
+    assert failed.json()["error"] == {
+        "message": "The server had an error while processing your request.",
+        "type": "server_error", "param": None, "code": "internal_error"}
+    assert setup.ledger.rows[-1].error_code == "internal_error"
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == [
+        "unhandled error in POST /v1/embeddings"]

@@ -40,7 +40,7 @@ from appliance.api.note import RequestNote
 from appliance.api.route_policy import RouteTable
 from appliance.api.services import LedgerSink, Pricing
 from appliance.api.telemetry.logs import CURRENT_REQUEST_ID, shown
-from appliance.errors import EngineFailure
+from appliance.errors import InternalError
 from appliance.ledger import RequestRecord, RequestStatus
 
 log = logging.getLogger("appliance.access")
@@ -157,7 +157,7 @@ class RequestContextMiddleware:
             log.exception("unhandled error in %s %s", note.method, note.path)
             if status == 0:
                 status = 500
-                error = EngineFailure("The server had an error while processing your request.")
+                error = InternalError("The server had an error while processing your request.")
                 note.error_code = error.code
                 await _send_json(send_with_id, 500, error.envelope())
             else:
