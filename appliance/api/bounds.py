@@ -8,7 +8,11 @@ engine that knows them; these are the wire-level ones.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from appliance.errors import InvalidRequest
 
 
 @dataclass(frozen=True)
@@ -69,3 +73,26 @@ class RequestBounds:
     # Background responses running at once (a 429 past either): the server's, one key's.
     max_background_responses: int = 64
     max_background_per_key: int = 8
+
+
+# Labels a body may carry (never text to work on, but echoed in errors and logs): routes whose
+# other bounds need no check of their own run this one on the parsed JSON (generation routes
+# check them with the rest, in api/wire/generation_bounds.py and responses_bounds.py).
+LABELS = ("model", "user")
+
+
+def check_labels(data: Mapping[str, Any], bounds: RequestBounds,
+                 fields: tuple[str, ...] = LABELS) -> None:
+    """A 400 for a label (``model``, ``user``) over ``max_name_chars``, naming it and the bound,
+    before validation or a model lookup (whose 404 would quote the name back)."""
+    for field in fields:
+        value = data.get(field)
+        if isinstance(value, str):
+            check_label(field, value, bounds)
+
+
+def check_label(param: str, value: str, bounds: RequestBounds) -> None:
+    if len(value) > bounds.max_name_chars:
+        raise InvalidRequest(f"Invalid '{param}': a string of {len(value)} characters; this "
+                             f"server allows at most {bounds.max_name_chars}.", param=param,
+                             code="string_above_max_length")

@@ -45,8 +45,9 @@ def check_key_name(name: str) -> str:
     """The name stripped, or ValueError saying what a name may contain."""
     name = name.strip()
     if not _NAME.fullmatch(name):
+        shown = repr(name) if len(name) <= 64 else f"of {len(name)} characters"
         raise ValueError(
-            f"invalid key name {name!r}: 1 to 64 characters, letters, digits, space and . _ @ -,"
+            f"invalid key name {shown}: 1 to 64 characters, letters, digits, space and . _ @ -,"
             " starting with a letter or digit"
         )
     if _LIKE_AN_ID.fullmatch(name):

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 
+import httpx2
 import pytest
 
+from appliance.api.app import create_app
+from appliance.api.services import Services
+from appliance.engines.base import CHAT, CancelToken, ChatEvent, ChatParams, Listing
+from appliance.engines.catalog import Catalog
+from appliance.errors import Overloaded
 from tests.conftest import API_KEY, FastStack
+from tests.fakes import FakeChatEngine, FakeKeys, ListLedger
 from tests.openapi_contract import validate
 
 pytestmark = pytest.mark.anyio
@@ -102,3 +112,99 @@ async def test_streamed_completion_logprobs_carry_running_offsets(stack: FastSta
         if chunk.choices and chunk.choices[0].logprobs is not None:
             offsets.extend(chunk.choices[0].logprobs.text_offset or [])
     assert offsets == [0, 6, 13]
+
+
+# -- admission: a request's prompts go to the engine's queue together ------------------------
+
+@dataclass
+class QueuedChatEngine(FakeChatEngine):
+    """Admits as LlamaChatEngine.chat does: refused (503 ``overloaded``) when the choices
+    queued plus the prompts being prepared reach ``queue_limit``; a prompt is prepared off the
+    loop (an await), then all ``n`` of its choices queue at once, and they stay queued until
+    their events are read (the worst case: a decode thread that seats nobody meanwhile)."""
+
+    queue_limit: int = 64
+    queued: int = 0
+    preparing: int = 0
+
+    async def chat(self, params: ChatParams,
+                   cancel: CancelToken) -> AsyncGenerator[ChatEvent, None]:
+        if self.queued + self.preparing >= self.queue_limit:
+            raise Overloaded(f"The model `{self.model_id}` has {self.queue_limit} requests "
+                             "waiting; try again shortly.", retry_after=1.0)
+        inner = super().chat(params, cancel)
+        self.preparing += 1
+        try:
+            await asyncio.sleep(0)  # the prompt threads
+            started = await anext(inner)  # the context check, as preparing makes it
+        finally:
+            self.preparing -= 1
+        self.queued += params.n
+        seated = False
+        try:
+            yield started
+            self.queued -= params.n
+            seated = True
+            async for event in inner:
+                yield event
+        finally:
+            if not seated:
+                self.queued -= params.n
+            await inner.aclose()
+
+
+@pytest.fixture
+async def queued() -> AsyncIterator[tuple[QueuedChatEngine, httpx2.AsyncClient]]:
+    engine = QueuedChatEngine()
+    keys = FakeKeys()
+    keys.add(API_KEY)
+    services = Services(catalog=Catalog([Listing(CHAT, engine, ())]), ledger=ListLedger(),
+                        keys=keys)
+    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=create_app(services)),
+                                  base_url="http://appliance.test", headers=AUTH) as http:
+        yield engine, http
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("n", [5, 16])
+async def test_prompts_times_n_past_the_queue_limit_are_served_on_an_idle_server(
+        queued: tuple[QueuedChatEngine, httpx2.AsyncClient], n: int, stream: bool) -> None:
+    # 16 prompts (the bound) x n choices of 1 token: inside every bound, and more choices than
+    # queue_limit (64). Each prompt counts once on arrival, as a separate request would; one
+    # after another, the 14th found 65 choices queued: a 503 to retry forever.
+    engine, http = queued
+    answer = await http.post("/v1/completions", json={
+        "model": "fake-chat", "prompt": ["a"] * 16, "n": n, "max_tokens": 1,
+        "stream": stream})
+    assert answer.status_code == 200, answer.text
+    if stream:
+        frames = [json.loads(line[6:]) for line in answer.text.split("\n\n")
+                  if line.startswith("data: {")]
+        indices = {c["index"] for f in frames for c in f["choices"] if c["finish_reason"]}
+    else:
+        indices = {c["index"] for c in answer.json()["choices"]}
+    assert indices == set(range(16 * n))
+    assert (engine.queued, engine.preparing) == (0, 0)
+
+
+async def test_a_queue_full_of_other_work_is_still_a_503_with_a_retry_hint(
+        queued: tuple[QueuedChatEngine, httpx2.AsyncClient]) -> None:
+    engine, http = queued
+    engine.queued = 60  # other requests' choices; this request's fourth prompt finds it full
+    answer = await http.post("/v1/completions", json={
+        "model": "fake-chat", "prompt": ["a"] * 8, "max_tokens": 1})
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["code"] == "overloaded"
+    assert answer.headers["retry-after"]
+    # The prompts admitted were stopped and gave their places up.
+    assert (engine.queued, engine.preparing) == (60, 0)
+
+
+async def test_one_prompt_refused_stops_the_others_and_names_the_prompt(
+        queued: tuple[QueuedChatEngine, httpx2.AsyncClient]) -> None:
+    engine, http = queued
+    answer = await http.post("/v1/completions", json={
+        "model": "fake-chat", "prompt": ["a", "word " * 70, "b"], "n": 3, "max_tokens": 1})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "context_length_exceeded"
+    assert (engine.queued, engine.preparing) == (0, 0)

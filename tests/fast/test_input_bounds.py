@@ -96,7 +96,7 @@ def _error(response: httpx2.Response, status: int = 400) -> dict[str, Any]:
     ("/v1/completions", {"model": "gpt-4o-mini", "prompt": "x", "max_tokens": "4"},
      "max_tokens"),
     ("/v1/completions", {"model": "gpt-4o-mini", "prompt": "x", "echo": "true"}, "echo"),
-    ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "x", "dimensions": "8"},
+    ("/v1/embeddings", {"model": "embed-small", "input": "x", "dimensions": "8"},
      "dimensions"),
     ("/v1/images/generations", {"prompt": "a cat", "n": "1"}, "n"),
 ])

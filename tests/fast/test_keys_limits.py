@@ -462,3 +462,12 @@ async def test_organization_usage_and_costs(appliance: Appliance) -> None:
                             options={"params": params})
         assert bad.value.param == param
 
+
+
+async def test_a_long_key_name_is_refused_without_being_quoted_back(
+        appliance: Appliance) -> None:
+    admin = appliance.client(appliance.key("ops", admin=True))
+    with pytest.raises(openai.BadRequestError) as refused:
+        await admin.post("/organization/api_keys", cast_to=object, body={"name": "n" * 100_000})
+    assert "of 100000 characters" in refused.value.message
+    assert len(refused.value.response.content) < 1000

@@ -47,3 +47,13 @@ def test_suffix_is_refused_by_name(real_server: RealServer) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         sdk(real_server).completions.create(model=SMOL, prompt="def f(", suffix="return x")
     assert caught.value.param == "suffix"
+
+
+def test_sixteen_prompts_times_n_past_the_queue_limit_are_served(
+        real_server: RealServer) -> None:
+    # 16 prompts x 5 choices (80) is more than queue_limit (64): inside every bound, so an
+    # idle server serves it (it was a 503 on every retry when each prompt's admission found
+    # the earlier prompts' choices queued).
+    completion = sdk(real_server).completions.create(model=SMOL, prompt=["a"] * 16, n=5,
+                                                     max_tokens=1)
+    assert sorted(c.index for c in completion.choices) == list(range(80))

@@ -21,6 +21,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from appliance.api.bounds import check_label
 from appliance.api.services import KeyAdmin, Services
 from appliance.api.wire.keys import CreateKey, KeyFields, key_json
 from appliance.api.wire.validation import parse_json
@@ -43,6 +44,7 @@ def _canonical_models(services: Services, names: list[str] | None) -> tuple[str,
                              "null) for every model.", param="models")
     ids: list[str] = []
     for index, name in enumerate(names):
+        check_label(f"models[{index}]", name, services.bounds)  # before the 400 quoting it
         try:
             ids.append(services.catalog.resolve(name).id)
         except ModelNotFound:

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from appliance.api.note import RequestNote
+from appliance.api.routes.disconnect import unless_disconnected
 from appliance.api.routes.engine_call import EngineCall, gone_is_499, note_of, owned
 from appliance.api.services import Services
 from appliance.api.wire.completions import CompletionRequest, to_completion_params
@@ -88,6 +89,46 @@ async def _merged(generators: list[AsyncGenerator[ChatEvent, None]]) -> AsyncIte
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _admitted(call: EngineCall[ChatEvent],
+                    generators: list[AsyncGenerator[ChatEvent, None]]) -> list[Started]:
+    """Every prompt's ``Started``, all asked for at once: the request's prompts arrive at the
+    engine's queue together, each checked before any of them queues its choices, as a burst
+    of separate requests would be. Asked one after another (EngineCall.started), each prompt
+    found the earlier ones' ``n`` choices queued: 16 prompts x n=5 passed ``queue_limit`` (64)
+    and were a 503 on an idle server, on every retry. Errors and a client that leaves end as
+    EngineCall.started ends them: everything stopped, the first prompt's error raised."""
+    try:
+        firsts = await unless_disconnected(call.request.receive, _first_events(generators))
+        if not all(isinstance(first, Started) for first in firsts):
+            raise EngineFailure("The engine did not admit the request.")
+    except BaseException:
+        call.cancel.cancel()
+        for events in generators:
+            await events.aclose()
+        raise
+    return [first for first in firsts if isinstance(first, Started)]
+
+
+async def _first_events(generators: list[AsyncGenerator[ChatEvent, None]]) -> list[ChatEvent]:
+    """Each generator's first event, awaited together; on the first failure the others are
+    cancelled (a prompt still being prepared stops there) and the failure of the lowest prompt
+    that failed is raised."""
+    tasks = [asyncio.ensure_future(anext(events)) for events in generators]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()  # a no-op on the done ones
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            if isinstance(failure, StopAsyncIteration):
+                raise EngineFailure("The engine did not admit the request.")
+            raise failure
+    return [task.result() for task in tasks]
 
 
 def _as_text(event: ChatEvent) -> ChatEvent:
@@ -159,7 +200,7 @@ async def create_completion(request: Request) -> Response:
     cancel = _CancelAll([CancelToken() for _ in params])
     generators = [engine.chat(p, token) for p, token in zip(params, cancel.tokens, strict=True)]
     call = EngineCall(request, note, cancel, generators)
-    started = await call.started(Started, "The engine did not admit the request.")
+    started = await _admitted(call, generators)
     prompt_tokens = sum(s.prompt_tokens for s in started)
     note.prompt_tokens = prompt_tokens
     completion = _Completion(engine.info.id, params, bool(body.echo), body.logprobs is not None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from appliance.api.bounds import check_labels
 from appliance.api.routes.engine_call import gone_is_499, note_of, watched
 from appliance.api.services import Services
 from appliance.api.wire.embeddings import EmbeddingRequest, embedding_json
@@ -24,7 +25,10 @@ from appliance.errors import InvalidRequest
 async def create_embeddings(request: Request) -> Response:
     services: Services = request.app.state.services
     note = note_of(request)
-    body = await parse_json(request, EmbeddingRequest, services.bounds.max_body_bytes)
+    bounds = services.bounds
+    # `model` and `user` are labels: bounded before the lookup, whose 404 quotes the name.
+    body = await parse_json(request, EmbeddingRequest, bounds.max_body_bytes,
+                            lambda data: check_labels(data, bounds))
     engine = services.catalog.get(EMBEDDING, body.model)
     note.model = engine.info.id
     if body.dimensions is not None and body.dimensions > engine.dimensions:

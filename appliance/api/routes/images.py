@@ -18,6 +18,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from appliance.api.bounds import LABELS, check_labels
 from appliance.api.image_files import ImageFiles
 from appliance.api.routes.engine_call import gone_is_499, note_of, owned, watched
 from appliance.api.services import Services
@@ -35,6 +36,7 @@ from appliance.engines.base import IMAGE, CancelToken, ImageEngine, ImageResult
 from appliance.errors import InvalidRequest, ModelNotFound, NotFound
 
 IMAGE_FILE_ROUTE = "image_file"
+IMAGE_LABELS = (*LABELS, "safety_identifier")
 
 
 def _engine(services: Services, model: str | None) -> ImageEngine:
@@ -58,7 +60,9 @@ def _usage(prompt_tokens: int) -> dict[str, Any]:
 async def create_image(request: Request) -> Response:
     services: Services = request.app.state.services
     note = note_of(request)
-    body = await parse_json(request, ImageGenerationRequest, services.bounds.max_body_bytes)
+    bounds = services.bounds
+    body = await parse_json(request, ImageGenerationRequest, bounds.max_body_bytes,
+                            lambda data: check_labels(data, bounds, IMAGE_LABELS))
     engine = _engine(services, body.model)
     note.model = engine.info.id
     check_unserved(body)

@@ -21,6 +21,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from appliance.api.bounds import check_label
 from appliance.api.services import Services
 from appliance.engines.base import CHAT, Kind, ModelInfo
 
@@ -46,5 +47,6 @@ async def list_models(request: Request) -> Response:
 async def retrieve_model(request: Request) -> Response:
     services: Services = request.app.state.services
     name = request.path_params["model"]
+    check_label("model", name, services.bounds)  # before the 404, which quotes the name
     info = services.catalog.resolve(name)
     return JSONResponse(_model_json(name, info, services.catalog.kind_of(name)))
