@@ -54,13 +54,14 @@ def flac_claiming(path: Path, source: Path, samples: int) -> Path:
 
 
 def wav(path: Path, *, rate: int, channels: int = 1, data: bytes,
-        declared: int | None = None) -> Path:
+        declared: int | None = None, tag: int = 1, bits: int = 8) -> Path:
     """8-bit PCM WAV whose header says ``rate``, ``channels`` and ``declared`` data bytes
-    (default: the truth), whatever ``data`` holds."""
+    (default: the truth), whatever ``data`` holds; ``tag`` (the format tag, 1 = PCM) and
+    ``bits`` (per sample) can name an encoding no decoder reads."""
     size = len(data) if declared is None else declared
     header = b"RIFF" + struct.pack("<I", (36 + size) & 0xFFFFFFFF) + b"WAVE"
-    header += b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, rate & 0xFFFFFFFF,
-                                    (rate * channels) & 0xFFFFFFFF, channels, 8)
+    header += b"fmt " + struct.pack("<IHHIIHH", 16, tag, channels, rate & 0xFFFFFFFF,
+                                    (rate * channels) & 0xFFFFFFFF, channels, bits)
     header += b"data" + struct.pack("<I", size & 0xFFFFFFFF)
     path.write_bytes(header + data)
     return path

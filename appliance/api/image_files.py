@@ -31,7 +31,8 @@ import anyio.to_thread
 
 log = logging.getLogger("appliance.api")
 DEFAULT_TTL_S = 3600.0
-NAME = re.compile(r"^[A-Za-z0-9_-]{43}\.(png|jpeg|webp)$")  # token_urlsafe(32) + format
+# token_urlsafe(32) + format, matched whole (fullmatch: "$" would take a trailing newline)
+NAME = re.compile(r"[A-Za-z0-9_-]{43}\.(png|jpeg|webp)")
 MAX_SWEEP_INTERVAL_S = 60.0
 
 
@@ -65,7 +66,7 @@ class ImageFiles:
 
     def read(self, name: str, now: float | None = None) -> StoredImage | None:
         """The image behind a URL, or None if there is none or it has expired."""
-        if NAME.match(name) is None:
+        if NAME.fullmatch(name) is None:
             return None
         path = self.folder / name
         try:

@@ -113,6 +113,11 @@ def _audio_stream(container: Any, bounds: AudioBounds) -> Any:
     if not container.streams.audio:
         raise _refuse("The file holds no audio stream.")
     stream = container.streams.audio[0]
+    if stream.codec_context is None:
+        # PyAV opens a stream it has no decoder for (a WAV format tag FFmpeg does not know,
+        # PCM of 0 bits a sample) and leaves its codec context out.
+        raise _refuse("The file's audio is in an encoding this server cannot decode. Send a "
+                      "file in a format such as wav, mp3, m4a, ogg, webm or flac.")
     _check_format(stream.codec_context.sample_rate, stream.codec_context.channels, bounds)
     return stream
 

@@ -42,6 +42,9 @@ class ImageInput:
     width: int
     height: int
     detail: ImageDetail = "auto"
+    # The request field that held it (messages[0].content[1].image_url.url), what an error
+    # decoding it names; not part of the picture's identity.
+    param: str = field(default="messages", compare=False)
 
 
 @dataclass(frozen=True)

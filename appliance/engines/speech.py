@@ -13,10 +13,13 @@ espeak-ng's C interface cannot take) become spaces, and Piper's ``[[ raw phoneme
 is broken up, so a request cannot feed the network symbols of its choosing.
 
 A sentence longer than ``MAX_PHONEMES`` is cut at a word boundary: VITS's attention grows with
-the square of its input, its activations with the audio's length (about 1 MB a phoneme), and
-a 4,096-character text without punctuation would otherwise be one piece whose first audio
-comes only at the end. The warm-up synthesises a piece of the full length, so ONNX Runtime's
-memory arena reaches its high-water mark at boot, not in some later request.
+the square of its input, its activations with the audio's length (about 1 MB a phoneme at
+speed 1), and a 4,096-character text without punctuation would otherwise be one piece whose
+first audio comes only at the end. Below speed 1 every phoneme lasts longer (Piper's length
+scale is 1 / speed), so the limit shrinks with the speed (``piece_limit``): a piece holds about
+as much audio at speed 0.25 as at speed 1, never four times as much. The warm-up synthesises a
+piece of the full length, so ONNX Runtime's memory arena grows to what the longest piece needs
+at boot, not in some later request.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from appliance.engines.runtime.worker_pool import WorkerPool
 from appliance.errors import ConfigError, InvalidRequest
 
 log = logging.getLogger("appliance.engines.speech")
-MAX_PHONEMES = 200  # about 12 s of speech: a long sentence, and some 190 MB of activations
+MAX_PHONEMES = 200  # about 10 s of speech at speed 1: a long sentence, some 190 MB of activations
 # Enough words (no punctuation: one sentence) for a piece of MAX_PHONEMES and a shorter one.
 WARM_UP_TEXT = " ".join(["ready"] * 36)
 WORD_BREAK = " "
@@ -81,6 +84,12 @@ def providers_for(device: str) -> list[str | tuple[str, dict[str, Any]]]:
         # length, which is every sentence.
         return [(CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}), CPU]
     return [CPU]
+
+
+def piece_limit(speed: float) -> int:
+    """The most phonemes in one piece at ``speed``: MAX_PHONEMES, scaled down below speed 1,
+    since the audio (and the network's activations) of a piece follow phonemes / speed."""
+    return max(1, int(MAX_PHONEMES * min(speed, 1.0)))
 
 
 def split_long(phonemes: list[str], limit: int = MAX_PHONEMES) -> list[list[str]]:
@@ -209,8 +218,9 @@ class PiperSpeechEngine:
         once ``cancel`` is set."""
         if cancel.cancelled:
             return
+        limit = piece_limit(params.speed)
         pieces = [piece for sentence in self._voice.phonemize(speakable(params.text))
-                  for piece in split_long(sentence) if piece]
+                  for piece in split_long(sentence, limit) if piece]
         ids = [self._voice.phonemes_to_ids(piece) for piece in pieces]
         yield SpeechStarted(sentences=len(ids), input_tokens=sum(len(i) for i in ids))
         speaker = self._voices.index(params.voice)

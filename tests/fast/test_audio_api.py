@@ -159,3 +159,28 @@ async def test_too_large_upload_is_413(stack: FastStack) -> None:
         await stack.client.audio.transcriptions.create(
             model="whisper-1", file=("big.wav", b"RIFF" + b"\0" * 2100, "audio/wav"))
     assert caught.value.status_code == 413
+
+
+@pytest.mark.parametrize(("files", "data", "words"), [
+    ([("file", WAV), ("file", WAV)], {"model": "whisper-1"}, "Too many files"),
+    ([("file", WAV)], {f"x{i}": "1" for i in range(70)}, "Too many fields"),
+    ([("file", ("a" * 8192 + ".wav", WAV[1], "audio/wav"))], {"model": "whisper-1"},
+     "Invalid multipart data"),
+])
+@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/audio/translations"])
+async def test_multipart_refusals_name_the_file(stack: FastStack, path: str, files: Any,
+                                                data: dict[str, str], words: str) -> None:
+    response = await stack.http.post(path, headers=AUTH, files=files, data=data)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("file", "invalid_multipart")
+    assert words in error["message"]
+
+
+async def test_a_body_that_is_not_multipart_names_the_file(stack: FastStack) -> None:
+    response = await stack.http.post(
+        "/v1/audio/transcriptions", content=b"--b\r\nno headers end",
+        headers={**AUTH, "content-type": "multipart/form-data"})  # and no boundary
+    error = response.json()["error"]
+    assert (response.status_code, error["param"], error["code"]) == (
+        400, "file", "invalid_multipart")

@@ -12,6 +12,9 @@ import pytest
 
 from appliance.api.bounds import RequestBounds
 from appliance.api.wire.image_input import max_encoded_chars
+from appliance.engines.base import ImageInput
+from appliance.engines.llm.pictures import decode_picture
+from appliance.errors import InvalidRequest
 from tests.fakes import IMAGE_TOKENS, FakeVisionEngine
 from tests.fast.responses_stack import responses_stack
 from tests.fast.vision_stack import (
@@ -232,6 +235,47 @@ async def test_remote_urls_are_off_by_default() -> None:
         assert response.status_code == 400
         assert error["param"] == URL_PARAM
         assert "remote_image_hosts" in error["message"]
+
+
+async def test_url_schemes_are_read_without_case() -> None:
+    async with vision_stack() as stack:
+        upper = "DATA:" + RED.removeprefix("data:")
+        response = await stack.post("/v1/chat/completions", chat_body(
+            user_turn(image_part(upper))))
+        assert response.json()["choices"][0]["message"]["content"] == "40x30:auto@0"
+        for remote in ("HTTP://192.168.1.1/router.png", "Https://192.168.1.1/router.png"):
+            response = await stack.post("/v1/chat/completions", chat_body(
+                user_turn(image_part(remote))))
+            error = error_of(response)
+            assert error["param"] == URL_PARAM and "remote_image_hosts" in error["message"]
+
+
+async def test_each_picture_reaches_the_engine_naming_its_part(tmp_path: Path) -> None:
+    async with vision_stack() as stack:
+        await stack.post("/v1/chat/completions", chat_body(
+            user_turn(text("a"), image_part(RED)), user_turn(image_part(BLUE), text("b"))))
+        [call] = stack.vision.calls
+        assert [image.param for message in call.messages for _, image in message.images] == [
+            "messages[0].content[1].image_url.url", "messages[1].content[0].image_url.url"]
+    engine = FakeVisionEngine(model_id="fake-chat")
+    async with responses_stack(tmp_path, engine=engine) as stack:
+        await stack.client.responses.create(model="gpt-4o-mini", input=[{
+            "role": "user", "content": [{"type": "input_text", "text": "what?"},
+                                        input_image(RED)]}])
+        [message] = engine.calls[-1].messages
+        assert message.images[0][1].param == "input[0].content[1].image_url"
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_a_picture_that_fails_to_decode_names_its_part(image_format: str) -> None:
+    # A truncated file passes the api's header check; the engine's decode refuses it.
+    whole = picture(256, 256, image_format)
+    truncated = ImageInput(whole[:len(whole) // 2], 256, 256,
+                           param="messages[0].content[1].image_url.url")
+    with pytest.raises(InvalidRequest) as refused:
+        decode_picture(truncated)
+    assert refused.value.param == "messages[0].content[1].image_url.url"
+    assert refused.value.code == "invalid_image"
 
 
 async def test_missing_url_and_bare_string_image_url() -> None:

@@ -201,6 +201,7 @@ async def test_leaving_out_model_without_a_default_alias_is_a_400(stack: FastSta
     ({"size": "1024x1024"}, "size"),
     ({"size": "big"}, "size"),
     ({"size": "64x64x2"}, "size"),
+    ({"size": "64x64\n"}, "size"),  # a size is matched whole: no trailing newline
     ({"size": 64}, "size"),
     ({"n": 0}, "n"),
     ({"n": 11}, "n"),
@@ -330,6 +331,14 @@ def test_bad_url_lifetimes_are_config_errors_naming_the_key(tmp_path: Path, serv
                                                             env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="image_url_ttl_s"):
         load_config(_image_config(tmp_path, server), env=env)
+
+
+def test_a_file_name_is_matched_whole(tmp_path: Path) -> None:
+    files = ImageFiles(tmp_path / "images", ttl_s=60)
+    name = files.save(b"kept", "png")
+    assert files.read(name) is not None
+    (files.folder / (name + "\n")).write_bytes(b"not one of ours")  # "$" would take it
+    assert files.read(name + "\n") is None
 
 
 def test_sweep_deletes_expired_files_and_stale_partial_writes(tmp_path: Path) -> None:

@@ -97,6 +97,14 @@ def test_odd_rates_and_channel_counts_are_refused(tmp_path: Path, rate: int, cha
     assert error.code == "invalid_audio" and words in str(error)
 
 
+@pytest.mark.parametrize(("tag", "bits"), [(0x1234, 8), (1, 0)])
+def test_an_encoding_without_a_decoder_is_refused(tmp_path: Path, tag: int, bits: int) -> None:
+    # PyAV opens the stream but gives it no codec context: a 400, not an AttributeError.
+    odd = wav(tmp_path / "odd.wav", rate=8000, data=silence_u8(8000, 1), tag=tag, bits=bits)
+    error = refused(odd)
+    assert error.code == "invalid_audio" and "cannot decode" in str(error)
+
+
 def test_a_wav_header_that_understates_is_read_as_declared(tmp_path: Path) -> None:
     short = wav(tmp_path / "short.wav", rate=8000, data=silence_u8(8000, 600), declared=8000)
     assert load(short, BOUNDS, NEVER).shape[0] == SAMPLE_RATE  # one second, as declared

@@ -10,6 +10,7 @@ from appliance.engines.speech import (
     CUDA,
     MAX_PHONEMES,
     choose_device,
+    piece_limit,
     providers_for,
     speakable,
     split_long,
@@ -35,6 +36,18 @@ def test_long_sentences_are_cut_at_word_breaks() -> None:
     pieces = split_long(long)
     assert all(len(p) <= MAX_PHONEMES for p in pieces)
     assert [p for piece in pieces for p in piece] == long
+
+
+def test_slow_speech_is_cut_into_shorter_pieces() -> None:
+    # Audio (and activations) follow phonemes / speed: a piece at 0.25 holds a quarter of the
+    # phonemes, so about the audio of a full-length piece at speed 1, never four times it.
+    assert piece_limit(1.0) == piece_limit(4.0) == MAX_PHONEMES
+    assert piece_limit(0.5) == MAX_PHONEMES // 2
+    assert piece_limit(0.25) == MAX_PHONEMES // 4
+    for speed in (0.25, 0.3, 0.5, 0.77, 1.0, 2.0, 4.0):
+        assert piece_limit(speed) / min(speed, 1.0) <= MAX_PHONEMES
+    long = list(("word " * 200).strip())
+    assert all(len(p) <= MAX_PHONEMES // 4 for p in split_long(long, piece_limit(0.25)))
 
 
 def test_voice_names() -> None:

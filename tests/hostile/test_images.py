@@ -96,6 +96,30 @@ def test_past_the_count_size_and_total_bounds_is_refused(hostile: HostileServer)
                  "messages[0].content[3]", "pixels in all")
 
 
+def _truncated(image_format: str, media_type: str) -> str:
+    """A picture cut in half: its header reads, its pixels do not decode."""
+    out = io.BytesIO()
+    Image.new("RGB", (256, 256), (200, 40, 90)).save(out, format=image_format)
+    half = out.getvalue()[:len(out.getvalue()) // 2]
+    return f"data:{media_type};base64," + base64.b64encode(half).decode()
+
+
+def test_a_picture_that_fails_to_decode_names_its_part(hostile: HostileServer) -> None:
+    pictures = [_truncated("PNG", "image/png"), _truncated("JPEG", "image/jpeg")]
+    with hostile.attack("truncated PNG and JPEG, refused by the engine's decode",
+                        Bounds(peak_rss_mib=40, log_kib=16, ledger_kib=ledger_kib(4))), \
+            hostile.http() as http:
+        for url in pictures:
+            _refused(http.post("/v1/chat/completions", json=_body(url)), URL,
+                     "could not be decoded")
+            _refused(http.post("/v1/responses", json={
+                "model": VISION_MODEL, "max_output_tokens": 16, "input": [{
+                    "role": "user", "content": [
+                        {"type": "input_text", "text": "What is this?"},
+                        {"type": "input_image", "image_url": url, "detail": "auto"}]}]}),
+                "input[0].content[1].image_url", "could not be decoded")
+
+
 def test_a_flood_of_the_largest_pictures_is_bounded(hostile: HostileServer) -> None:
     """Twelve clients at once, each with two of the largest pictures (twice 48 MiB decoded,
     the most one request may hold). What it costs is set by how many pictures are decoded and

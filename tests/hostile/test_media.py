@@ -103,6 +103,10 @@ def test_a_wav_header_claiming_one_second_over_twenty_minutes(hostile: HostileSe
     ("900 streams", lambda d: many_streams(d / "a.mkv", 900), "more than 16 streams"),
     # 500 packets a second: 200,000 in 400 s, past 100 a second of the 1800-second bound
     ("16-sample FLAC blocks", lambda d: flac(d / "a.flac", 8000, 400, block=16), "packets"),
+    ("an unknown WAV format tag", lambda d: wav(d / "a.wav", rate=8000, tag=0x1234,
+                                                data=silence_u8(8000, 1)), "cannot decode"),
+    ("PCM of 0 bits a sample", lambda d: wav(d / "a.wav", rate=8000, bits=0,
+                                             data=silence_u8(8000, 1)), "cannot decode"),
     ("a playlist", lambda d: _written(d / "a.m3u8", b"#EXTM3U\n#EXTINF:1,\n/etc/passwd\n"),
      "could not be decoded"),
 ])

@@ -70,7 +70,8 @@ async def create_speech(request: Request) -> Response:
         cancel.cancel()
         await events.aclose()
         raise InvalidRequest("Invalid value for 'input': it has nothing to say (no words, "
-                             "only punctuation or symbols).", param="input",
+                             "only punctuation the voice does not speak, such as '...' or "
+                             "'?').", param="input",
                              code="invalid_value")
     note.prompt_tokens = started.input_tokens
     encoder = SpeechEncoder(body.response_format)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.types import Message, Receive
 
@@ -23,6 +24,9 @@ FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITIES = ("word", "segment")
 # Room for the form's other fields and multipart boundaries around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
+MAX_FILES = 1
+MAX_FIELDS = 64
+MAX_FIELD_BYTES = 1024 * 1024  # Starlette's bound on one non-file field
 # Whisper reads the last 224 tokens of a prompt; longer ones only cost tokenizing.
 MAX_PROMPT_CHARS = 16_000
 MAX_MODEL_CHARS = 256
@@ -76,7 +80,17 @@ async def read_form(request: Request, max_upload_bytes: int) -> FormData:
             int(declared) > max_upload_bytes + MULTIPART_OVERHEAD:
         raise _too_large(max_upload_bytes)
     limited = Request(request.scope, _counting(request.receive, max_upload_bytes))
-    return await limited.form(max_files=1, max_fields=64)
+    # The parser itself, not Request.form: inside an app that turns the parser's refusals
+    # into a bare HTTPException (param and code null), and these name the file part.
+    parser = MultiPartParser(limited.headers, limited.stream(), max_files=MAX_FILES,
+                             max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    try:
+        return await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequest(f"The multipart form could not be read: {exc.message} Send one "
+                             f"'file' part and at most {MAX_FIELDS} other fields, each field "
+                             f"under {MAX_FIELD_BYTES // 1024} KB and each part's headers "
+                             "short.", param="file", code="invalid_multipart") from None
 
 
 def _text(form: FormData, name: str) -> str | None:

@@ -44,6 +44,8 @@ _FORMAT_NAMES = "PNG, JPEG, WebP or GIF"
 # Fetches a remote picture: (url, the param an error names) -> its bytes, within its bounds.
 Fetch = Callable[[str, str], Awaitable[bytes]]
 ImageKey = tuple[str, ImageDetail]  # a picture as a request names it: (url, detail)
+DATA_SCHEME = "data:"
+SCHEMES = (DATA_SCHEME, "http://", "https://")
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,13 @@ class ImageRef:
 
     @property
     def remote(self) -> bool:
-        return not self.url.startswith("data:")
+        return not _has_scheme(self.url, (DATA_SCHEME,))
+
+
+def _has_scheme(url: str, schemes: tuple[str, ...]) -> bool:
+    """Whether ``url`` starts with one of ``schemes`` (lower case): a scheme is compared
+    without case (RFC 3986 3.1), so ``DATA:`` and ``HTTP://`` are the same as ``data:``."""
+    return url[:8].lower().startswith(schemes)
 
 
 def _invalid(param: str, message: str, code: str = "invalid_value") -> InvalidRequest:
@@ -91,7 +99,7 @@ def _ref(url: object, detail: ImageDetail, url_param: str, part_param: str,
     if not isinstance(url, str) or not url:
         raise _invalid(url_param, f"Missing required parameter: '{url_param}' (a data URL "
                        "or an http(s) URL).", "missing_required_parameter")
-    if not url.startswith(("data:", "http://", "https://")):
+    if not _has_scheme(url, SCHEMES):
         raise _invalid(url_param, f"Invalid '{url_param}': expected a data URL "
                        "(data:image/png;base64,...) or an http(s) URL.")
     return ImageRef(url, detail, url_param, part_param)
@@ -160,7 +168,7 @@ def response_part_key(part: Mapping[str, object]) -> ImageKey:
 
 def _data_url_bytes(ref: ImageRef) -> bytes:
     head, comma, payload = ref.url.partition(",")
-    media, _, encoding = head.removeprefix("data:").partition(";")
+    media, _, encoding = head[len(DATA_SCHEME):].partition(";")  # the caller saw "data:"
     if not comma or encoding.lower() != "base64":
         raise _invalid(ref.url_param, f"Invalid '{ref.url_param}': expected a base64 data URL "
                        "such as data:image/png;base64,...")
@@ -207,7 +215,7 @@ def read_header(data: bytes, ref: ImageRef, bounds: RequestBounds) -> ImageInput
         raise _invalid(param, f"Invalid '{param}': the image is {width} x {height} = "
                        f"{width * height} pixels; this server allows at most "
                        f"{bounds.max_image_pixels}.", "image_too_large")
-    return ImageInput(data=data, width=width, height=height, detail=ref.detail)
+    return ImageInput(data=data, width=width, height=height, detail=ref.detail, param=param)
 
 
 def _read_local(refs: list[ImageRef], bounds: RequestBounds) -> dict[ImageKey, ImageInput]:
@@ -236,7 +244,11 @@ async def resolve_images(refs: list[ImageRef], model: ModelInfo, bounds: Request
     refused, naming the first one)."""
     if refs and not model.vision:
         raise refused_images(refs[0], model.id)
-    distinct = list({ref.key: ref for ref in refs}.values())
+    # The first part of each picture: the one its errors, here and in the engine, name.
+    first: dict[ImageKey, ImageRef] = {}
+    for ref in refs:
+        first.setdefault(ref.key, ref)
+    distinct = list(first.values())
     remote = [ref for ref in distinct if ref.remote]
     if remote and fetch is None:
         raise _remote_off(remote[0])

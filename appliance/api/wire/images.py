@@ -40,7 +40,8 @@ QUALITY_STEP_FACTORS = {"low": 0.5, "auto": 1.0, "standard": 1.0, "medium": 1.0,
 DEFAULT_MODEL = "dall-e-2"
 OutputFormat = Literal["png", "jpeg", "webp"]
 ResponseFormat = Literal["url", "b64_json"]
-_SIZE = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
+# Matched whole (fullmatch): "$" would let a trailing newline through.
+_SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
 
 
 class ImageGenerationRequest(BaseModel):
@@ -110,7 +111,7 @@ def parse_size(size: str | None, engine: ImageEngine) -> tuple[int, int]:
     """``auto`` (or nothing) is the model's first size; others must be sizes it makes."""
     if size is None or size == "auto":
         return engine.sizes[0]
-    match = _SIZE.match(size)
+    match = _SIZE.fullmatch(size)
     supported = ", ".join(f"{w}x{h}" for w, h in engine.sizes)
     if match is None:
         raise _invalid("size", f"Invalid value for 'size': {size!r} is not WIDTHxHEIGHT (e.g. "

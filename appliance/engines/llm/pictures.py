@@ -46,9 +46,11 @@ class Picture:
         return hasher.digest()
 
 
-def decode_picture(image: ImageInput, param: str = "messages") -> Picture:
+def decode_picture(image: ImageInput) -> Picture:
     """The picture as the projector gets it (see the module docstring). Raises InvalidRequest
-    naming ``param`` for bytes Pillow cannot decode or whose size is not the claimed one."""
+    naming the image's part (``image.param``) for bytes Pillow cannot decode or whose size is
+    not the claimed one."""
+    param = image.param
     try:
         with warnings.catch_warnings():
             # Pillow warns of decompression bombs; the api's pixel bound is the one that holds.

@@ -52,8 +52,8 @@ class PromptPictures:
             return tokenizer.tokenize(rendered, marks, limit=limit, cancel=cancel), None
         projector = self._projector
         if projector is None:  # the api refuses images for a model without a projector
-            raise InvalidRequest("This model does not take images.", param="messages",
-                                 code="invalid_value")
+            raise InvalidRequest("This model does not take images.",
+                                 param=self._images[0].param, code="invalid_value")
         tokens: list[int] = []
         runs: list[tuple[int, ImageChunk]] = []
         try:
@@ -62,6 +62,7 @@ class PromptPictures:
                 self._text(tokenizer, rendered[at:found.start()], marks, tokens, limit, cancel,
                            leading=at == 0)
                 cancel.check()
+                # A picture that fails to decode is a 400 naming its own part.
                 picture = decode_picture(self._images[int(found.group(1))])
                 cancel.check()
                 made = projector.tokenize(picture)
