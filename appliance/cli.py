@@ -17,7 +17,7 @@ from pathlib import Path
 
 from appliance.config import ApplianceConfig, ChatModelConfig, load_config, with_overrides
 from appliance.errors import ConfigError
-from appliance.ledger import KeyLimits, KeyRecord, money
+from appliance.ledger import MAX_AMOUNT, MIN_AMOUNT, KeyLimits, KeyRecord, money
 
 DEFAULT_CONFIG = Path("models.toml")
 
@@ -260,8 +260,9 @@ def _money(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an amount above 0, e.g. 25.00")
+    if not MIN_AMOUNT <= value <= MAX_AMOUNT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount from {MIN_AMOUNT:g} to "
+                                         f"{MAX_AMOUNT:g}, e.g. 25.00")
     return value
 
 

@@ -406,8 +406,10 @@ def _model(source: Path, index: int, raw: Any) -> AnyModelConfig:
     path = _model_path(where, source, raw, cls)
     aliases = _string_list(where, raw, "aliases")
     price = _take(where, raw, "price_per_request", (int, float), 0.0)
-    if price < 0:
-        raise where.fail("price_per_request", "must not be negative")
+    # Spend is summed in billionths of the currency; a trillion (ledger.MAX_AMOUNT, a layer
+    # above this one) keeps those in 64 bits. TOML also writes inf and nan: no sum survives.
+    if not 0 <= price <= 1e12:
+        raise where.fail("price_per_request", "must be from 0 to 1e12")
     threads = _take(where, raw, "threads", int, None)
     if threads is not None and threads < 1:
         raise where.fail("threads", "must be at least 1")

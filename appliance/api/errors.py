@@ -37,8 +37,17 @@ def retry_headers(retry_after: float) -> dict[str, str]:
     }
 
 
+class _ErrorJSON(JSONResponse):
+    """An envelope written in ASCII: a message may quote what the client sent, and a lone
+    surrogate in it failed the UTF-8 encoding of the error itself, a 500 in place of the 4xx."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":")).encode("ascii")
+
+
 def error_response(error: ApplianceError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error.envelope(), status_code=error.status, headers=headers)
+    return _ErrorJSON(error.envelope(), status_code=error.status, headers=headers)
 
 
 def error_frame(error: ApplianceError) -> bytes:

@@ -13,7 +13,15 @@ Imports only the standard library and sqlite-utils; never the api or the engines
 
 from appliance.ledger.buckets import BucketQuery, BucketTotal, LedgerReports, bucket_totals
 from appliance.ledger.keys import SECRET_PREFIX, KeyStore, check_key_name, hash_secret
-from appliance.ledger.records import KeyLimits, KeyRecord, RequestRecord, RequestStatus, money
+from appliance.ledger.records import (
+    MAX_AMOUNT,
+    MIN_AMOUNT,
+    KeyLimits,
+    KeyRecord,
+    RequestRecord,
+    RequestStatus,
+    money,
+)
 from appliance.ledger.schema import MIGRATION_SET, migrations, open_database
 from appliance.ledger.usage import (
     GROUPINGS,
@@ -26,7 +34,9 @@ from appliance.ledger.writer import LedgerWriter, OnCommit
 
 __all__ = [
     "GROUPINGS",
+    "MAX_AMOUNT",
     "MIGRATION_SET",
+    "MIN_AMOUNT",
     "SECRET_PREFIX",
     "BucketQuery",
     "BucketTotal",

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from appliance.ledger.records import KeyLimits, KeyRecord
+from appliance.ledger.records import MAX_AMOUNT, MIN_AMOUNT, KeyLimits, KeyRecord
 from appliance.ledger.schema import open_database
 
 SECRET_PREFIX = "sk-app-"
@@ -62,8 +62,10 @@ def check_limits(limits: KeyLimits, *, admin: bool = False) -> KeyLimits:
                          ("monthly_requests", limits.monthly_requests)):
         if value is not None and (isinstance(value, bool) or value < 1):
             raise ValueError(f"{label} must be a whole number of at least 1, got {value!r}")
-    if limits.monthly_budget is not None and not limits.monthly_budget > 0:
-        raise ValueError(f"monthly_budget must be above 0, got {limits.monthly_budget!r}")
+    budget = limits.monthly_budget
+    if budget is not None and not MIN_AMOUNT <= budget <= MAX_AMOUNT:
+        raise ValueError(f"monthly_budget must be from {MIN_AMOUNT:g} to {MAX_AMOUNT:g}, got "
+                         f"{budget!r}")
     if limits.models is not None and not limits.models:
         raise ValueError("models must name at least one model (leave it out for every model)")
     if admin and limits != KeyLimits(expires_at=limits.expires_at):

@@ -7,16 +7,27 @@ and ``api_keys`` tables (``schema.py``); a test holds the two together.
 
 from __future__ import annotations
 
+import decimal
 from dataclasses import dataclass, field
 from typing import Literal
+
+# Amounts of money (prices, budgets) lie between these: spend is summed in billionths, and a
+# trillion keeps those within a 64-bit integer, far from a double's range (a budget of 1e300
+# failed every request of its key and the key listing).
+MIN_AMOUNT = 1e-9
+MAX_AMOUNT = 1e12
 
 
 def money(amount: float) -> str:
     """An amount as people write it: with cents, or every digit when it has a finer part
     (a budget of 0.0025 is not "0.00")."""
-    if round(amount * 1e9) % 10_000_000 == 0:  # whole cents, to a billionth
-        return f"{amount:.2f}"
-    return f"{amount:.9f}".rstrip("0")
+    # The decimal the float was written as (its repr), to a billionth: float arithmetic on
+    # amounts this large or small would misjudge the cents.
+    exact = decimal.Context(prec=60).quantize(decimal.Decimal(repr(amount)),
+                                              decimal.Decimal("1e-9")).normalize()
+    if int(exact.as_tuple().exponent) >= -2:
+        return f"{exact:.2f}"
+    return f"{exact:f}"
 
 
 # "started": written at admission, overwritten by the final status when the request ends.

@@ -184,3 +184,20 @@ async def test_a_body_that_is_not_multipart_names_the_file(stack: FastStack) -> 
     error = response.json()["error"]
     assert (response.status_code, error["param"], error["code"]) == (
         400, "file", "invalid_multipart")
+
+
+@pytest.mark.parametrize("field", ["prompt", "model"])
+async def test_a_form_decoded_into_a_lone_surrogate_is_a_400_naming_the_field(
+        stack: FastStack, field: str) -> None:
+    """Fields are decoded with the charset the client names; UTF-7's '+2AA-' is a lone
+    surrogate, which failed in whisper's tokenizer, or in the 404 that quoted the model."""
+    body = (b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+            b"Content-Type: audio/wav\r\n\r\nRIFF\r\n"
+            b"--B\r\nContent-Disposition: form-data; name=\"" + field.encode() + b"\"\r\n\r\n"
+            b"a +2AA- b\r\n--B--\r\n")
+    response = await stack.http.post("/v1/audio/transcriptions", content=body, headers={
+        **AUTH, "content-type": "multipart/form-data; charset=utf-7; boundary=B"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (field, "invalid_value")
+    assert "lone UTF-16 surrogate" in error["message"]

@@ -84,8 +84,10 @@ def test_limits_show_and_update(config: Path, capsys: pytest.CaptureFixture[str]
 @pytest.mark.parametrize(("args", "message"), [
     (["--name", "x", "--rpm", "0"], "'0' is not a whole number of at least 1"),
     (["--name", "x", "--rpm", "ten"], "'ten' is not a whole number"),
-    (["--name", "x", "--monthly-budget", "-3"], "'-3' is not an amount above 0"),
-    (["--name", "x", "--monthly-budget", "nan"], "'nan' is not an amount above 0"),
+    (["--name", "x", "--monthly-budget", "-3"], "'-3' is not an amount from 1e-09 to 1e+12"),
+    (["--name", "x", "--monthly-budget", "nan"], "'nan' is not an amount from 1e-09 to 1e+12"),
+    # A budget past a trillion failed every request of its key (its spend in billionths).
+    (["--name", "x", "--monthly-budget", "1e300"], "'1e300' is not an amount from 1e-09"),
     (["--name", "x", "--expires", "2001-01-01"], "'2001-01-01' is already past"),
     (["--name", "x", "--expires", "next week"], "is not an ISO date or time"),
     (["--name", "x", "--models", "m,,e"], "is not a comma-separated list"),

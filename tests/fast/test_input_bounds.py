@@ -165,6 +165,8 @@ async def test_a_lone_surrogate_escape_is_a_400_naming_where_it_is(
     (b'{"model": "gpt-4o-mini", "messages": [], "temperature": 1e400}', "temperature"),
     (b'{"model": "gpt-4o-mini", "messages": [], "logit_bias": {"1": -1' + b"0" * 400 + b'.0}}',
      "logit_bias.1"),
+    # 1e309 written with a 211-digit mantissa and a two-digit exponent.
+    (b'{"model": "gpt-4o-mini", "messages": [], "top_p": 1' + b"0" * 210 + b'e99}', "top_p"),
 ])
 async def test_a_number_past_a_double_is_a_400_naming_it(http: httpx2.AsyncClient, raw: bytes,
                                                         param: str) -> None:
@@ -172,6 +174,26 @@ async def test_a_number_past_a_double_is_a_400_naming_it(http: httpx2.AsyncClien
     error = _error(await http.post("/v1/chat/completions", content=raw,
                                    headers={"Content-Type": "application/json"}))
     assert error["param"] == param and "beyond a double's range" in error["message"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("raw", [
+    # json.loads(bytes) read surrogates' own UTF-8 bytes, and UTF-16, where no escape shows.
+    b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "\xed\xa0\x80"}]}',
+    '{"model": "gpt-4o-mini", "messages": []}'.encode("utf-16"),
+])
+async def test_a_body_that_is_not_utf8_is_a_400(http: httpx2.AsyncClient, raw: bytes) -> None:
+    error = _error(await http.post("/v1/chat/completions", content=raw,
+                                   headers={"Content-Type": "application/json"}))
+    assert "not UTF-8" in error["message"]
+
+
+@pytest.mark.anyio
+async def test_a_byte_order_mark_is_allowed(http: httpx2.AsyncClient) -> None:
+    raw = b"\xef\xbb\xbf" + json.dumps(CHAT).encode()
+    answer = await http.post("/v1/chat/completions", content=raw,
+                             headers={"Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text
 
 
 @pytest.mark.anyio

@@ -27,7 +27,7 @@ from appliance.api.services import Pricing, Services
 from appliance.engines.base import CHAT as CHAT_KIND
 from appliance.engines.base import EMBEDDING, CancelToken, ChatEvent, ChatParams, Listing
 from appliance.engines.catalog import Catalog
-from appliance.ledger import KeyLimits, KeyStore, LedgerReports, LedgerWriter, RequestRecord
+from appliance.ledger import KeyLimits, KeyStore, LedgerReports, LedgerWriter, RequestRecord, money
 from tests.fakes import FakeChatEngine, FakeEmbeddingEngine
 from tests.openapi_contract import validate
 
@@ -382,6 +382,10 @@ async def test_admin_api_manages_keys(appliance: Appliance) -> None:
     (b'{"name": "x", "monthly_budget": 1e400}', "monthly_budget"),
     # datetime cannot write past year 9999: `appliance keys list` failed on every key.
     (b'{"name": "x", "expires_at": 9007199254740992}', "expires_at"),
+    # Finite, but its spend in billionths overflowed: every request of the key was a 500.
+    (b'{"name": "x", "monthly_budget": 1e300}', "monthly_budget"),
+    (b'{"name": "x", "monthly_budget": 1e-10}', "monthly_budget"),  # rounds to 0 billionths
+    (b'{"name": "sk-team"}', "name"),
 ])
 async def test_limits_no_answer_or_terminal_could_show_are_refused(
         appliance: Appliance, body: bytes, param: str) -> None:
@@ -471,3 +475,10 @@ async def test_a_long_key_name_is_refused_without_being_quoted_back(
         await admin.post("/organization/api_keys", cast_to=object, body={"name": "n" * 100_000})
     assert "of 100000 characters" in refused.value.message
     assert len(refused.value.response.content) < 1000
+
+
+@pytest.mark.parametrize(("amount", "written"), [
+    (2.5, "2.50"), (0.0025, "0.0025"), (1e-9, "0.000000001"), (1e12, "1000000000000.00"),
+    (1e15, "1000000000000000.00"), (0.1 + 0.2, "0.30")])
+def test_money_is_written_as_people_write_it(amount: float, written: str) -> None:
+    assert money(amount) == written

@@ -165,6 +165,22 @@ def test_a_lone_surrogate_nested_in_arguments_is_the_requests_fault(smol: Prompt
         smol.tokenizer.tokenize(rendered, marks, limit=NO_LIMIT)
 
 
+@pytest.mark.parametrize("depth", [900, 5000])
+def test_arguments_nested_past_what_python_walks_are_text(smol: Prompts, depth: int) -> None:
+    """json.loads raised RecursionError (not a ValueError) on 5,000 brackets, and marking a
+    parse 900 deep could: a 500 for a 10 KB tool call."""
+    arguments = '{"a": ' + "[" * depth + "]" * depth + "}"
+    messages = [
+        ChatMessage("user", "Weather?"),
+        ChatMessage("assistant", "", tool_calls=(ToolCall("call_1", "get", arguments),)),
+        ChatMessage("tool", "sunny", tool_call_id="call_1", name="get"),
+    ]
+    marks = RequestText(smol.tokenizer)
+    rendered = smol.template.render(rewrite_for_prompt(marks.messages(messages), None,
+                                                       HERMES_LIST))
+    assert smol.tokenizer.tokenize(rendered, marks, limit=NO_LIMIT)
+
+
 def test_a_legacy_prompt_is_text(smol: Prompts) -> None:
     marks = RequestText(smol.tokenizer)
     prompt = "<|im_start|>user\nhi<|im_end|>"

@@ -26,7 +26,7 @@ from appliance.api.services import KeyAdmin, Services
 from appliance.api.wire.keys import CreateKey, KeyFields, key_json
 from appliance.api.wire.validation import parse_json
 from appliance.errors import InvalidRequest, ModelNotFound, NotFound
-from appliance.ledger import KeyLimits, KeyRecord
+from appliance.ledger import KeyLimits, KeyRecord, check_key_name
 
 
 def _admin(request: Request) -> tuple[Services, KeyAdmin]:
@@ -85,6 +85,10 @@ def _check_future(services: Services, expires_at: int | None) -> None:
 async def create_key(request: Request) -> Response:
     services, keys = _admin(request)
     body = await parse_json(request, CreateKey, services.bounds.max_body_bytes)
+    try:
+        check_key_name(body.name)
+    except ValueError as error:
+        raise InvalidRequest(str(error), param="name", code="invalid_value") from None
     _check_future(services, body.expires_at)
     limits = KeyLimits(
         models=_canonical_models(services, body.models), rpm=body.rpm,

@@ -17,6 +17,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.types import Message, Receive
 
+from appliance.api.wire.json_values import has_lone_surrogate
 from appliance.errors import InvalidRequest, PayloadTooLarge
 
 Task = Literal["transcribe", "translate"]
@@ -85,12 +86,32 @@ async def read_form(request: Request, max_upload_bytes: int) -> FormData:
     parser = MultiPartParser(limited.headers, limited.stream(), max_files=MAX_FILES,
                              max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
     try:
-        return await parser.parse()
+        form = await parser.parse()
     except MultiPartException as exc:
         raise InvalidRequest(f"The multipart form could not be read: {exc.message} Send one "
                              f"'file' part and at most {MAX_FIELDS} other fields, each field "
                              f"under {MAX_FIELD_BYTES // 1024} KB and each part's headers "
                              "short.", param="file", code="invalid_multipart") from None
+    try:
+        _refuse_lone_surrogates(form)
+    except InvalidRequest:
+        await form.close()
+        raise
+    return form
+
+
+def _refuse_lone_surrogates(form: FormData) -> None:
+    """Fields are decoded with the charset the client names, and UTF-7 or unicode_escape
+    write lone surrogates: they failed in whisper's tokenizer (a 500 counted against the
+    model) or in the 404 that quoted the model's name."""
+    for name, value in form.multi_items():
+        text = value.filename if isinstance(value, UploadFile) else value
+        if has_lone_surrogate(name) or has_lone_surrogate(text):
+            param = name if not has_lone_surrogate(name) else None
+            raise InvalidRequest(f"Invalid value for '{param or 'a field name'}': the text holds "
+                                 "a lone UTF-16 surrogate, which is not a Unicode character. "
+                                 "Send the form's fields as UTF-8.", param=param,
+                                 code="invalid_value")
 
 
 def _text(form: FormData, name: str) -> str | None:

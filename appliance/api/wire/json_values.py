@@ -7,9 +7,11 @@
   compares sensibly against and no JSON answer can carry back (a key created with such a
   budget could no longer be listed).
 
-Each is looked for only when the raw body could hold it (a ``\\ud8``-``\\udf`` escape; an
-exponent of three digits or a mantissa of 309), then tested in C on the parsed value; only a
-body that fails is walked, to name the field.
+The body must be UTF-8 first (``utf8_text``): json.loads reads raw surrogate bytes and
+UTF-16 bodies too, and no escape is there for a test of the raw body to see. Each value is
+then looked for only when the text could hold it (a ``\\ud8``-``\\udf`` escape; a number
+with an exponent, or of 309 digits: no other overflows), tested in C on the parsed value;
+only a body that fails is walked, to name the field.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-_HUGE_NUMBER = re.compile(rb"[eE]\+?0*[1-9][0-9]{2}|[0-9]{309}")
+_HUGE_NUMBER = re.compile(r"[0-9][eE]|[0-9]{309}")
 
 # A value's place in the body: its key or index, then its parent's place (None: the body).
 _Path = tuple[int | str, "_Path"] | None
@@ -35,20 +37,28 @@ class Unrepresentable:
     reason: str
 
 
-def could_hold_unrepresentable(body: bytes) -> bool:
-    """The raw body's quick test (a regular expression in C): most bodies stop here."""
-    return bool(_SURROGATE_ESCAPE.search(body) or _HUGE_NUMBER.search(body))
+def utf8_text(body: bytes) -> str | None:
+    """The body as text, or None when it is not UTF-8 (a byte order mark is allowed)."""
+    try:
+        return body.decode("utf-8-sig")  # strict: refuses surrogates' bytes, UTF-16
+    except UnicodeDecodeError:
+        return None
 
 
-def find_unrepresentable(body: bytes, data: dict[str, Any]) -> Unrepresentable | None:
+def could_hold_unrepresentable(text: str) -> bool:
+    """The body text's quick test (a regular expression in C): most bodies stop here."""
+    return bool(_SURROGATE_ESCAPE.search(text) or _HUGE_NUMBER.search(text))
+
+
+def find_unrepresentable(text: str, data: dict[str, Any]) -> Unrepresentable | None:
     """Meant for a worker thread: the walk that names the field is Python, a second for
     millions of values, and must not hold the event loop."""
-    if _SURROGATE_ESCAPE.search(body) and not _encodes(data):
-        return _locate(data, _has_lone_surrogate,
+    if _SURROGATE_ESCAPE.search(text) and not _encodes(data):
+        return _locate(data, has_lone_surrogate,
                        "the text holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape not "
                        "part of a pair), which is not a Unicode character. Send valid UTF-8 "
                        "text.")
-    if _HUGE_NUMBER.search(body) and not _finite(data):
+    if _HUGE_NUMBER.search(text) and not _finite(data):
         return _locate(data, _is_infinite,
                        "the number is beyond a double's range (about 1.8e308).")
     return None
@@ -70,7 +80,7 @@ def _finite(data: dict[str, Any]) -> bool:
     return True
 
 
-def _has_lone_surrogate(value: object) -> bool:
+def has_lone_surrogate(value: object) -> bool:
     return isinstance(value, str) and _LONE_SURROGATE.search(value) is not None
 
 

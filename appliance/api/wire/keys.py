@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from appliance.ledger import KeyRecord
+from appliance.ledger import MAX_AMOUNT, MIN_AMOUNT, KeyRecord
 
 _MAX_INTEGER = 2**53  # JSON clients round larger integers
 _YEAR_9999_ENDS = 253_402_300_799  # the last second a date can be written in (CLI, logs)
@@ -26,7 +26,7 @@ class KeyFields(BaseModel):
     rpm: int | None = Field(default=None, ge=1, le=_MAX_INTEGER)
     max_concurrent: int | None = Field(default=None, ge=1, le=_MAX_INTEGER)
     monthly_requests: int | None = Field(default=None, ge=1, le=_MAX_INTEGER)
-    monthly_budget: float | None = Field(default=None, gt=0)
+    monthly_budget: float | None = Field(default=None, ge=MIN_AMOUNT, le=MAX_AMOUNT)
     expires_at: int | None = Field(default=None, ge=0, le=_YEAR_9999_ENDS)  # unix seconds
 
 

@@ -18,7 +18,11 @@ import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from appliance.api.wire.json_values import could_hold_unrepresentable, find_unrepresentable
+from appliance.api.wire.json_values import (
+    could_hold_unrepresentable,
+    find_unrepresentable,
+    utf8_text,
+)
 from appliance.errors import InvalidRequest, PayloadTooLarge
 
 log = logging.getLogger("appliance.api")
@@ -54,8 +58,11 @@ async def parse_json(request: Request, model: type[ModelT], max_bytes: int,
             "with Content-Type: application/json."
         )
     body = await read_body(request, max_bytes)
+    text = utf8_text(body)
+    if text is None:
+        raise InvalidRequest("The request body is not UTF-8 text: send JSON encoded as UTF-8.")
     try:
-        data = json.loads(body, parse_constant=_not_json)
+        data = json.loads(text, parse_constant=_not_json)
     except (ValueError, RecursionError):  # ValueError: also an integer of over 4,300 digits
         raise InvalidRequest(
             "We could not parse the JSON body of your request. (HINT: This likely means you "
@@ -63,8 +70,8 @@ async def parse_json(request: Request, model: type[ModelT], max_bytes: int,
         ) from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    found = (await anyio.to_thread.run_sync(find_unrepresentable, body, data)
-             if could_hold_unrepresentable(body) else None)
+    found = (await anyio.to_thread.run_sync(find_unrepresentable, text, data)
+             if could_hold_unrepresentable(text) else None)
     if found is not None:
         param = dotted(found.location) or None
         where = f"Invalid value for '{param}'" if param else "Invalid field name"

@@ -345,11 +345,11 @@ class RequestText:
     def _call(self, call: ToolCall) -> ToolCall:
         try:
             parsed = json.loads(call.arguments)
-        except ValueError:
-            arguments = self.text(call.arguments)
-        else:
             # Marked once parsed: a JSON escape (\u003c) cannot carry a token's text past.
             marked = self.json(parsed)
+        except (ValueError, RecursionError):  # not JSON, or nested past what Python walks
+            arguments = self.text(call.arguments)
+        else:
             arguments = call.arguments if marked == parsed else json.dumps(
                 marked, ensure_ascii=False)
         return ToolCall(self.text(call.id), self.text(call.name), arguments)

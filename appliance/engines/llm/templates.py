@@ -127,5 +127,5 @@ def _message_json(message: ChatMessage) -> dict[str, Any]:
 def arguments_value(arguments: str) -> Any:
     try:
         return json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json reads
         return arguments

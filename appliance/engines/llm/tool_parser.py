@@ -349,7 +349,7 @@ class ToolCallParser:
 def _loads_or(kind: type[T], raw: str, default: T | None) -> T | None:
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json reads
         return default
     return value if isinstance(value, kind) else default
 
@@ -357,7 +357,7 @@ def _loads_or(kind: type[T], raw: str, default: T | None) -> T | None:
 def _canonical(arguments: str) -> str:
     try:
         return json.dumps(json.loads(arguments), sort_keys=True)
-    except ValueError:
+    except (ValueError, RecursionError):
         return arguments
 
 
