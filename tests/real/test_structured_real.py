@@ -106,6 +106,8 @@ ESCAPING_SCHEMAS = [
     {"type": "string", "pattern": "^\\W\\S\\s.[^a\\s]{3}$"},
     {"type": "string", "pattern": "^ab|cd$"},
     {"type": "string", "pattern": "^x{ 2 }$"},
+    # \D and [^\w] wrote Arabic digits and Chinese, which Python's re does not count as such.
+    {"type": "string", "pattern": "^\\D{2}[^\\w](?:[a-z]*|[0-9]*)+$"},
 ]
 
 

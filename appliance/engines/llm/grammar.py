@@ -28,13 +28,13 @@ root   ::= object
 value  ::= object | array | string | number | ("true" | "false" | "null") ws
 object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
 array  ::= "[" ws ( value ("," ws value)* )? "]" ws
-string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\bfnrt/] | "u" [0-9a-fA-F]{4}) )* "\"" ws
+string ::= "\"" ( [^"\\\x7F\x00-\x1F\uD800-\uDFFF] | "\\" (["\\bfnrt/] | "u" [0-9a-fA-F]{4}) )* "\"" ws
 number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9]{1,3})? ws
 ws     ::= | " " | "\n" [ \t]{0,20}
 """
 
 _LOOSE_CHAR = 'char ::= [^"\\\\] |'
-_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F\\uD800-\\uDFFF] |'
 ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "$schema", "$id",
                "deprecated", "readOnly", "writeOnly"}
 ENFORCED = {"type", "properties", "required", "additionalProperties", "items", "prefixItems",
@@ -112,7 +112,8 @@ def visit(converter: SchemaConverter, schema: Mapping[str, Any], rule: str, wher
 def finish(converter: SchemaConverter, param: str, *extra_rules: str) -> str:
     """The grammar text, checked against its bounds (a 400 naming ``param``)."""
     # The converter's string character allows raw control characters, which JSON forbids
-    # inside strings (a model then emits a newline in a string and the output cannot parse).
+    # inside strings (a model then emits a newline in a string and the output cannot parse),
+    # and surrogates, which UTF-8 cannot hold (llama.cpp reads the bytes ED A0 80 as one).
     grammar = converter.format_grammar()  # type: ignore[no-untyped-call]
     grammar = grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
     grammar = "\n".join((*extra_rules, grammar))

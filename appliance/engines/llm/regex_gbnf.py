@@ -31,13 +31,17 @@ a 400 naming the pattern too.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from appliance.errors import InvalidRequest
 
 _Ranges = list[tuple[int, int]]
 
-# Characters JSON must escape inside a string: never written raw by a pattern's grammar.
-_JSON_ESCAPED: _Ranges = [(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C), (0x7F, 0x7F)]
+# Never written raw by a pattern's grammar: what JSON must escape inside a string, and the
+# UTF-16 surrogates, which UTF-8 cannot hold (llama.cpp reads the bytes ED A0 80 as U+D800
+# all the same, and the answer came back as three U+FFFD).
+_JSON_ESCAPED: _Ranges = [(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C), (0x7F, 0x7F),
+                          (0xD800, 0xDFFF)]
 _DIGITS: _Ranges = [(0x30, 0x39)]
 _WORD: _Ranges = [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)]
 # Spaces both ECMA-262 (JSON Schema's dialect) and Python's re count as \s and JSON writes
@@ -47,13 +51,15 @@ _SPACES: _Ranges = [(0x20, 0x20), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200
 _ANY_SPACE: _Ranges = [*_SPACES, (0x09, 0x0D), (0x1C, 0x1F), (0x85, 0x85), (0xFEFF, 0xFEFF)]
 _LINE_ENDS: _Ranges = [(0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029)]  # what '.' never matches
 _CLASS_ESCAPES = {"d": _DIGITS, "w": _WORD, "s": _SPACES}
-# What \D, \W, \S write: outside ``ranges`` in either dialect. Python's \w takes every
-# letter, ECMA's only ASCII ones: \W keeps to ASCII, where the two agree.
+# What \D, \W, \S write: outside ``ranges`` in either dialect. Python's \w and \d take every
+# letter and digit, ECMA's only ASCII ones: \D and \W (and a negated class holding \d or \w)
+# keep to ASCII, where the two agree.
 _NEGATED_ESCAPES: dict[str, tuple[_Ranges, bool]] = {
-    "d": (_DIGITS, False), "w": (_WORD, True), "s": (_ANY_SPACE, False)}
+    "d": (_DIGITS, True), "w": (_WORD, True), "s": (_ANY_SPACE, False)}
 _CONTROL_ESCAPES = {"t": 0x09, "n": 0x0A, "r": 0x0D, "f": 0x0C, "v": 0x0B, "0": 0x00}
 _HEX = re.compile(r"x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})")
 _QUANTIFIER = re.compile(r"\{[0-9]+(,[0-9]*)?\}")
+_PYTHON_ONLY_QUANTIFIER = re.compile(r"\{,[0-9]+\}")
 
 
 def gbnf_pattern(pattern: str, where: str) -> str:
@@ -73,6 +79,72 @@ def _ends_with_anchor(pattern: str) -> bool:
     return backslashes % 2 == 0  # an escaped '$' is the character
 
 
+# llama.cpp keeps a parse stack for every way the text so far can be read and expands each
+# for every candidate token, so parts of variable length that can take the same characters
+# multiply its work per token. One constrained step on SmolLM2's 49k tokens: 16 x "[a-z]?"
+# 0.07 s, 40 of them 33 s; "([a-z]?[a-z]?[a-z]?[a-z]?)+" 0.12 s, "(([a-z]?[a-z]?)+[a-z]?
+# [a-z]?)+" 2.1 s; "([a-z]*|x5)+" 0.4 s, "([a-z]*|x10)+" 87 s; "(a|a|...)+" of 100
+# branches 32 s (the decode thread, every request's, waits). So a pattern's parts of variable
+# length (a quantifier that is not one fixed count) are weighed: one each, what a repetition
+# holds four times (a count {n,m} m times, as the converter writes m copies), and a repeated
+# group holds at most 16 alternatives.
+MAX_VARIABLE_WEIGHT = 16
+MAX_REPEATED_BRANCHES = 16
+_UNBOUNDED_REPEAT_WEIGHT = 4
+
+
+@dataclass
+class _Group:
+    """What a group holds, for the bound on its cost."""
+
+    branches: int = 1
+    weight: int = 0  # its parts of variable length, weighed as MAX_VARIABLE_WEIGHT says
+
+    def take(self, inner: _Group, quantifier: _Quantifier | None, where: str) -> None:
+        """A group closed inside this one, under ``quantifier`` (None: none)."""
+        if quantifier is None:
+            self.weight += inner.weight
+            return
+        if quantifier.most != 1 and inner.branches > MAX_REPEATED_BRANCHES:
+            raise _refuse(where, f"a repeated group has {inner.branches} alternatives; this "
+                          f"server allows at most {MAX_REPEATED_BRANCHES}")
+        times = (_UNBOUNDED_REPEAT_WEIGHT if quantifier.most is None
+                 else max(1, quantifier.most))
+        self.weight += inner.weight * times + quantifier.variable
+
+    def check(self, where: str) -> None:
+        if self.weight > MAX_VARIABLE_WEIGHT:
+            raise _refuse(where, f"its parts of variable length weigh {self.weight} (each "
+                          f"quantifier 1, inside a repetition 4 times); this server allows "
+                          f"at most {MAX_VARIABLE_WEIGHT}: overlapping ones cost the model "
+                          "seconds for every token")
+
+
+@dataclass(frozen=True)
+class _Quantifier:
+    least: int
+    most: int | None  # None: no bound
+    width: int  # characters it takes in the pattern
+
+    @property
+    def variable(self) -> int:
+        """1 if what it quantifies can take more than one length."""
+        return int(self.most != self.least)
+
+
+def _quantifier_at(body: str, at: int) -> _Quantifier | None:
+    c = body[at]
+    if c in "*+?":
+        lazy = body.startswith("?", at + 1)
+        return _Quantifier(1 if c == "+" else 0, 1 if c == "?" else None, 2 if lazy else 1)
+    counted = _QUANTIFIER.match(body, at) if c == "{" else None
+    if counted is None:
+        return None
+    low, comma, high = counted.group()[1:-1].partition(",")
+    most = int(low) if not comma else (int(high) if high else None)
+    return _Quantifier(int(low), most, len(counted.group()))
+
+
 class _Rewriter:
     def __init__(self, body: str, where: str):
         self._body = body
@@ -81,11 +153,17 @@ class _Rewriter:
 
     def run(self) -> tuple[str, bool]:
         out: list[str] = []
-        depth = 0
-        top_level_choice = False
+        groups = [_Group()]  # the pattern itself, then each open group
+        closed: _Group | None = None  # a group just closed: the next token may repeat it
         body = self._body
         while self._at < len(body):
             c = body[self._at]
+            quantifier = _quantifier_at(body, self._at)
+            if closed is not None:
+                groups[-1].take(closed, quantifier, self._where)
+            elif quantifier is not None:
+                groups[-1].weight += quantifier.variable  # on an atom: a class, a character
+            closed = None
             if c == "\\":
                 out.append(self._escape_outside())
                 continue
@@ -99,23 +177,45 @@ class _Rewriter:
                 raise _refuse(self._where, f"an anchor ('{c}') inside the pattern cannot be "
                               "enforced (only one '^' at its start and one '$' at its end)")
             elif c == "{":
-                quantifier = _QUANTIFIER.match(body, self._at - 1)
-                if quantifier:
-                    out.append(quantifier.group())
-                    self._at = quantifier.end()
+                counted = _QUANTIFIER.match(body, self._at - 1)
+                if counted:
+                    out.append(counted.group())
+                    self._at = counted.end()
+                elif _PYTHON_ONLY_QUANTIFIER.match(body, self._at - 1):
+                    raise _refuse(self._where, "'{,n}' is a count to Python's re and literal "
+                                  "text to ECMA-262: no output matches both; write '{0,n}'")
                 else:
                     out.append(_format_class([(0x7B, 0x7B)], negated=False))
             elif c == "}":
                 out.append(_format_class([(0x7D, 0x7D)], negated=False))
-            elif c in "()|*+?":
-                depth += {"(": 1, ")": -1}.get(c, 0)
-                top_level_choice = top_level_choice or (c == "|" and depth == 0)
+            elif c == "(":
+                if body.startswith("?:", self._at):
+                    self._at += 2  # a group that captures nothing: any group, to a grammar
+                elif body.startswith("?", self._at):
+                    raise _refuse(self._where, "lookarounds and named groups have no "
+                                  "equivalent in an output grammar")
+                groups.append(_Group())
+                out.append(c)
+            elif c == ")":
+                if len(groups) == 1:
+                    raise _refuse(self._where, "a ')' closes no group")
+                closed = groups.pop()
+                out.append(c)
+            elif c == "|":
+                groups[-1].branches += 1
+                out.append(c)
+            elif c in "*+?":
                 out.append(c)
             elif _json_escaped(ord(c)):
                 raise self._json_escape_needed(c)
             else:
                 out.append(c)
-        return "".join(out), top_level_choice
+        if len(groups) > 1:
+            raise _refuse(self._where, "a group is not closed")
+        if closed is not None:
+            groups[-1].take(closed, None, self._where)
+        groups[0].check(self._where)
+        return "".join(out), groups[0].branches > 1
 
     def _escape_outside(self) -> str:
         """An escape outside a class, as a class of its own: the converter treats a class as
@@ -138,9 +238,12 @@ class _Rewriter:
         if negated:
             self._at += 1
         ranges: _Ranges = []
+        ascii_only = False  # a negated class holding \d or \w: see _NEGATED_ESCAPES
         while not body.startswith("]", self._at):
             if self._at >= len(body):
                 raise _refuse(self._where, "a character class is not closed")
+            escape = body[self._at:self._at + 2]
+            ascii_only = ascii_only or (negated and escape in ("\\d", "\\w"))
             low = self._class_item(negated)
             if isinstance(low, list):  # a class escape (\d): no range starts or ends there
                 ranges.extend(low)
@@ -159,6 +262,9 @@ class _Rewriter:
         if not ranges:
             raise _refuse(self._where, "an empty character class ('[]' or '[^]') cannot be "
                           "enforced")
+        if negated and ascii_only:
+            ascii_rest = _subtract([(0x20, 0x7E)], _union(ranges))
+            return _format_class(self._positive(ascii_rest), negated=False)
         if negated:
             return _negated(ranges)
         return _format_class(self._positive(ranges), negated=False)
@@ -191,6 +297,13 @@ class _Rewriter:
         if hexed:
             self._at = hexed.end()
             point = int(hexed.group(1) or hexed.group(2), 16)
+            pair = (_HEX.match(self._body, self._at + 1)
+                    if self._body.startswith("\\u", self._at) else None)
+            if 0xD800 <= point <= 0xDBFF and pair and pair.group(2) and \
+                    0xDC00 <= int(pair.group(2), 16) <= 0xDFFF:
+                # A UTF-16 pair, as ECMA-262 reads it outside unicode mode: one character.
+                point = 0x10000 + ((point - 0xD800) << 10) + int(pair.group(2), 16) - 0xDC00
+                self._at = pair.end()
         elif letter in _CLASS_ESCAPES:
             self._at += 2
             return _CLASS_ESCAPES[letter]
@@ -215,6 +328,9 @@ class _Rewriter:
         return kept
 
     def _json_escape_needed(self, char: str) -> InvalidRequest:
+        if 0xD800 <= ord(char) <= 0xDFFF:
+            return _refuse(self._where, f"it matches only {char!r} there, half of a UTF-16 "
+                           "pair, which UTF-8 text cannot hold")
         return _refuse(self._where, f"it matches {char!r} there, which a JSON string must "
                        "escape; the output grammar writes a pattern's characters as they are")
 
