@@ -535,8 +535,8 @@ _SPACES = "\\xA0\\u1680\\u2000-\\u200A\\u2028-\\u2029\\u202F\\u205F\\u3000"
     ("^(\\d{1,3}\\.){3}$", "^([0-9]{1,3}[\\x2E]){3}$"),
     ("^[\\w.-]+$", "^[\\x2D-\\x2E0-9A-Z\\x5Fa-z]+$"),
     # \S and a negated class never write what JSON escapes; \s writes no tab or line end.
-    ("^\\S\\s[\\-\\]]$", "^[^\\x00-\\x20\\x22\\x5C\\x7F\\x85" + _SPACES + "\\uD800-\\uDFFF\\uFEFF][\\x20" + _SPACES
-     + "][\\x2D\\x5D]$"),
+    ("^\\S\\s[\\-\\]]$", "^[^\\x00-\\x20\\x22\\x5C\\x7F\\x85" + _SPACES
+     + "\\uD800-\\uDFFF\\uFEFF][\\x20" + _SPACES + "][\\x2D\\x5D]$"),
     ("^\\x41\\u00e9\\u4e2d$", "^[A][\\xE9][\\u4E2D]$"),
     # Printable ASCII loses the quote and the backslash; '.' excludes them too.
     ("^[ -~]{2}.$",

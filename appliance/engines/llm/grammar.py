@@ -28,7 +28,9 @@ root   ::= object
 value  ::= object | array | string | number | ("true" | "false" | "null") ws
 object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
 array  ::= "[" ws ( value ("," ws value)* )? "]" ws
-string ::= "\"" ( [^"\\\x7F\x00-\x1F\uD800-\uDFFF] | "\\" (["\\bfnrt/] | "u" [0-9a-fA-F]{4}) )* "\"" ws
+string ::= "\"" ( raw | "\\" escape )* "\"" ws
+raw    ::= [^"\\\x7F\x00-\x1F\uD800-\uDFFF]
+escape ::= ["\\bfnrt/] | "u" [0-9a-fA-F]{4}
 number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9]{1,3})? ws
 ws     ::= | " " | "\n" [ \t]{0,20}
 """
