@@ -582,9 +582,15 @@ def test_literals_reach_the_grammar_as_the_json_text_they_are() -> None:
                     '"\\"b\\\\\\\\s\\""')
 
 
-def test_a_required_name_properties_do_not_define_is_refused_when_strict() -> None:
-    schema = {"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["a"]}
-    with pytest.raises(InvalidRequest, match="'required' names 'a'") as refused:
+@pytest.mark.parametrize(("required", "why"), [
+    (["a"], "'required' names 'a'"), ("ab", "must be an array")])
+def test_a_required_name_properties_do_not_define_is_refused_when_strict(
+        required: object, why: str) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"const": 1}},
+              "required": required}
+    if isinstance(required, list):
+        del schema["properties"]["a"]  # type: ignore[attr-defined]
+    with pytest.raises(InvalidRequest, match=why) as refused:
         grammar_for(OutputFormat("json_schema", schema, strict=True))
     assert refused.value.param == f"{WHERE}.required"
 

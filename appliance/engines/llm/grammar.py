@@ -137,6 +137,10 @@ def check_enforceable(node: Any, where: str) -> None:
         raise _refuse(f"{where}.format", f"the string format '{node['format']}' cannot be "
                       f"enforced (supported: {', '.join(sorted(FORMATS))})")
     required = node.get("required")
+    if required is not None and not (isinstance(required, list) and
+                                     all(isinstance(name, str) for name in required)):
+        # The converter reads a string as its characters: "ab" required 'a' and 'b'.
+        raise _refuse(f"{where}.required", "'required' must be an array of property names")
     if isinstance(required, list):
         defined = node.get("properties") or {}
         missing = [name for name in required if name not in defined]
