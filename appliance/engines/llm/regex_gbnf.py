@@ -84,10 +84,11 @@ def _ends_with_anchor(pattern: str) -> bool:
 # multiply its work per token. One constrained step on SmolLM2's 49k tokens: 16 x "[a-z]?"
 # 0.07 s, 40 of them 33 s; "([a-z]?[a-z]?[a-z]?[a-z]?)+" 0.12 s, "(([a-z]?[a-z]?)+[a-z]?
 # [a-z]?)+" 2.1 s; "([a-z]*|x5)+" 0.4 s, "([a-z]*|x10)+" 87 s; "(a|a|...)+" of 100
-# branches 32 s (the decode thread, every request's, waits). So a pattern's parts of variable
-# length (a quantifier that is not one fixed count) are weighed: one each, what a repetition
-# holds four times (a count {n,m} m times, as the converter writes m copies), and a repeated
-# group holds at most 16 alternatives.
+# branches 32 s (the decode thread, every request's, waits; measured before this bound
+# refused them; scripts/probe-pattern-cost measures the allowed ones). So a pattern's parts
+# of variable length (a quantifier that is not one fixed count) are weighed: one each, what a
+# repetition holds four times (a count {n,m} m times, as the converter writes m copies), and
+# a repeated group holds at most 16 alternatives.
 MAX_VARIABLE_WEIGHT = 16
 MAX_REPEATED_BRANCHES = 16
 _UNBOUNDED_REPEAT_WEIGHT = 4
