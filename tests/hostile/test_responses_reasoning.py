@@ -52,8 +52,9 @@ CASES: list[tuple[str, Any, str, str]] = [
      "not an encrypted_content this server made"),
     ("a token that is not base64", "%%%" * 1000, "input[1].encrypted_content",
      "not an encrypted_content this server made"),
+    # Refused at the wire, before the token is read: no lone surrogate is text.
     ("a token of lone surrogates and NULs", "\ud800\u0000" * 500, "input[1].encrypted_content",
-     "not an encrypted_content this server made"),
+     "lone UTF-16 surrogate"),
     ("an empty token", "", "input[1].encrypted_content",
      "not an encrypted_content this server made"),
     ("a token that is a number", 12345, "input[1].encrypted_content", "expected a string"),

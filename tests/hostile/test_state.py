@@ -195,20 +195,18 @@ def test_sql_shaped_ids_are_unknown_ids(hostile: HostileServer, conversation: st
         assert [item["content"][0]["text"] for item in listed] == ["hi"]
 
 
-def test_text_sqlite_cannot_encode_is_kept_and_echoed(hostile: HostileServer) -> None:
-    # JSON may carry a lone surrogate; it is not UTF-8, so it must be escaped, not fail.
-    raw = (b'{"metadata": {"k\\ud800": "v\\udfff"}, "items": [{"type": "message", '
+def test_text_sqlite_cannot_encode_is_refused_naming_it(hostile: HostileServer) -> None:
+    # JSON may carry a lone surrogate; it is no Unicode text: a 400 naming the field, before
+    # anything is stored (it used to be stored escaped and echoed back).
+    raw = (b'{"metadata": {"k": "v\\udfff"}, "items": [{"type": "message", '
            b'"role": "user", "content": "a\\udc00b"}]}')
     with hostile.attack("lone surrogates in metadata and items",
                         Bounds(peak_rss_mib=40, log_kib=8, ledger_kib=ledger_kib(3))), \
             hostile.http() as http:
         answer = http.post("/v1/conversations", content=raw,
                            headers={"content-type": "application/json"})
-        assert answer.status_code == 200, answer.text
-        conv = json.loads(answer.content)
-        assert conv["metadata"] == {"k\ud800": "v\udfff"}
-        items = json.loads(http.get(f"/v1/conversations/{conv['id']}/items").content)
-        assert items["data"][0]["content"][0]["text"] == "a\udc00b"
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["param"] in ("metadata.k", "items[0].content")
 
 
 # -- one key filling the disk ---------------------------------------------------------------
