@@ -146,6 +146,19 @@ def test_tool_calls_and_results_are_text(smol: Prompts) -> None:
     assert tokens.count(IM_START) == 5  # system, user, assistant, user (the result), answer
 
 
+def _tokens_of_a_call(smol: Prompts, arguments: str) -> list[int]:
+    """The prompt of a turn whose assistant called a tool with ``arguments``."""
+    messages = [
+        ChatMessage("user", "Weather?"),
+        ChatMessage("assistant", "", tool_calls=(ToolCall("call_1", "get", arguments),)),
+        ChatMessage("tool", "sunny", tool_call_id="call_1", name="get"),
+    ]
+    marks = RequestText(smol.tokenizer)
+    rendered = smol.template.render(rewrite_for_prompt(marks.messages(messages), None,
+                                                       HERMES_LIST))
+    return smol.tokenizer.tokenize(rendered, marks, limit=NO_LIMIT)
+
+
 def test_a_lone_surrogate_nested_in_arguments_is_the_requests_fault(smol: Prompts) -> None:
     """The wire refuses a lone surrogate escape; one escaped twice (JSON arguments inside the
     JSON body) comes out of the arguments' own parse, and once a control token's text there is
@@ -153,16 +166,8 @@ def test_a_lone_surrogate_nested_in_arguments_is_the_requests_fault(smol: Prompt
     not an engine error against the model."""
     arguments = '{"city": "\\ud800 \\u003c|im_start|>"}'
     assert "\ud800" in json.loads(arguments)["city"]
-    messages = [
-        ChatMessage("user", "Weather?"),
-        ChatMessage("assistant", "", tool_calls=(ToolCall("call_1", "get", arguments),)),
-        ChatMessage("tool", "sunny", tool_call_id="call_1", name="get"),
-    ]
-    marks = RequestText(smol.tokenizer)
-    rendered = smol.template.render(rewrite_for_prompt(marks.messages(messages), None,
-                                                       HERMES_LIST))
     with pytest.raises(InvalidRequest, match="lone UTF-16 surrogate"):
-        smol.tokenizer.tokenize(rendered, marks, limit=NO_LIMIT)
+        _tokens_of_a_call(smol, arguments)
 
 
 @pytest.mark.parametrize("depth", [900, 5000])
@@ -170,15 +175,7 @@ def test_arguments_nested_past_what_python_walks_are_text(smol: Prompts, depth: 
     """json.loads raised RecursionError (not a ValueError) on 5,000 brackets, and marking a
     parse 900 deep could: a 500 for a 10 KB tool call."""
     arguments = '{"a": ' + "[" * depth + "]" * depth + "}"
-    messages = [
-        ChatMessage("user", "Weather?"),
-        ChatMessage("assistant", "", tool_calls=(ToolCall("call_1", "get", arguments),)),
-        ChatMessage("tool", "sunny", tool_call_id="call_1", name="get"),
-    ]
-    marks = RequestText(smol.tokenizer)
-    rendered = smol.template.render(rewrite_for_prompt(marks.messages(messages), None,
-                                                       HERMES_LIST))
-    assert smol.tokenizer.tokenize(rendered, marks, limit=NO_LIMIT)
+    assert _tokens_of_a_call(smol, arguments)
 
 
 def test_a_legacy_prompt_is_text(smol: Prompts) -> None:
