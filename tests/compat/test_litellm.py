@@ -163,3 +163,16 @@ def test_errors_map_to_litellms_classes(reach: dict[str, Any]) -> None:
     with pytest.raises(litellm.BadRequestError) as refused:
         litellm.completion(model="openai/gpt-4o-mini", messages=ASK, temperature=7, **reach)
     assert "temperature" in str(refused.value)
+
+
+def test_a_reasoning_models_effort_and_reasoning(reach: dict[str, Any]) -> None:
+    """``o4-mini`` is SmolLM2 as a reasoning model: LiteLLM passes ``reasoning_effort`` on and
+    reads the reasoning back as ``reasoning_content``; on Responses it is a reasoning item."""
+    chat = litellm.completion(model="openai/o4-mini", messages=ASK, reasoning_effort="low",
+                              max_completion_tokens=60, **reach)
+    assert chat.choices[0].message.reasoning_content
+    assert chat.usage.completion_tokens_details.reasoning_tokens > 0
+    answer = litellm.responses(model="openai/o4-mini", input="What is 2 + 2?",
+                               reasoning={"effort": "low"}, max_output_tokens=60, **reach)
+    assert answer.output[0].type == "reasoning"
+    assert answer.usage.output_tokens_details.reasoning_tokens > 0

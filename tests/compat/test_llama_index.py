@@ -51,3 +51,8 @@ def test_embeddings_batch_and_query(observed: dict[str, Any]) -> None:
 def test_the_responses_class(observed: dict[str, Any]) -> None:
     responses = observed["responses"]
     assert responses["complete"] and responses["complete"] == responses["stream"]
+
+
+def test_a_reasoning_models_thinking_block(observed: dict[str, Any]) -> None:
+    assert observed["reasoning"]["blocks"] == ["ThinkingBlock", "TextBlock"]
+    assert observed["reasoning"]["reasoning_tokens"] > 0

@@ -24,7 +24,13 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 from pydantic_ai import Agent, ModelRetry, NativeOutput
-from pydantic_ai.messages import ModelRequest, ModelResponse, ToolCallPart, ToolReturnPart
+from pydantic_ai.messages import (
+    ModelRequest,
+    ModelResponse,
+    ThinkingPart,
+    ToolCallPart,
+    ToolReturnPart,
+)
 from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
@@ -111,3 +117,22 @@ async def test_structured_output_streams_partial_objects_then_the_whole(model: A
     async with agent.run_stream("What is the weather in Rome?") as run:
         outputs = [output async for output in run.stream_output(debounce_by=None)]
     assert outputs and all(isinstance(output, Weather) for output in outputs)
+
+
+@pytest.mark.parametrize("api", list(APIS))
+async def test_a_reasoning_models_thinking_comes_back_as_a_thinking_part(
+        real_server: RealServer, api: str) -> None:
+    """``o4-mini`` is SmolLM2 as a reasoning model (tests/real/session_server.py): Chat
+    returns its reasoning beside the answer, Responses a reasoning item (whose summary is
+    empty: pydantic-ai's part has no text then)."""
+    settings: dict[str, Any] = {"max_tokens": 60, "openai_reasoning_effort": "low"}
+    async with openai.AsyncOpenAI(base_url=real_server.base_url, api_key=real_server.key,
+                                  max_retries=0) as client:
+        model = APIS[api]("o4-mini", provider=OpenAIProvider(openai_client=client))
+        result = await Agent(model, model_settings=settings).run("What is 2 + 2?")
+    (answer,) = [message for message in result.all_messages()
+                 if isinstance(message, ModelResponse)]
+    thinking = [part for part in answer.parts if isinstance(part, ThinkingPart)]
+    assert len(thinking) == 1
+    assert thinking[0].content if api == "chat" else thinking[0].signature
+    assert result.usage.details.get("reasoning_tokens", 0) > 0

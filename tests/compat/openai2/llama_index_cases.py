@@ -86,6 +86,18 @@ def responses(base_url: str, key: str) -> dict[str, Any]:
     return {"complete": whole, "stream": streamed}
 
 
+def reasoning(base_url: str, key: str) -> dict[str, Any]:
+    """``o4-mini``, SmolLM2 as a reasoning model: LlamaIndex sends an o-series model
+    ``reasoning_effort`` and ``max_completion_tokens`` and reads the reasoning as a block."""
+    llm = OpenAI(model="o4-mini", api_base=base_url, api_key=key, max_retries=0,
+                 reasoning_effort="low", max_tokens=60)
+    answer = llm.chat([ChatMessage(role="user", content="What is 2 + 2?")])
+    usage = answer.raw.usage if answer.raw is not None else None
+    return {"blocks": [type(block).__name__ for block in answer.message.blocks],
+            "reasoning_tokens": usage.completion_tokens_details.reasoning_tokens
+            if usage and usage.completion_tokens_details else None}
+
+
 async def asynchronous(llm: OpenAI) -> dict[str, Any]:
     answer = await llm.acomplete(QUESTION)
     parts = [part.delta async for part in await llm.astream_complete(QUESTION)]
@@ -101,7 +113,7 @@ def main() -> None:
 
     observed = {"text": text(llm(12, temperature=0)), "structured": structured(llm(100)),
                 "tools": tool_round_trip(llm(100)), "embeddings": embeddings(base_url, key),
-                "responses": responses(base_url, key),
+                "responses": responses(base_url, key), "reasoning": reasoning(base_url, key),
                 "async": asyncio.run(asynchronous(llm(12, temperature=0)))}
     print(json.dumps(observed))
 
