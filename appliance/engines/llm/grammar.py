@@ -91,6 +91,7 @@ def visit(converter: SchemaConverter, schema: Mapping[str, Any], rule: str, wher
     have passed a ``SchemaBudget`` first."""
     resolved = copy.deepcopy(dict(schema))
     for node, at in subschemas(resolved, where):
+        _replace_boolean_subschemas(node, at)
         if isinstance(node.get("pattern"), str):
             node["pattern"] = gbnf_pattern(node["pattern"], f"{at}.pattern")
     try:
@@ -109,6 +110,46 @@ def visit(converter: SchemaConverter, schema: Mapping[str, Any], rule: str, wher
         raise InvalidRequest(f"Invalid schema at '{where}': it cannot be turned into an "
                              f"output constraint ({reason}).", param=where,
                              code="invalid_json_schema") from None
+
+
+# Where a subschema may be a boolean (JSON Schema's ``true``: any value, ``false``: none) and
+# the converter reads only objects ("'bool' object has no attribute 'get'" came back as the
+# error). Its own additionalProperties takes a boolean and is left as it is.
+_NAMED_SUBSCHEMAS = ("properties", "$defs", "definitions")
+_LISTED_SUBSCHEMAS = ("anyOf", "oneOf", "allOf", "prefixItems")
+
+
+def _replace_boolean_subschemas(node: dict[str, Any], where: str) -> None:
+    """``true`` becomes ``{}`` (any JSON value); ``false``, which no value matches, is a 400
+    naming its place, unless it is an optional property, which is then left out."""
+    required = node.get("required") if isinstance(node.get("required"), list) else []
+    if isinstance(node.get("properties"), dict):
+        node["properties"] = {name: child for name, child in node["properties"].items()
+                              if child is not False or name in required}
+    if node.get("items") is True:
+        del node["items"]  # the converter reads an empty items schema as a missing one
+    elif node.get("items") is False:
+        raise InvalidRequest(f"Invalid schema at '{where}.items': items false (only an empty "
+                             "array) cannot be turned into an output constraint.",
+                             param=f"{where}.items", code="invalid_json_schema")
+
+    def replaced(child: Any, at: str) -> Any:
+        if child is True:
+            return {}
+        if child is False:
+            raise InvalidRequest(f"Invalid schema at '{at}': the schema false allows no value, "
+                                 "so no output can match it.", param=at,
+                                 code="invalid_json_schema")
+        return child
+
+    for key in _NAMED_SUBSCHEMAS:
+        if isinstance(node.get(key), dict):
+            node[key] = {name: replaced(child, f"{where}.{key}.{name}")
+                         for name, child in node[key].items()}
+    for key in _LISTED_SUBSCHEMAS:
+        if isinstance(node.get(key), list):
+            node[key] = [replaced(child, f"{where}.{key}[{index}]")
+                         for index, child in enumerate(node[key])]
 
 
 def finish(converter: SchemaConverter, param: str, *extra_rules: str) -> str:

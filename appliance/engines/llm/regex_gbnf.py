@@ -100,12 +100,24 @@ class _Group:
 
     branches: int = 1
     weight: int = 0  # its parts of variable length, weighed as MAX_VARIABLE_WEIGHT says
+    items: int = 0  # atoms and groups in the branch being read
+    empty_branch: bool = False  # a branch with nothing in it: '(a|)', '()'
+
+    def end_branch(self) -> None:
+        self.empty_branch = self.empty_branch or self.items == 0
+        self.items = 0
 
     def take(self, inner: _Group, quantifier: _Quantifier | None, where: str) -> None:
         """A group closed inside this one, under ``quantifier`` (None: none)."""
+        self.items += 1
         if quantifier is None:
             self.weight += inner.weight
             return
+        if quantifier.most != 1 and inner.empty_branch:
+            # llama.cpp refuses a repeated rule with an empty alternative ("could not be
+            # compiled" said nothing of where).
+            raise _refuse(where, "a repeated group has an empty alternative (as in "
+                          "'(a|b|)+'; write '(a|b)*' instead)")
         if quantifier.most != 1 and inner.branches > MAX_REPEATED_BRANCHES:
             raise _refuse(where, f"a repeated group has {inner.branches} alternatives; this "
                           f"server allows at most {MAX_REPEATED_BRANCHES}")
@@ -167,11 +179,15 @@ class _Rewriter:
             closed = None
             if c == "\\":
                 out.append(self._escape_outside())
+                groups[-1].items += 1
                 continue
             if c == "[":
                 out.append(self._class())
+                groups[-1].items += 1
                 continue
             self._at += 1
+            if c not in "{()|*+?":  # an atom (a '{' that is no count is one too, below)
+                groups[-1].items += 1
             if c == ".":
                 out.append(_negated(_LINE_ENDS))
             elif c in "^$":
@@ -187,6 +203,7 @@ class _Rewriter:
                                   "text to ECMA-262: no output matches both; write '{0,n}'")
                 else:
                     out.append(_format_class([(0x7B, 0x7B)], negated=False))
+                    groups[-1].items += 1
             elif c == "}":
                 out.append(_format_class([(0x7D, 0x7D)], negated=False))
             elif c == "(":
@@ -201,9 +218,11 @@ class _Rewriter:
                 if len(groups) == 1:
                     raise _refuse(self._where, "a ')' closes no group")
                 closed = groups.pop()
+                closed.end_branch()
                 out.append(c)
             elif c == "|":
                 groups[-1].branches += 1
+                groups[-1].end_branch()
                 out.append(c)
             elif c in "*+?":
                 out.append(c)
