@@ -122,7 +122,8 @@ _LISTED_SUBSCHEMAS = ("anyOf", "oneOf", "allOf", "prefixItems")
 def _replace_boolean_subschemas(node: dict[str, Any], where: str) -> None:
     """``true`` becomes ``{}`` (any JSON value); ``false``, which no value matches, is a 400
     naming its place, unless it is an optional property, which is then left out."""
-    required = node.get("required") if isinstance(node.get("required"), list) else []
+    listed = node.get("required")
+    required: list[Any] = listed if isinstance(listed, list) else []
     if isinstance(node.get("properties"), dict):
         node["properties"] = {name: child for name, child in node["properties"].items()
                               if child is not False or name in required}
