@@ -5,6 +5,7 @@ Every test is marked ``real`` and ``hostile``; one server serves the whole tier.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +96,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory,
         yield HostileServer(server, key, CHAT_MODEL, growth_file)
     finally:
         server.stop()
+        gc.unfreeze()  # each attack froze the heap before it (HostileServer.attack)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,

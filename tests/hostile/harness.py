@@ -11,6 +11,7 @@ printed as a table at the end of the run (tests/hostile/conftest.py).
 
 from __future__ import annotations
 
+import gc
 import json
 import sqlite3
 import threading
@@ -125,6 +126,14 @@ class HostileServer:
         hwm, rss = self._status("VmHWM"), self._status("VmRSS")
         log_size, ledger_size = self._log_bytes(), self._ledger_bytes()
         probe = HealthProbe(self.base_url)
+        # The probe and the attacking client share this process, whose heap by now holds
+        # every earlier test's objects (LiteLLM and pydantic-ai alone bring 400,000, and a
+        # full collection of those takes 0.2 s on an idle machine): a /health answer of
+        # just over 1 s in a loaded suite run was this process, not the server. Frozen
+        # objects are not scanned, so a collection during the attack costs only what came
+        # since; the tier's fixture unfreezes them when its server stops.
+        gc.collect()
+        gc.freeze()
         thread = threading.Thread(target=probe.run, daemon=True)
         thread.start()
         try:
