@@ -262,6 +262,9 @@ class ModelInfo:
     # <think>...</think> block; "harmony": gpt-oss's analysis channel); None: no reasoning.
     reasoning: str | None = None
     vision: bool = False  # chat models with a projector (mmproj): user turns may hold images
+    # Requests that may wait for this model at once (models.toml ``queue_limit``): a request
+    # that queues more (legacy completions' prompts) could never be admitted.
+    queue_limit: int = 64
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx2
 import pytest
 
 from appliance.api.app import create_app
 from appliance.api.services import Services
-from appliance.engines.base import CHAT, CancelToken, ChatEvent, ChatParams, Listing
+from appliance.engines.base import CHAT, CancelToken, ChatEvent, ChatParams, Listing, ModelInfo
 from appliance.engines.catalog import Catalog
 from appliance.errors import Overloaded
 from tests.conftest import API_KEY, FastStack
@@ -127,6 +127,10 @@ class QueuedChatEngine(FakeChatEngine):
     queued: int = 0
     preparing: int = 0
 
+    @property
+    def info(self) -> ModelInfo:
+        return replace(super().info, queue_limit=self.queue_limit)
+
     async def chat(self, params: ChatParams,
                    cancel: CancelToken) -> AsyncGenerator[ChatEvent, None]:
         if self.queued + self.preparing >= self.queue_limit:
@@ -198,6 +202,26 @@ async def test_a_queue_full_of_other_work_is_still_a_503_with_a_retry_hint(
     assert answer.headers["retry-after"]
     # The prompts admitted were stopped and gave their places up.
     assert (engine.queued, engine.preparing) == (60, 0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_more_prompts_than_the_queue_holds_are_a_400_not_a_503_to_retry(
+        queued: tuple[QueuedChatEngine, httpx2.AsyncClient], stream: bool) -> None:
+    # queue_limit 4: a request of 5 prompts could never be admitted, even on an idle server;
+    # a 503 would have the SDK retry it for ever. 4 prompts are served.
+    engine, http = queued
+    engine.queue_limit = 4
+    answer = await http.post("/v1/completions", json={
+        "model": "fake-chat", "prompt": ["a"] * 5, "max_tokens": 1, "stream": stream})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == "prompt"
+    assert "queues at most 4 requests" in error["message"]
+    assert engine.calls == []
+    served = await http.post("/v1/completions", json={
+        "model": "fake-chat", "prompt": ["a"] * 4, "n": 3, "max_tokens": 1, "stream": stream})
+    assert served.status_code == 200, served.text
+    assert (engine.queued, engine.preparing) == (0, 0)
 
 
 async def test_one_prompt_refused_stops_the_others_and_names_the_prompt(

@@ -44,7 +44,7 @@ from appliance.engines.base import (
     TokenLogprob,
     Usage,
 )
-from appliance.errors import EngineFailure
+from appliance.errors import EngineFailure, InvalidRequest
 
 Tagged = tuple[int, ChatEvent]  # (prompt index, event)
 
@@ -195,6 +195,13 @@ async def create_completion(request: Request) -> Response:
     engine = services.catalog.get(CHAT, body.model)
     note.model = engine.info.id
     params = [owned(p, note) for p in to_completion_params(body, bounds)]
+    if len(params) > engine.info.queue_limit:
+        # Each prompt waits as one request: more than the queue holds is never admitted,
+        # and a 503 would have the SDK retry it forever.
+        raise InvalidRequest(
+            f"Invalid 'prompt': {len(params)} prompts; the model `{engine.info.id}` queues at "
+            f"most {engine.info.queue_limit} requests (its queue_limit), so send at most "
+            f"{engine.info.queue_limit} prompts.", param="prompt", code="invalid_value")
     # A token per prompt: each prompt's generator cancels its own token when it ends, and a
     # shared one would stop the other prompts still generating.
     cancel = _CancelAll([CancelToken() for _ in params])

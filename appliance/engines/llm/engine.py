@@ -135,7 +135,8 @@ class LlamaChatEngine:
                                context_length=config.context_length,
                                owned_by=config.owned_by, created=int(time.time()),
                                reasoning=None if reasoning is None else reasoning.family,
-                               vision=projector is not None)
+                               vision=projector is not None,
+                               queue_limit=config.queue_limit)
         self._preparing = 0  # requests queued for or in the prompt threads
 
     @classmethod
