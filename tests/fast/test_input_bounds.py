@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -559,6 +560,29 @@ def test_pattern_escapes_become_what_gbnf_parses(pattern: str, rewritten: str) -
     assert gbnf_pattern(pattern, "p") == rewritten
 
 
+@pytest.mark.parametrize(("pattern", "rewritten"), [
+    # The idiom for "letters and digits" (and letters alone): what both dialects agree on.
+    ("^[^\\W_]+$", "^[0-9A-Za-z]+$"), ("^[^\\W\\d_]$", "^[A-Za-z]$"),
+    ("^[^\\D]$", "^[0-9]$"), ("^[^\\S]$", "^[\\x20" + _SPACES + "]$"),
+    # In a positive class, what both put in \\D or \\W: ASCII, as outside a class.
+    ("^[\\Da]$", "^[\\x20-\\x21\\x23-\\x2F\\x3A-\\x5B\\x5D-\\x7E]$"),
+])
+def test_negated_escapes_inside_a_class_write_what_both_dialects_match(
+        pattern: str, rewritten: str) -> None:
+    assert gbnf_pattern(pattern, "p") == rewritten
+
+
+@pytest.mark.parametrize("pattern", ["[^\\W_]", "[\\W_]", "[\\Da]", "[^\\S\\d]", "[\\S]",
+                                     "[^\\Wa]", "[\\s\\S]"])
+def test_every_character_a_class_with_negated_escapes_writes_matches_it(pattern: str) -> None:
+    # Python's re stands for the validator; the class's GBNF form reads as a Python class.
+    written = re.compile(gbnf_pattern(f"^{pattern}$", "p")[1:-1])
+    points = [*range(0xD800), *range(0xE000, 0x10000), *range(0x10000, 0x110000, 97)]
+    wrong = [hex(p) for p in points if written.fullmatch(chr(p))
+             and not re.fullmatch(pattern, chr(p))]
+    assert not wrong, wrong[:10]
+
+
 @pytest.mark.parametrize("pattern", [
     "^(\\+\\d{1,2}\\s?)?\\(?\\d{3}\\)?[\\s.-]?\\d{3}[\\s.-]?\\d{4}$",
     "^((25[0-5]|2[0-4]\\d|[01]?\\d?\\d)\\.){3}(25[0-5]|2[0-4]\\d|[01]?\\d?\\d)$",
@@ -596,7 +620,9 @@ def test_a_required_name_properties_do_not_define_is_refused_when_strict(
 
 
 @pytest.mark.parametrize("pattern", [
-    "^\\bword$", "^(a)\\1$", "^\\p{L}$", "^[\\D]$", "^a\\",
+    "^\\bword$", "^(a)\\1$", "^\\p{L}$", "^a\\",
+    # A negated class that leaves no character at all.
+    "^[^\\w\\W]$",
     # What only a JSON escape can write: the grammar writes a pattern's characters raw. A
     # NUL (as \x00, \u0000 or \0) left no token to match and llama.cpp aborted the process.
     "^\\x00$", "^\\u0000$", "^a\\0$", "^\\t$", "^[\\n\\r]$", '^a"$', "^\\\\$",

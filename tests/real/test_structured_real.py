@@ -108,6 +108,8 @@ ESCAPING_SCHEMAS = [
     {"type": "string", "pattern": "^x{ 2 }$"},
     # \D and [^\w] wrote Arabic digits and Chinese, which Python's re does not count as such.
     {"type": "string", "pattern": "^\\D{2}[^\\w](?:[a-z]*|[0-9]*)+$"},
+    # Negated escapes inside a class (refused before): letters and digits, and a non-space.
+    {"type": "string", "pattern": "^[^\\W_]{4}[\\S]{2}[^\\D]$"},
 ]
 
 

@@ -13,7 +13,9 @@ produced a raw newline, ``[^a]`` a quote). So:
   ranges (``[ -~]`` loses ``"`` and ``\``), a negated class and ``.`` exclude them too, ``\s``
   keeps the spaces JSON writes raw (no tab, no line end). Where ECMA-262 (JSON Schema's
   dialect) and Python's re (what a Python validator uses) differ, a class writes what both
-  accept: ``\w`` and ``\d`` are ASCII, ``\W`` keeps to ASCII, ``\S`` avoids every space.
+  accept: ``\w`` and ``\d`` are ASCII, ``\W`` keeps to ASCII, ``\S`` avoids every space;
+  a negated class holding ``\W`` (``[^\W_]``) writes only what neither dialect calls
+  ``\W``, the ASCII letters and digits.
   The output then matches a subset of what the pattern allows: still a match;
 - a pattern that can only match such a character there (``\n``, ``\x00``, ``\\``, a raw
   quote) is a 400: writing it would take the JSON escape, which the converter cannot say;
@@ -24,8 +26,8 @@ produced a raw newline, ``[^a]`` a quote). So:
 - a ``{`` that is not an ECMA-262 quantifier (``a{ 3 }``, ``a{٣}``, ``{,5}`` are literal
   text there) is written as a literal brace: the converter read those as counts.
 
-What has no GBNF form (``\b``, backreferences, ``\p{...}``, a class escape as a range end) is
-a 400 naming the pattern too.
+What has no GBNF form (``\b``, backreferences, ``\p{...}``, a class escape as a range end, a
+class that leaves no character) is a 400 naming the pattern too.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ _CLASS_ESCAPES = {"d": _DIGITS, "w": _WORD, "s": _SPACES}
 # keep to ASCII, where the two agree.
 _NEGATED_ESCAPES: dict[str, tuple[_Ranges, bool]] = {
     "d": (_DIGITS, True), "w": (_WORD, True), "s": (_ANY_SPACE, False)}
+_EVERY_POINT: _Ranges = [(0x00, 0x10FFFF)]
+# Spaces both dialects count (JSON escapes the controls among them anyway).
+_COMMON_SPACES: _Ranges = [(0x09, 0x0D), *_SPACES]
 _CONTROL_ESCAPES = {"t": 0x09, "n": 0x0A, "r": 0x0D, "f": 0x0C, "v": 0x0B, "0": 0x00}
 _HEX = re.compile(r"x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})")
 _QUANTIFIER = re.compile(r"\{[0-9]+(,[0-9]*)?\}")
@@ -259,11 +264,13 @@ class _Rewriter:
             self._at += 1
         ranges: _Ranges = []
         ascii_only = False  # a negated class holding \d or \w: see _NEGATED_ESCAPES
+        wide = False  # a negated class holding \D, \W or \S: see _negated_escape_in_class
         while not body.startswith("]", self._at):
             if self._at >= len(body):
                 raise _refuse(self._where, "a character class is not closed")
             escape = body[self._at:self._at + 2]
             ascii_only = ascii_only or (negated and escape in ("\\d", "\\w"))
+            wide = wide or (negated and escape in ("\\D", "\\W", "\\S"))
             low = self._class_item(negated)
             if isinstance(low, list):  # a class escape (\d): no range starts or ends there
                 ranges.extend(low)
@@ -282,9 +289,15 @@ class _Rewriter:
         if not ranges:
             raise _refuse(self._where, "an empty character class ('[]' or '[^]') cannot be "
                           "enforced")
-        if negated and ascii_only:
-            ascii_rest = _subtract([(0x20, 0x7E)], _union(ranges))
-            return _format_class(self._positive(ascii_rest), negated=False)
+        if negated and (ascii_only or wide):
+            # Written as the characters left: [^\W_] is [0-9A-Za-z], not a negated class of
+            # the rest of Unicode.
+            universe = [(0x20, 0x7E)] if ascii_only else _EVERY_POINT
+            left = _subtract(_subtract(universe, _union(ranges)), _JSON_ESCAPED)
+            if not left:
+                raise _refuse(self._where, "a negated character class leaves no character a "
+                              "JSON string writes as it is")
+            return _format_class(left, negated=False)
         if negated:
             return _negated(ranges)
         return _format_class(self._positive(ranges), negated=False)
@@ -298,8 +311,8 @@ class _Rewriter:
             return ord(c)
         letter = self._peek_escape()
         if letter.lower() in _CLASS_ESCAPES and letter.isupper():
-            raise _refuse(self._where, f"the escape '\\{letter}' inside a character class "
-                          "has no equivalent in an output grammar")
+            self._at += 2
+            return _negated_escape_in_class(letter.lower(), negated)
         ranges = self._escape_ranges()
         if letter == "s" and negated:
             return _ANY_SPACE
@@ -379,6 +392,17 @@ def _subtract(ranges: _Ranges, removed: _Ranges) -> _Ranges:
         if low <= high:
             kept.append((low, high))
     return kept
+
+
+def _negated_escape_in_class(letter: str, negated: bool) -> _Ranges:
+    r"""``\D``, ``\W`` or ``\S`` inside a class. A positive class may write what both
+    dialects put in it (ASCII, as outside a class, for ``\D`` and ``\W``); a negated class must
+    write nothing either dialect puts in it: ``[^\W_]`` is then the ASCII letters and digits,
+    what both dialects take it for."""
+    if letter == "s":
+        return _subtract(_EVERY_POINT, _union(_ANY_SPACE if not negated else _COMMON_SPACES))
+    kept = _CLASS_ESCAPES[letter]
+    return _subtract(_EVERY_POINT if negated else [(0x20, 0x7E)], kept)
 
 
 def _negated(ranges: _Ranges) -> str:
