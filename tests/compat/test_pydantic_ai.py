@@ -125,7 +125,11 @@ async def test_a_reasoning_models_thinking_comes_back_as_a_thinking_part(
     """``o4-mini`` is SmolLM2 as a reasoning model (tests/real/session_server.py): Chat
     returns its reasoning beside the answer, Responses a reasoning item (whose summary is
     empty: pydantic-ai's part has no text then)."""
-    settings: dict[str, Any] = {"max_tokens": 60, "openai_reasoning_effort": "low"}
+    # Greedy: sampling freely, SmolLM2 sometimes ends its answer at once, and pydantic-ai
+    # then asks again (a second response). pydantic-ai drops a reasoning model's temperature
+    # setting (with a warning), so it travels in the body.
+    settings: dict[str, Any] = {"max_tokens": 60, "openai_reasoning_effort": "low",
+                                "extra_body": {"temperature": 0}}
     async with openai.AsyncOpenAI(base_url=real_server.base_url, api_key=real_server.key,
                                   max_retries=0) as client:
         model = APIS[api]("o4-mini", provider=OpenAIProvider(openai_client=client))

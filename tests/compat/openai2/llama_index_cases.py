@@ -89,8 +89,10 @@ def responses(base_url: str, key: str) -> dict[str, Any]:
 def reasoning(base_url: str, key: str) -> dict[str, Any]:
     """``o4-mini``, SmolLM2 as a reasoning model: LlamaIndex sends an o-series model
     ``reasoning_effort`` and ``max_completion_tokens`` and reads the reasoning as a block."""
+    # LlamaIndex sends an o-series model temperature 1 whatever it is given; greedy comes
+    # through additional_kwargs (sampling freely, SmolLM2 sometimes leaves the answer empty).
     llm = OpenAI(model="o4-mini", api_base=base_url, api_key=key, max_retries=0,
-                 reasoning_effort="low", max_tokens=60)
+                 reasoning_effort="low", max_tokens=60, additional_kwargs={"temperature": 0})
     answer = llm.chat([ChatMessage(role="user", content="What is 2 + 2?")])
     usage = answer.raw.usage if answer.raw is not None else None
     return {"blocks": [type(block).__name__ for block in answer.message.blocks],
