@@ -5,7 +5,6 @@ Every test is marked ``real`` and ``hostile``; one server serves the whole tier.
 
 from __future__ import annotations
 
-import gc
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,11 +91,11 @@ def hostile(tmp_path_factory: pytest.TempPathFactory,
     server = start_server(config, port)
     growth_file = folder / "growth.jsonl"
     request.config.stash[GROWTH_FILE_KEY] = growth_file
+    served = HostileServer(server, key, CHAT_MODEL, growth_file)
     try:
-        yield HostileServer(server, key, CHAT_MODEL, growth_file)
+        yield served
     finally:
-        server.stop()
-        gc.unfreeze()  # each attack froze the heap before it (HostileServer.attack)
+        served.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,

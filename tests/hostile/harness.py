@@ -2,19 +2,20 @@
 
 One real server for the tier (its own folder, ledger and log, so growth is measured against
 nothing else), with every kind of model. ``HostileServer.attack()`` wraps one attack: while it
-runs, a thread asks ``/health`` every 0.1 s; afterwards it asserts that the process is alive,
-that every ``/health`` answered within a second, that a normal chat request succeeds, and that
-the growth of resident memory (peak and current), log and ledger stayed under the bounds the
-test states. Each attack's growth is appended to ``growth.jsonl`` in the server's folder and
-printed as a table at the end of the run (tests/hostile/conftest.py).
+runs, a process of its own asks ``/health`` every 0.1 s (tests/hostile/health_probe.py);
+afterwards it asserts that the server is alive, that every ``/health`` answered within a
+second, that a normal chat request succeeds, and that the growth of resident memory (peak
+and current), log and ledger stayed under the bounds the test states. Each attack's growth
+is appended to ``growth.jsonl`` in the server's folder and printed as a table at the end of
+the run (tests/hostile/conftest.py).
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import sqlite3
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -26,6 +27,7 @@ import httpx2
 from devtools.server_harness import RunningServer
 
 HEALTH_BOUND_S = 1.0
+REPOSITORY = Path(__file__).resolve().parents[2]  # where python -m finds tests/
 MIB = 1024 * 1024
 
 
@@ -47,30 +49,45 @@ class Bounds:
     ledger_kib: float = 256.0
 
 
-@dataclass
 class HealthProbe:
-    """Asks /health until stopped; remembers the slowest answer (a failure counts as slow)."""
+    """The /health prober process of one HostileServer (tests/hostile/health_probe.py),
+    started at its first attack and kept for the next ones (a Python start is 0.25 s, and
+    the tier runs hundreds of attacks)."""
 
-    base_url: str
-    latencies: list[float] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[str] | None = None
 
-    def run(self) -> None:
-        with httpx2.Client(base_url=self.base_url, timeout=HEALTH_BOUND_S * 5) as http:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    status = http.get("/health").status_code
-                    if status != 200:
-                        self.failures.append(f"/health answered {status}")
-                except httpx2.HTTPError as exc:
-                    self.failures.append(f"/health failed: {exc!r}")
-                self.latencies.append(time.monotonic() - started)
-                self._stop.wait(0.1)
+    def start(self, base_url: str) -> None:
+        if self._process is None:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "tests.hostile.health_probe"], cwd=REPOSITORY,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        answer = self._ask(f"start {base_url}")
+        assert answer == "started", answer
 
-    def stop(self) -> None:
-        self._stop.set()
+    def stop(self) -> tuple[list[float], list[str]]:
+        """The seconds each /health took since start, and what failed."""
+        seen = json.loads(self._ask("stop"))
+        assert "error" not in seen, seen
+        return seen["latencies"], seen["failures"]
+
+    def close(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            try:  # the end of its input ends it; communicate closes both pipes
+                process.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+
+    def _ask(self, command: str) -> str:
+        process = self._process
+        assert process is not None and process.stdin is not None and process.stdout is not None
+        process.stdin.write(command + "\n")
+        process.stdin.flush()
+        answer = process.stdout.readline()
+        assert answer, f"the /health prober ended (exit {process.wait()})"
+        return answer.strip()
 
 
 @dataclass
@@ -79,10 +96,18 @@ class HostileServer:
     key: str
     chat_model: str
     growth_file: Path
+    probe: HealthProbe = field(default_factory=HealthProbe)
 
     @property
     def base_url(self) -> str:
         return self.server.base_url
+
+    def close(self) -> None:
+        """Stop the prober, then the server."""
+        try:
+            self.probe.close()
+        finally:
+            self.server.stop()
 
     def http(self, timeout: float = 60.0) -> httpx2.Client:
         return httpx2.Client(base_url=self.base_url, timeout=timeout,
@@ -125,22 +150,11 @@ class HostileServer:
         growth = Growth(name)
         hwm, rss = self._status("VmHWM"), self._status("VmRSS")
         log_size, ledger_size = self._log_bytes(), self._ledger_bytes()
-        probe = HealthProbe(self.base_url)
-        # The probe and the attacking client share this process, whose heap by now holds
-        # every earlier test's objects (LiteLLM and pydantic-ai alone bring 400,000, and a
-        # full collection of those takes 0.2 s on an idle machine): a /health answer of
-        # just over 1 s in a loaded suite run was this process, not the server. Frozen
-        # objects are not scanned, so a collection during the attack costs only what came
-        # since; the tier's fixture unfreezes them when its server stops.
-        gc.collect()
-        gc.freeze()
-        thread = threading.Thread(target=probe.run, daemon=True)
-        thread.start()
+        self.probe.start(self.base_url)
         try:
             yield growth
         finally:
-            probe.stop()
-            thread.join(timeout=30)
+            latencies, failures = self.probe.stop()
         assert self.server.alive(), f"the server died during {name}:\n{self.server.log()[-4000:]}"
         self.normal_chat()
         time.sleep(0.5)  # the ledger writer commits within its batch interval
@@ -148,11 +162,11 @@ class HostileServer:
         growth.rss_mib = round(self._status("VmRSS") - rss, 1)
         growth.log_kib = round((self._log_bytes() - log_size) / 1024, 1)
         growth.ledger_kib = round((self._ledger_bytes() - ledger_size) / 1024, 1)
-        growth.slowest_health_s = round(max(probe.latencies, default=0.0), 3)
-        growth.health_probes = len(probe.latencies)
+        growth.slowest_health_s = round(max(latencies, default=0.0), 3)
+        growth.health_probes = len(latencies)
         with self.growth_file.open("a", encoding="utf-8") as out:
             out.write(json.dumps(asdict(growth)) + "\n")
-        assert not probe.failures, probe.failures[:5]
+        assert not failures, failures[:5]
         assert growth.slowest_health_s < HEALTH_BOUND_S, growth
         assert growth.peak_rss_mib < bounds.peak_rss_mib, growth
         assert growth.log_kib < bounds.log_kib, growth

@@ -253,10 +253,11 @@ def edge(tmp_path_factory: pytest.TempPathFactory,
     config.write_text(config.read_text().replace("[server]\n", "[server]\n" + EDGE_SERVER, 1))
     key = create_key(config, "edge")
     server = start_server(config, port)
+    served = HostileServer(server, key, "smollm2-135m-instruct", growth_file)
     try:
-        yield HostileServer(server, key, "smollm2-135m-instruct", growth_file)
+        yield served
     finally:
-        server.stop()
+        served.close()
 
 
 def test_300_trickling_connections_are_closed_while_a_normal_request_is_served(

@@ -227,10 +227,11 @@ def quota_server(tmp_path_factory: pytest.TempPathFactory,
     key = create_key(config, "hostile-quota")
     server = start_server(config, port)
     growth = request.config.stash.get(GROWTH_FILE_KEY, folder / "growth.jsonl")
+    served = HostileServer(server, key, "chat", growth)
     try:
-        yield HostileServer(server, key, "chat", growth)
+        yield served
     finally:
-        server.stop()
+        served.close()
 
 
 def _state_bytes(server: HostileServer) -> int:
