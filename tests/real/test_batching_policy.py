@@ -26,7 +26,7 @@ from appliance.engines.base import (
 from appliance.engines.llm.engine import BATCH_SIZE, LlamaChatEngine
 from appliance.engines.llm.model import LoadedModel
 from appliance.engines.llm.scheduler import StepReport
-from appliance.engines.llm.step_budget import MIN_CHUNK
+from appliance.engines.llm.step_budget import DECODE_WINDOW, MIN_CHUNK
 from devtools.server_harness import SMOLLM2
 
 pytestmark = pytest.mark.real
@@ -70,6 +70,14 @@ def test_a_long_prompt_never_stalls_running_streams_and_short_prompts_go_first()
                        zip(stories, cancels, strict=True)]
             for stream in streams:  # every story is generating before the document comes
                 await _first_text(stream)
+            # The read is budgeted with d(n) as the decode-only steps before it left it (none
+            # come during the read). A full window of them at this width, so that a moment
+            # of a busy machine during loading or warm-up (a full suite run measured 3 s
+            # steps there) does not set the share of every step of the read.
+            keep_going = [asyncio.ensure_future(_drain(stream)) for stream in streams]
+            while sum(1 for step in history if step.generating == RUNNING
+                      and step.prefill_tokens == 0) < DECODE_WINDOW:
+                await asyncio.sleep(0.01)
             steps.clear()
             order: list[str] = []
             reading = asyncio.ensure_future(_answer(engine.chat(document, CancelToken()),
@@ -78,7 +86,6 @@ def test_a_long_prompt_never_stalls_running_streams_and_short_prompts_go_first()
                 await asyncio.sleep(0.01)  # the document is being read from now on
             asked = asyncio.ensure_future(_answer(engine.chat(question, CancelToken()),
                                                   "question", order))
-            keep_going = [asyncio.ensure_future(_drain(stream)) for stream in streams]
             await asyncio.gather(reading, asked)
             for cancel, task in zip(cancels, keep_going, strict=True):
                 cancel.cancel()  # the client leaves: the slot frees, the stream sends no more
