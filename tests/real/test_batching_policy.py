@@ -77,6 +77,7 @@ def test_a_long_prompt_never_stalls_running_streams_and_short_prompts_go_first()
             keep_going = [asyncio.ensure_future(_drain(stream)) for stream in streams]
             while sum(1 for step in history if step.generating == RUNNING
                       and step.prefill_tokens == 0) < DECODE_WINDOW:
+                assert not any(task.done() for task in keep_going), trace_of(history)
                 await asyncio.sleep(0.01)
             steps.clear()
             order: list[str] = []
@@ -98,9 +99,7 @@ def test_a_long_prompt_never_stalls_running_streams_and_short_prompts_go_first()
         order = asyncio.run(run())
     finally:
         engine.close()
-    # What the budget saw: (generating, prompt tokens read, share offered, ms) of each step.
-    trace = [(s.generating, s.prefill_tokens, s.prefill_share, round(s.seconds * 1000))
-             for s in history]
+    trace = trace_of(history)
     assert order == ["question", "document"], trace  # the short prompt was read first
     reading = [s for s in steps if s.prefill_tokens > 1]
     assert len(reading) >= 10, trace  # ~650 prompt tokens read in chunks, not at once
@@ -109,6 +108,12 @@ def test_a_long_prompt_never_stalls_running_streams_and_short_prompts_go_first()
     # The chunks are the budget's, not the batch's: never over what the step was offered.
     assert all(s.prefill_tokens <= s.prefill_share for s in reading)
     assert all(MIN_CHUNK <= s.prefill_share <= BATCH_SIZE // 8 for s in reading), trace
+
+
+def trace_of(history: list[StepReport]) -> list[tuple[int, int, int, int]]:
+    """What the budget saw: (generating, prompt tokens read, share offered, ms) of each step."""
+    return [(s.generating, s.prefill_tokens, s.prefill_share, round(s.seconds * 1000))
+            for s in history]
 
 
 async def _first_text(events: AsyncIterator[ChatEvent]) -> None:
