@@ -10,7 +10,6 @@ test_schemas.py's ``ledger_kib``).
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx2
@@ -24,13 +23,7 @@ USER = [{"role": "user", "content": "Say hi"}]
 
 def _post(hostile: HostileServer, path: str, body: dict[str, Any] | bytes,
           timeout: float = 60.0) -> tuple[httpx2.Response, float]:
-    with hostile.http(timeout) as http:
-        started = time.monotonic()
-        if isinstance(body, bytes):
-            answer = http.post(path, content=body, headers={"Content-Type": "application/json"})
-        else:
-            answer = http.post(path, json=body)
-        return answer, time.monotonic() - started
+    return hostile.timed_post(path, body, timeout)
 
 
 def _refused(answer: httpx2.Response, param: str | None, bound: str,

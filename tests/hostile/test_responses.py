@@ -8,9 +8,7 @@ turns it follows): tests/fast/test_responses_state.py plants one.
 
 from __future__ import annotations
 
-import gc
 import json
-import time
 from typing import Any
 
 import httpx2
@@ -25,20 +23,7 @@ FUNCTION = {"type": "function", "name": "f", "parameters": {"type": "object",
 
 def _post(hostile: HostileServer, body: dict[str, Any] | bytes, path: str = "/v1/responses",
           timeout: float = 60.0) -> tuple[httpx2.Response, float]:
-    """The answer and the seconds it took the server: the body is encoded before the clock
-    starts, and this process's collector (a heap that earlier tests filled takes 0.2 s to
-    scan) stays off while the request runs. No collection before it: a flood must stay a
-    flood (one of 0.2 s per request let background work finish between them)."""
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    with hostile.http(timeout) as http:
-        gc.disable()
-        try:
-            started = time.monotonic()
-            answer = http.post(path, content=content,
-                               headers={"Content-Type": "application/json"})
-            return answer, time.monotonic() - started
-        finally:
-            gc.enable()
+    return hostile.timed_post(path, body, timeout)
 
 
 def _refused(answer: httpx2.Response, param: str | None, bound: str, status: int = 400) -> None:

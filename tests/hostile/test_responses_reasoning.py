@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from typing import Any
 
 import httpx2
@@ -23,11 +22,7 @@ def _post(hostile: HostileServer, body: dict[str, Any]) -> tuple[httpx2.Response
     # ASCII-escaped JSON: lone surrogates travel as \ud800, as a hostile client sends them.
     raw = json.dumps({"model": hostile.chat_model, "max_output_tokens": 16, "temperature": 0,
                       "store": False, **body}).encode()
-    with hostile.http(120.0) as http:
-        started = time.monotonic()
-        answer = http.post("/v1/responses", content=raw,
-                           headers={"Content-Type": "application/json"})
-        return answer, time.monotonic() - started
+    return hostile.timed_post("/v1/responses", raw, 120.0)
 
 
 def _sealed(token: Any) -> dict[str, Any]:
