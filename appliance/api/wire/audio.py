@@ -8,16 +8,17 @@ request. Fields OpenAI defines that we do not serve are a 400 naming them.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.types import Message, Receive
 
-from appliance.api.wire.json_values import has_lone_surrogate
 from appliance.errors import InvalidRequest, PayloadTooLarge
 
 Task = Literal["transcribe", "translate"]
@@ -31,6 +32,13 @@ MAX_FIELD_BYTES = 1024 * 1024  # Starlette's bound on one non-file field
 # Whisper reads the last 224 tokens of a prompt; longer ones only cost tokenizing.
 MAX_PROMPT_CHARS = 16_000
 MAX_MODEL_CHARS = 256
+# The charsets a form's names and values may be sent in (SDKs and browsers send none, which
+# is UTF-8). Starlette decodes with whatever codec the header names: Python's punycode
+# decoder is quadratic (1 MB held the event loop 17 s), 'undefined' raised past its
+# fallback (a 500), and UTF-7 wrote lone surrogates. These four decode in linear time and
+# write only Unicode characters.
+CHARSETS = {"utf-8": "utf-8", "ascii": "us-ascii", "iso8859-1": "iso-8859-1",
+            "cp1252": "windows-1252"}
 NOT_SERVED = ("chunking_strategy", "include", "include[]", "known_speaker_names",
               "known_speaker_names[]", "known_speaker_references",
               "known_speaker_references[]")
@@ -80,6 +88,7 @@ async def read_form(request: Request, max_upload_bytes: int) -> FormData:
     if declared.isascii() and declared.isdigit() and \
             int(declared) > max_upload_bytes + MULTIPART_OVERHEAD:
         raise _too_large(max_upload_bytes)
+    _check_charset(content_type)
     limited = Request(request.scope, _counting(request.receive, max_upload_bytes))
     # The parser itself, not Request.form: inside an app that turns the parser's refusals
     # into a bare HTTPException (param and code null), and these name the file part.
@@ -92,26 +101,25 @@ async def read_form(request: Request, max_upload_bytes: int) -> FormData:
                              f"'file' part and at most {MAX_FIELDS} other fields, each field "
                              f"under {MAX_FIELD_BYTES // 1024} KB and each part's headers "
                              "short.", param="file", code="invalid_multipart") from None
-    try:
-        _refuse_lone_surrogates(form)
-    except InvalidRequest:
-        await form.close()
-        raise
     return form
 
 
-def _refuse_lone_surrogates(form: FormData) -> None:
-    """Fields are decoded with the charset the client names, and UTF-7 or unicode_escape
-    write lone surrogates: they failed in whisper's tokenizer (a 500 counted against the
-    model) or in the 404 that quoted the model's name."""
-    for name, value in form.multi_items():
-        text = value.filename if isinstance(value, UploadFile) else value
-        if has_lone_surrogate(name) or has_lone_surrogate(text):
-            param = name if not has_lone_surrogate(name) else None
-            raise InvalidRequest(f"Invalid value for '{param or 'a field name'}': the text holds "
-                                 "a lone UTF-16 surrogate, which is not a Unicode character. "
-                                 "Send the form's fields as UTF-8.", param=param,
-                                 code="invalid_value")
+def _check_charset(content_type: str) -> None:
+    _, options = parse_options_header(content_type)
+    named = options.get(b"charset")
+    if named is None:
+        return
+    charset = named.decode("latin-1")
+    try:
+        codec = codecs.lookup(charset).name
+    except LookupError:
+        codec = ""
+    if codec not in CHARSETS:
+        shown = charset if len(charset) <= 40 else charset[:40] + "..."
+        raise InvalidRequest(f"The multipart form's charset {shown!r} is not supported: send "
+                             f"its fields as one of {', '.join(CHARSETS.values())} (UTF-8 if "
+                             "the header names none).", param="file",
+                             code="invalid_multipart")
 
 
 def _text(form: FormData, name: str) -> str | None:
