@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import ctranslate2
 import numpy as np
+import tokenizers
 from faster_whisper import WhisperModel
 
 from appliance.config import TranscriptionModelConfig
@@ -105,6 +106,14 @@ def probe_inference(model: WhisperModel) -> None:
         pass
 
 
+def plain_text_tokenizer(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+    """A copy of whisper's tokenizer that reads '<|...|>' in text as text: the model's own
+    copy stays as faster-whisper uses it."""
+    plain = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+    plain.encode_special_tokens = True
+    return plain
+
+
 class WhisperEngine:
     def __init__(self, config: TranscriptionModelConfig, model: WhisperModel, device: str,
                  report: OccupancyReport | None = None):
@@ -112,6 +121,7 @@ class WhisperEngine:
         self._model = model
         self._device = device
         self._bounds = AudioBounds(max_seconds=config.max_audio_s)
+        self._prompt_tokenizer = plain_text_tokenizer(model.hf_tokenizer)
         self._pool = WorkerPool(config.id, workers=config.workers, queue_limit=config.queue_limit,
                                 queue_timeout_s=config.queue_timeout_s,
                                 thread_name=f"whisper-{config.id}", report=report)
@@ -209,6 +219,15 @@ class WhisperEngine:
         finally:
             emit(None)
 
+    def _prompt_tokens(self, prompt: str | None) -> list[int] | None:
+        """The prompt as token ids of its text, led by a space as faster-whisper leads it.
+        Given a string, faster-whisper encodes '<|endoftext|>' or '<|translate|>' as the
+        control tokens they name, and a prompt of them emptied the transcript."""
+        if not prompt or not prompt.strip():
+            return None
+        return list(self._prompt_tokenizer.encode(" " + prompt.strip(),
+                                                  add_special_tokens=False).ids)
+
     def _run(self, params: TranscriptionParams, cancel: CancelToken, emit: Emit) -> None:
         try:
             audio = load(params.audio, self._bounds, lambda: cancel.cancelled)
@@ -217,7 +236,7 @@ class WhisperEngine:
         temperature = FALLBACK_TEMPERATURES if params.temperature == 0 else params.temperature
         segments, info = self._model.transcribe(
             audio, language=params.language, task=params.task,
-            initial_prompt=params.prompt or None, temperature=temperature,
+            initial_prompt=self._prompt_tokens(params.prompt), temperature=temperature,
             word_timestamps=params.word_timestamps, beam_size=BEAM_SIZE,
             vad_filter=VAD_FILTER)
         emit(TranscriptionStarted(language=LANGUAGE_NAMES.get(info.language, info.language),

@@ -96,6 +96,18 @@ def test_english_only_model_translates_english_to_itself(real_server: RealServer
     assert {"fox", "dog"} <= words_of(translated.text)
 
 
+@pytest.mark.parametrize("model", ["whisper-1", "whisper-base"])
+def test_a_prompt_is_text_even_where_it_spells_control_tokens(real_server: RealServer,
+                                                              speech: Path, model: str) -> None:
+    """Read as whisper's own end-of-text token, this prompt emptied the transcript."""
+    for prompt in ("<|endoftext|>" * 300, "<|startoftranscript|><|translate|><|nocaptions|>",
+                   "Quick brown fox."):
+        with speech.open("rb") as audio:
+            text = real_server.sdk.audio.transcriptions.create(
+                model=model, file=audio, prompt=prompt, response_format="text")
+        assert {"fox", "dog"} <= words_of(text), (prompt[:40], text)
+
+
 def test_silence_is_an_empty_transcript(real_server: RealServer, tmp_path: Path) -> None:
     with silence(tmp_path / "quiet.wav").open("rb") as audio:
         result = real_server.sdk.audio.transcriptions.create(model="whisper-1", file=audio)
