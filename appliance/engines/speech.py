@@ -226,8 +226,9 @@ class PiperSpeechEngine:
         speaker = self._voices.index(params.voice)
         synthesis = SynthesisConfig(
             speaker_id=speaker if len(self._voices) > 1 else None,
-            # Piper's length scale stretches every phoneme: speed 2 is half as long, with
-            # the voice's pitch kept (resampling would raise it).
+            # Piper's length scale stretches every phoneme with the voice's pitch kept
+            # (resampling would raise it). Past speed 2 it flattens out: no phoneme is
+            # shorter than one vocoder frame (README, Text to speech).
             length_scale=self._voice.config.length_scale / params.speed)
         hop = int(self._voice.config.hop_length)  # samples per output frame of the vocoder
         for index, piece in enumerate(ids):
