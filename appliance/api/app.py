@@ -68,6 +68,7 @@ from appliance.api.routes.models import list_models, retrieve_model
 from appliance.api.routes.ops import health, metrics, openapi_endpoint, ready
 from appliance.api.routes.org_usage import organization_costs, organization_usage
 from appliance.api.routes.responses import responses_routes
+from appliance.api.routes.responses_background import BackgroundResponses
 from appliance.api.routes.speech import create_speech
 from appliance.api.routes.stored_completions import stored_completions_routes
 from appliance.api.routes.stored_responses import stored_responses_routes
@@ -86,6 +87,9 @@ def create_app(services: Services) -> Starlette:
     # ledgered: a scrape every few seconds is no usage.
     scrape = OPEN if services.exposure.metrics_public else RoutePolicy(Access.ADMIN,
                                                                         ledgered=False)
+    # Background responses are the app's: created and cancelled in routes/responses.py,
+    # forgotten by its DELETE in routes/stored_responses.py.
+    background = BackgroundResponses()
     routes: list[BaseRoute] = [
         route("/health", health, "GET", LIVENESS),
         route("/ready", ready, "GET", READINESS),
@@ -94,7 +98,7 @@ def create_app(services: Services) -> Starlette:
         route("/v1/models", list_models, "GET", KEYED),
         route("/v1/models/{model:path}", retrieve_model, "GET", KEYED),
         route("/v1/chat/completions", create_chat_completion, "POST", chat),
-        *responses_routes(),
+        *responses_routes(background),
         route("/v1/completions", create_completion, "POST", chat),
         route("/v1/embeddings", create_embeddings, "POST", embedding),
         route("/v1/audio/transcriptions", create_transcription, "POST", transcription),
@@ -106,7 +110,7 @@ def create_app(services: Services) -> Starlette:
         # Image URLs are fetched without a key (the unguessable name is the key).
         route("/files/images/{name}", image_file, "GET", OPEN, name=IMAGE_FILE_ROUTE),
         route("/v1/usage", key_usage, "GET", KEYED),
-        *with_policy(stored_responses_routes(), KEYED),
+        *with_policy(stored_responses_routes(background), KEYED),
         *with_policy(conversations_routes(), KEYED),
         *with_policy(stored_completions_routes(), KEYED),
         *with_policy(web_routes(), OPEN),  # the browser playground, served without a key

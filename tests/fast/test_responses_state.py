@@ -41,6 +41,27 @@ class HeldEngine(FakeChatEngine):
             yield event
 
 
+@dataclass
+class HalfHeldEngine(FakeChatEngine):
+    """Lets the first ``through`` words out, then holds the rest until ``gate`` opens;
+    ``holding`` is set once it holds."""
+
+    through: int = 2
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    holding: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def chat(self, params: ChatParams,
+                   cancel: CancelToken) -> AsyncGenerator[ChatEvent, None]:
+        words = 0
+        async for event in super().chat(params, cancel):
+            if isinstance(event, TextDelta):
+                words += 1
+                if words > self.through:
+                    self.holding.set()
+                    await self.gate.wait()
+            yield event
+
+
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[ResponsesStack]:
     async with responses_stack(tmp_path, engine=HeldEngine(context_length=256)) as opened:
@@ -269,6 +290,68 @@ async def test_a_background_response_can_be_cancelled(stack: ResponsesStack) -> 
     plain = await stack.client.responses.create(model="gpt-4o-mini", input="Hi")
     refused = await stack.http.post(f"/v1/responses/{plain.id}/cancel", headers=stack.auth())
     assert refused.status_code == 400 and "background" in refused.json()["error"]["message"]
+
+
+async def test_a_cancelled_background_response_keeps_what_it_streamed(tmp_path: Path) -> None:
+    """The words made before the cancel are charged, so they are in the body too: the
+    open message was dropped, and GET answered an empty output."""
+    engine = HalfHeldEngine(context_length=256)
+    async with responses_stack(tmp_path, engine=engine) as stack:
+        raw = await stack.http.post("/v1/responses", headers=stack.auth(), json={
+            "model": "gpt-4o-mini", "input": "Hi", "background": True})
+        response_id = raw.json()["id"]
+        await asyncio.wait_for(engine.holding.wait(), 5)
+        cancelled = (await stack.http.post(f"/v1/responses/{response_id}/cancel",
+                                           headers=stack.auth())).json()
+        validate(cancelled, "Response")
+        assert cancelled["status"] == "cancelled"
+        [message] = cancelled["output"]
+        text = message["content"][0]["text"]
+        assert message["status"] == "incomplete" and text
+        assert engine.reply.startswith(text) and len(text) < len(engine.reply)
+        assert (await stack.client.responses.retrieve(response_id)).output_text == text
+        streamed = await stack.http.get(f"/v1/responses/{response_id}", headers=stack.auth(),
+                                        params={"stream": "true"})
+        events = [json.loads(frame.split("data: ", 1)[1])
+                  for frame in streamed.text.split("\n\n") if frame.strip()]
+        for event in events:
+            validate(event, "ResponseStreamEvent")
+        kinds = [event["type"] for event in events]
+        # OpenAI's stream has no cancelled event: the ending is response.failed, its
+        # response's status "cancelled".
+        assert kinds[-3:] == ["response.content_part.done", "response.output_item.done",
+                              "response.failed"], ", ".join(kinds)
+        assert events[-1]["response"]["status"] == "cancelled"
+        assert events[-1]["response"]["output"] == cancelled["output"]
+        assert kinds.count("response.output_item.added") == 1
+
+
+async def test_a_background_response_deleted_while_it_runs_stays_deleted(
+        stack: ResponsesStack) -> None:
+    """Its work stored its ending after the DELETE, and the deleted response came back."""
+    gate(stack).clear()
+    raw = await stack.http.post("/v1/responses", headers=stack.auth(), json={
+        "model": "gpt-4o-mini", "input": "Hi", "background": True})
+    response_id = raw.json()["id"]
+    deleted = await stack.http.delete(f"/v1/responses/{response_id}", headers=stack.auth())
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {"id": response_id, "object": "response", "deleted": True}
+    gate(stack).set()
+    for _ in range(POLLS):
+        row = next(r for r in stack.ledger.rows if r.request_id == raw.headers["x-request-id"])
+        if row.status != "started":
+            break
+        await asyncio.sleep(0.01)
+    assert row.status == "cancelled"
+    for method, path, params in (
+            ("GET", f"/v1/responses/{response_id}", {}),
+            ("GET", f"/v1/responses/{response_id}", {"stream": "true"}),
+            ("GET", f"/v1/responses/{response_id}/input_items", {}),
+            ("POST", f"/v1/responses/{response_id}/cancel", {}),
+            ("DELETE", f"/v1/responses/{response_id}", {})):
+        answer = await stack.http.request(method, path, headers=stack.auth(), params=params)
+        assert answer.status_code == 404, (method, path, params, answer.text)
+    assert await stack.services.state.get_response(owner(stack), response_id) is None
 
 
 async def test_background_responses_in_flight_are_bounded_per_key(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx2
 import jsonschema
+import openai
 import pytest
 from pydantic import BaseModel
 
@@ -131,6 +132,41 @@ def test_background_work_completes_and_is_charged_on_the_real_model(
         time.sleep(0.05)
     assert polled.status in ("completed", "incomplete")
     assert polled.output_text
+
+
+def test_a_cancel_keeps_the_streamed_text_and_a_delete_while_running_holds(
+        real_server: RealServer) -> None:
+    """A cancelled response kept no output though its tokens were charged; a response
+    deleted while it ran was stored again by its own ending."""
+    sdk = real_server.sdk
+    story = {"model": SMOL, "input": "Write a long story about a dragon.", "background": True,
+             "temperature": 0, "max_output_tokens": 400}
+    running = sdk.responses.create(**story, stream=True)
+    response_id, streamed = "", ""
+    for event in running:
+        if event.type == "response.created":
+            response_id = event.response.id
+        elif event.type == "response.output_text.delta":
+            streamed += event.delta
+            if len(streamed) >= 40:
+                break
+    running.close()
+    cancelled = sdk.responses.cancel(response_id)
+    validate(cancelled.model_dump(mode="json", exclude_unset=True), "Response")
+    assert cancelled.status == "cancelled"
+    assert cancelled.output[0].status == "incomplete"
+    assert cancelled.output_text.startswith(streamed), (cancelled.output_text, streamed)
+    assert sdk.responses.retrieve(response_id).output_text == cancelled.output_text
+
+    doomed = sdk.responses.create(**story)
+    deleted = sdk.responses.delete(doomed.id)
+    assert deleted is None or getattr(deleted, "deleted", True)
+    time.sleep(1.0)  # the work would have stored its ending by now
+    for look in (lambda: sdk.responses.retrieve(doomed.id),
+                 lambda: sdk.responses.input_items.list(doomed.id),
+                 lambda: sdk.responses.cancel(doomed.id)):
+        with pytest.raises(openai.NotFoundError):
+            look()
 
 
 @pytest.mark.parametrize("model", [SMOL, GEMMA])

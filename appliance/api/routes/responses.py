@@ -211,6 +211,7 @@ async def _start_background(prepared: _Prepared, background: BackgroundResponses
         raise StorageQuotaExceeded("A background response is stored, and this key's stored "
                                    "state has no room for it.", param="background")
     job = BackgroundJob(prepared.shape.id, note.key_id, queued)
+    job.on_forget = run.forget
 
     async def work(job: BackgroundJob) -> None:
         await _background_work(prepared, run, job)
@@ -251,17 +252,19 @@ async def _background_work(prepared: _Prepared, run: ResponseRun, job: Backgroun
             job.publish(event)
             if event["type"] == "response.in_progress":
                 # Stored as it progresses: a GET after a restart knows the work had begun.
-                await prepared.keeping.keep(prepared.shape, event["response"])
+                await run.keeping.keep(prepared.shape, event["response"])
     except asyncio.CancelledError:
         job.cancel.cancel()
         if job.cancel_requested:
             note.client_gone = True  # the ledger's "cancelled": the client stopped it
-            job.publish(await run.ended("cancelled", None))
+            for made in await run.ended("cancelled", None):
+                job.publish(made)
         else:
             note.failed_mid_stream = True
             note.error_code = "shutting_down"
-            job.publish(await run.ended("failed", ServiceUnavailable(
-                "The server shut down before this background response finished.")))
+            for made in await run.ended("failed", ServiceUnavailable(
+                    "The server shut down before this background response finished.")):
+                job.publish(made)
 
 
 async def _unwatched(work: Awaitable[T]) -> T:
@@ -370,9 +373,7 @@ async def cancel_response(request: Request, background: BackgroundResponses) -> 
                                  param="response_id", code="invalid_value")
         raise InvalidRequest(f"Cannot cancel a response that is {stored.body.get('status')}.",
                              param="response_id", code="invalid_value")
-    if job.task is not None and not job.cancel_requested:
-        job.cancel_requested = True
-        job.task.cancel("cancelled by the client")
+    job.stop("cancelled by the client")
     await job.wait_done(CANCEL_WAIT_S)
     return JSONResponse(job.latest)
 
@@ -396,10 +397,9 @@ async def count_input_tokens(request: Request) -> Response:
     return JSONResponse({"object": "response.input_tokens", "input_tokens": count})
 
 
-def responses_routes() -> list[Route]:
-    """The routes, over one registry of background responses: the app's own, as the routes
-    are built once per app."""
-    background = BackgroundResponses()
+def responses_routes(background: BackgroundResponses) -> list[Route]:
+    """The routes, over the app's one registry of background responses (DELETE, in
+    routes/stored_responses.py, forgets from it too)."""
 
     @gone_is_499
     async def create(request: Request) -> Response:

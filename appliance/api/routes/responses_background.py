@@ -49,6 +49,8 @@ class BackgroundJob:
         self.frames: list[bytes] = []
         self.finished = False
         self.cancel_requested = False
+        self.forgotten = False  # deleted while it ran: stopped, and kept nowhere
+        self.on_forget: Callable[[], None] | None = None  # stops its storing
         self.cancel = CancelToken()
         self.task: asyncio.Task[None] | None = None
         self._numbers = EventNumbers()
@@ -68,6 +70,18 @@ class BackgroundJob:
         # starts a new one, so no wake-up is lost between a check and a wait.
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    def stop(self, reason: str) -> None:
+        """Cancels the work (once); its ending is written by the work itself."""
+        if self.task is not None and not self.cancel_requested:
+            self.cancel_requested = True
+            self.task.cancel(reason)
+
+    def forget(self) -> None:
+        self.forgotten = True
+        if self.on_forget is not None:
+            self.on_forget()
+        self.stop("deleted by the client")
 
     def end(self) -> None:
         self.finished = True
@@ -105,6 +119,19 @@ class BackgroundResponses:
         job = self._running.get(response_id) or self._finished.get(response_id)
         return job if job is not None and job.owner == owner else None
 
+    async def forget(self, owner: str | None, response_id: str) -> bool:
+        """Forgets ``owner``'s job (DELETE): a running one is stopped and stores nothing
+        more, and this returns once its work has ended, so no write of it lands after the
+        caller deletes its row. False when there is no such job."""
+        job = self.find(owner, response_id)
+        if job is None:
+            return False
+        self._finished.pop(response_id, None)
+        if not job.finished:
+            job.forget()
+            await job.wait_done(CANCEL_WAIT_S)
+        return True
+
     def admit(self, owner: str | None, total: int, per_key: int) -> None:
         """Raises RateLimited when ``owner`` (or the server) has as many running as allowed."""
         if len(self._running) >= total:
@@ -131,7 +158,8 @@ class BackgroundResponses:
                 log.exception("background response %s failed", job.id)
             finally:
                 self._running.pop(job.id, None)
-                self._finished[job.id] = job
+                if not job.forgotten:
+                    self._finished[job.id] = job
                 while len(self._finished) > KEPT_FINISHED:
                     self._finished.popitem(last=False)
                 job.end()

@@ -264,17 +264,25 @@ class ResponseRun:
             log.error("response %s failed", self.shape.id, exc_info=exc)
         self.note.failed_mid_stream = True
         self.note.error_code = error.code or error.error_type
+        for made in self.builder.stop():
+            yield made
         yield error_event(error)
         body = self._body("failed", error=error_json(error))
         await self.keeping.keep(self.shape, body)
         yield {"type": ENDING_EVENTS["failed"], "response": body}
 
-    async def ended(self, status: Status, error: ApplianceError | None) -> JSON:
-        """The ending of work stopped from outside (a cancel, the shutdown cut): its body is
-        kept and its last event returned."""
+    async def ended(self, status: Status, error: ApplianceError | None) -> list[JSON]:
+        """The ending of work stopped from outside (a cancel, the shutdown cut): the open
+        item closed, the body kept, and the last events returned."""
+        closing = self.builder.stop()
         body = self._body(status, error=error_json(error) if error else None)
         await self.keeping.keep(self.shape, body)
-        return {"type": ENDING_EVENTS[status], "response": body}
+        return [*closing, {"type": ENDING_EVENTS[status], "response": body}]
+
+    def forget(self) -> None:
+        """The response was deleted while it ran: nothing more of it is stored (nor added to
+        its conversation), so the deleted row does not come back when the work ends."""
+        self.keeping = replace(self.keeping, store=False, conversation_id=None)
 
     async def final(self, engine_events: AsyncGenerator[ChatEvent, None]) -> JSON:
         """A plain response: the events gathered into the final body."""

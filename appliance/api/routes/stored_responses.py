@@ -15,14 +15,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from appliance.api.routes.responses_background import BackgroundResponses
 from appliance.api.routes.stored_state_access import owner_of, paged, state_of
 from appliance.api.wire.listing import StoredJSON, check_include, list_json, list_query
 from appliance.errors import NotFound
 
 
-def stored_responses_routes() -> list[Route]:
+def stored_responses_routes(background: BackgroundResponses) -> list[Route]:
+    async def delete(request: Request) -> Response:
+        return await delete_response(request, background)
+
     return [
-        Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}", delete, methods=["DELETE"]),
         Route("/v1/responses/{response_id}/input_items", list_input_items, methods=["GET"]),
     ]
 
@@ -31,10 +35,13 @@ def _missing(response_id: str) -> NotFound:
     return NotFound(f"Response with id {response_id[:128]!r} not found.", param="response_id")
 
 
-async def delete_response(request: Request) -> Response:
+async def delete_response(request: Request, background: BackgroundResponses) -> Response:
+    """A background response still running is stopped first (its ledger row says
+    cancelled), or its ending would store the deleted response again."""
     _, state = state_of(request)
-    response_id = request.path_params["response_id"]
-    if not await state.delete_response(owner_of(request), response_id):
+    owner, response_id = owner_of(request), request.path_params["response_id"]
+    forgotten = await background.forget(owner, response_id)
+    if not await state.delete_response(owner, response_id) and not forgotten:
         raise _missing(response_id)
     return StoredJSON({"id": response_id, "object": "response", "deleted": True})
 

@@ -190,6 +190,12 @@ class OutputBuilder:
             events += self._close(status)
         return events
 
+    def stop(self) -> list[JSON]:
+        """Closes the open item as incomplete: work stopped from outside (a cancel, a
+        failure, the shutdown cut) keeps what it made, as its usage is charged."""
+        self._held = []
+        return self._close("incomplete")
+
     def _open_message(self) -> list[JSON]:
         message = _Message(new_id("msg"), len(self._items))
         self._items.append(message)
