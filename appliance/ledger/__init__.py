@@ -12,7 +12,13 @@ Imports only the standard library and sqlite-utils; never the api or the engines
 """
 
 from appliance.ledger.buckets import BucketQuery, BucketTotal, LedgerReports, bucket_totals
-from appliance.ledger.keys import SECRET_PREFIX, KeyStore, check_key_name, hash_secret
+from appliance.ledger.keys import (
+    SECRET_PREFIX,
+    InvalidKeyField,
+    KeyStore,
+    check_key_name,
+    hash_secret,
+)
 from appliance.ledger.records import (
     MAX_AMOUNT,
     MIN_AMOUNT,
@@ -40,6 +46,7 @@ __all__ = [
     "SECRET_PREFIX",
     "BucketQuery",
     "BucketTotal",
+    "InvalidKeyField",
     "KeyLimits",
     "KeyRecord",
     "KeyStore",

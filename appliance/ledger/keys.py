@@ -10,6 +10,7 @@ built from a name or a limit.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -41,18 +42,26 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
+class InvalidKeyField(ValueError):
+    """A key's field no key can have; ``field`` names it (the API's ``param``)."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
+
 def check_key_name(name: str) -> str:
     """The name stripped, or ValueError saying what a name may contain."""
     name = name.strip()
     if not _NAME.fullmatch(name):
         shown = repr(name) if len(name) <= 64 else f"of {len(name)} characters"
-        raise ValueError(
+        raise InvalidKeyField(
             f"invalid key name {shown}: 1 to 64 characters, letters, digits, space and . _ @ -,"
-            " starting with a letter or digit"
-        )
+            " starting with a letter or digit", "name")
     if _LIKE_AN_ID.fullmatch(name):
-        raise ValueError(f"invalid key name {name!r}: it has the shape of a key's id "
-                         "(key_ and 12 hex digits) or secret (sk-...), which name keys too")
+        raise InvalidKeyField(f"invalid key name {name!r}: it has the shape of a key's id "
+                              "(key_ and 12 hex digits) or secret (sk-...), which name keys too",
+                              "name")
     return name
 
 
@@ -61,15 +70,20 @@ def check_limits(limits: KeyLimits, *, admin: bool = False) -> KeyLimits:
     for label, value in (("rpm", limits.rpm), ("max_concurrent", limits.max_concurrent),
                          ("monthly_requests", limits.monthly_requests)):
         if value is not None and (isinstance(value, bool) or value < 1):
-            raise ValueError(f"{label} must be a whole number of at least 1, got {value!r}")
+            raise InvalidKeyField(f"{label} must be a whole number of at least 1, got "
+                                  f"{value!r}", label)
     budget = limits.monthly_budget
     if budget is not None and not MIN_AMOUNT <= budget <= MAX_AMOUNT:
-        raise ValueError(f"monthly_budget must be from {MIN_AMOUNT:g} to {MAX_AMOUNT:g}, got "
-                         f"{budget!r}")
+        raise InvalidKeyField(f"monthly_budget must be from {MIN_AMOUNT:g} to {MAX_AMOUNT:g}, "
+                              f"got {budget!r}", "monthly_budget")
     if limits.models is not None and not limits.models:
-        raise ValueError("models must name at least one model (leave it out for every model)")
+        raise InvalidKeyField("models must name at least one model (leave it out for every "
+                              "model)", "models")
     if admin and limits != KeyLimits(expires_at=limits.expires_at):
-        raise ValueError("admin keys call no models: only an expiry date applies to them")
+        given = next(f.name for f in dataclasses.fields(limits)
+                     if f.name != "expires_at" and getattr(limits, f.name) is not None)
+        raise InvalidKeyField("admin keys call no models: only an expiry date applies to them, "
+                              f"not {given}", given)
     return limits
 
 
@@ -108,7 +122,8 @@ class KeyStore:
                 )
             except sqlite3.IntegrityError as error:
                 # idx_api_keys_active_name; an id or hash collision is not worth a retry path.
-                raise ValueError(f"an active key named {name!r} already exists") from error
+                raise InvalidKeyField(f"an active key named {name!r} already exists",
+                                      "name") from error
         return record, secret
 
     def list(self) -> builtins.list[KeyRecord]:

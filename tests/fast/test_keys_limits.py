@@ -386,6 +386,10 @@ async def test_admin_api_manages_keys(appliance: Appliance) -> None:
     (b'{"name": "x", "monthly_budget": 1e300}', "monthly_budget"),
     (b'{"name": "x", "monthly_budget": 1e-10}', "monthly_budget"),  # rounds to 0 billionths
     (b'{"name": "sk-team"}', "name"),
+    (b'{"name": "ops"}', "name"),  # an active key has that name
+    (b'{"name": "n9", "admin": true, "models": ["gpt-4o-mini"]}', "models"),
+    (b'{"name": "n9", "admin": true, "monthly_budget": 5}', "monthly_budget"),
+    (b'{"name": "n9", "rpm": 0}', "rpm"),
 ])
 async def test_limits_no_answer_or_terminal_could_show_are_refused(
         appliance: Appliance, body: bytes, param: str) -> None:

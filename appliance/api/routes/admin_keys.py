@@ -26,7 +26,7 @@ from appliance.api.services import KeyAdmin, Services
 from appliance.api.wire.keys import CreateKey, KeyFields, key_json
 from appliance.api.wire.validation import parse_json
 from appliance.errors import InvalidRequest, ModelNotFound, NotFound
-from appliance.ledger import KeyLimits, KeyRecord, check_key_name
+from appliance.ledger import InvalidKeyField, KeyLimits, KeyRecord, check_key_name
 
 
 def _admin(request: Request) -> tuple[Services, KeyAdmin]:
@@ -87,8 +87,8 @@ async def create_key(request: Request) -> Response:
     body = await parse_json(request, CreateKey, services.bounds.max_body_bytes)
     try:
         check_key_name(body.name)
-    except ValueError as error:
-        raise InvalidRequest(str(error), param="name", code="invalid_value") from None
+    except InvalidKeyField as error:
+        raise InvalidRequest(str(error), param=error.field, code="invalid_value") from None
     _check_future(services, body.expires_at)
     limits = KeyLimits(
         models=_canonical_models(services, body.models), rpm=body.rpm,
@@ -99,8 +99,8 @@ async def create_key(request: Request) -> Response:
     try:
         record, secret = await anyio.to_thread.run_sync(
             lambda: keys.create(body.name, limits, admin=body.admin))
-    except ValueError as error:
-        raise InvalidRequest(str(error)) from None
+    except InvalidKeyField as error:
+        raise InvalidRequest(str(error), param=error.field, code="invalid_value") from None
     return JSONResponse({**key_json(record), "value": secret}, status_code=201)
 
 
@@ -127,8 +127,8 @@ async def update_key(request: Request) -> Response:
     try:
         limits = dataclasses.replace(record.limits, **changes)
         updated = await anyio.to_thread.run_sync(keys.update, record.id, limits)
-    except ValueError as error:
-        raise InvalidRequest(str(error)) from None
+    except InvalidKeyField as error:
+        raise InvalidRequest(str(error), param=error.field, code="invalid_value") from None
     return JSONResponse(key_json(updated))
 
 
