@@ -32,6 +32,7 @@ from appliance.store import (
     StoredResponse,
     stored_size,
 )
+from appliance.store.items import PAGE_BYTES
 from appliance.store.schema import ROW_BYTES, m001_responses, m002_conversations, m003_completions
 
 pytestmark = pytest.mark.anyio
@@ -253,6 +254,30 @@ async def test_input_items_page_by_id_both_ways(store: SqliteStateStore, clock: 
     assert last.has_more is False
     with pytest.raises(CursorNotFound):
         await store.input_items(ALICE, "resp_p", order="asc", after="msg_nowhere", limit=3)
+
+
+async def test_a_page_ends_early_once_it_holds_its_bytes(store: SqliteStateStore,
+                                                         clock: Clock) -> None:
+    """100 items of 1 M emoji made one 264 MB body; now a page stops past PAGE_BYTES (one
+    item at least), says has_more, and the next pages hold the rest."""
+    sizes = [6, 6, 6, 20, 1, 1]  # MiB of text; the 20 MiB item is a page of its own
+    items = tuple(_message(f"msg_big_{n}", "a" * (size << 20)) for n, size in enumerate(sizes))
+    await store.put_response(StoredResponse(
+        id="resp_big", owner=ALICE, created_at=clock.now, model="fake-chat",
+        previous_response_id=None, conversation_id=None, input_items=items,
+        body={"id": "resp_big", "object": "response", "status": "completed", "output": []}))
+    pages: list[list[str]] = []
+    after: str | None = None
+    while True:
+        page = await store.input_items(ALICE, "resp_big", order="asc", after=after, limit=100)
+        assert page is not None
+        pages.append([item["id"] for item in page.items])
+        if not page.has_more:
+            break
+        after = page.items[-1]["id"]
+    assert pages == [["msg_big_0", "msg_big_1"], ["msg_big_2"], ["msg_big_3"],
+                     ["msg_big_4", "msg_big_5"]]
+    assert PAGE_BYTES == 16 << 20
 
 
 # -- conversations ------------------------------------------------------------------------
