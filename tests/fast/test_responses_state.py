@@ -271,6 +271,41 @@ async def test_a_background_stream_resumes_after_a_sequence_number(
     assert replayed[0]["type"] == "response.created" and replayed[2:] == events
 
 
+def _events(text: str) -> list[dict[str, object]]:
+    return [json.loads(frame.split("data: ", 1)[1]) for frame in text.split("\n\n")
+            if frame.strip()]
+
+
+async def test_a_late_stream_keeps_its_frames_past_other_keys_work_and_always_ends(
+        stack: ResponsesStack) -> None:
+    """The last 16 finished jobs were the server's, so another key's work pushed a key's
+    frames out; and a stream rebuilt from the body, asked to start after an event it does
+    not have, answered 200 with no events at all."""
+    mine = await stack.client.responses.create(model="gpt-4o-mini", input="Hi",
+                                               background=True)
+    assert (await settled(stack, mine.id)).status == "completed"
+    live = _events((await stack.http.get(f"/v1/responses/{mine.id}", headers=stack.auth(),
+                                         params={"stream": "true"})).text)
+    for _ in range(17):
+        theirs = await stack.other.responses.create(model="gpt-4o-mini", input="Hi",
+                                                    background=True)
+        assert (await settled(stack, theirs.id, stack.other)).status == "completed"
+    kept = _events((await stack.http.get(f"/v1/responses/{mine.id}", headers=stack.auth(),
+                                         params={"stream": "true"})).text)
+    assert kept == live
+    for _ in range(16):  # now this key's own work pushes it out
+        made = await stack.client.responses.create(model="gpt-4o-mini", input="Hi",
+                                                   background=True)
+        assert (await settled(stack, made.id)).status == "completed"
+    after = len(live) - 2
+    rebuilt = _events((await stack.http.get(
+        f"/v1/responses/{mine.id}", headers=stack.auth(),
+        params={"stream": "true", "starting_after": str(after)})).text)
+    assert [(e["type"], e["sequence_number"]) for e in rebuilt] == [
+        ("response.completed", after + 1)]
+    validate(rebuilt[0], "ResponseStreamEvent")
+
+
 async def test_a_background_response_can_be_cancelled(stack: ResponsesStack) -> None:
     gate(stack).clear()
     raw = await stack.http.post("/v1/responses", headers=stack.auth(), json={

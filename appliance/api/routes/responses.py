@@ -323,12 +323,18 @@ async def _stored(state: StateStore | None, owner: str | None,
 
 
 def _replay(body: JSON, after: int) -> AsyncIterator[bytes]:
+    """A finished response's stream rebuilt from its stored body (its own frames are gone):
+    one delta per part, so fewer events than it streamed live. A client resuming after an
+    event of the live stream still gets the ending, numbered after that event (the stream
+    answered 200 with no events at all)."""
     numbers = EventNumbers()
-    frames = [sse_frame(numbers.number(event))
+    events = [numbers.number(event)
               for event in replayed_events(body, ENDING_EVENTS[str(body.get("status"))])]
+    rest = events[after + 1:] or [{**events[-1], "sequence_number": after + 1}]
+    frames = [sse_frame(event) for event in rest]
 
     async def follow() -> AsyncIterator[bytes]:
-        for frame in frames[after + 1:]:
+        for frame in frames:
             yield frame
 
     return follow()

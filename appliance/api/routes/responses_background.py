@@ -7,8 +7,9 @@ it (``RequestNote.outlives_response``, written by the request context when the w
 a background response is charged when it completes, as its tokens are known only then).
 
 Each job keeps its stream's frames, so ``GET /v1/responses/{id}?stream=true&starting_after=N``
-replays what followed event N and then follows live; a finished job stays for
-``KEPT_FINISHED`` later ones, after which a stream is rebuilt from the stored body. How many
+replays what followed event N and then follows live; a finished job stays while it is among
+its key's last ``KEPT_FINISHED_PER_KEY`` and the server's last ``KEPT_FINISHED``, after which
+a stream is rebuilt from the stored body. How many
 run at once is bounded per key and in all (``RequestBounds``): past either, a 429.
 """
 
@@ -27,7 +28,10 @@ from appliance.errors import RateLimited
 
 log = logging.getLogger("appliance.api")
 JSON = dict[str, Any]
-KEPT_FINISHED = 16  # finished jobs whose frames stay for late streams (a few MB at most)
+# Finished jobs whose frames stay for late streams: the last few of each key, so that other
+# keys' work cannot push one key's out, and a bound in all (a few MB a job at most).
+KEPT_FINISHED_PER_KEY = 16
+KEPT_FINISHED = 64
 CANCEL_WAIT_S = 10.0  # how long a cancel waits for the work to write its ending
 RETRY_AFTER_S = 5.0
 
@@ -119,6 +123,14 @@ class BackgroundResponses:
         job = self._running.get(response_id) or self._finished.get(response_id)
         return job if job is not None and job.owner == owner else None
 
+    def _keep_finished(self, job: BackgroundJob) -> None:
+        self._finished[job.id] = job
+        mine = [kept for kept in self._finished.values() if kept.owner == job.owner]
+        for oldest in mine[:max(0, len(mine) - KEPT_FINISHED_PER_KEY)]:
+            del self._finished[oldest.id]
+        while len(self._finished) > KEPT_FINISHED:
+            self._finished.popitem(last=False)
+
     async def forget(self, owner: str | None, response_id: str) -> bool:
         """Forgets ``owner``'s job (DELETE): a running one is stopped and stores nothing
         more, and this returns once its work has ended, so no write of it lands after the
@@ -159,9 +171,7 @@ class BackgroundResponses:
             finally:
                 self._running.pop(job.id, None)
                 if not job.forgotten:
-                    self._finished[job.id] = job
-                while len(self._finished) > KEPT_FINISHED:
-                    self._finished.popitem(last=False)
+                    self._keep_finished(job)
                 job.end()
                 if not later.done():
                     later.set_result(None)
