@@ -79,7 +79,7 @@ _REFUSED = "The engine did not admit the request."
 
 
 def _not_found(response_id: str) -> NotFound:
-    return NotFound(f"No response found with id '{response_id}'.", param="response_id")
+    return NotFound(f"No response found with id '{response_id[:128]}'.", param="response_id")
 
 
 def _headers(ask: ResponseAsk, dropped: int) -> dict[str, str]:

@@ -20,7 +20,9 @@ _CONTINUABLE = ("completed", "incomplete")
 
 
 def _previous_missing(response_id: str) -> NotFound:
-    return NotFound(f"Previous response with id '{response_id}' not found.",
+    # The chain is read whole: a deleted or expired earlier turn breaks it too.
+    return NotFound(f"Previous response with id '{response_id[:128]}' not found, or a "
+                    "response it continues was deleted or has expired.",
                     param="previous_response_id", code="previous_response_not_found")
 
 
