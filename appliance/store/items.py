@@ -161,14 +161,15 @@ def page(conn: sqlite3.Connection, table: ChildTable, parent_seq: int, *, order:
         f"SELECT item FROM {table.name} WHERE {where} ORDER BY position {direction} LIMIT ?",
         (*params, limit + 1))
     texts: list[str] = []
-    held = 0
+    held, has_more = 0, False
     for (text,) in rows:
         if len(texts) == limit or (texts and held + len(text) > max_bytes):
-            rows.close()
-            return Page(items=tuple(decode(item) for item in texts), has_more=True)
+            has_more = True
+            break
         texts.append(text)
         held += len(text)
-    return Page(items=tuple(decode(item) for item in texts), has_more=False)
+    rows.close()
+    return Page(items=tuple(decode(item) for item in texts), has_more=has_more)
 
 
 def _position(conn: sqlite3.Connection, table: ChildTable, parent_seq: int,
