@@ -179,3 +179,99 @@ async def test_a_slot_held_by_thread_work_frees_when_the_work_ends_not_before() 
                 break
             await asyncio.sleep(0.01)
     assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)
+
+
+class Stepper:
+    """A request of several steps: takes its slot for the first, then ``resume``s it for each
+    later one, giving it back in between; logs each step as it starts."""
+
+    def __init__(self, gate: FairGate, owner: str | None, name: str, steps: int,
+                 log: list[str]):
+        self.step_done = asyncio.Event()
+        self.task = asyncio.ensure_future(self._run(gate, owner, name, steps, log))
+
+    async def _run(self, gate: FairGate, owner: str | None, name: str, steps: int,
+                   log: list[str]) -> None:
+        for step in range(steps):
+            await (gate.acquire(owner) if step == 0 else gate.resume(owner))
+            log.append(f"{name}.{step}")
+            await self.step_done.wait()
+            self.step_done.clear()
+            gate.release()
+
+
+async def run_steps(*steppers: Stepper) -> None:
+    """Lets every stepper's current step end, until all of them are over."""
+    while not all(s.task.done() for s in steppers):
+        for stepper in steppers:
+            stepper.step_done.set()
+        await settle()
+    await asyncio.gather(*(s.task for s in steppers))
+
+
+async def test_a_long_request_lets_another_keys_request_in_between_its_steps() -> None:
+    gate = FairGate("embed", slots=1, queue_limit=5, queue_timeout_s=10)
+    log: list[str] = []
+    long = Stepper(gate, "a", "a", 4, log)
+    await settle()
+    short = Stepper(gate, "b", "b", 1, log)
+    await settle()
+    await run_steps(long, short)
+    assert log == ["a.0", "b.0", "a.1", "a.2", "a.3"]
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)
+
+
+async def test_steps_of_long_requests_from_two_keys_alternate() -> None:
+    gate = FairGate("embed", slots=1, queue_limit=5, queue_timeout_s=10)
+    log: list[str] = []
+    first = Stepper(gate, "a", "a", 3, log)
+    await settle()
+    second = Stepper(gate, "b", "b", 3, log)
+    await settle()
+    await run_steps(first, second)
+    assert log == ["a.0", "b.0", "a.1", "b.1", "a.2", "b.2"]
+
+
+async def test_a_keys_own_requests_take_turns_step_by_step() -> None:
+    gate = FairGate("embed", slots=1, queue_limit=5, queue_timeout_s=10)
+    log: list[str] = []
+    first = Stepper(gate, "a", "a1", 3, log)
+    await settle()
+    later = Stepper(gate, "a", "a2", 1, log)
+    await settle()
+    await run_steps(first, later)
+    assert log == ["a1.0", "a2.0", "a1.1", "a1.2"]
+
+
+async def test_resuming_is_never_refused_by_a_full_queue_or_the_deadline() -> None:
+    gate = FairGate("embed", slots=1, queue_limit=1, queue_timeout_s=0.01)
+    log: list[str] = []
+    long = Stepper(gate, "a", "a", 2, log)
+    await settle()
+    short = Stepper(gate, "b", "b", 1, log)  # fills the queue
+    await settle()
+    long.step_done.set()  # a's first step ends: b runs, a waits to resume
+    await settle()
+    with pytest.raises(Overloaded):  # the queue (a's resumption) is full for new requests
+        await gate.acquire("c")
+    await asyncio.sleep(0.05)  # past the deadline, which a resumed request does not have
+    await run_steps(long, short)
+    assert log == ["a.0", "b.0", "a.1"]
+
+
+async def test_a_request_cancelled_while_resuming_leaves_the_queue() -> None:
+    gate = FairGate("embed", slots=1, queue_limit=5, queue_timeout_s=10)
+    log: list[str] = []
+    long = Stepper(gate, "a", "a", 3, log)
+    await settle()
+    short = Stepper(gate, "b", "b", 1, log)
+    await settle()
+    long.step_done.set()
+    await settle()
+    assert log == ["a.0", "b.0"] and gate.occupancy.waiting == 1
+    long.task.cancel()
+    await settle()
+    assert gate.occupancy.waiting == 0
+    await run_steps(short)
+    assert log == ["a.0", "b.0"]
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)

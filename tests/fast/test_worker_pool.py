@@ -137,3 +137,28 @@ async def test_a_closed_pool_refuses_work_and_keeps_no_worker() -> None:
     with pytest.raises(PoolClosed):
         await workers.run("a", lambda: "never")
     assert (workers.occupancy.busy, workers.occupancy.waiting) == (0, 0)
+
+
+async def test_a_request_of_steps_lets_another_owner_in_between_them(
+        release: threading.Event) -> None:
+    workers = pool()
+    log: list[str] = []
+    gates = [threading.Event() for _ in range(3)]
+
+    async def long() -> None:
+        await workers.run("a", blocking(log, "a.0", gates[0]))
+        for step in (1, 2):
+            await workers.resume("a", blocking(log, f"a.{step}", gates[step]))
+
+    stepping = asyncio.ensure_future(long())
+    await eventually(lambda: log == ["a.0"])
+    short = asyncio.ensure_future(workers.run("b", blocking(log, "b.0", release)))
+    await eventually(lambda: workers.occupancy.waiting == 1)
+    for gate in gates:
+        gate.set()
+    release.set()
+    await asyncio.gather(stepping, short)
+    # The thread's step ended before its caller resumed: b's request had the worker first.
+    assert log == ["a.0", "b.0", "a.1", "a.2"]
+    await eventually(lambda: workers.occupancy.busy == 0)
+    workers.close(wait=True)

@@ -8,6 +8,14 @@ not make another key's single request wait behind all of them. A full queue is a
 any work is done. The chat scheduler applies the same policy to its sequence slots itself.
 Engines use it through WorkerPool, which gives a slot back when its thread's work is done.
 
+A request of many steps (an embedding request's batches, a transcription's segments) takes
+a slot again for each later step with ``resume``: its turn comes after one step of each other
+key waiting, so a key's request of 25 minutes holds another key's request of one batch for one
+batch, not for those 25 minutes. A resumed request waits behind its own key's requests
+already waiting, so a key's requests take turns step by step too; it waits outside the queue
+bound and the deadline: it was admitted already, and its turn comes within a step of each
+request ahead of it.
+
 Lives on the event loop: every method is called from the loop's thread (request coroutines),
 so no lock is needed; the occupancy report may be read from any thread.
 """
@@ -107,12 +115,36 @@ class FairGate:
                              f"{self._model_id}; try again shortly.",
                              retry_after=RETRY_AFTER_S) from None
         except BaseException:  # cancelled while waiting
-            if turn.done() and not turn.cancelled():
-                self._leave()  # the slot was handed over just before: pass it on
-            else:
-                turn.cancel()
-                self._forget(owner, turn)
+            self._give_up(owner, turn)
             raise
+
+    async def resume(self, owner: str | None) -> None:
+        """Takes a slot for a later step of a request that held one for its earlier step:
+        at once where no other request waits, else in turn (round-robin across owners, and
+        behind ``owner``'s requests already waiting), never refused.
+        Cancellation (the client left) takes it out of the queue as ``acquire`` does."""
+        if self._busy < self._slots and not self._waiting:
+            self._busy += 1
+            self._turns.served(owner)
+            self._tell()
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(owner, deque()).append(turn)
+        self._tell()
+        try:
+            await turn
+        except BaseException:
+            self._give_up(owner, turn)
+            raise
+
+    def _give_up(self, owner: str | None, turn: asyncio.Future[None]) -> None:
+        """A waiter cancelled: a slot handed to it at that moment is passed on, else it
+        leaves the queue."""
+        if turn.done() and not turn.cancelled():
+            self._leave()
+        else:
+            turn.cancel()
+            self._forget(owner, turn)
 
     def _leave(self) -> None:
         self._busy -= 1

@@ -22,6 +22,10 @@ from typing import ParamSpec, TypeVar
 
 from appliance.engines.runtime.fair_gate import FairGate, Occupancy, OccupancyReport
 
+# A request run in steps (``resume``) works on, within one step, until it has held the worker
+# this long: a short request ends in one step, and a long one gives another key a turn about
+# this often -- or after each piece of its work that takes longer (a batch, an audio window).
+STEP_S = 1.0
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -50,6 +54,19 @@ class WorkerPool:
         the returned future is done: the work returned, raised, or was cancelled before it
         began (``future.cancel()``, or the pool's shutdown)."""
         await self._queue.acquire(owner)
+        return self._start(work, *args, **kwargs)
+
+    async def resume(self, owner: str | None, work: Callable[P, T], *args: P.args,
+                     **kwargs: P.kwargs) -> T:
+        """``run`` for a later step of a request whose earlier step ran here: its turn
+        comes after one step of each other owner waiting, and is never refused
+        (FairGate.resume)."""
+        await self._queue.resume(owner)
+        return await self._result(self._start(work, *args, **kwargs))
+
+    def _start(self, work: Callable[P, T], *args: P.args,
+               **kwargs: P.kwargs) -> concurrent.futures.Future[T]:
+        """Starts ``work`` in the slot just taken, which is given back when it is over."""
         try:
             future = self._threads.submit(work, *args, **kwargs)
         except RuntimeError:  # shut down between the turn and the start
@@ -66,7 +83,10 @@ class WorkerPool:
         """``submit``, then the work's result. A caller cancelled while the work is queued
         in the pool takes it out; work already running goes on to its own end (the caller
         tells it to stop, through its cancel token), and holds its worker until then."""
-        future = await self.submit(owner, work, *args, **kwargs)
+        return await self._result(await self.submit(owner, work, *args, **kwargs))
+
+    @staticmethod
+    async def _result(future: concurrent.futures.Future[T]) -> T:
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
