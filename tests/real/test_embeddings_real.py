@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import openai
 import pytest
 
+from appliance.config import EmbeddingModelConfig
+from appliance.engines.llm.embedder import LlamaEmbeddingEngine
+from devtools.server_harness import SMOLLM2
 from tests.real.conftest import RealServer
 
 pytestmark = pytest.mark.real
@@ -44,3 +48,34 @@ def test_over_long_input_is_400_not_truncated(real_server: RealServer) -> None:
         sdk.embeddings.create(model=EMBED, input="word " * 2000)
     assert caught.value.param == "input[0]"
     assert caught.value.code == "context_length_exceeded"
+
+
+def test_another_keys_request_is_embedded_between_the_batches_of_a_long_one() -> None:
+    engine = LlamaEmbeddingEngine.load(EmbeddingModelConfig(id="embed", path=SMOLLM2,
+                                                            context_length=1024))
+    engine.warm_up()
+    # Each input is past half a batch's 512 tokens, so each is a decode of its own (1-3 s
+    # here): the five are several steps of about a second.
+    long = [f"Paragraph {i}: " + "the appliance embeds text one batch at a time. " * 27
+            for i in range(5)]
+    finished: list[str] = []
+    try:
+        async def embed(inputs: list[str], owner: str) -> list[tuple[float, ...]]:
+            result = await engine.embed(inputs, owner=owner)
+            finished.append(owner)
+            return list(result.vectors)
+
+        async def run() -> tuple[list[tuple[float, ...]], list[tuple[float, ...]]]:
+            first = asyncio.ensure_future(embed(long, "key_a"))
+            while engine.occupancy.busy == 0:  # key_a's request holds the worker
+                await asyncio.sleep(0.01)
+            second = await embed(["A short question."], "key_b")
+            return await first, second
+
+        long_vectors, _ = asyncio.run(run())
+        alone = asyncio.run(engine.embed(long[-1:], owner="key_a")).vectors[0]
+    finally:
+        engine.close()
+    assert finished == ["key_b", "key_a"]  # a step of key_a's, not all five batches, went first
+    assert len(long_vectors) == 5
+    assert long_vectors[-1] == pytest.approx(alone, abs=1e-4)  # its batches are unchanged

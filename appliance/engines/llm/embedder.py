@@ -3,8 +3,12 @@
 Owns a context made for embeddings (pooling on, one sequence per input of a batch) and one
 worker thread, so embedding work never runs on the event loop and never shares a context
 with generation; requests wait for it in a ``WorkerPool`` (bounded, round-robin across keys).
-The pool holds the worker until it is done with a request, not until its client leaves, and
-a cancelled request stops between two inputs (tokenizing) or two batches (decoding).
+A request runs in steps in the pool, each its batches of about a second (``STEP_S``, or one
+batch where that takes longer): between two steps another key's waiting request takes its
+turn, so one key's request of 2,048 inputs (minutes on a CPU) holds another key's one input
+for a step, not for all of them. A step holds the worker until it is done, not until the
+client leaves; a client that leaves stops its request between two inputs (tokenizing) or two
+steps.
 
 Bounds, each a 400 before the work they guard: an input longer than the context is refused
 (never truncated) -- first by its length in characters where no tokenization could make it
@@ -16,7 +20,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import llama_cpp
 
@@ -25,7 +30,7 @@ from appliance.engines.base import CancelToken, Embeddings, ModelInfo
 from appliance.engines.llm.batch import TokenBatch
 from appliance.engines.llm.model import LoadedModel, default_threads
 from appliance.engines.runtime.fair_gate import Occupancy, OccupancyReport
-from appliance.engines.runtime.worker_pool import PoolClosed, WorkerPool
+from appliance.engines.runtime.worker_pool import STEP_S, PoolClosed, WorkerPool
 from appliance.errors import EngineFailure, InvalidRequest, ServiceUnavailable
 
 POOLING = {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
@@ -40,7 +45,17 @@ WARM_UP_TEXT = "The appliance embeds a full batch before it serves, so no reques
 
 
 class Stopped(Exception):
-    """The request was cancelled (its client left) between two inputs or batches."""
+    """The request was cancelled (its client left) while its inputs were tokenized."""
+
+
+@dataclass
+class _Progress:
+    """One request's batches and how far its steps have come (used by one step at a time)."""
+
+    groups: list[list[list[int]]]
+    tokens: int
+    next_group: int = 0
+    vectors: list[tuple[float, ...]] = field(default_factory=list)
 
 
 class LlamaEmbeddingEngine:
@@ -133,12 +148,32 @@ class LlamaEmbeddingEngine:
         self._check(inputs)
         cancel = CancelToken()
         try:
-            # A cancelled one still ends its current batch, holding the worker until then.
-            return await self._worker.run(owner, self._embed_all, inputs, cancel)
+            progress = await self._worker.run(owner, self._start, inputs, cancel)
+            while progress.next_group < len(progress.groups):
+                # A client that leaves cancels this await: no later step is started.
+                progress = await self._worker.resume(owner, self._step, progress)
+            return Embeddings(tuple(progress.vectors), progress.tokens)
         except PoolClosed:
             raise ServiceUnavailable("The embedding model is shutting down.") from None
         finally:
-            cancel.cancel()  # the client left (or the work is over): stop at the next batch
+            cancel.cancel()  # the client left (or the work is over): stop tokenizing
+
+    def _start(self, inputs: Sequence[str | list[int]], cancel: CancelToken) -> _Progress:
+        """The first step (on the worker): the inputs tokenized, then batches embedded."""
+        started = time.monotonic()
+        token_lists = self._tokens(inputs, cancel)
+        progress = _Progress(list(self._groups(token_lists)), sum(map(len, token_lists)))
+        return self._step(progress, started)
+
+    def _step(self, progress: _Progress, started: float | None = None) -> _Progress:
+        """Batches embedded in order until the step has held the worker for STEP_S."""
+        started = time.monotonic() if started is None else started
+        while progress.next_group < len(progress.groups):
+            progress.vectors.extend(self._embed_group(progress.groups[progress.next_group]))
+            progress.next_group += 1
+            if time.monotonic() - started >= STEP_S:
+                break
+        return progress
 
     def _too_long(self, index: int, length: str) -> InvalidRequest:
         limit = self._config.context_length
@@ -196,12 +231,17 @@ class LlamaEmbeddingEngine:
         return token_lists
 
     def _embed_all(self, inputs: Sequence[str | list[int]], cancel: CancelToken) -> Embeddings:
+        """All of ``inputs`` at once on the calling thread (the warm-up, before serving)."""
         token_lists = self._tokens(inputs, cancel)
-        vectors: list[tuple[float, ...]] = []
+        vectors = [vector for group in self._groups(token_lists)
+                   for vector in self._embed_group(group)]
+        return Embeddings(tuple(vectors), sum(len(t) for t in token_lists))
+
+    def _groups(self, token_lists: list[list[int]]) -> Iterator[list[list[int]]]:
+        """The inputs in order, cut into the batches decoded together: at most MAX_SEQUENCES
+        inputs and MAX_BATCH_TOKENS tokens (an input longer than that alone)."""
         start = 0
         while start < len(token_lists):
-            if cancel.cancelled:
-                raise Stopped
             group: list[list[int]] = []
             size = 0
             for tokens in token_lists[start:start + MAX_SEQUENCES]:
@@ -209,9 +249,8 @@ class LlamaEmbeddingEngine:
                     break
                 group.append(tokens)
                 size += len(tokens)
-            vectors.extend(self._embed_group(group))
+            yield group
             start += len(group)
-        return Embeddings(tuple(vectors), sum(len(t) for t in token_lists))
 
     def _embed_group(self, group: list[list[int]]) -> list[tuple[float, ...]]:
         llama_cpp.llama_memory_clear(self._memory, True)
