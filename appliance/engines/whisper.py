@@ -4,9 +4,12 @@ Owns loading a whisper folder on the right device (CUDA + float16 when CTranslat
 and can compute on it, int8 on CPU, unless models.toml says otherwise), a pool of ``workers``
 threads so several transcriptions run at once without touching the event loop (requests wait
 for a worker in a ``WorkerPool``: bounded, round-robin across keys), and turning faster-whisper's
-lazy segment generator into events: decoding happens segment by segment, so a cancelled
-request stops at the next segment. Uploads are read within the model's bounds
-(``audio_decode``: duration, sample rate, channels, streams, packets) before any decoding.
+lazy segment generator into events. A request runs in steps in the pool: reading the upload
+(with language detection), then its segments, each step about a second of work (``STEP_S``)
+or one 30-second window where that takes longer. Between two steps of one key's hour of audio
+another key's waiting request takes its turn; a client that leaves stops its work at the next
+step. Uploads are read within the model's bounds (``audio_decode``: duration,
+sample rate, channels, streams, packets) before any decoding.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import io
 import logging
 import time
 import wave
-from collections.abc import AsyncGenerator, Callable
-from typing import TypeVar
+from collections.abc import AsyncGenerator, Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import ctranslate2
 import numpy as np
@@ -35,8 +39,7 @@ from appliance.engines.base import (
     Word,
 )
 from appliance.engines.runtime.fair_gate import Occupancy, OccupancyReport
-from appliance.engines.runtime.thread_events import ThreadEvents
-from appliance.engines.runtime.worker_pool import WorkerPool
+from appliance.engines.runtime.worker_pool import STEP_S, WorkerPool
 from appliance.engines.whisper_languages import LANGUAGE_NAMES
 from appliance.errors import ConfigError, InvalidRequest
 
@@ -49,7 +52,6 @@ BEAM_SIZE = 5
 # whisper invents words in silence ("You"), and skipping silence is faster. Timestamps stay
 # those of the original audio.
 VAD_FILTER = True
-Emit = Callable[[TranscriptionEvent | BaseException | None], None]
 M = TypeVar("M")
 
 
@@ -189,12 +191,20 @@ class WhisperEngine:
     async def transcribe(self, params: TranscriptionParams,
                          cancel: CancelToken) -> AsyncGenerator[TranscriptionEvent, None]:
         self._check(params)
-        events: ThreadEvents[TranscriptionEvent | None] = ThreadEvents(cancel)
-        # The worker stays taken until _work returns, after the client may have left.
-        await self._pool.submit(params.owner, self._work, params, cancel, events.emit)
         try:
-            while (event := await events.next()) is not None:  # None: the work is over
-                yield event
+            opened = await self._pool.run(params.owner, self._open, params, cancel)
+            if opened is None:  # the client left while the upload was read
+                return
+            started, progress = opened
+            yield started
+            while True:
+                for segment in progress.decoded:
+                    yield segment
+                if progress.over or cancel.cancelled:
+                    return
+                # The worker is free between two steps: for another key's turn, and for
+                # nobody while a slow client reads.
+                progress = await self._pool.resume(params.owner, _decode, progress)
         finally:
             cancel.cancel()
 
@@ -210,15 +220,6 @@ class WhisperEngine:
                     f"The model `{self._info.id}` is English-only and cannot transcribe "
                     f"language {params.language!r}.", param="language", code="invalid_value")
 
-    def _work(self, params: TranscriptionParams, cancel: CancelToken, emit: Emit) -> None:
-        try:
-            if not cancel.cancelled:
-                self._run(params, cancel, emit)
-        except BaseException as exc:  # the request fails, never the worker
-            emit(exc)
-        finally:
-            emit(None)
-
     def _prompt_tokens(self, prompt: str | None) -> list[int] | None:
         """The prompt as token ids of its text, led by a space as faster-whisper leads it.
         Given a string, faster-whisper encodes '<|endoftext|>' or '<|translate|>' as the
@@ -228,29 +229,67 @@ class WhisperEngine:
         return list(self._prompt_tokenizer.encode(" " + prompt.strip(),
                                                   add_special_tokens=False).ids)
 
-    def _run(self, params: TranscriptionParams, cancel: CancelToken, emit: Emit) -> None:
+    def _open(self, params: TranscriptionParams,
+              cancel: CancelToken) -> tuple[TranscriptionStarted, _Progress] | None:
+        """The first step: the upload read, its language told, and its first segments
+        (None: the client left while it was read)."""
+        started = time.monotonic()
         try:
             audio = load(params.audio, self._bounds, lambda: cancel.cancelled)
         except Cancelled:
-            return
+            return None
         temperature = FALLBACK_TEMPERATURES if params.temperature == 0 else params.temperature
         segments, info = self._model.transcribe(
             audio, language=params.language, task=params.task,
             initial_prompt=self._prompt_tokens(params.prompt), temperature=temperature,
             word_timestamps=params.word_timestamps, beam_size=BEAM_SIZE,
             vad_filter=VAD_FILTER)
-        emit(TranscriptionStarted(language=LANGUAGE_NAMES.get(info.language, info.language),
-                                  duration=float(audio.shape[0]) / SAMPLE_RATE))
-        for number, segment in enumerate(segments):
-            if cancel.cancelled:
-                return
-            emit(Segment(
-                id=number, seek=int(segment.seek), start=float(segment.start),
-                end=float(segment.end), text=str(segment.text),
-                tokens=tuple(int(t) for t in segment.tokens),
-                temperature=float(segment.temperature or 0.0),
-                avg_logprob=float(segment.avg_logprob),
-                compression_ratio=float(segment.compression_ratio),
-                no_speech_prob=float(segment.no_speech_prob),
-                words=tuple(Word(str(w.word), float(w.start), float(w.end),
-                                 float(w.probability)) for w in segment.words or ())))
+        told = TranscriptionStarted(language=LANGUAGE_NAMES.get(info.language, info.language),
+                                    duration=float(audio.shape[0]) / SAMPLE_RATE)
+        # faster-whisper reads the (speech-only) audio in windows of nb_max_frames frames;
+        # a segment whose window reaches the end of it is in the last window.
+        features = self._model.feature_extractor
+        frames = round(info.duration_after_vad / features.time_per_frame)
+        progress = _Progress(iter(segments), [], 0, over=False,
+                             last_window=frames - features.nb_max_frames)
+        return told, _decode(progress, started)
+
+
+@dataclass(frozen=True)
+class _Progress:
+    """What one step decoded, and where the next one goes on."""
+
+    segments: Iterator[Any]  # faster-whisper's lazy generator (one step uses it at a time)
+    decoded: list[Segment]
+    next_id: int
+    over: bool  # the generator is spent
+    last_window: int  # a segment whose window starts at this frame or later is in the last
+
+
+def _decode(progress: _Progress, started: float | None = None) -> _Progress:
+    """Segments decoded (on a worker thread) until the step has held the worker for STEP_S.
+
+    faster-whisper decodes a 30-second window at a time and hands its segments out one by
+    one: the pulls after a window's first cost nothing. So a step past STEP_S in the last
+    window pulls on to the end, at the cost of that window's rest; stopping there would
+    leave the client a turn of another key's to wait for nothing but the end."""
+    started = time.monotonic() if started is None else started
+    decoded: list[Segment] = []
+    while (segment := next(progress.segments, None)) is not None:
+        decoded.append(_segment(segment, progress.next_id + len(decoded)))
+        if time.monotonic() - started >= STEP_S and int(segment.seek) < progress.last_window:
+            return replace(progress, decoded=decoded, next_id=progress.next_id + len(decoded))
+    return replace(progress, decoded=decoded, next_id=progress.next_id + len(decoded), over=True)
+
+
+def _segment(segment: Any, number: int) -> Segment:
+    return Segment(
+        id=number, seek=int(segment.seek), start=float(segment.start),
+        end=float(segment.end), text=str(segment.text),
+        tokens=tuple(int(t) for t in segment.tokens),
+        temperature=float(segment.temperature or 0.0),
+        avg_logprob=float(segment.avg_logprob),
+        compression_ratio=float(segment.compression_ratio),
+        no_speech_prob=float(segment.no_speech_prob),
+        words=tuple(Word(str(w.word), float(w.start), float(w.end), float(w.probability))
+                    for w in segment.words or ()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -11,6 +12,10 @@ from pathlib import Path
 import openai
 import pytest
 
+from appliance.config import TranscriptionModelConfig
+from appliance.engines.base import CancelToken, Segment, TranscriptionParams
+from appliance.engines.whisper import WhisperEngine
+from devtools.server_harness import WHISPER_TINY
 from tests.real.conftest import RealServer
 from tests.real.speech import ENCODINGS, encode, silence, speak
 from tests.real.test_chat_real import ledger_row
@@ -188,6 +193,52 @@ def test_client_that_gives_up_stops_the_transcription(real_server: RealServer,
         status = _last_audio_status(real_server)
         time.sleep(0.1)
     assert status == "cancelled"
+
+
+STORY = ("The appliance loads every model at boot and serves them through one API. "
+         "Teams run it on a workstation, on a shared server, or on a laptop without a network. "
+         "Each request gets one row in the ledger with its flat price. "
+         "Speech is transcribed window by window, and the text streams back as it is ready. "
+         "The quick brown fox jumps over the lazy dog, then rests in the shade of an old tree. ")
+
+
+@pytest.fixture(scope="module")
+def told_story(speech: Path) -> Path:
+    """About 90 s of speech without a sentence repeated inside one 30-second window, so whisper
+    needs no temperature fallback (which samples, and makes transcripts random)."""
+    return speak(STORY * 3, speech.with_name("story.wav"))
+
+
+def test_another_keys_file_is_transcribed_between_the_windows_of_a_long_one(
+        speech: Path, told_story: Path) -> None:
+    engine = WhisperEngine.load(TranscriptionModelConfig(id="whisper", path=WHISPER_TINY,
+                                                         workers=1))
+    engine.warm_up()
+    finished: list[str] = []
+    try:
+        async def transcribe(audio: Path, owner: str) -> list[Segment]:
+            events = engine.transcribe(TranscriptionParams(audio=audio, owner=owner),
+                                       CancelToken())
+            segments = [event async for event in events if isinstance(event, Segment)]
+            finished.append(owner)
+            return segments
+
+        async def run() -> tuple[list[Segment], list[Segment]]:
+            first = asyncio.ensure_future(transcribe(told_story, "key_a"))
+            while engine.occupancy.busy == 0:  # key_a's file holds the worker
+                await asyncio.sleep(0.01)
+            second = await transcribe(speech, "key_b")
+            return await first, second
+
+        long, short = asyncio.run(run())
+    finally:
+        engine.close()
+    assert finished == ["key_b", "key_a"]  # key_b waited for a step, not the whole file
+    assert len(long) >= 6 and [s.id for s in long] == list(range(len(long)))
+    assert long[-1].end > 60
+    long_words = words_of(" ".join(s.text for s in long))
+    assert {"ledger", "price", "laptop", "network", "tree"} <= long_words
+    assert {"quick", "lazy", "dog"} <= words_of(" ".join(s.text for s in short))
 
 
 def _last_audio_status(server: RealServer) -> str | None:
