@@ -8,7 +8,7 @@ batch where that takes longer): between two steps another key's waiting request 
 turn, so one key's request of 2,048 inputs (minutes on a CPU) holds another key's one input
 for a step, not for all of them. A step holds the worker until it is done, not until the
 client leaves; a client that leaves stops its request between two inputs (tokenizing) or two
-steps.
+batches.
 
 Bounds, each a 400 before the work they guard: an input longer than the context is refused
 (never truncated) -- first by its length in characters where no tokenization could make it
@@ -54,6 +54,7 @@ class _Progress:
 
     groups: list[list[list[int]]]
     tokens: int
+    cancel: CancelToken  # set when the client left: the step ends after its current batch
     next_group: int = 0
     vectors: list[tuple[float, ...]] = field(default_factory=list)
 
@@ -162,7 +163,7 @@ class LlamaEmbeddingEngine:
         """The first step (on the worker): the inputs tokenized, then batches embedded."""
         started = time.monotonic()
         token_lists = self._tokens(inputs, cancel)
-        progress = _Progress(list(self._groups(token_lists)), sum(map(len, token_lists)))
+        progress = _Progress(list(self._groups(token_lists)), sum(map(len, token_lists)), cancel)
         return self._step(progress, started)
 
     def _step(self, progress: _Progress, started: float | None = None) -> _Progress:
@@ -171,7 +172,7 @@ class LlamaEmbeddingEngine:
         while progress.next_group < len(progress.groups):
             progress.vectors.extend(self._embed_group(progress.groups[progress.next_group]))
             progress.next_group += 1
-            if time.monotonic() - started >= STEP_S:
+            if progress.cancel.cancelled or time.monotonic() - started >= STEP_S:
                 break
         return progress
 
