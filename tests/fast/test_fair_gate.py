@@ -209,38 +209,26 @@ async def run_steps(*steppers: Stepper) -> None:
     await asyncio.gather(*(s.task for s in steppers))
 
 
-async def test_a_long_request_lets_another_keys_request_in_between_its_steps() -> None:
+@pytest.mark.parametrize(("first", "second", "expected"), [
+    pytest.param(("a", "a", 4), ("b", "b", 1), ["a.0", "b.0", "a.1", "a.2", "a.3"],
+                 id="another key's short request goes between a long one's steps"),
+    pytest.param(("a", "a", 3), ("b", "b", 3), ["a.0", "b.0", "a.1", "b.1", "a.2", "b.2"],
+                 id="two keys' long requests alternate"),
+    pytest.param(("a", "a1", 3), ("a", "a2", 1), ["a1.0", "a2.0", "a1.1", "a1.2"],
+                 id="a key's own requests take turns step by step"),
+])
+async def test_requests_of_steps_take_turns(first: tuple[str, str, int],
+                                            second: tuple[str, str, int],
+                                            expected: list[str]) -> None:
     gate = FairGate("embed", slots=1, queue_limit=5, queue_timeout_s=10)
     log: list[str] = []
-    long = Stepper(gate, "a", "a", 4, log)
+    earlier = Stepper(gate, *first, log)
     await settle()
-    short = Stepper(gate, "b", "b", 1, log)
+    later = Stepper(gate, *second, log)
     await settle()
-    await run_steps(long, short)
-    assert log == ["a.0", "b.0", "a.1", "a.2", "a.3"]
+    await run_steps(earlier, later)
+    assert log == expected
     assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)
-
-
-async def test_steps_of_long_requests_from_two_keys_alternate() -> None:
-    gate = FairGate("embed", slots=1, queue_limit=5, queue_timeout_s=10)
-    log: list[str] = []
-    first = Stepper(gate, "a", "a", 3, log)
-    await settle()
-    second = Stepper(gate, "b", "b", 3, log)
-    await settle()
-    await run_steps(first, second)
-    assert log == ["a.0", "b.0", "a.1", "b.1", "a.2", "b.2"]
-
-
-async def test_a_keys_own_requests_take_turns_step_by_step() -> None:
-    gate = FairGate("embed", slots=1, queue_limit=5, queue_timeout_s=10)
-    log: list[str] = []
-    first = Stepper(gate, "a", "a1", 3, log)
-    await settle()
-    later = Stepper(gate, "a", "a2", 1, log)
-    await settle()
-    await run_steps(first, later)
-    assert log == ["a1.0", "a2.0", "a1.1", "a1.2"]
 
 
 async def test_resuming_is_never_refused_by_a_full_queue_or_the_deadline() -> None:
