@@ -39,9 +39,9 @@ from appliance.engines.base import (
     Word,
 )
 from appliance.engines.runtime.fair_gate import Occupancy, OccupancyReport
-from appliance.engines.runtime.worker_pool import STEP_S, WorkerPool
+from appliance.engines.runtime.worker_pool import STEP_S, PoolClosed, WorkerPool
 from appliance.engines.whisper_languages import LANGUAGE_NAMES
-from appliance.errors import ConfigError, InvalidRequest
+from appliance.errors import ConfigError, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger("appliance.engines.whisper")
 # OpenAI: "If set to 0, the model will use log probability to automatically increase the
@@ -205,6 +205,8 @@ class WhisperEngine:
                 # The worker is free between two steps: for another key's turn, and for
                 # nobody while a slow client reads.
                 progress = await self._pool.resume(params.owner, _decode, progress)
+        except PoolClosed:
+            raise ServiceUnavailable("The transcription model is shutting down.") from None
         finally:
             cancel.cancel()
 
@@ -251,7 +253,7 @@ class WhisperEngine:
         features = self._model.feature_extractor
         frames = round(info.duration_after_vad / features.time_per_frame)
         progress = _Progress(iter(segments), [], 0, over=False,
-                             last_window=frames - features.nb_max_frames)
+                             last_window=frames - features.nb_max_frames, cancel=cancel)
         return told, _decode(progress, started)
 
 
@@ -264,6 +266,7 @@ class _Progress:
     next_id: int
     over: bool  # the generator is spent
     last_window: int  # a segment whose window starts at this frame or later is in the last
+    cancel: CancelToken  # the client left: the step ends after the segment in hand
 
 
 def _decode(progress: _Progress, started: float | None = None) -> _Progress:
@@ -272,12 +275,14 @@ def _decode(progress: _Progress, started: float | None = None) -> _Progress:
     faster-whisper decodes a 30-second window at a time and hands its segments out one by
     one: the pulls after a window's first cost nothing. So a step past STEP_S in the last
     window pulls on to the end, at the cost of that window's rest; stopping there would
-    leave the client a turn of another key's to wait for nothing but the end."""
+    leave the client a turn of another key's to wait for nothing but the end. A client that
+    left ends the step after the segment in hand: the next pull may be a whole window."""
     started = time.monotonic() if started is None else started
     decoded: list[Segment] = []
     while (segment := next(progress.segments, None)) is not None:
         decoded.append(_segment(segment, progress.next_id + len(decoded)))
-        if time.monotonic() - started >= STEP_S and int(segment.seek) < progress.last_window:
+        if progress.cancel.cancelled or (time.monotonic() - started >= STEP_S
+                                         and int(segment.seek) < progress.last_window):
             return replace(progress, decoded=decoded, next_id=progress.next_id + len(decoded))
     return replace(progress, decoded=decoded, next_id=progress.next_id + len(decoded), over=True)
 

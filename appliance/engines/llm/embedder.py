@@ -232,11 +232,12 @@ class LlamaEmbeddingEngine:
         return token_lists
 
     def _embed_all(self, inputs: Sequence[str | list[int]], cancel: CancelToken) -> Embeddings:
-        """All of ``inputs`` at once on the calling thread (the warm-up, before serving)."""
-        token_lists = self._tokens(inputs, cancel)
-        vectors = [vector for group in self._groups(token_lists)
-                   for vector in self._embed_group(group)]
-        return Embeddings(tuple(vectors), sum(len(t) for t in token_lists))
+        """A request's steps one after another on the calling thread (the warm-up, before
+        serving)."""
+        progress = self._start(inputs, cancel)
+        while progress.next_group < len(progress.groups):
+            progress = self._step(progress)
+        return Embeddings(tuple(progress.vectors), progress.tokens)
 
     def _groups(self, token_lists: list[list[int]]) -> Iterator[list[list[int]]]:
         """The inputs in order, cut into the batches decoded together: at most MAX_SEQUENCES
