@@ -128,11 +128,28 @@ async def test_bad_fields_are_400_naming_them(stack: FastStack, data: dict[str, 
     assert response.json()["error"]["param"] == param
 
 
-async def test_translation_refuses_transcription_only_fields(stack: FastStack) -> None:
+@pytest.mark.parametrize(("data", "param"), [
+    ({"language": "fr"}, "language"),
+    ({"timestamp_granularities[]": "word", "response_format": "verbose_json"},
+     "timestamp_granularities"),
+    ({"stream": "true"}, "stream"),
+])
+async def test_translation_refuses_transcription_only_fields(stack: FastStack,
+                                                             data: dict[str, str],
+                                                             param: str) -> None:
+    response = await stack.http.post("/v1/audio/translations", headers=AUTH,
+                                     files={"file": WAV}, data={"model": "whisper-1", **data})
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
+    assert response.json()["error"]["code"] == "unsupported_parameter"
+
+
+async def test_translation_takes_stream_false_as_what_it_does_anyway(stack: FastStack) -> None:
     response = await stack.http.post("/v1/audio/translations", headers=AUTH,
                                      files={"file": WAV},
-                                     data={"model": "whisper-1", "language": "fr"})
-    assert response.status_code == 400 and response.json()["error"]["param"] == "language"
+                                     data={"model": "whisper-1", "stream": "false"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert isinstance(response.json()["text"], str)
 
 
 async def test_missing_file_and_undecodable_audio(stack: FastStack) -> None:

@@ -42,8 +42,7 @@ CHARSETS = {"utf-8": "utf-8", "ascii": "us-ascii", "iso8859-1": "iso-8859-1",
 NOT_SERVED = ("chunking_strategy", "include", "include[]", "known_speaker_names",
               "known_speaker_names[]", "known_speaker_references",
               "known_speaker_references[]")
-TRANSCRIPTION_ONLY = ("language", "timestamp_granularities", "timestamp_granularities[]",
-                      "stream")
+TRANSCRIPTION_ONLY = ("language", "timestamp_granularities", "timestamp_granularities[]")
 
 
 @dataclass(frozen=True)
@@ -211,6 +210,12 @@ def to_audio_request(form: FormData, task: Task) -> AudioRequest:
                              "'verbose_json'.", param="timestamp_granularities",
                              code="invalid_value")
     stream = _boolean(form, "stream")
+    if stream and task == "translate":
+        # OpenAI's translations have no stream; a client's explicit "false" asks for what
+        # they do anyway.
+        raise InvalidRequest("The parameter 'stream' is not accepted by translations: they "
+                             "answer in one response (send stream=false, or leave it out).",
+                             param="stream", code="unsupported_parameter")
     if stream and response_format not in ("json", "text"):
         raise InvalidRequest("Streaming sends text events: use response_format 'json' or "
                              "'text' with stream.", param="stream", code="invalid_value")
