@@ -1,8 +1,9 @@
 """Benchmark: how long one key's short request waits behind another key's long one.
 
-The embedding model and whisper run a request step by step in their worker pool (a batch of
-inputs, a segment of audio), and another key's waiting request takes its turn between two
-steps. In process, on the real engines with one worker each, interleaved round by round:
+The embedding model, whisper and the Piper voice run a request step by step in their worker
+pool (a batch of inputs, a segment of audio, a sentence of speech), and another key's waiting
+request takes its turn between two steps. In process, on the real engines with one worker
+each, interleaved round by round:
 
 - ``short alone``: the short request on an idle engine (the floor);
 - ``long alone``: the long request on an idle engine: what the short one waited, on top of
@@ -11,7 +12,7 @@ steps. In process, on the real engines with one worker each, interleaved round b
 
 Prints each median and the ratio of ``short behind long`` to ``long alone + short alone``.
 
-    .venv/bin/python scripts/bench_turns.py [--rounds 3] [--kinds embedding,transcription]
+    .venv/bin/python scripts/bench_turns.py [--rounds 3] [--kinds embedding,transcription,speech]
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
-from appliance.config import EmbeddingModelConfig, TranscriptionModelConfig
-from appliance.engines.base import CancelToken, TranscriptionParams
+from appliance.config import EmbeddingModelConfig, SpeechModelConfig, TranscriptionModelConfig
+from appliance.engines.base import CancelToken, SpeechParams, TranscriptionParams
 from appliance.engines.llm.embedder import LlamaEmbeddingEngine
+from appliance.engines.speech import PiperSpeechEngine
 from appliance.engines.whisper import WhisperEngine
-from devtools.server_harness import SMOLLM2, WHISPER_TINY
+from devtools.server_harness import PIPER_JOE, SMOLLM2, WHISPER_TINY
 
 SENTENCE = "The quick brown fox jumps over the lazy dog. "
 SHORT = SENTENCE
@@ -124,10 +126,30 @@ def transcription_rows(rounds: int, folder: Path) -> list[str]:
         engine.close()
 
 
+def speech_rows(rounds: int) -> list[str]:
+    engine = PiperSpeechEngine.load(SpeechModelConfig(id="piper", path=PIPER_JOE, workers=1))
+    engine.warm_up()
+    voice = next(iter(engine.voices.values()))
+
+    def request(text: str) -> Request:
+        async def speak(owner: str) -> None:
+            async for _ in engine.speak(SpeechParams(text=text, voice=voice, owner=owner),
+                                        CancelToken()):
+                pass
+        return speak
+
+    try:
+        return measure(f"piper joe-medium: {len(STORY * 4)} characters vs one sentence",
+                       request(STORY * 4), request(SHORT), lambda: engine.occupancy.busy,
+                       rounds)
+    finally:
+        engine.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--kinds", default="embedding,transcription")
+    parser.add_argument("--kinds", default="embedding,transcription,speech")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     rows = ["| engine: long request vs short one | short alone s | long alone s | "
@@ -138,6 +160,8 @@ def main() -> None:
     if "transcription" in kinds:
         with tempfile.TemporaryDirectory() as folder:
             rows += transcription_rows(args.rounds, Path(folder))
+    if "speech" in kinds:
+        rows += speech_rows(args.rounds)
     print(f"medians of {args.rounds} interleaved rounds, one worker each")
     print("\n".join(rows))
 

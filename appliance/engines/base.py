@@ -500,10 +500,11 @@ SpeechEvent = SpeechStarted | SpeechAudio
 
 class SpeechEngine(Protocol):
     """A loaded text-to-speech model. ``speak`` raises InvalidRequest (param ``voice``) for a
-    voice it lacks and Overloaded when its queue is full or the wait too long; it yields one
-    ``SpeechStarted`` once a worker has split the text, then one ``SpeechAudio`` per
-    sentence, in order, as each is synthesised. Closing the iterator or cancelling stops the
-    work after the sentence being synthesised."""
+    voice it lacks, Overloaded when its queue is full or the wait too long, and
+    ServiceUnavailable once it is shutting down; it yields one ``SpeechStarted`` once a worker
+    has split the text (and made its first sentence), then one ``SpeechAudio`` per sentence,
+    in order, as each is synthesised. Closing the iterator or cancelling stops the work after
+    the sentence being synthesised."""
 
     @property
     def info(self) -> ModelInfo: ...

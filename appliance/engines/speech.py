@@ -3,10 +3,13 @@
 Owns loading a voice on the right device (ONNX Runtime's CUDA provider when it has one and
 models.toml does not say "cpu"), a pool of ``workers`` threads so synthesis never runs on the
 event loop (requests wait for a worker in a ``WorkerPool``: bounded, round-robin across keys),
-and saying a text sentence by sentence: the whole text is phonemized first (espeak-ng splits
-it into sentences, in linear time), then each sentence is synthesised and handed to the event
-loop as soon as it is done, so the first audio leaves long before the last sentence is made,
-and a cancelled request stops after the sentence being synthesised.
+and saying a text sentence by sentence in steps. The first step phonemizes the whole text
+(espeak-ng splits it into sentences, in linear time) and synthesises the first sentence
+alone, so the first audio leaves long before the last sentence is made. Each later step
+synthesises sentences for about a second (``STEP_S``): between two steps of one key's long
+text another key's waiting request takes its turn. The next step is asked for while the
+current one's audio is encoded and sent, so at most one step's audio waits in memory for a
+slow client; a cancelled request stops after the sentence being synthesised.
 
 Text is read as text only: control characters and lone surrogates (which JSON can carry, and
 espeak-ng's C interface cannot take) become spaces, and Piper's ``[[ raw phonemes ]]`` markup
@@ -24,11 +27,13 @@ at boot, not in some later request.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -47,9 +52,8 @@ from appliance.engines.base import (
     SpeechStarted,
 )
 from appliance.engines.runtime.fair_gate import Occupancy, OccupancyReport
-from appliance.engines.runtime.thread_events import ThreadEvents
-from appliance.engines.runtime.worker_pool import WorkerPool
-from appliance.errors import ConfigError, InvalidRequest
+from appliance.engines.runtime.worker_pool import STEP_S, PoolClosed, WorkerPool
+from appliance.errors import ConfigError, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger("appliance.engines.speech")
 MAX_PHONEMES = 200  # about 10 s of speech at speed 1: a long sentence, some 190 MB of activations
@@ -58,7 +62,6 @@ WARM_UP_TEXT = " ".join(["ready"] * 36)
 WORD_BREAK = " "
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-Emit = Callable[[SpeechEvent | BaseException | None], None]
 
 
 # C0 and C1 controls but tab, newline and carriage return; and UTF-16 surrogates, which a
@@ -195,34 +198,57 @@ class PiperSpeechEngine:
         if params.voice not in self._voices:
             raise InvalidRequest(f"The model `{self._info.id}` has no voice {params.voice!r}.",
                                  param="voice", code="invalid_value")
-        events: ThreadEvents[SpeechEvent | None] = ThreadEvents(cancel)
-        # The worker stays taken until _work returns, after the client may have left.
-        await self._pool.submit(params.owner, self._work, params, cancel, events.emit)
         try:
-            while (event := await events.next()) is not None:  # None: the work is over
-                yield event
+            opened = await self._pool.run(params.owner, self._open, params, cancel)
+            if opened is None:  # the client left before a worker was free
+                return
+            started, speaking = opened
+            yield started
+            while True:
+                # The next step waits for its turn (and runs) while this one's audio is
+                # encoded and sent: the worker idles for neither, and a slow client has at
+                # most one step's audio waiting for it.
+                following = None if speaking.over else asyncio.ensure_future(
+                    self._pool.resume(params.owner, self._say, speaking))
+                try:
+                    for audio in speaking.made:
+                        yield audio
+                except BaseException:
+                    _drop(following)
+                    raise
+                if following is None:
+                    return
+                speaking = await following
+        except PoolClosed:
+            raise ServiceUnavailable("The speech model is shutting down.") from None
         finally:
             cancel.cancel()
 
-    def _work(self, params: SpeechParams, cancel: CancelToken, emit: Emit) -> None:
-        try:
-            for event in self.synthesise(params, cancel):
-                emit(event)
-        except BaseException as exc:  # the request fails, never the worker
-            emit(exc)
-        finally:
-            emit(None)
-
     def synthesise(self, params: SpeechParams, cancel: CancelToken) -> Iterator[SpeechEvent]:
-        """The events of ``params``, made on the calling thread; stops between sentences
-        once ``cancel`` is set."""
-        if cancel.cancelled:
+        """The events of ``params``: every step one after another on the calling thread
+        (the warm-up, the benchmark); stops between sentences once ``cancel`` is set."""
+        opened = self._open(params, cancel)
+        if opened is None:
             return
+        started, speaking = opened
+        yield started
+        while True:
+            yield from speaking.made
+            if speaking.over:
+                return
+            speaking = self._say(speaking)
+
+    def _open(self, params: SpeechParams,
+              cancel: CancelToken) -> tuple[SpeechStarted, _Speaking] | None:
+        """The first step (on a worker): the text phonemized and cut into pieces, and the
+        first piece synthesised (None: the client left while the request waited)."""
+        if cancel.cancelled:
+            return None
         limit = piece_limit(params.speed)
         pieces = [piece for sentence in self._voice.phonemize(speakable(params.text))
                   for piece in split_long(sentence, limit) if piece]
         ids = [self._voice.phonemes_to_ids(piece) for piece in pieces]
-        yield SpeechStarted(sentences=len(ids), input_tokens=sum(len(i) for i in ids))
+        started = SpeechStarted(sentences=len(ids), input_tokens=sum(len(i) for i in ids))
         speaker = self._voices.index(params.voice)
         synthesis = SynthesisConfig(
             speaker_id=speaker if len(self._voices) > 1 else None,
@@ -230,15 +256,56 @@ class PiperSpeechEngine:
             # (resampling would raise it). Past speed 2 it flattens out: no phoneme is
             # shorter than one vocoder frame (README, Text to speech).
             length_scale=self._voice.config.length_scale / params.speed)
+        speaking = _Speaking(tuple(ids), synthesis, [], 0, cancel)
+        return started, self._say(speaking, step_s=0.0)
+
+    def _say(self, speaking: _Speaking, step_s: float = STEP_S) -> _Speaking:
+        """Pieces synthesised in order (on a worker) until the step has held the worker for
+        ``step_s`` -- at least one piece -- or the client has left."""
+        began = time.monotonic()
         hop = int(self._voice.config.hop_length)  # samples per output frame of the vocoder
-        for index, piece in enumerate(ids):
-            if cancel.cancelled:
-                return
-            audio = np.asarray(self._voice.phoneme_ids_to_audio(piece, synthesis),
+        made: list[SpeechAudio] = []
+        index = speaking.next_piece
+        while index < len(speaking.pieces) and not speaking.cancel.cancelled:
+            audio = np.asarray(self._voice.phoneme_ids_to_audio(speaking.pieces[index],
+                                                                speaking.synthesis),
                                dtype=np.float32)
-            yield SpeechAudio(index=index, sample_rate=self.sample_rate,
-                              pcm=_int16(audio),
-                              output_tokens=max(1, audio.shape[0] // hop))
+            made.append(SpeechAudio(index=index, sample_rate=self.sample_rate,
+                                    pcm=_int16(audio),
+                                    output_tokens=max(1, audio.shape[0] // hop)))
+            index += 1
+            if time.monotonic() - began >= step_s:
+                break
+        over = index >= len(speaking.pieces) or speaking.cancel.cancelled
+        return replace(speaking, made=made, next_piece=len(speaking.pieces) if over else index)
+
+
+@dataclass(frozen=True)
+class _Speaking:
+    """What one step synthesised, and where the next one goes on. A step makes a new one:
+    the previous step's audio may still be on its way out while the next is made."""
+
+    pieces: tuple[list[int], ...]  # the phoneme ids of each piece, in order
+    synthesis: SynthesisConfig
+    made: list[SpeechAudio]
+    next_piece: int
+    cancel: CancelToken  # the client left: no further piece is synthesised
+
+    @property
+    def over(self) -> bool:
+        return self.next_piece >= len(self.pieces)
+
+
+def _drop(step: asyncio.Future[_Speaking] | None) -> None:
+    """A step asked for that nobody will read: cancelled if it has not run, its outcome
+    taken if it has (an error nobody reads would be logged as unretrieved)."""
+    if step is None:
+        return
+    if step.done():
+        if not step.cancelled():
+            step.exception()
+        return
+    step.cancel()
 
 
 def _int16(audio: Any) -> bytes:

@@ -11,6 +11,7 @@ the whole text. SSE events validate against OpenAI's spec.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -23,7 +24,11 @@ import av
 import httpx2
 import pytest
 
-from devtools.server_harness import create_key
+from appliance.config import SpeechModelConfig
+from appliance.engines.base import CancelToken, SpeechAudio, SpeechParams, SpeechStarted
+from appliance.engines.speech import PiperSpeechEngine
+from appliance.errors import ServiceUnavailable
+from devtools.server_harness import PIPER_JOE, create_key
 from tests.openapi_contract import validate
 from tests.real.conftest import RealServer
 
@@ -192,3 +197,67 @@ def test_the_ledger_row_counts_characters(real_server: RealServer) -> None:
                          "WHERE endpoint = '/v1/audio/speech' AND characters = 9 "
                          "ORDER BY started_at DESC LIMIT 1").fetchone()
     assert row == ("piper-joe-medium", "speech", "ok", 9, 0.015)
+
+
+def test_another_keys_text_is_spoken_between_the_steps_of_a_long_one() -> None:
+    engine = PiperSpeechEngine.load(SpeechModelConfig(id="piper", path=PIPER_JOE, workers=1))
+    engine.warm_up()
+    voice = next(iter(engine.voices.values()))
+    finished: list[str] = []
+    try:
+        async def say(text: str, owner: str) -> tuple[SpeechStarted, list[SpeechAudio]]:
+            events = [event async for event in engine.speak(
+                SpeechParams(text=text, voice=voice, owner=owner), CancelToken())]
+            finished.append(owner)
+            started, *audio = events
+            assert isinstance(started, SpeechStarted)
+            return started, [a for a in audio if isinstance(a, SpeechAudio)]
+
+        async def run() -> tuple[list[SpeechAudio], list[SpeechAudio]]:
+            first = asyncio.ensure_future(say(" ".join(SENTENCES * 2), "key_a"))
+            while engine.occupancy.busy == 0:  # key_a's text holds the worker
+                await asyncio.sleep(0.01)
+            _, second = await say("Short and sweet.", "key_b")
+            started, long = await first
+            assert started.sentences == len(long)
+            return long, second
+
+        long, short = asyncio.run(run())
+        engine.close()
+
+        async def after_close() -> None:
+            async for _ in engine.speak(SpeechParams(text="Too late.", voice=voice),
+                                        CancelToken()):
+                pass
+
+        with pytest.raises(ServiceUnavailable, match="shutting down"):
+            asyncio.run(after_close())
+    finally:
+        engine.close()
+    assert finished == ["key_b", "key_a"]  # key_b waited for a step, not the whole text
+    assert [a.index for a in long] == list(range(2 * len(SENTENCES)))
+    assert len(short) == 1 and short[0].seconds > 0.5
+
+
+def test_a_client_that_stops_reading_holds_no_worker_beyond_one_step_ahead() -> None:
+    engine = PiperSpeechEngine.load(SpeechModelConfig(id="piper", path=PIPER_JOE, workers=1))
+    engine.warm_up()
+    voice = next(iter(engine.voices.values()))
+    text = " ".join(SENTENCES * 4)  # some 7 s of synthesis here, alone
+
+    async def read_slowly() -> tuple[int, int]:
+        events = engine.speak(SpeechParams(text=text, voice=voice), CancelToken())
+        await anext(events)  # SpeechStarted
+        await anext(events)  # the first sentence
+        # One step (about a second) runs ahead of the reader, then the worker stops.
+        await asyncio.sleep(2.5)
+        busy_while_unread = engine.occupancy.busy
+        rest = [event async for event in events]
+        return busy_while_unread, 1 + len(rest)
+
+    try:
+        busy_while_unread, sentences = asyncio.run(read_slowly())
+    finally:
+        engine.close()
+    assert busy_while_unread == 0
+    assert sentences == 4 * len(SENTENCES)  # and all of it said once the client reads on
