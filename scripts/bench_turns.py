@@ -1,8 +1,9 @@
 """Benchmark: how long one key's short request waits behind another key's long one.
 
 The embedding model, whisper and the Piper voice run a request step by step in their worker
-pool (a batch of inputs, a segment of audio, a sentence of speech), and another key's waiting
-request takes its turn between two steps. In process, on the real engines with one worker
+pool (a batch of inputs, a segment of audio, a sentence of speech), and the image model
+computes a request in turns of denoising steps; another key's waiting request takes its turn
+between two steps. In process, on the real engines with one worker
 each, interleaved round by round:
 
 - ``short alone``: the short request on an idle engine (the floor);
@@ -12,7 +13,8 @@ each, interleaved round by round:
 
 Prints each median and the ratio of ``short behind long`` to ``long alone + short alone``.
 
-    .venv/bin/python scripts/bench_turns.py [--rounds 3] [--kinds embedding,transcription,speech]
+    .venv/bin/python scripts/bench_turns.py [--rounds 3]
+        [--kinds embedding,transcription,speech,image]
 """
 
 from __future__ import annotations
@@ -29,12 +31,18 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
-from appliance.config import EmbeddingModelConfig, SpeechModelConfig, TranscriptionModelConfig
-from appliance.engines.base import CancelToken, SpeechParams, TranscriptionParams
+from appliance.config import (
+    EmbeddingModelConfig,
+    ImageModelConfig,
+    SpeechModelConfig,
+    TranscriptionModelConfig,
+)
+from appliance.engines.base import CancelToken, ImageParams, SpeechParams, TranscriptionParams
+from appliance.engines.diffusion import DiffusionEngine
 from appliance.engines.llm.embedder import LlamaEmbeddingEngine
 from appliance.engines.speech import PiperSpeechEngine
 from appliance.engines.whisper import WhisperEngine
-from devtools.server_harness import PIPER_JOE, SMOLLM2, WHISPER_TINY
+from devtools.server_harness import PIPER_JOE, SMOLLM2, TINY_SD, WHISPER_TINY, build_tiny_sd
 
 SENTENCE = "The quick brown fox jumps over the lazy dog. "
 SHORT = SENTENCE
@@ -146,10 +154,29 @@ def speech_rows(rounds: int) -> list[str]:
         engine.close()
 
 
+def image_rows(rounds: int) -> list[str]:
+    build_tiny_sd()
+    engine = DiffusionEngine.load(ImageModelConfig(id="sd", path=TINY_SD, steps=2,
+                                                   sizes=("64x64",), workers=1))
+    engine.warm_up()
+
+    def request(steps: int) -> Request:
+        async def generate(owner: str) -> None:
+            await engine.generate(ImageParams("a fox", width=64, height=64, steps=steps,
+                                              owner=owner), CancelToken())
+        return generate
+
+    try:
+        return measure("tiny random SD 64x64: 150 steps vs 2", request(150), request(2),
+                       lambda: engine.occupancy.busy, rounds)
+    finally:
+        engine.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--kinds", default="embedding,transcription,speech")
+    parser.add_argument("--kinds", default="embedding,transcription,speech,image")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     rows = ["| engine: long request vs short one | short alone s | long alone s | "
@@ -162,6 +189,8 @@ def main() -> None:
             rows += transcription_rows(args.rounds, Path(folder))
     if "speech" in kinds:
         rows += speech_rows(args.rounds)
+    if "image" in kinds:
+        rows += image_rows(args.rounds)
     print(f"medians of {args.rounds} interleaved rounds, one worker each")
     print("\n".join(rows))
 

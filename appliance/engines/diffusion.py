@@ -1,10 +1,14 @@
 """Text-to-image on diffusers: any pipeline ``AutoPipelineForText2Image`` loads from a folder.
 
 Owns loading the folder on its device and dtype (``diffusion_device``), the sizes a request
-may ask for, and a pool of ``workers`` threads: requests wait for a free worker in a
-``WorkerPool`` (bounded, round-robin across keys), each worker runs whole requests on its own
-copy of the pipeline (shared weights, private scheduler and tokenizers), and the event loop
-only awaits the result. A cancelled request leaves the queue at once, or stops between two
+may ask for, and running requests in turns. ``workers`` requests compute at once; twice as
+many are in progress (``PLACES_PER_WORKER``), each on its own thread with its own copy of the
+pipeline (shared weights, private scheduler and tokenizers). Requests wait for a place in a
+``WorkerPool`` (bounded, round-robin across keys). A request in progress computes in turns
+(``ComputeTurn``): after about a second of denoising steps it gives its compute slot to
+another key's request waiting and waits, inside the pipeline's step callback, for its own
+next turn, so a short request does not wait for all of a long one. The event loop only
+awaits the result. A cancelled request leaves the queue at once, or stops between two
 denoising steps if it is already running.
 
 What one request may cost is bounded before it queues: its size must be one of the model's,
@@ -48,12 +52,16 @@ from appliance.engines.diffusion_pipeline import (
     worker_copy,
 )
 from appliance.engines.image_bounds import MAX_BATCH_IMAGES, MAX_WORK_IMAGES, max_images
-from appliance.engines.runtime.fair_gate import Occupancy, OccupancyReport
+from appliance.engines.runtime.fair_gate import FairGate, Occupancy, OccupancyReport
+from appliance.engines.runtime.thread_turns import ComputeTurn, TurnStopped
 from appliance.engines.runtime.worker_pool import PoolClosed, WorkerPool
 from appliance.errors import ConfigError, EngineFailure, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger("appliance.engines.diffusion")
 WARM_UP_STEPS = 2
+# Requests in progress per compute slot: one computing, one waiting between its steps (a
+# thread and a pipeline copy each: schedulers and tokenizers, no weights).
+PLACES_PER_WORKER = 2
 
 
 def parse_sizes(config: ImageModelConfig, traits: PipelineTraits) -> tuple[tuple[int, int], ...]:
@@ -80,16 +88,22 @@ class DiffusionEngine:
         self._traits = traits
         self._placement = placement
         self._sizes = parse_sizes(config, traits)
-        # One pipeline per worker thread; a worker takes one for the length of a request.
-        # The pool has exactly as many threads as pipelines, so taking one never waits.
+        # One pipeline per place (thread); a request takes one for its whole length. The
+        # pool has exactly as many threads as pipelines, so taking one never waits.
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for pipeline in pipelines:
             self._idle.put(pipeline)
         self._closing = threading.Event()
+        self._report = report
+        told = self._tell if report is not None else None
         self._pool = WorkerPool(config.id, workers=len(pipelines),
                                 queue_limit=config.queue_limit,
                                 queue_timeout_s=config.queue_timeout_s,
-                                thread_name=f"diffusion-{config.id}", report=report)
+                                thread_name=f"diffusion-{config.id}", report=told)
+        # Only ever entered through ``resume`` (never refused): the bound and the deadline
+        # were the place's.
+        self._compute = FairGate(config.id, slots=config.workers, queue_limit=0,
+                                 queue_timeout_s=0.0, report=told)
         self._info = ModelInfo(id=config.id, kind="image", context_length=0,
                                owned_by=config.owned_by, created=int(time.time()))
 
@@ -113,7 +127,8 @@ class DiffusionEngine:
         quiet_prompt_truncation(pipeline)
         savings = save_memory(pipeline, placement)
         traits = PipelineTraits.of(pipeline, config.steps, config.guidance)
-        pipelines = [pipeline, *(worker_copy(pipeline) for _ in range(config.workers - 1))]
+        places = config.workers * PLACES_PER_WORKER
+        pipelines = [pipeline, *(worker_copy(pipeline) for _ in range(places - 1))]
         engine = cls(config, pipelines, traits, placement, report)
         log.info("image model %s: %s on %s, %d worker(s), %d steps, guidance %s, sizes %s%s",
                  config.id, traits.class_name, placement.label, config.workers,
@@ -136,7 +151,15 @@ class DiffusionEngine:
 
     @property
     def occupancy(self) -> Occupancy:
-        return self._pool.occupancy
+        """Busy: requests computing; waiting: those waiting for a place, and those in
+        progress waiting for their next turn."""
+        computing = self._compute.occupancy
+        return Occupancy(computing.busy, self._pool.occupancy.waiting + computing.waiting)
+
+    def _tell(self, _busy: int, _waiting: int) -> None:
+        if self._report is not None:
+            occupancy = self.occupancy
+            self._report(occupancy.busy, occupancy.waiting)
 
     def warm_up(self) -> None:
         """One short generation at the default size: the first request pays no first-use
@@ -158,7 +181,8 @@ class DiffusionEngine:
         self._check(params)
         try:
             # A cancelled one still ends its current step, holding its worker until then.
-            return await self._pool.run(params.owner, self._work, params, cancel)
+            return await self._pool.run(params.owner, self._work, params, cancel,
+                                        asyncio.get_running_loop())
         except PoolClosed:
             raise ServiceUnavailable("The image model is shutting down.") from None
         except asyncio.CancelledError:
@@ -207,13 +231,30 @@ class DiffusionEngine:
                 f"{self._traits.defaults.steps} steps at {default_width}x{default_height}). "
                 "Lower n, steps (or quality) or size.", param="n", code="invalid_value")
 
-    def _work(self, params: ImageParams, cancel: CancelToken) -> ImageResult:
+    def _work(self, params: ImageParams, cancel: CancelToken,
+              loop: asyncio.AbstractEventLoop | None = None) -> ImageResult:
+        """One request on its place's thread; in turns at the compute slots when ``loop``
+        (the event loop they live on) is given, alone otherwise (the warm-up)."""
         pipeline = self._idle.get()
+
+        def should_stop() -> bool:
+            return cancel.cancelled or self._closing.is_set()
+
+        turn = None if loop is None else ComputeTurn(self._compute, loop, params.owner,
+                                                     should_stop, self._closing.is_set)
         try:
-            return run(pipeline, self._traits, params,
-                       lambda: cancel.cancelled or self._closing.is_set())
+            if turn is None:
+                return run(pipeline, self._traits, params, should_stop)
+            turn.take()
+            return run(pipeline, self._traits, params, should_stop, turn.between_steps)
+        except TurnStopped:
+            log.info("image model %s: a cancelled request stopped while it waited for its "
+                     "turn", self._info.id)
+            raise Stopped("while it waited for its turn") from None
         except Stopped as stop:
             log.info("image model %s: a cancelled request stopped %s", self._info.id, stop)
             raise
         finally:
+            if turn is not None:
+                turn.end()
             self._idle.put(pipeline)

@@ -131,9 +131,11 @@ def prompt_tokens(pipeline: Any, prompt: str) -> int:
 
 
 def run(pipeline: Any, traits: PipelineTraits, params: ImageParams,
-        should_stop: Callable[[], bool]) -> ImageResult:
+        should_stop: Callable[[], bool],
+        between_steps: Callable[[], None] = lambda: None) -> ImageResult:
     """Generates ``params.n`` images in one batch; raises Stopped when ``should_stop`` turns
-    true before or between denoising steps."""
+    true before or between denoising steps. ``between_steps`` runs after each step (where
+    the request may wait while another one computes)."""
     if should_stop():
         raise Stopped("before its first step")
     seed = params.seed if params.seed is not None else secrets.randbits(63)
@@ -148,6 +150,7 @@ def run(pipeline: Any, traits: PipelineTraits, params: ImageParams,
                    tensors: dict[str, Any]) -> dict[str, Any]:
         if should_stop():
             raise Stopped(f"after step {step + 1} of {steps}")
+        between_steps()
         return tensors
 
     inputs: dict[str, Any] = {

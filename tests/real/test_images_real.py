@@ -185,8 +185,10 @@ def test_a_client_that_leaves_stops_generation_between_steps(real_server: RealSe
 
 
 class CountingToken(CancelToken):
-    """A cancel token that counts how often the engine asks it, turns itself on after
-    ``cancel_after`` asks, and can hold the asking worker thread until ``release`` is set."""
+    """A cancel token that counts how often the engine's worker threads ask it (before and
+    between steps: a request waiting for its turn is asked on the event loop's thread too,
+    uncounted), turns itself on after ``cancel_after`` asks, and can hold the asking worker
+    thread until ``release`` is set."""
 
     def __init__(self, cancel_after: int | None = None, hold: bool = False):
         super().__init__()
@@ -199,6 +201,8 @@ class CountingToken(CancelToken):
 
     @property
     def cancelled(self) -> bool:
+        if threading.current_thread() is threading.main_thread():
+            return super().cancelled
         self.asked += 1
         self.holding.set()
         self.release.wait()
@@ -275,4 +279,74 @@ def test_a_burst_from_one_key_does_not_starve_another(engine: Any) -> None:
         await asyncio.gather(first, *burst, late)
         return finished
 
-    assert asyncio.run(scenario()) == ["a0", "b0", "a1", "a2", "a3"]
+    # a1 took the second place (beside a0, waiting for its turn to compute) before b0 came;
+    # b0 gets the next place, ahead of key_a's a2 and a3.
+    assert asyncio.run(scenario()) == ["a0", "a1", "b0", "a2", "a3"]
+
+
+def test_another_keys_image_is_made_between_the_steps_of_a_long_one(engine: Any) -> None:
+    async def scenario() -> list[str]:
+        finished: list[str] = []
+
+        async def make(owner: str, steps: int) -> None:
+            await engine.generate(ImageParams("x", width=64, height=64, steps=steps,
+                                              owner=owner), CancelToken())
+            finished.append(owner)
+
+        long = asyncio.ensure_future(make("key_a", 150))  # some 4 s here
+        while engine.occupancy.busy == 0:  # key_a computes
+            await asyncio.sleep(0.01)
+        await make("key_b", 2)
+        await long
+        return finished
+
+    assert asyncio.run(scenario()) == ["key_b", "key_a"]  # key_b waited for a turn, not all
+    assert engine.occupancy.busy == 0 and engine.occupancy.waiting == 0
+
+
+def test_a_request_that_leaves_while_it_waits_for_its_turn_gives_its_place_up(
+        engine: Any, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        long = asyncio.ensure_future(engine.generate(
+            ImageParams("x", width=64, height=64, steps=150, owner="key_a"), CancelToken()))
+        while engine.occupancy.busy == 0:
+            await asyncio.sleep(0.01)
+        leaving = asyncio.ensure_future(engine.generate(
+            ImageParams("y", width=64, height=64, steps=150, owner="key_b"), CancelToken()))
+        # key_b takes its turns with key_a: wait until one of them waits for the other.
+        while engine.occupancy.waiting == 0:
+            await asyncio.sleep(0.01)
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        await long
+        # The place and the turn were given back: the next request runs at once.
+        await engine.generate(ImageParams("z", width=64, height=64, owner="key_c"),
+                              CancelToken())
+
+    with caplog.at_level("INFO", logger="appliance.engines.diffusion"):
+        asyncio.run(scenario())
+    stops = [r.getMessage() for r in caplog.records if "a cancelled request" in r.getMessage()]
+    assert len(stops) == 1, stops  # key_b's, logged once
+    assert engine.occupancy.busy == 0 and engine.occupancy.waiting == 0
+
+
+def test_closing_stops_a_request_waiting_for_its_turn_even_from_the_event_loop() -> None:
+    from appliance.engines.diffusion import DiffusionEngine
+
+    closing = DiffusionEngine.load(ImageModelConfig(id=MODEL, path=TINY_SD, steps=2,
+                                                    sizes=("64x64",), workers=1))
+
+    async def scenario() -> list[BaseException | Any]:
+        requests = [asyncio.ensure_future(closing.generate(
+            ImageParams("x", width=64, height=64, steps=150, owner=owner), CancelToken()))
+            for owner in ("key_a", "key_b")]
+        while closing.occupancy.waiting == 0:  # one computes, the other waits its turn
+            await asyncio.sleep(0.01)
+        closing.close()  # blocks this loop until both threads have stopped
+        return await asyncio.gather(*requests, return_exceptions=True)
+
+    started = time.monotonic()
+    outcomes = asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+    assert time.monotonic() - started < 30
+    assert [type(o).__name__ for o in outcomes] == ["ServiceUnavailable"] * 2, outcomes
