@@ -27,13 +27,16 @@ def gate() -> FairGate:
     return FairGate("m", slots=1, queue_limit=0, queue_timeout_s=0.0)
 
 
-def work(turn: ComputeTurn, owner: str, steps: int, log: list[str]) -> None:
-    """A request's steps on its own thread, as the pipeline's step callback runs them."""
+def work(turn: ComputeTurn, owner: str, steps: int, log: list[str],
+         after_step: Callable[[int], None] = lambda done: None) -> None:
+    """A request's steps on its own thread, as the pipeline's step callback runs them;
+    ``after_step`` is told how many steps are done after each."""
     turn.take()
     try:
-        for _ in range(steps):
+        for done in range(1, steps + 1):
             time.sleep(STEP)
             log.append(owner)
+            after_step(done)
             turn.between_steps()
     finally:
         turn.end()
@@ -50,16 +53,8 @@ def test_two_owners_alternate_turns_of_several_steps() -> None:
         first_step = threading.Event()
 
         def long() -> None:
-            turn = ComputeTurn(compute, loop, "a", lambda: False, lambda: False)
-            turn.take()
-            try:
-                for _ in range(30):
-                    time.sleep(STEP)
-                    log.append("a")
-                    first_step.set()
-                    turn.between_steps()
-            finally:
-                turn.end()
+            work(ComputeTurn(compute, loop, "a", lambda: False, lambda: False), "a", 30, log,
+                 lambda done: first_step.set())
 
         def short() -> None:
             first_step.wait()  # "a" computes
@@ -84,19 +79,14 @@ def test_a_request_stopped_while_it_waits_leaves_the_queue(
         compute, loop, log = gate(), asyncio.get_running_loop(), []
         stop, first_step = threading.Event(), threading.Event()
 
+        def after_step(done: int) -> None:
+            first_step.set()
+            if done == 5:
+                stop.set()  # "b" is waiting by now: its client leaves
+
         def long() -> None:
-            turn = ComputeTurn(compute, loop, "a", lambda: False, lambda: False)
-            turn.take()
-            try:
-                for _ in range(40):
-                    time.sleep(STEP)
-                    log.append("a")
-                    first_step.set()
-                    if log.count("a") == 5:
-                        stop.set()  # "b" is waiting by now: its client leaves
-                    turn.between_steps()
-            finally:
-                turn.end()
+            work(ComputeTurn(compute, loop, "a", lambda: False, lambda: False), "a", 40, log,
+                 after_step)
 
         def leaving() -> None:
             first_step.wait()  # "a" holds the slot

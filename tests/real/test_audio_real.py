@@ -16,8 +16,8 @@ import pytest
 from appliance.config import TranscriptionModelConfig
 from appliance.engines.base import CancelToken, Segment, TranscriptionParams
 from appliance.engines.whisper import WhisperEngine
-from appliance.errors import ServiceUnavailable
 from devtools.server_harness import WHISPER_TINY
+from tests.real.closed_engine import assert_refused_once_closed
 from tests.real.conftest import RealServer
 from tests.real.speech import ENCODINGS, encode, silence, speak
 from tests.real.test_chat_real import ledger_row
@@ -234,14 +234,8 @@ def test_another_keys_file_is_transcribed_between_the_windows_of_a_long_one(
 
         long, short = asyncio.run(run())
         engine.close()
-
-        async def after_close() -> None:
-            async for _ in engine.transcribe(TranscriptionParams(audio=speech, owner="key_c"),
-                                             CancelToken()):
-                pass
-
-        with pytest.raises(ServiceUnavailable, match="shutting down"):
-            asyncio.run(after_close())
+        assert_refused_once_closed(lambda: engine.transcribe(
+            TranscriptionParams(audio=speech, owner="key_c"), CancelToken()))
     finally:
         engine.close()
         # The voice-activity model is cached per process: forgotten, so that the warm-up

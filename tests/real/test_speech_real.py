@@ -27,9 +27,9 @@ import pytest
 from appliance.config import SpeechModelConfig
 from appliance.engines.base import CancelToken, SpeechAudio, SpeechParams, SpeechStarted
 from appliance.engines.speech import PiperSpeechEngine
-from appliance.errors import ServiceUnavailable
 from devtools.server_harness import PIPER_JOE, create_key
 from tests.openapi_contract import validate
+from tests.real.closed_engine import assert_refused_once_closed
 from tests.real.conftest import RealServer
 
 pytestmark = pytest.mark.real
@@ -224,14 +224,8 @@ def test_another_keys_text_is_spoken_between_the_steps_of_a_long_one() -> None:
 
         long, short = asyncio.run(run())
         engine.close()
-
-        async def after_close() -> None:
-            async for _ in engine.speak(SpeechParams(text="Too late.", voice=voice),
-                                        CancelToken()):
-                pass
-
-        with pytest.raises(ServiceUnavailable, match="shutting down"):
-            asyncio.run(after_close())
+        assert_refused_once_closed(lambda: engine.speak(
+            SpeechParams(text="Too late.", voice=voice), CancelToken()))
     finally:
         engine.close()
     assert finished == ["key_b", "key_a"]  # key_b waited for a step, not the whole text
