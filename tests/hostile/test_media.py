@@ -9,13 +9,16 @@ fast, and within the stated growth of memory, log and ledger.
 
 from __future__ import annotations
 
+import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 
+from devtools.server_harness import create_key
 from tests.hostile.harness import Bounds, HostileServer
 from tests.media_files import FLAC_MAX_BLOCK, flac, flac_claiming, many_streams, silence_u8, wav
 
@@ -224,3 +227,46 @@ def test_long_prompts_cost_little(hostile: HostileServer) -> None:
     assert longest.status_code == 200, longest.text
     assert longest.json()["usage"]["input_tokens"] == 77  # what CLIP reads; the rest is cut
     assert elapsed < 30.0
+
+
+def image_occupancy(hostile: HostileServer, admin: str) -> tuple[float, float]:
+    with httpx2.Client(base_url=hostile.base_url, timeout=30,
+                       headers={"Authorization": f"Bearer {admin}"}) as http:
+        text = http.get("/metrics").text
+    found = [re.search(rf'^{name}\{{model="{IMAGE}"\}} (\S+)$', text, re.MULTILINE)
+             for name in ("appliance_engine_slots_busy", "appliance_engine_queue_depth")]
+    busy, waiting = (float(match.group(1)) if match else -1.0 for match in found)
+    return busy, waiting
+
+
+def test_long_images_whose_clients_leave_give_every_turn_and_place_back(
+        hostile: HostileServer) -> None:
+    """Four 150-step images take turns at the one worker; two clients give up after a second
+    (while their request computes or waits for its turn). Nothing stays taken: a 2-step
+    image is answered at once after, and the engine reports nobody busy or waiting."""
+    admin = create_key(hostile.server.config, "hostile-images-metrics", admin=True)
+
+    def long(leaves: bool) -> int | None:
+        timeout = httpx2.Timeout(30.0, read=1.0 if leaves else 60.0)
+        try:
+            with httpx2.Client(base_url=hostile.base_url, timeout=timeout,
+                               headers={"Authorization": f"Bearer {hostile.key}"}) as http:
+                return http.post("/v1/images/generations", json={
+                    "model": IMAGE, "prompt": "a fox", "steps": 150,
+                    "response_format": "b64_json"}).status_code
+        except httpx2.ReadTimeout:
+            return None
+
+    with hostile.attack("images: 4 x 150 steps in turns, 2 clients leave", growth(5, 40)):
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            outcomes = list(pool.map(long, (False, True, False, True)))
+        started = time.monotonic()
+        quick = generate(hostile, {"prompt": "a cat"})
+        quick_s = time.monotonic() - started
+    assert outcomes == [200, None, 200, None]
+    assert quick.status_code == 200, quick.text
+    assert quick_s < 10.0  # no leaked turn or place to wait behind
+    deadline = time.monotonic() + 10
+    while image_occupancy(hostile, admin) != (0.0, 0.0) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert image_occupancy(hostile, admin) == (0.0, 0.0)
