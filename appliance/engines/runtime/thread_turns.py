@@ -49,7 +49,7 @@ class ComputeTurn:
 
     def take(self) -> None:
         """Waits for this request's first turn; raises TurnStopped when stopped first."""
-        self._wait(self._first_turn())
+        self._wait(self._turn())
 
     def between_steps(self) -> None:
         """After a step: past STEP_S of holding the slot, the next owner waiting gets it and
@@ -85,9 +85,6 @@ class ComputeTurn:
             raise TurnStopped
         self._held = True
         self._since = time.monotonic()
-
-    async def _first_turn(self) -> bool:
-        return await self._turn()
 
     async def _give_way(self) -> bool:
         """On the loop: keeps the slot where nobody waits, else passes it on and queues."""
