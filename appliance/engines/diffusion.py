@@ -54,7 +54,7 @@ from appliance.engines.diffusion_pipeline import (
 from appliance.engines.image_bounds import MAX_BATCH_IMAGES, MAX_WORK_IMAGES, max_images
 from appliance.engines.runtime.fair_gate import FairGate, Occupancy, OccupancyReport
 from appliance.engines.runtime.thread_turns import ComputeTurn, TurnStopped
-from appliance.engines.runtime.worker_pool import PoolClosed, WorkerPool
+from appliance.engines.runtime.worker_pool import WorkerPool
 from appliance.errors import ConfigError, EngineFailure, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger("appliance.engines.diffusion")
@@ -183,8 +183,6 @@ class DiffusionEngine:
             # A cancelled one still ends its current step, holding its worker until then.
             return await self._pool.run(params.owner, self._work, params, cancel,
                                         asyncio.get_running_loop())
-        except PoolClosed:
-            raise ServiceUnavailable("The image model is shutting down.") from None
         except asyncio.CancelledError:
             cancel.cancel()  # stops it between steps if it is already running
             raise

@@ -52,8 +52,8 @@ from appliance.engines.base import (
     SpeechStarted,
 )
 from appliance.engines.runtime.fair_gate import Occupancy, OccupancyReport
-from appliance.engines.runtime.worker_pool import STEP_S, PoolClosed, WorkerPool
-from appliance.errors import ConfigError, InvalidRequest, ServiceUnavailable
+from appliance.engines.runtime.worker_pool import STEP_S, WorkerPool
+from appliance.errors import ConfigError, InvalidRequest
 
 log = logging.getLogger("appliance.engines.speech")
 MAX_PHONEMES = 200  # about 10 s of speech at speed 1: a long sentence, some 190 MB of activations
@@ -219,8 +219,6 @@ class PiperSpeechEngine:
                 if following is None:
                     return
                 speaking = await following
-        except PoolClosed:
-            raise ServiceUnavailable("The speech model is shutting down.") from None
         finally:
             cancel.cancel()
 

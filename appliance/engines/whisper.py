@@ -39,9 +39,9 @@ from appliance.engines.base import (
     Word,
 )
 from appliance.engines.runtime.fair_gate import Occupancy, OccupancyReport
-from appliance.engines.runtime.worker_pool import STEP_S, PoolClosed, WorkerPool
+from appliance.engines.runtime.worker_pool import STEP_S, WorkerPool
 from appliance.engines.whisper_languages import LANGUAGE_NAMES
-from appliance.errors import ConfigError, InvalidRequest, ServiceUnavailable
+from appliance.errors import ConfigError, InvalidRequest
 
 log = logging.getLogger("appliance.engines.whisper")
 # OpenAI: "If set to 0, the model will use log probability to automatically increase the
@@ -205,8 +205,6 @@ class WhisperEngine:
                 # The worker is free between two steps: for another key's turn, and for
                 # nobody while a slow client reads.
                 progress = await self._pool.resume(params.owner, _decode, progress)
-        except PoolClosed:
-            raise ServiceUnavailable("The transcription model is shutting down.") from None
         finally:
             cancel.cancel()
 

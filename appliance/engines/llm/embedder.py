@@ -30,8 +30,8 @@ from appliance.engines.base import CancelToken, Embeddings, ModelInfo
 from appliance.engines.llm.batch import TokenBatch
 from appliance.engines.llm.model import LoadedModel, default_threads
 from appliance.engines.runtime.fair_gate import Occupancy, OccupancyReport
-from appliance.engines.runtime.worker_pool import STEP_S, PoolClosed, WorkerPool
-from appliance.errors import EngineFailure, InvalidRequest, ServiceUnavailable
+from appliance.engines.runtime.worker_pool import STEP_S, WorkerPool
+from appliance.errors import EngineFailure, InvalidRequest
 
 POOLING = {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
            "last": llama_cpp.LLAMA_POOLING_TYPE_LAST}
@@ -154,8 +154,6 @@ class LlamaEmbeddingEngine:
                 # A client that leaves cancels this await: no later step is started.
                 progress = await self._worker.resume(owner, self._step, progress)
             return Embeddings(tuple(progress.vectors), progress.tokens)
-        except PoolClosed:
-            raise ServiceUnavailable("The embedding model is shutting down.") from None
         finally:
             cancel.cancel()  # the client left (or the work is over): stop tokenizing
 

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 from appliance.engines.runtime.fair_gate import FairGate, Occupancy, OccupancyReport
+from appliance.errors import ServiceUnavailable
 
 # A request run in steps (``resume``) works on, within one step, until it has held the worker
 # this long: a short request ends in one step, and a long one gives another key a turn about
@@ -30,15 +31,16 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class PoolClosed(RuntimeError):
-    """The pool is shut down (the engine is closing): the work was not started. A
-    RuntimeError, as the executor's own refusal was."""
+class PoolClosed(ServiceUnavailable):
+    """The pool is shut down (the engine is closing): the work was not started. A 503, so
+    every engine's request answers the same way without mapping it."""
 
 
 class WorkerPool:
     def __init__(self, model_id: str, *, workers: int, queue_limit: int,
                  queue_timeout_s: float, thread_name: str,
                  report: OccupancyReport | None = None):
+        self._model_id = model_id
         self._queue = FairGate(model_id, slots=workers, queue_limit=queue_limit,
                               queue_timeout_s=queue_timeout_s, report=report)
         self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name)
@@ -71,7 +73,7 @@ class WorkerPool:
             future = self._threads.submit(work, *args, **kwargs)
         except RuntimeError:  # shut down between the turn and the start
             self._queue.release()
-            raise PoolClosed from None
+            raise PoolClosed(f"Model {self._model_id} is shutting down.") from None
         except BaseException:
             self._queue.release()
             raise
