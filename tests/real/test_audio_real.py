@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import faster_whisper.vad
+import httpx2
 import openai
 import pytest
 
@@ -101,6 +102,16 @@ def test_english_only_model_translates_english_to_itself(real_server: RealServer
     with speech.open("rb") as audio, pytest.warns(DeprecationWarning):
         translated = real_server.sdk.audio.translations.create(model="whisper-1", file=audio)
     assert {"fox", "dog"} <= words_of(translated.text)
+    # stream=false asks for what a translation does anyway; stream=true is refused by name.
+    def translate(stream: str) -> httpx2.Response:
+        return httpx2.post(f"{real_server.server.base_url}/v1/audio/translations",
+                           headers={"Authorization": f"Bearer {real_server.key}"},
+                           files={"file": ("speech.wav", speech.read_bytes())},
+                           data={"model": "whisper-1", "stream": stream}, timeout=120)
+
+    whole, streamed = translate("false"), translate("true")
+    assert whole.status_code == 200 and {"fox", "dog"} <= words_of(whole.json()["text"])
+    assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "stream"
 
 
 @pytest.mark.parametrize("model", ["whisper-1", "whisper-base"])

@@ -199,43 +199,50 @@ def test_the_ledger_row_counts_characters(real_server: RealServer) -> None:
     assert row == ("piper-joe-medium", "speech", "ok", 9, 0.015)
 
 
-def test_another_keys_text_is_spoken_between_the_steps_of_a_long_one() -> None:
-    engine = PiperSpeechEngine.load(SpeechModelConfig(id="piper", path=PIPER_JOE, workers=1))
-    engine.warm_up()
+@pytest.fixture
+def engine() -> Iterator[PiperSpeechEngine]:
+    """The voice in this process, with one worker, warmed up."""
+    loaded = PiperSpeechEngine.load(SpeechModelConfig(id="piper", path=PIPER_JOE, workers=1))
+    try:
+        loaded.warm_up()
+        yield loaded
+    finally:
+        loaded.close()
+
+
+def test_another_keys_text_is_spoken_between_the_steps_of_a_long_one(
+        engine: PiperSpeechEngine) -> None:
     voice = next(iter(engine.voices.values()))
     finished: list[str] = []
-    try:
-        async def say(text: str, owner: str) -> tuple[SpeechStarted, list[SpeechAudio]]:
-            events = [event async for event in engine.speak(
-                SpeechParams(text=text, voice=voice, owner=owner), CancelToken())]
-            finished.append(owner)
-            started, *audio = events
-            assert isinstance(started, SpeechStarted)
-            return started, [a for a in audio if isinstance(a, SpeechAudio)]
 
-        async def run() -> tuple[list[SpeechAudio], list[SpeechAudio]]:
-            first = asyncio.ensure_future(say(" ".join(SENTENCES * 2), "key_a"))
-            while engine.occupancy.busy == 0:  # key_a's text holds the worker
-                await asyncio.sleep(0.01)
-            _, second = await say("Short and sweet.", "key_b")
-            started, long = await first
-            assert started.sentences == len(long)
-            return long, second
+    async def say(text: str, owner: str) -> tuple[SpeechStarted, list[SpeechAudio]]:
+        events = [event async for event in engine.speak(
+            SpeechParams(text=text, voice=voice, owner=owner), CancelToken())]
+        finished.append(owner)
+        started, *audio = events
+        assert isinstance(started, SpeechStarted)
+        return started, [a for a in audio if isinstance(a, SpeechAudio)]
 
-        long, short = asyncio.run(run())
-        engine.close()
-        assert_refused_once_closed(lambda: engine.speak(
-            SpeechParams(text="Too late.", voice=voice), CancelToken()))
-    finally:
-        engine.close()
+    async def run() -> tuple[list[SpeechAudio], list[SpeechAudio]]:
+        first = asyncio.ensure_future(say(" ".join(SENTENCES * 2), "key_a"))
+        while engine.occupancy.busy == 0:  # key_a's text holds the worker
+            await asyncio.sleep(0.01)
+        _, second = await say("Short and sweet.", "key_b")
+        started, long = await first
+        assert started.sentences == len(long)
+        return long, second
+
+    long, short = asyncio.run(run())
+    engine.close()
+    assert_refused_once_closed(lambda: engine.speak(
+        SpeechParams(text="Too late.", voice=voice), CancelToken()))
     assert finished == ["key_b", "key_a"]  # key_b waited for a step, not the whole text
     assert [a.index for a in long] == list(range(2 * len(SENTENCES)))
     assert len(short) == 1 and short[0].seconds > 0.5
 
 
-def test_a_client_that_stops_reading_holds_no_worker_beyond_one_step_ahead() -> None:
-    engine = PiperSpeechEngine.load(SpeechModelConfig(id="piper", path=PIPER_JOE, workers=1))
-    engine.warm_up()
+def test_a_client_that_stops_reading_holds_no_worker_beyond_one_step_ahead(
+        engine: PiperSpeechEngine) -> None:
     voice = next(iter(engine.voices.values()))
     text = " ".join(SENTENCES * 4)  # some 7 s of synthesis here, alone
 
@@ -249,9 +256,6 @@ def test_a_client_that_stops_reading_holds_no_worker_beyond_one_step_ahead() -> 
         rest = [event async for event in events]
         return busy_while_unread, 1 + len(rest)
 
-    try:
-        busy_while_unread, sentences = asyncio.run(read_slowly())
-    finally:
-        engine.close()
+    busy_while_unread, sentences = asyncio.run(read_slowly())
     assert busy_while_unread == 0
     assert sentences == 4 * len(SENTENCES)  # and all of it said once the client reads on
