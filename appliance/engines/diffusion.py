@@ -4,11 +4,11 @@ Owns loading the folder on its device and dtype (``diffusion_device``), the size
 may ask for, and running requests in turns. ``workers`` requests compute at once; twice as
 many are in progress (``PLACES_PER_WORKER``), each on its own thread with its own copy of the
 pipeline (shared weights, private scheduler and tokenizers). Requests wait for a place in a
-``WorkerPool`` (bounded, round-robin across keys). A request in progress computes in turns
-(``ComputeTurn``): after about a second of denoising steps it gives its compute slot to
-another key's request waiting and waits, inside the pipeline's step callback, for its own
-next turn, so a short request does not wait for all of a long one. The event loop only
-awaits the result. A cancelled request leaves the queue at once, or stops between two
+``WorkerPool`` (bounded, round-robin across keys, at most ``workers`` places a key, so the
+others are kept for other keys). A request in progress computes in turns (``ComputeTurn``):
+after about a second of denoising steps it gives its compute slot to another key's request
+waiting and waits, inside the pipeline's step callback, for its own next turn, so a short
+request does not wait for all of a long one. The event loop only awaits the result. A cancelled request leaves the queue at once, or stops between two
 denoising steps if it is already running.
 
 What one request may cost is bounded before it queues: its size must be one of the model's,
@@ -96,10 +96,14 @@ class DiffusionEngine:
         self._closing = threading.Event()
         self._report = report
         told = self._tell if report is not None else None
+        # A key holds at most ``workers`` places, all its requests can compute in at once;
+        # the rest are kept for other keys, so a third key's image starts while one key's two
+        # long ones are in progress, not after the first of them ends.
         self._pool = WorkerPool(config.id, workers=len(pipelines),
                                 queue_limit=config.queue_limit,
                                 queue_timeout_s=config.queue_timeout_s,
-                                thread_name=f"diffusion-{config.id}", report=told)
+                                thread_name=f"diffusion-{config.id}", report=told,
+                                owner_limit=config.workers)
         # Only ever entered through ``resume`` (never refused): the bound and the deadline
         # were the place's.
         self._compute = FairGate(config.id, slots=config.workers, queue_limit=0,

@@ -169,7 +169,7 @@ async def test_a_slot_held_by_thread_work_frees_when_the_work_ends_not_before() 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         await gate.acquire("a")
         work = pool.submit(finish.wait)
-        gate.release_when_done(work)
+        gate.release_when_done("a", work)
         await settle()
         assert gate.occupancy.busy == 1  # the client may have left; the worker has not
         finish.set()
@@ -197,7 +197,7 @@ class Stepper:
             log.append(f"{name}.{step}")
             await self.step_done.wait()
             self.step_done.clear()
-            gate.release()
+            gate.release(owner)
 
 
 async def run_steps(*steppers: Stepper) -> None:
@@ -263,3 +263,82 @@ async def test_a_request_cancelled_while_resuming_leaves_the_queue() -> None:
     await run_steps(short)
     assert log == ["a.0", "b.0"]
     assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)
+
+
+async def test_a_key_at_its_limit_leaves_the_free_slot_to_another_key() -> None:
+    gate = FairGate("image", slots=2, queue_limit=5, queue_timeout_s=10, owner_limit=1)
+    log: list[str] = []
+    a1 = Holder(gate, "a", "a1", log)
+    await settle()
+    a2 = Holder(gate, "a", "a2", log)  # a slot is free, but not to a
+    await settle()
+    assert log == ["a1"] and (gate.occupancy.busy, gate.occupancy.waiting) == (1, 1)
+    b1 = Holder(gate, "b", "b1", log)  # ... it is b's, at once
+    await settle()
+    assert log == ["a1", "b1"]
+    b1.release.set()  # a is still at its limit: the slot stays free
+    await settle()
+    assert log == ["a1", "b1"] and (gate.occupancy.busy, gate.occupancy.waiting) == (1, 1)
+    a1.release.set()  # a's share frees: its next request starts
+    await settle()
+    assert log == ["a1", "b1", "a2"]
+    a2.release.set()
+    await asyncio.gather(a1.task, a2.task, b1.task)
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)
+
+
+async def test_the_limit_passes_a_capped_key_over_in_the_rotation_not_out_of_it() -> None:
+    gate = FairGate("image", slots=2, queue_limit=9, queue_timeout_s=10, owner_limit=1)
+    log: list[str] = []
+    holders = [Holder(gate, "a", "a1", log), Holder(gate, "b", "b1", log)]
+    await settle()
+    holders += [Holder(gate, "a", "a2", log), Holder(gate, "b", "b2", log),
+                Holder(gate, "c", "c1", log)]
+    await settle()
+    assert log == ["a1", "b1"]
+    holders[1].release.set()  # b1 ends: a is capped, so c before b's second
+    await settle()
+    assert log == ["a1", "b1", "c1"]
+    holders[4].release.set()  # c1 ends: b's turn (a still capped)
+    await settle()
+    assert log == ["a1", "b1", "c1", "b2"]
+    holders[0].release.set()
+    await settle()
+    assert log == ["a1", "b1", "c1", "b2", "a2"]
+    for holder in holders:
+        holder.release.set()
+    await asyncio.gather(*(h.task for h in holders))
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)
+
+
+async def test_the_anonymous_owner_is_everyone_and_never_capped() -> None:
+    gate = FairGate("image", slots=2, queue_limit=5, queue_timeout_s=10, owner_limit=1)
+    log: list[str] = []
+    holders = [Holder(gate, None, "x", log), Holder(gate, None, "y", log)]
+    await settle()
+    assert log == ["x", "y"]  # no keys: nobody else can come, so no slot is kept free
+    for holder in holders:
+        holder.release.set()
+    await asyncio.gather(*(h.task for h in holders))
+
+
+async def test_a_capped_waiter_that_leaves_or_times_out_leaks_nothing() -> None:
+    gate = FairGate("image", slots=2, queue_limit=5, queue_timeout_s=0.05, owner_limit=1)
+    log: list[str] = []
+    a1 = Holder(gate, "a", "a1", log)
+    await settle()
+    with pytest.raises(Overloaded):  # capped past the deadline, a slot free all along
+        await gate.acquire("a")
+    leaving = Holder(gate, "a", "a3", log)
+    await settle()
+    leaving.task.cancel()
+    await settle()
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (1, 0)
+    a1.release.set()
+    await a1.task
+    await gate.acquire("a")  # a's share is whole again
+    await gate.acquire("b")
+    assert gate.occupancy.busy == 2
+    gate.release("a")
+    gate.release("b")
+    assert log == ["a1"] and (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)

@@ -241,16 +241,18 @@ def image_occupancy(hostile: HostileServer, admin: str) -> tuple[float, float]:
 
 def test_long_images_whose_clients_leave_give_every_turn_and_place_back(
         hostile: HostileServer) -> None:
-    """Four 150-step images take turns at the one worker; two clients give up after a second
-    (while their request computes or waits for its turn). Nothing stays taken: a 2-step
-    image is answered at once after, and the engine reports nobody busy or waiting."""
+    """Four keys' 150-step images take turns at the one worker (a key holds one place, so
+    each has its own key); two clients give up after a second (while their request computes,
+    waits for its turn or waits for a place). Nothing stays taken: a 2-step image is answered
+    at once after, and the engine reports nobody busy or waiting."""
     admin = create_key(hostile.server.config, "hostile-images-metrics", admin=True)
+    keys = [create_key(hostile.server.config, f"hostile-images-{n}") for n in range(4)]
 
-    def long(leaves: bool) -> int | None:
+    def long(key: str, leaves: bool) -> int | None:
         timeout = httpx2.Timeout(30.0, read=1.0 if leaves else 60.0)
         try:
             with httpx2.Client(base_url=hostile.base_url, timeout=timeout,
-                               headers={"Authorization": f"Bearer {hostile.key}"}) as http:
+                               headers={"Authorization": f"Bearer {key}"}) as http:
                 return http.post("/v1/images/generations", json={
                     "model": IMAGE, "prompt": "a fox", "steps": 150,
                     "response_format": "b64_json"}).status_code
@@ -259,7 +261,7 @@ def test_long_images_whose_clients_leave_give_every_turn_and_place_back(
 
     with hostile.attack("images: 4 x 150 steps in turns, 2 clients leave", growth(5, 40)):
         with ThreadPoolExecutor(max_workers=4) as pool:
-            outcomes = list(pool.map(long, (False, True, False, True)))
+            outcomes = list(pool.map(long, keys, (False, True, False, True)))
         started = time.monotonic()
         quick = generate(hostile, {"prompt": "a cat"})
         quick_s = time.monotonic() - started

@@ -279,9 +279,9 @@ def test_a_burst_from_one_key_does_not_starve_another(engine: Any) -> None:
         await asyncio.gather(first, *burst, late)
         return finished
 
-    # a1 took the second place (beside a0, waiting for its turn to compute) before b0 came;
-    # b0 gets the next place, ahead of key_a's a2 and a3.
-    assert asyncio.run(scenario()) == ["a0", "a1", "b0", "a2", "a3"]
+    # key_a holds its one place (a worker's worth), so the second place waits for another
+    # key: b0 takes it on arrival, ahead of key_a's a1, a2 and a3.
+    assert asyncio.run(scenario()) == ["a0", "b0", "a1", "a2", "a3"]
 
 
 def test_another_keys_image_is_made_between_the_steps_of_a_long_one(engine: Any) -> None:
@@ -301,6 +301,28 @@ def test_another_keys_image_is_made_between_the_steps_of_a_long_one(engine: Any)
         return finished
 
     assert asyncio.run(scenario()) == ["key_b", "key_a"]  # key_b waited for a turn, not all
+    assert engine.occupancy.busy == 0 and engine.occupancy.waiting == 0
+
+
+def test_one_keys_two_long_images_leave_a_place_for_another_keys(engine: Any) -> None:
+    async def scenario() -> list[str]:
+        finished: list[str] = []
+
+        async def make(name: str, owner: str, steps: int) -> None:
+            await engine.generate(ImageParams(name, width=64, height=64, steps=steps,
+                                              owner=owner), CancelToken())
+            finished.append(name)
+
+        longs = [asyncio.ensure_future(make(f"a{i}", "key_a", 150)) for i in (1, 2)]
+        while engine.occupancy.busy == 0 or engine.occupancy.waiting == 0:
+            await asyncio.sleep(0.01)  # a1 computes, a2 waits for a place key_a may take
+        await make("b", "key_b", 2)
+        await asyncio.gather(*longs)
+        return finished
+
+    # b took the place a2 was not given, and its turn between a1's steps: it did not wait
+    # for the whole of a1 (some 4 s here), as it would if key_a held both places.
+    assert asyncio.run(scenario()) == ["b", "a1", "a2"]
     assert engine.occupancy.busy == 0 and engine.occupancy.waiting == 0
 
 

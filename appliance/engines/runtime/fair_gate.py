@@ -16,6 +16,12 @@ already waiting, so a key's requests take turns step by step too; it waits outsi
 bound and the deadline: it was admitted already, and its turn comes within a step of each
 request ahead of it.
 
+``owner_limit`` caps the slots one key holds at once, free or not: a gate whose slots are
+more than its work can use at once (the image model's places, two a compute slot) keeps the
+rest for other keys, so a key's second long request waits behind its first rather than
+taking the place a third key's request would start in. The anonymous owner (None: no keys
+are configured, so it is everyone) is never capped: no other owner can come.
+
 Lives on the event loop: every method is called from the loop's thread (request coroutines),
 so no lock is needed; the occupancy report may be read from any thread.
 """
@@ -47,13 +53,15 @@ class Occupancy:
 
 class FairGate:
     def __init__(self, model_id: str, *, slots: int, queue_limit: int, queue_timeout_s: float,
-                 report: OccupancyReport | None = None):
+                 report: OccupancyReport | None = None, owner_limit: int | None = None):
         self._model_id = model_id
         self._slots = slots
         self._queue_limit = queue_limit
         self._queue_timeout_s = queue_timeout_s
         self._report = report
+        self._owner_limit = owner_limit
         self._busy = 0
+        self._held: dict[str | None, int] = {}  # slots held, by owner (none held: absent)
         self._waiting: dict[str | None, deque[asyncio.Future[None]]] = {}
         self._turns = RoundRobin()
 
@@ -68,13 +76,14 @@ class FairGate:
         try:
             yield
         finally:
-            self.release()
+            self.release(owner)
 
-    def release(self) -> None:
-        """Gives a slot back (on the event loop's thread)."""
-        self._leave()
+    def release(self, owner: str | None) -> None:
+        """Gives ``owner``'s slot back (on the event loop's thread)."""
+        self._leave(owner)
 
-    def release_when_done(self, work: concurrent.futures.Future[Any]) -> None:
+    def release_when_done(self, owner: str | None,
+                          work: concurrent.futures.Future[Any]) -> None:
         """Gives the slot back when ``work`` (on a worker thread) is over, not when its client
         leaves: a cancelled request still finishes its current step, and until then the
         worker is busy, which the next request and the metrics must see."""
@@ -83,7 +92,7 @@ class FairGate:
         def done(_: concurrent.futures.Future[Any]) -> None:
             # A closed loop (shutdown) has nobody waiting any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self.release)
+                loop.call_soon_threadsafe(self.release, owner)
 
         work.add_done_callback(done)
 
@@ -91,9 +100,8 @@ class FairGate:
         """Takes a worker slot, waiting in turn; raises Overloaded when the queue is full or
         the wait runs past the deadline. Cancellation (the client left) takes the request out
         of the queue, or gives a slot granted at that moment back."""
-        if self._busy < self._slots and not self._waiting:
-            self._busy += 1
-            self._turns.served(owner)
+        if self._may_start(owner):
+            self._take(owner)
             self._tell()
             return
         if self.occupancy.waiting >= self._queue_limit:
@@ -120,12 +128,11 @@ class FairGate:
 
     async def resume(self, owner: str | None) -> None:
         """Takes a slot for a later step of a request that held one for its earlier step:
-        at once where no other request waits, else in turn (round-robin across owners, and
+        at once where a slot is free to it, else in turn (round-robin across owners, and
         behind ``owner``'s requests already waiting), never refused.
         Cancellation (the client left) takes it out of the queue as ``acquire`` does."""
-        if self._busy < self._slots and not self._waiting:
-            self._busy += 1
-            self._turns.served(owner)
+        if self._may_start(owner):
+            self._take(owner)
             self._tell()
             return
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -141,30 +148,55 @@ class FairGate:
         """A waiter cancelled: a slot handed to it at that moment is passed on, else it
         leaves the queue."""
         if turn.done() and not turn.cancelled():
-            self._leave()
+            self._leave(owner)
         else:
             turn.cancel()
             self._forget(owner, turn)
 
-    def _leave(self) -> None:
+    def _may_start(self, owner: str | None) -> bool:
+        """A free slot ``owner`` may take now. Nobody it would pass waits for it: every
+        change that frees a slot or an owner's share hands it on at once (``_leave``)."""
+        return self._busy < self._slots and not self._at_limit(owner)
+
+    def _at_limit(self, owner: str | None) -> bool:
+        return (self._owner_limit is not None and owner is not None
+                and self._held.get(owner, 0) >= self._owner_limit)
+
+    def _take(self, owner: str | None) -> None:
+        self._busy += 1
+        self._held[owner] = self._held.get(owner, 0) + 1
+        self._turns.served(owner)
+
+    def _leave(self, owner: str | None) -> None:
         self._busy -= 1
-        while self._busy < self._slots and self._waiting:
-            turn = self._next_turn()
+        left = self._held[owner] - 1
+        if left:
+            self._held[owner] = left
+        else:
+            del self._held[owner]
+        while self._busy < self._slots:
+            waiter = self._next_waiter()
+            if waiter is None:
+                break
+            next_owner, turn = waiter
             if turn.done():  # cancelled, not yet taken out of the queue
                 continue
-            self._busy += 1
+            self._take(next_owner)
             turn.set_result(None)
         self._tell()
 
-    def _next_turn(self) -> asyncio.Future[None]:
-        """The first waiter of the owner whose turn it is."""
-        owner = self._turns.rotation(self._waiting)[0]
-        self._turns.served(owner)
-        pending = self._waiting[owner]
-        turn = pending.popleft()
-        if not pending:
-            del self._waiting[owner]
-        return turn
+    def _next_waiter(self) -> tuple[str | None, asyncio.Future[None]] | None:
+        """Takes the first waiter of the owner whose turn it is, among the owners under their
+        limit; None when no such owner waits."""
+        for owner in self._turns.rotation(self._waiting):
+            if self._at_limit(owner):
+                continue
+            pending = self._waiting[owner]
+            turn = pending.popleft()
+            if not pending:
+                del self._waiting[owner]
+            return owner, turn
+        return None
 
     def _forget(self, owner: str | None, turn: asyncio.Future[None]) -> None:
         pending = self._waiting.get(owner)

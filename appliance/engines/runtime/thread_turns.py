@@ -64,7 +64,7 @@ class ComputeTurn:
         if self._held:
             self._held = False
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-                self._loop.call_soon_threadsafe(self._gate.release)
+                self._loop.call_soon_threadsafe(self._gate.release, self._owner)
 
     def _wait(self, turn: Coroutine[Any, Any, bool]) -> None:
         """Runs ``turn`` on the loop and blocks this thread for its answer."""
@@ -90,7 +90,7 @@ class ComputeTurn:
         """On the loop: keeps the slot where nobody waits, else passes it on and queues."""
         if self._gate.occupancy.waiting == 0:
             return True
-        self._gate.release()
+        self._gate.release(self._owner)
         return await self._turn()
 
     async def _turn(self) -> bool:

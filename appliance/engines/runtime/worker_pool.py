@@ -39,10 +39,12 @@ class PoolClosed(ServiceUnavailable):
 class WorkerPool:
     def __init__(self, model_id: str, *, workers: int, queue_limit: int,
                  queue_timeout_s: float, thread_name: str,
-                 report: OccupancyReport | None = None):
+                 report: OccupancyReport | None = None, owner_limit: int | None = None):
+        """``owner_limit``: the workers one owner may hold at once (FairGate)."""
         self._model_id = model_id
         self._queue = FairGate(model_id, slots=workers, queue_limit=queue_limit,
-                              queue_timeout_s=queue_timeout_s, report=report)
+                              queue_timeout_s=queue_timeout_s, report=report,
+                              owner_limit=owner_limit)
         self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name)
 
     @property
@@ -56,7 +58,7 @@ class WorkerPool:
         the returned future is done: the work returned, raised, or was cancelled before it
         began (``future.cancel()``, or the pool's shutdown)."""
         await self._queue.acquire(owner)
-        return self._start(work, *args, **kwargs)
+        return self._start(owner, work, *args, **kwargs)
 
     async def resume(self, owner: str | None, work: Callable[P, T], *args: P.args,
                      **kwargs: P.kwargs) -> T:
@@ -64,20 +66,20 @@ class WorkerPool:
         comes after one step of each other owner waiting, and is never refused
         (FairGate.resume)."""
         await self._queue.resume(owner)
-        return await self._result(self._start(work, *args, **kwargs))
+        return await self._result(self._start(owner, work, *args, **kwargs))
 
-    def _start(self, work: Callable[P, T], *args: P.args,
+    def _start(self, owner: str | None, work: Callable[P, T], *args: P.args,
                **kwargs: P.kwargs) -> concurrent.futures.Future[T]:
         """Starts ``work`` in the slot just taken, which is given back when it is over."""
         try:
             future = self._threads.submit(work, *args, **kwargs)
         except RuntimeError:  # shut down between the turn and the start
-            self._queue.release()
+            self._queue.release(owner)
             raise PoolClosed(f"Model {self._model_id} is shutting down.") from None
         except BaseException:
-            self._queue.release()
+            self._queue.release(owner)
             raise
-        self._queue.release_when_done(future)
+        self._queue.release_when_done(owner, future)
         return future
 
     async def run(self, owner: str | None, work: Callable[P, T], *args: P.args,
