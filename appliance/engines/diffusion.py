@@ -8,8 +8,9 @@ pipeline (shared weights, private scheduler and tokenizers). Requests wait for a
 others are kept for other keys). A request in progress computes in turns (``ComputeTurn``):
 after about a second of denoising steps it gives its compute slot to another key's request
 waiting and waits, inside the pipeline's step callback, for its own next turn, so a short
-request does not wait for all of a long one. The event loop only awaits the result. A cancelled request leaves the queue at once, or stops between two
-denoising steps if it is already running.
+request does not wait for all of a long one. The event loop only awaits the result. A
+cancelled request leaves the queue at once, or stops between two denoising steps if it is
+already running.
 
 What one request may cost is bounded before it queues: its size must be one of the model's,
 and n is bounded by size and steps (``image_bounds``).
