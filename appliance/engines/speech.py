@@ -20,9 +20,11 @@ the square of its input, its activations with the audio's length (about 1 MB a p
 speed 1), and a 4,096-character text without punctuation would otherwise be one piece whose
 first audio comes only at the end. Below speed 1 every phoneme lasts longer (Piper's length
 scale is 1 / speed), so the limit shrinks with the speed (``piece_limit``): a piece holds about
-as much audio at speed 0.25 as at speed 1, never four times as much. The warm-up synthesises a
-piece of the full length, so ONNX Runtime's memory arena grows to what the longest piece needs
-at boot, not in some later request.
+as much audio at speed 0.25 as at speed 1, never four times as much. Above speed 1 a piece is
+made at the voice's own pace and the request's audio stretched after (``speech_tempo``),
+since Piper's length scale cannot make phonemes shorter than a vocoder frame. The warm-up
+synthesises a piece of the full length, so ONNX Runtime's memory arena grows to what the
+longest piece needs at boot, not in some later request.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from appliance.engines.base import (
 )
 from appliance.engines.runtime.fair_gate import Occupancy, OccupancyReport
 from appliance.engines.runtime.worker_pool import STEP_S, WorkerPool
+from appliance.engines.speech_tempo import Tempo
 from appliance.errors import ConfigError, InvalidRequest
 
 log = logging.getLogger("appliance.engines.speech")
@@ -250,11 +253,13 @@ class PiperSpeechEngine:
         speaker = self._voices.index(params.voice)
         synthesis = SynthesisConfig(
             speaker_id=speaker if len(self._voices) > 1 else None,
-            # Piper's length scale stretches every phoneme with the voice's pitch kept
-            # (resampling would raise it). Past speed 2 it flattens out: no phoneme is
-            # shorter than one vocoder frame (README, Text to speech).
-            length_scale=self._voice.config.length_scale / params.speed)
-        speaking = _Speaking(tuple(ids), synthesis, [], 0, cancel)
+            # Slower: Piper's length scale stretches every phoneme and pause with the voice's
+            # pitch kept (resampling would lower it). Faster it cannot go far (no phoneme is
+            # shorter than one vocoder frame), so faster speech is made at the voice's own
+            # pace and stretched after (speech_tempo; README, Text to speech).
+            length_scale=self._voice.config.length_scale / min(params.speed, 1.0))
+        tempo = Tempo(self.sample_rate, max(params.speed, 1.0))
+        speaking = _Speaking(tuple(ids), synthesis, tempo, [], 0, cancel)
         return started, self._say(speaking, step_s=0.0)
 
     def _say(self, speaking: _Speaking, step_s: float = STEP_S) -> _Speaking:
@@ -265,13 +270,15 @@ class PiperSpeechEngine:
         made: list[SpeechAudio] = []
         index = speaking.next_piece
         while index < len(speaking.pieces) and not speaking.cancel.cancelled:
-            audio = np.asarray(self._voice.phoneme_ids_to_audio(speaking.pieces[index],
-                                                                speaking.synthesis),
-                               dtype=np.float32)
-            made.append(SpeechAudio(index=index, sample_rate=self.sample_rate,
-                                    pcm=_int16(audio),
-                                    output_tokens=max(1, audio.shape[0] // hop)))
+            made_at_pace = np.asarray(self._voice.phoneme_ids_to_audio(
+                speaking.pieces[index], speaking.synthesis), dtype=np.float32)
+            audio = speaking.tempo.feed(_normalised(made_at_pace))
             index += 1
+            if index == len(speaking.pieces):
+                audio = np.concatenate([audio, speaking.tempo.end()])
+            made.append(SpeechAudio(index=index - 1, sample_rate=self.sample_rate,
+                                    pcm=_int16(audio),
+                                    output_tokens=max(1, made_at_pace.shape[0] // hop)))
             if time.monotonic() - began >= step_s:
                 break
         over = index >= len(speaking.pieces) or speaking.cancel.cancelled
@@ -285,6 +292,7 @@ class _Speaking:
 
     pieces: tuple[list[int], ...]  # the phoneme ids of each piece, in order
     synthesis: SynthesisConfig
+    tempo: Tempo  # one stream for the request's audio, fed piece by piece in order
     made: list[SpeechAudio]
     next_piece: int
     cancel: CancelToken  # the client left: no further piece is synthesised
@@ -306,9 +314,13 @@ def _drop(step: asyncio.Future[_Speaking] | None) -> None:
     step.cancel()
 
 
-def _int16(audio: Any) -> bytes:
-    """Float samples -> 16-bit PCM, peak-normalised as Piper itself does (its voices are
-    trained on normalised audio and come out quiet and uneven without it)."""
+def _normalised(audio: Any) -> Any:
+    """Float samples peak-normalised, as Piper itself does (its voices are trained on
+    normalised audio and come out quiet and uneven without it)."""
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    scaled = audio / peak if peak > 1e-8 else np.zeros_like(audio)
-    return bytes(np.clip(scaled * 32767.0, -32767, 32767).astype("<i2").tobytes())
+    return audio / peak if peak > 1e-8 else np.zeros_like(audio)
+
+
+def _int16(audio: Any) -> bytes:
+    """Float samples in -1..1 -> 16-bit PCM."""
+    return bytes(np.clip(audio * 32767.0, -32767, 32767).astype("<i2").tobytes())
