@@ -120,6 +120,21 @@ def test_one_word_of_4096_letters(hostile: HostileServer) -> None:
     assert len(response.content) > 24_000  # cut into pieces, all of them said
 
 
+@pytest.mark.parametrize("speed", [1.0001, 2.5, 4.0])
+def test_many_tiny_sentences_sped_up_are_one_stream(hostile: HostileServer,
+                                                    speed: float) -> None:
+    # Faster speech is one atempo stream fed piece by piece: pieces of one short word each,
+    # far below the filter's window when alone, still come out 1 / speed as long in total.
+    text = "Go. " * 400
+    with hostile.attack(f"speech: 400 one-word sentences at speed {speed}", growth(2, 60)), \
+            hostile.http(timeout=300) as http:
+        plain = speak(http, input=text)
+        fast = speak(http, input=text, speed=speed)
+    assert plain.status_code == fast.status_code == 200, fast.text
+    ratio = len(fast.content) / len(plain.content)
+    assert abs(ratio * speed - 1) < 0.1, ratio
+
+
 def sentences_made(hostile: HostileServer, admin: str) -> float:
     with httpx2.Client(base_url=hostile.base_url, timeout=30,
                        headers={"Authorization": f"Bearer {admin}"}) as http:
