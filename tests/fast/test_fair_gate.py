@@ -88,13 +88,86 @@ async def test_a_full_queue_is_overloaded_with_a_retry_hint() -> None:
     holders = [Holder(gate, "a", f"a{i}", log) for i in range(3)]
     await settle()
     with pytest.raises(Overloaded) as refused:
-        async with gate.slot("b"):
+        async with gate.slot("a"):
             pass
     assert refused.value.retry_after > 0
     assert refused.value.status == 503 and "whisper" in str(refused.value)
     for holder in holders:
         holder.release.set()
     await asyncio.gather(*(h.task for h in holders))
+
+
+async def test_a_full_queue_refuses_the_key_with_the_most_waiting() -> None:
+    gate = FairGate("whisper", slots=1, queue_limit=3, queue_timeout_s=10)
+    log: list[str] = []
+    burst = [Holder(gate, "a", f"a{i}", log) for i in range(4)]  # a0 runs, 3 wait: full
+    await settle()
+    b = Holder(gate, "b", "b0", log)  # b has none waiting: a's newest gives its place up
+    await settle()
+    with pytest.raises(Overloaded) as pushed:
+        await burst[3].task
+    assert pushed.value.status == 503 and pushed.value.retry_after > 0
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (1, 3)
+    c = Holder(gate, "c", "c0", log)  # a still has the most (2): its next-newest goes
+    await settle()
+    with pytest.raises(Overloaded):
+        await burst[2].task
+    with pytest.raises(Overloaded):  # a, b and c have one waiting each: nobody has more
+        await gate.acquire("b")
+    for holder in (*burst[:2], b, c):
+        holder.release.set()
+    await asyncio.gather(*(h.task for h in (*burst[:2], b, c)))
+    assert log == ["a0", "b0", "c0", "a1"]  # the ring: a, then b and c, then a again
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)
+
+
+async def test_a_resumed_step_is_never_pushed_out() -> None:
+    gate = FairGate("embed", slots=1, queue_limit=2, queue_timeout_s=10)
+    log: list[str] = []
+    long = Stepper(gate, "a", "a", 2, log)
+    await settle()
+    other = Holder(gate, "b", "b0", log)
+    await settle()
+    long.step_done.set()  # a's first step ends: b0 runs, a waits to resume
+    await settle()
+    newer = asyncio.ensure_future(gate.acquire("a"))  # a's new request: the queue is full
+    await settle()
+    assert log == ["a.0", "b0"] and gate.occupancy.waiting == 2
+    late = asyncio.ensure_future(gate.acquire("c"))  # a has the most: its new one goes,
+    await settle()  # not the step it resumes
+    with pytest.raises(Overloaded):
+        await newer
+    other.release.set()  # b0 ends: the ring goes on to c, then a's step
+    await late
+    gate.release("c")
+    await run_steps(long)
+    await other.task
+    assert log == ["a.0", "b0", "a.1"]
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)
+
+
+@pytest.mark.parametrize("pushed_first", [True, False],
+                         ids=["pushed out, then cancelled", "cancelled, then a newcomer"])
+async def test_a_waiter_pushed_out_as_it_is_cancelled_leaks_nothing(
+        pushed_first: bool) -> None:
+    gate = FairGate("whisper", slots=1, queue_limit=1, queue_timeout_s=10)
+    log: list[str] = []
+    holder = Holder(gate, "a", "a0", log)
+    await settle()
+    doomed = Holder(gate, "a", "a1", log)
+    await settle()
+    newcomer = asyncio.ensure_future(gate.acquire("b"))  # pushes a1 out...
+    if pushed_first:
+        await asyncio.sleep(0)
+    doomed.task.cancel()  # ... as its client leaves
+    await settle()
+    assert doomed.task.cancelled() or isinstance(doomed.task.exception(), Overloaded)
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (1, 1)
+    holder.release.set()
+    await holder.task
+    await newcomer
+    gate.release("b")
+    assert (gate.occupancy.busy, gate.occupancy.waiting) == (0, 0)
 
 
 async def test_waiting_past_the_deadline_is_overloaded_and_leaves_the_queue() -> None:

@@ -106,8 +106,8 @@ async def test_a_full_queue_and_a_long_wait_are_overloaded(release: threading.Ev
     await eventually(lambda: log == ["a1"])
     waiter = asyncio.ensure_future(workers.run("b", blocking(log, "b1", release)))
     await eventually(lambda: workers.occupancy.waiting == 1)
-    with pytest.raises(Overloaded, match="requests waiting") as full:
-        await workers.run("c", blocking(log, "c1", release))
+    with pytest.raises(Overloaded, match="requests waiting") as full:  # b's, the most
+        await workers.run("b", blocking(log, "b2", release))
     assert full.value.status == 503 and full.value.retry_after > 0
     with pytest.raises(Overloaded, match="waited too long"):
         await waiter

@@ -5,7 +5,10 @@ A pool of ``slots`` workers, a bounded queue in front of it, and round-robin acr
 work waiting, each owner's requests in arrival order, so one key's burst of 50 uploads does
 not make another key's single request wait behind all of them. A full queue is a 503
 ``overloaded`` with a retry hint, as is a request that waited past ``queue_timeout_s``, before
-any work is done. The chat scheduler applies the same policy to its sequence slots itself.
+any work is done. A full queue refuses the key with the most requests waiting, not whoever
+comes next: a request from a key with fewer waiting takes the place of that key's newest
+(which gets the 503 instead), so one key's burst cannot fill the queue and keep every other
+key out. The chat scheduler applies the same policy to its sequence slots itself.
 Engines use it through WorkerPool, which gives a slot back when its thread's work is done.
 
 A request of many steps (an embedding request's batches, a transcription's segments) takes
@@ -63,6 +66,9 @@ class FairGate:
         self._busy = 0
         self._held: dict[str | None, int] = {}  # slots held, by owner (none held: absent)
         self._waiting: dict[str | None, deque[asyncio.Future[None]]] = {}
+        # The waiters that came through ``acquire``: only these can be pushed out of a full
+        # queue (a resumed request was admitted already, and is never refused).
+        self._new: set[asyncio.Future[None]] = set()
         self._turns = RoundRobin()
 
     @property
@@ -104,11 +110,12 @@ class FairGate:
             self._take(owner)
             self._tell()
             return
-        if self.occupancy.waiting >= self._queue_limit:
-            raise Overloaded(f"Model {self._model_id} has {self._queue_limit} requests waiting "
-                             "already; try again shortly.", retry_after=RETRY_AFTER_S)
+        self._drop_cancelled()
+        if self.occupancy.waiting >= self._queue_limit and not self._make_room(owner):
+            raise self._full()
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(owner, deque()).append(turn)
+        self._new.add(turn)
         self._tell()
         try:
             # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that arrives
@@ -116,15 +123,19 @@ class FairGate:
             async with asyncio.timeout(self._queue_timeout_s):
                 await turn
         except TimeoutError:
-            if turn.done() and not turn.cancelled():  # granted at the last moment: keep it
+            if _granted(turn):  # granted at the last moment: keep it
                 return
-            self._forget(owner, turn)
+            self._give_up(owner, turn)
             raise Overloaded(f"The request waited too long for a free worker on model "
                              f"{self._model_id}; try again shortly.",
                              retry_after=RETRY_AFTER_S) from None
+        except Overloaded:  # pushed out of the full queue (``_make_room``): holds nothing
+            raise
         except BaseException:  # cancelled while waiting
             self._give_up(owner, turn)
             raise
+        finally:
+            self._new.discard(turn)
 
     async def resume(self, owner: str | None) -> None:
         """Takes a slot for a later step of a request that held one for its earlier step:
@@ -147,11 +158,48 @@ class FairGate:
     def _give_up(self, owner: str | None, turn: asyncio.Future[None]) -> None:
         """A waiter cancelled: a slot handed to it at that moment is passed on, else it
         leaves the queue."""
-        if turn.done() and not turn.cancelled():
+        if _granted(turn):
             self._leave(owner)
-        else:
+        elif turn.done() and not turn.cancelled():  # pushed out as it was cancelled
+            turn.exception()  # taken, so asyncio does not log it as never retrieved
+        else:  # out of the queue it goes (a cancelled task cancels the turn it awaits)
             turn.cancel()
             self._forget(owner, turn)
+
+    def _full(self) -> Overloaded:
+        return Overloaded(f"Model {self._model_id} has {self._queue_limit} requests waiting, "
+                          "as many of them this key's as any other's; try again shortly.",
+                          retry_after=RETRY_AFTER_S)
+
+    def _drop_cancelled(self) -> None:
+        """Takes out turns cancelled with their task that has not yet run to leave (a
+        task's cancel cancels the turn it awaits at once): they hold no place."""
+        for other, pending in list(self._waiting.items()):
+            live = deque(turn for turn in pending if not turn.done())
+            if len(live) == len(pending):
+                continue
+            if live:
+                self._waiting[other] = live
+            else:
+                del self._waiting[other]
+
+    def _make_room(self, owner: str | None) -> bool:
+        """On a full queue: the newest new request of the owner with the most waiting gets
+        the 503, if that owner has more waiting than ``owner``; False when none has."""
+        def new_waiters(of: str | None) -> list[asyncio.Future[None]]:
+            return [turn for turn in self._waiting.get(of, ()) if turn in self._new]
+
+        mine = len(new_waiters(owner))
+        fullest, theirs = max(((other, new_waiters(other)) for other in self._waiting
+                               if other != owner), key=lambda pair: len(pair[1]),
+                              default=(None, []))
+        if len(theirs) <= mine:
+            return False
+        pushed = theirs[-1]
+        self._new.discard(pushed)
+        self._forget(fullest, pushed)
+        pushed.set_exception(self._full())
+        return True
 
     def _may_start(self, owner: str | None) -> bool:
         """A free slot ``owner`` may take now. Nobody it would pass waits for it: every
@@ -210,3 +258,8 @@ class FairGate:
         if self._report is not None:
             occupancy = self.occupancy
             self._report(occupancy.busy, occupancy.waiting)
+
+
+def _granted(turn: asyncio.Future[None]) -> bool:
+    """The turn was handed a slot (not cancelled, not pushed out of the queue)."""
+    return turn.done() and not turn.cancelled() and turn.exception() is None
