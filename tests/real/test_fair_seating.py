@@ -154,3 +154,44 @@ def test_generating_past_the_deadline_ends_as_length() -> None:
     # 1900 tokens take this CPU well over a second; on a loaded machine the deadline may even
     # pass during the prompt, so no lower bound.
     assert finishes[0].usage.completion_tokens < 1900
+
+
+def test_a_full_queue_refuses_the_key_with_the_most_waiting() -> None:
+    engine = one_slot_engine(queue_limit=2)
+    long = replace(ASK, max_tokens=200, owner="key_a",
+                   messages=(ChatMessage("user", "Write a long story about a fox."),))
+    try:
+        async def run() -> tuple[list[str], list[object]]:
+            done: list[str] = []
+            first = engine.chat(long, CancelToken())
+            async for event in first:
+                if isinstance(event, TextDelta):
+                    break  # the only slot is key_a's now
+            older = asyncio.ensure_future(finish(engine, replace(ASK, owner="key_a"), "a1",
+                                                 done))
+            newer = asyncio.ensure_future(
+                _collect(_events_until_error(engine, replace(ASK, owner="key_a"))))
+            while engine.waiting() < 2:  # key_a's two fill the queue
+                await asyncio.sleep(0.01)
+            # key_b has none waiting: key_a's newest gives its place up, before any work.
+            other = asyncio.ensure_future(finish(engine, replace(ASK, owner="key_b"), "b",
+                                                 done))
+            pushed = await newer
+            # Now key_a and key_b have one each waiting: key_a's next is refused itself.
+            with pytest.raises(Overloaded):
+                await anext(engine.chat(replace(ASK, owner="key_a"), CancelToken()))
+            await first.aclose()
+            await asyncio.gather(older, other)
+            return done, pushed
+
+        done, pushed = asyncio.run(run())
+        assert engine.waiting() == 0
+    finally:
+        engine.close()
+    assert isinstance(pushed[-1], Overloaded) and pushed[-1].retry_after > 0, pushed
+    assert not any(isinstance(event, TextDelta) for event in pushed)  # no work was done
+    assert sorted(done) == ["a1", "b"]
+
+
+async def _collect(events: AsyncIterator[object]) -> list[object]:
+    return [event async for event in events]

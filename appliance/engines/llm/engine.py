@@ -12,6 +12,7 @@ request whose client leaves stops preparing at its next message or piece of text
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import io
 import logging
@@ -61,6 +62,7 @@ from appliance.engines.llm.sampling import SamplerChain
 from appliance.engines.llm.scheduler import (
     Emit,
     GenerationRequest,
+    RoomAsked,
     SamplerFactory,
     Scheduler,
     StepReport,
@@ -137,7 +139,8 @@ class LlamaChatEngine:
                                reasoning=None if reasoning is None else reasoning.family,
                                vision=projector is not None,
                                queue_limit=config.queue_limit)
-        self._preparing = 0  # requests queued for or in the prompt threads
+        # Requests queued for or in the prompt threads, by key (none: absent).
+        self._preparing: dict[str | None, int] = {}
 
     @classmethod
     def load(cls, config: ChatModelConfig,
@@ -182,6 +185,24 @@ class LlamaChatEngine:
     def waiting(self) -> int:
         """Requests queued for a slot (for the queue limit, metrics and tests)."""
         return self._scheduler.waiting()
+
+    async def _room_for(self, owner: str | None) -> bool:
+        """A place in the full queue for ``owner``'s request, if a key with more waiting
+        gives its newest up (the decode thread, which owns the queue, decides: RoomAsked)."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bool] = loop.create_future()
+
+        def told(room: bool) -> None:
+            if not answer.done():
+                answer.set_result(room)
+
+        def tell(room: bool) -> None:  # from the decode thread
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody asks
+                loop.call_soon_threadsafe(told, room)
+
+        self._scheduler.ask_room(RoomAsked(owner, self._config.queue_limit,
+                                           dict(self._preparing), tell))
+        return await answer
 
     def warm_up(self) -> None:
         """One short real generation, so the first client request pays no first-use costs;
@@ -236,15 +257,19 @@ class LlamaChatEngine:
     ) -> AsyncGenerator[ChatEvent, None]:
         # Requests still being tokenized count as waiting: a burst arriving at once would
         # otherwise all pass the check before any of them reached the queue.
-        if self.waiting() + self._preparing >= self._config.queue_limit:
+        if (self.waiting() + sum(self._preparing.values()) >= self._config.queue_limit
+                and not await self._room_for(params.owner)):
             raise Overloaded(f"The model `{self._info.id}` has {self._config.queue_limit} "
-                             "requests waiting; try again shortly.", retry_after=1.0)
+                             "requests waiting, as many of them this key's as any other's; "
+                             "try again shortly.", retry_after=1.0)
         events: ThreadEvents[ChatEvent] = ThreadEvents(cancel)
-        self._preparing += 1
+        self._preparing[params.owner] = self._preparing.get(params.owner, 0) + 1
         try:
             first = await self._prepare(params, cancel, events.emit)
         finally:
-            self._preparing -= 1
+            left = self._preparing.pop(params.owner) - 1
+            if left:
+                self._preparing[params.owner] = left
         choices = [first, *(self._sibling(first, i) for i in range(1, params.n))]
         if first.images is not None:
             first.images.hold(len(choices))  # freed when the last choice ends

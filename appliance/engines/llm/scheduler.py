@@ -9,7 +9,8 @@ soon even while a document is being read, and a prompt's rank improves the longe
 been reading, so no prompt starves. Each request samples with its own chain. A new request
 starts from the longest cached prefix of its prompt (kv_reuse.py decides where that comes
 from) and decodes only the rest. Cancelled requests free their slot at the
-next step; requests beyond the slots wait in order and are never dropped. The choices of an
+next step; requests beyond the slots wait in order, dropped only to make room in a full
+queue for a key with fewer waiting (``RoomAsked``). The choices of an
 ``n > 1`` request share the prompt: once the first choice has read it, the others copy its KV
 sequence and only decode the prompt's last token themselves.
 
@@ -24,8 +25,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 import llama_cpp
 
@@ -83,6 +84,20 @@ def context_params(slots: int, context_length: int, threads: int,
     return params
 
 
+
+@dataclass(frozen=True)
+class RoomAsked:
+    """A request arriving at a full queue asks the decode thread, which owns the queue, for a
+    place. ``answer`` is called once from the decode thread (or from ``close``): True when
+    there is room now -- freed meanwhile, or made by refusing the newest request of the key
+    with the most choices waiting, if that key has more than ``owner`` -- False otherwise.
+    ``preparing``: the requests each key has still being tokenized (counted as waiting)."""
+
+    owner: str | None
+    queue_limit: int
+    preparing: Mapping[str | None, int]
+    answer: Callable[[bool], None] = field(compare=False)
+
 class Scheduler:
     def __init__(self, model: LoadedModel, *, model_id: str, slots: int, context_length: int,
                  threads: int, batch_size: int, stop_tokens: frozenset[int],
@@ -112,6 +127,7 @@ class Scheduler:
         self._batch = TokenBatch(batch_size)
         self._slots = [Slot(sequence=i) for i in range(slots)]
         self._inbox: deque[GenerationRequest] = deque()  # filled by submit, any thread
+        self._room_asked: deque[RoomAsked] = deque()  # filled by ask_room, any thread
         self._queue: list[GenerationRequest] = []  # owned by the decode thread
         self._turns = RoundRobin()  # which key's request gets the next free slot
         self._wake = threading.Condition()
@@ -127,11 +143,25 @@ class Scheduler:
             self._inbox.extend(requests)
             self._wake.notify()
 
+    def ask_room(self, asked: RoomAsked) -> None:
+        """Asks for a place in the full queue (see RoomAsked); answered at the next round."""
+        with self._wake:
+            if not (self._dead or self._stopping):
+                self._room_asked.append(asked)
+                self._wake.notify()
+                return
+        asked.answer(False)
+
     def close(self) -> None:
         with self._wake:
             self._stopping = True
             self._wake.notify()
         self._thread.join(timeout=30)
+        with self._wake:
+            unanswered = list(self._room_asked)
+            self._room_asked.clear()
+        for asked in unanswered:
+            asked.answer(False)
         for slot in self._slots:
             self._release(slot)
         with self._wake:
@@ -167,13 +197,51 @@ class Scheduler:
     def _next_round(self) -> bool:
         """Waits for work; False once asked to stop."""
         with self._wake:
-            while not (self._stopping or self._inbox or self._queue or self._busy()):
+            while not (self._stopping or self._inbox or self._queue or self._room_asked
+                       or self._busy()):
                 self._wake.wait()
             if self._stopping:
                 return False
             self._queue.extend(self._inbox)
             self._inbox.clear()
+            asked = list(self._room_asked)
+            self._room_asked.clear()
+        admitted: dict[str | None, int] = {}  # let in this round, not yet preparing
+        for one in asked:
+            if self._answer(one, admitted):
+                admitted[one.owner] = admitted.get(one.owner, 0) + 1
+        return True
+
+    def _answer(self, asked: RoomAsked, admitted: Mapping[str | None, int]) -> bool:
+        """Room in the full queue for ``asked.owner`` (see RoomAsked); answers and returns
+        whether it was given."""
+        queued = [r for r in self._queue if not r.cancel.cancelled and not r.ended]
+        waiting: dict[str | None, int] = dict(asked.preparing)
+        for owner, count in admitted.items():
+            waiting[owner] = waiting.get(owner, 0) + count
+        for request in queued:
+            waiting[request.owner] = waiting.get(request.owner, 0) + 1
+        if sum(waiting.values()) < asked.queue_limit:
+            asked.answer(True)  # freed since the request looked
             return True
+        mine = waiting.get(asked.owner, 0)
+        # Only a request whose first choice is still queued can go: none of it has run.
+        leaders = [r for r in queued if r.leader is None and r.owner != asked.owner]
+        fullest = max(leaders, key=lambda r: waiting[r.owner], default=None)
+        if fullest is None or waiting[fullest.owner] <= mine:
+            asked.answer(False)
+            return False
+        newest = next(r for r in reversed(leaders) if r.owner == fullest.owner)
+        refused = Overloaded(f"The model `{self._model_id}` has {asked.queue_limit} requests "
+                             "waiting, as many of them this key's as any other's; try again "
+                             "shortly.", retry_after=1.0)
+        for request in queued:
+            if request is newest or request.leader is newest:
+                request.ended = True
+                request.cancel.cancel()  # taken out of the queue by _seat_queued
+                self._emit(request, refused)
+        asked.answer(True)
+        return True
 
     def _fail_everything(self) -> None:
         with self._wake:
