@@ -126,3 +126,25 @@ def test_a_closing_engine_frees_a_waiting_thread_while_the_loop_is_held() -> Non
         return outcome[0]
 
     assert isinstance(asyncio.run(scenario()), TurnStopped)
+
+
+def test_a_request_stopped_as_its_turn_comes_passes_the_slot_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(thread_turns, "POLL_S", 60.0)  # the waiting poll never sees the stop
+
+    async def scenario() -> BaseException | None:
+        compute, loop = gate(), asyncio.get_running_loop()
+        await compute.resume("holder")
+        stop = threading.Event()
+        waiting = ComputeTurn(compute, loop, "b", stop.is_set, lambda: False)
+        thread = asyncio.ensure_future(asyncio.to_thread(waiting.take))
+        while compute.occupancy.waiting == 0:
+            await asyncio.sleep(STEP)
+        stop.set()  # the client leaves ...
+        compute.release("holder")  # ... as the slot comes to it
+        outcome = (await asyncio.gather(thread, return_exceptions=True))[0]
+        assert compute.occupancy.busy == 0 and compute.occupancy.waiting == 0
+        await asyncio.wait_for(compute.resume("c"), timeout=1)  # passed on at once
+        return outcome
+
+    assert isinstance(asyncio.run(scenario()), TurnStopped)

@@ -109,4 +109,7 @@ class ComputeTurn:
         except asyncio.CancelledError:  # the thread gave up (the engine is closing)
             waiting.cancel()
             raise
+        if self._should_stop():  # stopped as its turn came, before the poll saw it
+            self._gate.release(self._owner)
+            return False
         return True
