@@ -70,8 +70,11 @@ def test_bad_requests_are_fast_400s_naming_the_param(hostile: HostileServer, nam
 ])
 def test_odd_text_is_spoken_cleanly(hostile: HostileServer, name: str, text: str) -> None:
     # ONNX Runtime's arena is grown to a full-length piece at boot, but it extends in chunks
-    # of its own choosing: a long odd text still moved the peak by some 50 MiB (emoji).
-    bounds = Bounds(peak_rss_mib=100, log_kib=growth(1, 30).log_kib,
+    # of its own choosing: a long odd text (emoji) moves the peak by 20-50 MiB, and in about
+    # one run in six by 100-200 MiB, when the voice's random phoneme lengths make a piece
+    # longer than the warm-up's and the arena takes a new chunk (seen at 9c9b126 as well).
+    # The bound is for growth without end, not for that chunk.
+    bounds = Bounds(peak_rss_mib=250, log_kib=growth(1, 30).log_kib,
                     ledger_kib=growth(1, 30).ledger_kib)
     with hostile.attack(f"speech: {name}", bounds), hostile.http(timeout=120) as http:
         # json.dumps keeps lone surrogates as \\ud800 escapes, as a hostile client sends them.
