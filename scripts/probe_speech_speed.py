@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import re
 import statistics
 import sys
 import wave
@@ -33,23 +32,10 @@ from appliance.config import SpeechModelConfig
 from appliance.engines.base import CancelToken, SpeechAudio, SpeechParams
 from appliance.engines.speech import PiperSpeechEngine
 from devtools.server_harness import PIPER_JOE, WHISPER_TINY
+from devtools.word_error import word_error_rate
 
 TEXT = ("The quick brown fox jumps over the lazy dog. "
         "A clear voice reads this sentence for the test.")
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
-
-
-def word_error_rate(reference: str, heard: str) -> float:
-    ref, hyp = words(reference), words(heard)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        previous, row[0] = row[0], i
-        for j, h in enumerate(hyp, start=1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
-    return row[len(hyp)] / max(1, len(ref))
 
 
 def by_engine(engine: PiperSpeechEngine, speed: float) -> np.ndarray:

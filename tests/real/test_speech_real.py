@@ -28,6 +28,7 @@ from appliance.config import SpeechModelConfig
 from appliance.engines.base import CancelToken, SpeechAudio, SpeechParams, SpeechStarted
 from appliance.engines.speech import PiperSpeechEngine
 from devtools.server_harness import PIPER_JOE, create_key
+from devtools.word_error import word_error_rate, words
 from tests.openapi_contract import validate
 from tests.real.closed_engine import assert_refused_once_closed
 from tests.real.conftest import RealServer
@@ -40,21 +41,6 @@ MAX_WORD_ERROR_RATE = 0.35
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 SUFFIXES = {"mp3": "mp3", "opus": "ogg", "aac": "aac", "flac": "flac", "wav": "wav"}
 SENTENCES = [f"This is sentence number {n}, which the voice says in full." for n in range(1, 13)]
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
-
-
-def word_error_rate(reference: str, heard: str) -> float:
-    """Levenshtein distance over words, divided by the reference's length."""
-    ref, hyp = words(reference), words(heard)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        previous, row[0] = row[0], i
-        for j, h in enumerate(hyp, start=1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
-    return row[len(hyp)] / max(1, len(ref))
 
 
 def as_wav(pcm: bytes) -> bytes:
