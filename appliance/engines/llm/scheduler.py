@@ -84,7 +84,6 @@ def context_params(slots: int, context_length: int, threads: int,
     return params
 
 
-
 @dataclass(frozen=True)
 class RoomAsked:
     """A request arriving at a full queue asks the decode thread, which owns the queue, for a
@@ -97,6 +96,7 @@ class RoomAsked:
     queue_limit: int
     preparing: Mapping[str | None, int]
     answer: Callable[[bool], None] = field(compare=False)
+
 
 class Scheduler:
     def __init__(self, model: LoadedModel, *, model_id: str, slots: int, context_length: int,
