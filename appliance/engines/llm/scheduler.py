@@ -160,7 +160,7 @@ class Scheduler:
         with self._wake:
             unanswered = list(self._room_asked)
             self._room_asked.clear()
-        for asked in unanswered:
+        for asked in unanswered:  # asked while the thread was stopping
             asked.answer(False)
         for slot in self._slots:
             self._release(slot)
@@ -247,6 +247,10 @@ class Scheduler:
         with self._wake:
             self._queue.extend(self._inbox)
             self._inbox.clear()
+            unanswered = list(self._room_asked)
+            self._room_asked.clear()
+        for asked in unanswered:  # nobody else would answer them if the thread ends
+            asked.answer(False)
         for slot in self._slots:
             if slot.busy:
                 if slot.request is not None:
