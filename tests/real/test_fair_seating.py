@@ -158,7 +158,11 @@ def test_generating_past_the_deadline_ends_as_length() -> None:
 
 def test_a_full_queue_refuses_the_key_with_the_most_waiting() -> None:
     engine = one_slot_engine(queue_limit=2)
-    long = replace(ASK, max_tokens=200, owner="key_a",
+    # Holds the only slot to the end of the test: SmolLM2's end tokens are banned, so it
+    # cannot finish early and let a queued request in (the queue must stay full).
+    long = replace(ASK, max_tokens=2000, owner="key_a",
+                   sampling=Sampling(temperature=0, logit_bias=((0, -100.0), (1, -100.0),
+                                                                (2, -100.0))),
                    messages=(ChatMessage("user", "Write a long story about a fox."),))
     try:
         async def run() -> tuple[list[str], list[object]]:
