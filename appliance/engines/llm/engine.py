@@ -188,13 +188,18 @@ class LlamaChatEngine:
 
     async def _room_for(self, owner: str | None) -> bool:
         """A place in the full queue for ``owner``'s request, if a key with more waiting
-        gives its newest up (the decode thread, which owns the queue, decides: RoomAsked)."""
+        gives its newest up (the decode thread, which owns the queue, decides: RoomAsked).
+        A place given is counted as preparing at once, as the answer comes, so a request
+        arriving before this one resumes sees the queue full still."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[bool] = loop.create_future()
 
         def told(room: bool) -> None:
-            if not answer.done():
-                answer.set_result(room)
+            if answer.done():
+                return
+            if room:
+                self._preparing[owner] = self._preparing.get(owner, 0) + 1
+            answer.set_result(room)
 
         def tell(room: bool) -> None:  # from the decode thread
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody asks
@@ -202,7 +207,17 @@ class LlamaChatEngine:
 
         self._scheduler.ask_room(RoomAsked(owner, self._config.queue_limit,
                                            dict(self._preparing), tell))
-        return await answer
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            if answer.done() and not answer.cancelled() and answer.result():
+                self._done_preparing(owner)  # the place was given as the client left
+            raise
+
+    def _done_preparing(self, owner: str | None) -> None:
+        left = self._preparing.pop(owner) - 1
+        if left:
+            self._preparing[owner] = left
 
     def warm_up(self) -> None:
         """One short real generation, so the first client request pays no first-use costs;
@@ -257,19 +272,17 @@ class LlamaChatEngine:
     ) -> AsyncGenerator[ChatEvent, None]:
         # Requests still being tokenized count as waiting: a burst arriving at once would
         # otherwise all pass the check before any of them reached the queue.
-        if (self.waiting() + sum(self._preparing.values()) >= self._config.queue_limit
-                and not await self._room_for(params.owner)):
+        if self.waiting() + sum(self._preparing.values()) < self._config.queue_limit:
+            self._preparing[params.owner] = self._preparing.get(params.owner, 0) + 1
+        elif not await self._room_for(params.owner):  # counted as preparing when given
             raise Overloaded(f"The model `{self._info.id}` has {self._config.queue_limit} "
                              "requests waiting, as many of them this key's as any other's; "
                              "try again shortly.", retry_after=1.0)
         events: ThreadEvents[ChatEvent] = ThreadEvents(cancel)
-        self._preparing[params.owner] = self._preparing.get(params.owner, 0) + 1
         try:
             first = await self._prepare(params, cancel, events.emit)
         finally:
-            left = self._preparing.pop(params.owner) - 1
-            if left:
-                self._preparing[params.owner] = left
+            self._done_preparing(params.owner)
         choices = [first, *(self._sibling(first, i) for i in range(1, params.n))]
         if first.images is not None:
             first.images.hold(len(choices))  # freed when the last choice ends
